@@ -1,0 +1,1 @@
+"""Streaming safetensors I/O, atomic outputs and content hashing."""

@@ -1,0 +1,104 @@
+"""The contract every merge method implements.
+
+A merge method works on one tensor at a time, so the engine (``mergeline.merge``) can stream models
+tensor by tensor with memory bounded by a few tensors. Methods that need a global statistic (MetaGPT
+norms, global top-k, LATA per-layer cosine) ask for a first, statistics-only pass over every tensor.
+
+Units: the engine hands a method the *task vectors* ``delta_i = theta_i - theta_base`` when
+``kind == "delta"`` and adds the base back afterwards; it hands the raw weights when
+``kind == "weights"`` (linear, SLERP). All tensors arrive in the compute dtype (float32 by default)
+on the compute device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class MethodParameters(BaseModel):
+    """Global parameters of a method (mergekit's top-level ``parameters:``). Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelParameters(BaseModel):
+    """Per-model parameters (mergekit's ``models[i].parameters``). Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+@dataclass
+class TensorInputs:
+    """Everything a method sees for one tensor name.
+
+    ``tensors[i]`` is model i's task vector (kind "delta") or weights (kind "weights"); models that
+    lack this tensor are left out, and ``model_index[i]`` says which configured model each one is.
+    ``base`` is the base model's tensor (None only for methods with ``requires_base = False``).
+    ``model_inputs[name][i]`` holds extra per-model tensors a method declared (e.g. STA importance);
+    ``global_inputs[name]`` extra whole-model tensors (e.g. LATA's pretrained weights).
+    ``layer`` is the transformer block index from ``mergeline.layers.layer_index`` (None: outside blocks).
+    """
+
+    name: str
+    base: torch.Tensor | None
+    tensors: list[torch.Tensor]
+    model_index: list[int]
+    model_params: list[ModelParameters]
+    layer: int | None = None
+    model_inputs: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
+    global_inputs: dict[str, torch.Tensor | None] = field(default_factory=dict)
+
+
+class MergeMethod(ABC):
+    """One merge method. Subclasses are registered with :func:`mergeline.methods.register`.
+
+    Class attributes:
+      name: the ``merge_method`` string in a config.
+      paper: reference (arXiv id or URL) of the formula in the docstring.
+      kind: "delta" (task-vector method) or "weights".
+      requires_base: whether ``base_model`` must be given.
+      Parameters / PerModel: pydantic models validating the config's parameters.
+      model_inputs: names of per-model parameters that are checkpoint paths (loaded as tensor sets).
+      global_inputs: names of global parameters that are checkpoint paths.
+      min_models / max_models: how many ``models`` the method accepts.
+    """
+
+    name: ClassVar[str]
+    paper: ClassVar[str] = ""
+    kind: ClassVar[Literal["delta", "weights"]] = "delta"
+    requires_base: ClassVar[bool] = True
+    Parameters: ClassVar[type[MethodParameters]] = MethodParameters
+    PerModel: ClassVar[type[ModelParameters]] = ModelParameters
+    model_inputs: ClassVar[tuple[str, ...]] = ()
+    global_inputs: ClassVar[tuple[str, ...]] = ()
+    min_models: ClassVar[int] = 1
+    max_models: ClassVar[int | None] = None
+
+    def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
+        self.params = params
+        self.model_params = model_params
+
+    # ---- optional first pass -------------------------------------------------------------
+    def needs_statistics(self) -> bool:
+        """True if :meth:`accumulate` must see every tensor before :meth:`merge_tensor` runs."""
+        return False
+
+    def accumulate(self, inputs: TensorInputs) -> None:  # pragma: no cover - default no-op
+        """Pass 1: update global statistics from one tensor."""
+
+    def finalize_statistics(self) -> None:  # pragma: no cover - default no-op
+        """Called once between the passes."""
+
+    # ---- the merge -----------------------------------------------------------------------
+    @abstractmethod
+    def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
+        """Return the merged delta (kind "delta") or merged weights (kind "weights") for one tensor."""
+
+    def report(self) -> dict[str, Any]:
+        """Coefficients actually used (per model, per layer or per tensor), for lineage and MLflow."""
+        return {}
