@@ -41,6 +41,8 @@ class TensorInputs:
     ``base`` is the base model's tensor (None only for methods with ``requires_base = False``).
     ``model_inputs[name][i]`` holds extra per-model tensors a method declared (e.g. STA importance);
     ``global_inputs[name]`` extra whole-model tensors (e.g. LATA's pretrained weights).
+    ``params`` / ``model_params`` are resolved for *this* tensor (mergekit gradients and filters
+    already applied), so methods must read per-tensor values from here, not from ``self.params``.
     ``layer`` is the transformer block index from ``mergeline.layers.layer_index`` (None: outside blocks).
     """
 
@@ -48,6 +50,7 @@ class TensorInputs:
     base: torch.Tensor | None
     tensors: list[torch.Tensor]
     model_index: list[int]
+    params: MethodParameters
     model_params: list[ModelParameters]
     layer: int | None = None
     model_inputs: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
@@ -83,16 +86,20 @@ class MergeMethod(ABC):
         self.params = params
         self.model_params = model_params
 
-    # ---- optional first pass -------------------------------------------------------------
-    def needs_statistics(self) -> bool:
-        """True if :meth:`accumulate` must see every tensor before :meth:`merge_tensor` runs."""
-        return False
+    # ---- optional statistics passes ------------------------------------------------------
+    def statistics_passes(self) -> int:
+        """How many statistics-only passes over every tensor must run before merging (0: none).
 
-    def accumulate(self, inputs: TensorInputs) -> None:  # pragma: no cover - default no-op
-        """Pass 1: update global statistics from one tensor."""
+        More than one lets a method refine a global quantity exactly with bounded memory
+        (e.g. an exact global top-k threshold: a coarse histogram, then the bucket that holds it).
+        """
+        return 0
 
-    def finalize_statistics(self) -> None:  # pragma: no cover - default no-op
-        """Called once between the passes."""
+    def accumulate(self, inputs: TensorInputs, pass_index: int) -> None:  # pragma: no cover
+        """Statistics pass ``pass_index`` (0-based): update global statistics from one tensor."""
+
+    def finalize_statistics(self, pass_index: int) -> None:  # pragma: no cover
+        """Called once after statistics pass ``pass_index`` has seen every tensor."""
 
     # ---- the merge -----------------------------------------------------------------------
     @abstractmethod
