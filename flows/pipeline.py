@@ -1,0 +1,127 @@
+"""The experiment flow: fine-tune → extract-vector → compute-importance → merge → evaluate → register.
+
+One Prefect flow run is one experiment and one MLflow parent run; each stage is a nested MLflow run.
+Run it with ``mergeline run [--params FILE] [--set key=value ...]``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.report import results_table
+from mergeline.params import load_params
+from mergeline.stages.common import StageContext, resolve_device
+from mergeline.stages.evaluate import select_best, summarize
+from mergeline.stages.merge import merge_config, plan_variants
+from mergeline.stages.train import checkpoint_name
+from tasks import evaluate as evaluate_tasks
+from tasks import finetune as finetune_tasks
+from tasks import importance as importance_tasks
+from tasks import merge as merge_tasks
+from tasks import prepare as prepare_tasks
+from tasks._stage import RunHandle, expected_output_missing
+
+
+def _call(task_fn: Any, outputs: list[str], run: RunHandle, *args: Any) -> dict[str, Any]:
+    """Run a task, refreshing its cache when the outputs a cached record points at are gone."""
+    fn = task_fn.with_options(refresh_cache=True) if expected_output_missing(run, *outputs) else task_fn
+    return fn(*args, run=run)
+
+
+def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None) -> dict[str, Any]:
+    """All stages up to evaluation; returns every record (the lineage is built from them).
+
+    ``fanout`` (see flows/fanout.py) runs the fine-tunes as separate flow runs on a work pool;
+    without it they run in this process, one after the other.
+    """
+    ctx = StageContext(load_params_from_dict(params), Path(run.root), run.device)
+    p = ctx.params
+    data = _call(prepare_tasks.prepare_data, [p.data_dir], run, params)
+    base = _call(prepare_tasks.import_base, [f"{p.work_dir}/base"], run, params)
+
+    modes = ["full"] + (["talos"] if p.talos.enabled else [])
+    jobs = [(task, mode) for task in p.tasks for mode in modes]
+    if fanout is not None:
+        checkpoints = fanout.finetune_all(params, jobs, base, data)
+    else:
+        checkpoints = {
+            f"{task}:{mode}": _call(finetune_tasks.finetune, [f"{p.work_dir}/checkpoints/{checkpoint_name(task, mode)}"],
+                                    run, params, task, mode, base, data)
+            for task, mode in jobs
+        }
+    vectors = {key: _call(finetune_tasks.extract_vector, [f"{p.work_dir}/vectors/{checkpoint_name(*key.split(':'))}"],
+                          run, params, base, ck)
+               for key, ck in checkpoints.items()}
+    importance: dict[str, dict[str, Any]] = {}
+    if "sta" in p.merge.methods:
+        importance = {t: _call(importance_tasks.compute_importance, [f"{p.work_dir}/importance/{t}/sta.safetensors"],
+                               run, params, t, base, checkpoints[f"{t}:full"], vectors[f"{t}:full"], data)
+                      for t in p.tasks}
+    diagnostics = _call(importance_tasks.vector_diagnostics, [], run, params,
+                        {k.replace(":", "-"): v for k, v in vectors.items()})
+
+    variants = {v["name"]: v for v in plan_variants(ctx)}
+    configs = {name: merge_config(ctx, v, base, vectors, importance) for name, v in variants.items()}
+    merged = {name: _call(merge_tasks.merge_variant, [f"{p.work_dir}/merged/{name}"], run, params, v, configs[name])
+              for name, v in variants.items()}
+
+    def ev(name: str, model: dict[str, Any], split: str) -> dict[str, Any]:
+        return evaluate_tasks.evaluate(params, name, model, split, data, run=run)
+
+    splits = ("validation", "test")
+    reference = {"base": {s: ev("base", base, s) for s in splits}}
+    for key, ck in checkpoints.items():
+        reference[f"single-{key.replace(':', '-')}"] = {s: ev(f"single-{key.replace(':', '-')}", ck, s) for s in splits}
+    validation = {name: ev(name, rec, "validation") for name, rec in merged.items()}
+
+    def rows_for(evals: dict[str, dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
+        rows = {}
+        for name, evaluation in evals.items():
+            mode = "talos" if variants[name]["method"] == "talos" else "full"
+            singles = {t: reference[f"single-{t}-{mode}"][split] for t in p.tasks}
+            rows[name] = summarize(ctx, evaluation, reference["base"][split], singles)
+        return rows
+
+    validation_rows = rows_for(validation, "validation")
+    selection = select_best(validation_rows, variants)
+    test = {name: ev(name, merged[name], "test") for name in selection["ranking"]}
+    test_rows = rows_for(test, "test")
+    return {"data": data, "base": base, "checkpoints": checkpoints, "vectors": vectors, "importance": importance,
+            "diagnostics": diagnostics, "variants": variants, "configs": configs, "merged": merged,
+            "reference": reference, "validation_rows": validation_rows, "test_rows": test_rows,
+            "selection": selection}
+
+
+def load_params_from_dict(params: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from mergeline.params import ExperimentParams
+
+    return ExperimentParams.model_validate(params)
+
+
+@flow(name="mergeline-pipeline", log_prints=True)
+def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | None = None,
+             root: str | None = None, register: bool = True) -> dict[str, Any]:
+    """One experiment. Parameters are validated before any work starts (bad input: exit 2)."""
+    from flows.register import finish_experiment
+    from flows.fanout import fanout_from_env
+    from flows.experiment_run import start_experiment_run
+    from mergeline.tracking import configure_tracking
+
+    params = load_params(params_file, overrides)
+    root_path = Path(root or os.getcwd())
+    device = resolve_device(params.device)
+    logger = get_run_logger()
+    logger.info(f"experiment {params.experiment}: tasks={params.tasks} methods={list(params.merge.methods)} "
+                f"device={device}")
+    configure_tracking(experiment=params.experiment)
+    as_dict = params.model_dump(mode="json", by_alias=True)
+    with start_experiment_run(params, params_file, root_path) as parent:
+        run = RunHandle(str(root_path), device, parent.info.run_id)
+        records = run_stages(as_dict, run, fanout_from_env(run))
+        summary = finish_experiment(params, params_file, records, run, register=register)
+    print(results_table(params, records))
+    return summary

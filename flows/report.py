@@ -1,0 +1,43 @@
+"""The results table printed at the end of a run (and logged to MLflow as ``results.md``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mergeline.params import ExperimentParams
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def results_table(params: ExperimentParams, records: dict[str, Any]) -> str:
+    """Markdown: per method (its best variant on validation), per-task test accuracy, mean normalized
+    accuracy (merged ÷ single-task fine-tuned), control accuracy and drift from the base."""
+    tasks = params.tasks
+    header = ["model", *[f"{t} acc" for t in tasks], "mean acc", "norm. acc", "control acc", "control drift"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    reference = records["reference"]
+    base_test = reference["base"]["test"]["metrics"]
+
+    def ref_row(label: str, metrics: dict[str, float], norm: float | None) -> list[str]:
+        mean = sum(metrics[t] for t in tasks) / len(tasks)
+        return [label, *[_fmt(metrics[t]) for t in tasks], _fmt(mean), _fmt(norm), _fmt(metrics[params.control]),
+                _fmt(metrics[params.control] - base_test[params.control], signed=True)]
+
+    lines.append("| " + " | ".join(ref_row("base (zero-shot)", base_test, None)) + " |")
+    for task in tasks:
+        key = f"single-{task}-full"
+        lines.append("| " + " | ".join(ref_row(f"fine-tuned on {task} only", reference[key]["test"]["metrics"], None))
+                     + " |")
+    champion = records["selection"]["ranking"][0] if records["selection"]["ranking"] else None
+    for name in records["selection"]["ranking"]:
+        row = records["test_rows"][name]
+        variant = records["variants"][name]
+        label = f"{variant['method']} ({name})" + (" ★ champion" if name == champion else "")
+        cells = [label, *[_fmt(row[f"acc/{t}"]) for t in tasks], _fmt(row["acc/mean"]), _fmt(row["norm_acc/mean"]),
+                 _fmt(row["acc/control"]), _fmt(row["control_drift"], signed=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

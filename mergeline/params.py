@@ -1,0 +1,192 @@
+"""Experiment parameters (``params/*.yaml``): schema, loading, ``--set key=value`` overrides.
+
+Everything here is checked before any heavy work starts, so a typo in a task or method name, a
+λ or density out of range, or a missing/empty dataset fails in a second with one line (exit 2).
+The same file is DVC's params file, so ``dvc exp run -S merge.lambda=0.5`` edits these keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mergeline.errors import MergelineError
+
+# Methods the pipeline knows how to sweep; each maps to a merge_method of the merge library.
+PIPELINE_METHODS: dict[str, str] = {
+    "task_arithmetic": "task_arithmetic",
+    "ties": "ties",
+    "dare_ties": "dare_ties",
+    "sta": "sta",
+    "metagpt": "metagpt",
+    "talos": "talos",
+    "lata": "lata",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(_Strict):
+    n_train: int = Field(64, ge=1, description="training examples per task")
+    n_validation: int = Field(16, ge=1, description="validation examples per task (λ/sparsity selection)")
+    n_test: int = Field(32, ge=1, description="test examples per task (reported numbers)")
+    seed: int = Field(0, description="seed of the split/sampling")
+
+
+class FinetuneParams(_Strict):
+    steps: int = Field(10, ge=1, description="optimizer steps per task")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(64, ge=8, description="tokens per example (prompt + answer)")
+    freeze_embeddings: bool = Field(True, description="freeze the (tied) embedding / LM head")
+    seed: int = 0
+
+
+class TalosParams(_Strict):
+    enabled: bool = Field(True, description="also fine-tune a TaLoS-sparse model per task")
+    keep: float = Field(0.1, gt=0, le=1, description="fraction of prunable entries left trainable")
+    rounds: int = Field(2, ge=1, description="iterative masking rounds")
+    calib_examples: int = Field(16, ge=1, description="examples scored for gradient sensitivity")
+
+
+class ImportanceParams(_Strict):
+    calib_examples: int = Field(16, ge=1, description="examples for STA's Taylor importance")
+    importance_of: Literal["task_vector", "weight"] = "task_vector"
+    grad_at: Literal["finetuned", "pretrained"] = "finetuned"
+
+
+class MethodSweep(_Strict):
+    """Grid of one method. Lists are swept; the best point on validation wins."""
+
+    lambdas: list[float] = Field(default_factory=lambda: [1.0], description="scaling coefficients λ")
+    densities: list[float] | None = Field(None, description="kept fraction (TIES/DARE/STA)")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra method parameters")
+
+    @field_validator("lambdas")
+    @classmethod
+    def _lambda_range(cls, values: list[float]) -> list[float]:
+        if not values:
+            raise ValueError("needs at least one value")
+        for value in values:
+            if not -3.0 <= value <= 3.0:
+                raise ValueError(f"λ={value} is out of range [-3, 3]")
+        return values
+
+    @field_validator("densities")
+    @classmethod
+    def _density_range(cls, values: list[float] | None) -> list[float] | None:
+        for value in values or []:
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"density={value} is out of range (0, 1]")
+        return values
+
+
+class MergeParams(_Strict):
+    methods: dict[str, MethodSweep] = Field(default_factory=dict)
+    # One-line experiments (`dvc exp run -S merge.lambda=0.5`): when set, every method uses this λ.
+    lambda_: float | None = Field(None, alias="lambda", ge=-3.0, le=3.0)
+    seed: int = Field(0, description="seed of random sparsifiers (DARE)")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: dict[str, MethodSweep]) -> dict[str, MethodSweep]:
+        for name in methods:
+            if name not in PIPELINE_METHODS:
+                raise ValueError(f"unknown method {name!r}; known: {', '.join(PIPELINE_METHODS)}")
+        if not methods:
+            raise ValueError("needs at least one method")
+        return methods
+
+
+class EvaluateParams(_Strict):
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=16)
+
+
+class RegisterParams(_Strict):
+    model_name: str = Field("mergeline-demo", min_length=1, description="MLflow registered model name")
+    champion_alias: str = "champion"
+    candidate_alias: str = "candidate"
+    candidates: int = Field(1, ge=0, description="runner-up variants registered as candidates")
+
+
+class ExperimentParams(_Strict):
+    experiment: str = Field("mergeline-demo", min_length=1, description="MLflow experiment name")
+    base_model: str = Field("smollm2-135m-instruct", description="packaged model id, HF folder or hub id")
+    tasks: list[str] = Field(default_factory=lambda: ["news", "sentiment", "code"])
+    control: str = "control"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    work_dir: str = Field("data/work", description="stage outputs (git-ignored, DVC-tracked)")
+    data_dir: str = Field("data/tasks", description="task JSONL splits (DVC-tracked)")
+    data: DataParams = Field(default_factory=DataParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    talos: TalosParams = Field(default_factory=TalosParams)
+    importance: ImportanceParams = Field(default_factory=ImportanceParams)
+    merge: MergeParams = Field(default_factory=MergeParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    register: RegisterParams = Field(default_factory=RegisterParams)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentParams":
+        if len(self.tasks) < 1:
+            raise ValueError("tasks: needs at least one task")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("tasks: duplicate task names")
+        if self.control in self.tasks:
+            raise ValueError(f"control {self.control!r} must not be a training task")
+        if "talos" in self.merge.methods and not self.talos.enabled:
+            raise ValueError("merge.methods.talos needs talos.enabled: true")
+        return self
+
+    def sha256(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise MergelineError(f"--set {assignment!r}: expected key=value")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MergelineError(f"--set {key}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return f"{source}: {where}: {first['msg']}"
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentParams:
+    """Read a params YAML (default ``params/default.yaml``), apply ``key=value`` overrides, validate."""
+    path = Path(path or "params/default.yaml")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise MergelineError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise MergelineError(f"{path}: unreadable YAML ({exc.__class__.__name__})") from None
+    if not isinstance(tree, dict):
+        raise MergelineError(f"{path}: expected a mapping at the top level")
+    for assignment in overrides or []:
+        _apply_override(tree, assignment)
+    try:
+        return ExperimentParams.model_validate(tree)
+    except ValidationError as exc:
+        raise MergelineError(_format_error(str(path), exc)) from None

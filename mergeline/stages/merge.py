@@ -1,0 +1,75 @@
+"""Stage ``merge``: expand each method's sweep into variants and merge each one with the library."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from mergeline.params import PIPELINE_METHODS
+from mergeline.stages.common import StageContext, rel, timed
+
+_SHORT = {"task_arithmetic": "ta", "ties": "ties", "dare_ties": "dare", "sta": "sta", "metagpt": "metagpt",
+          "talos": "talos", "lata": "lata"}
+
+
+def plan_variants(ctx: StageContext) -> list[dict[str, Any]]:
+    """Every (method, λ, density) point to merge; ``merge.lambda`` pins λ for all methods."""
+    variants = []
+    for method, sweep in ctx.params.merge.methods.items():
+        lambdas = [ctx.params.merge.lambda_] if ctx.params.merge.lambda_ is not None else sweep.lambdas
+        if method == "metagpt":
+            lambdas = [1.0]  # closed-form coefficients; an extra λ would be an ablation, not MetaGPT
+        densities = sweep.densities or [None]
+        for lam, density in itertools.product(lambdas, densities):
+            name = f"{_SHORT[method]}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
+            variants.append({"name": name, "method": method, "lambda": lam, "density": density,
+                             "options": sweep.options})
+    return variants
+
+
+def merge_config(ctx: StageContext, variant: dict[str, Any], base: dict[str, Any],
+                 vectors: dict[str, dict[str, Any]], importance: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow)."""
+    method = variant["method"]
+    mode = "talos" if method == "talos" else "full"
+    models = []
+    for task in ctx.params.tasks:
+        per_model: dict[str, Any] = {"weight": 1.0}
+        if variant["density"] is not None:
+            per_model["density"] = variant["density"]
+        if method == "sta":
+            per_model["importance"] = importance[task]["path"]
+        models.append({"model": vectors[f"{task}:{mode}"]["path"], "parameters": per_model})
+    parameters: dict[str, Any] = dict(variant["options"])
+    if method != "metagpt":
+        parameters["lambda"] = variant["lambda"]
+    if method == "dare_ties":
+        parameters.setdefault("seed", ctx.params.merge.seed)
+    return {"merge_method": PIPELINE_METHODS[method], "base_model": base["path"], "models": models,
+            "parameters": parameters, "dtype": "float32"}
+
+
+def merge_variant(ctx: StageContext, variant: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Run one merge into ``work_dir/merged/<variant>`` (atomic; paths in config are root-relative)."""
+    from mergeline.config import MergeConfig
+    from mergeline.merge import run_merge
+
+    out = ctx.work / "merged" / variant["name"]
+    ctx.say(f"merge: {variant['name']}")
+    absolute = _absolutize(config, ctx)
+    record: dict[str, Any] = {"variant": variant, "config": config}
+    with timed(record):
+        result = run_merge(MergeConfig.model_validate(absolute), out, device=ctx.device, progress=ctx.progress)
+    record.update({"path": rel(out, ctx.root), "weights": result.weight_sha256, "report": result.report})
+    return record
+
+
+def _absolutize(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    fixed = dict(config, base_model=str(ctx.root / config["base_model"]))
+    fixed["models"] = []
+    for entry in config["models"]:
+        params = dict(entry["parameters"])
+        if "importance" in params:
+            params["importance"] = str(ctx.root / params["importance"])
+        fixed["models"].append({"model": str(ctx.root / entry["model"]), "parameters": params})
+    return fixed

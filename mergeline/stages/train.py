@@ -1,0 +1,50 @@
+"""Stages ``fine-tune`` and ``extract-vector``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mergeline.stages.common import StageContext, rel, timed
+
+
+def checkpoint_name(task: str, mode: str) -> str:
+    return task if mode == "full" else f"{task}-{mode}"
+
+
+def finetune(ctx: StageContext, task: str, mode: str, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune the base on one task, fully (``full``) or on a TaLoS mask (``talos``)."""
+    from mergeline.finetune import FinetuneConfig, TalosConfig, finetune_checkpoint
+    from mergeline.io.hashing import sha256_dir
+
+    p = ctx.params
+    splits = data["tasks"][task]
+    out = ctx.work / "checkpoints" / checkpoint_name(task, mode)
+    cfg = FinetuneConfig(**p.finetune.model_dump())
+    talos = None
+    if mode == "talos":
+        talos = TalosConfig(keep=p.talos.keep, rounds=p.talos.rounds, calib_examples=p.talos.calib_examples,
+                            seed=p.finetune.seed)
+    ctx.say(f"fine-tune[{mode}]: {task}")
+    record: dict[str, Any] = {"task": task, "mode": mode}
+    with timed(record):
+        meta = finetune_checkpoint(
+            ctx.root / base["path"], ctx.root / splits["train"]["path"], out, cfg, talos=talos,
+            calib_jsonl=ctx.root / splits["validation"]["path"], device=ctx.device, log=ctx.log, progress=ctx.progress,
+        )
+    record.update({"path": rel(out, ctx.root), "sha256": sha256_dir(out), "meta": meta,
+                   "params": p.finetune.model_dump() | ({"talos": p.talos.model_dump()} if talos else {})})
+    return record
+
+
+def extract_vector(ctx: StageContext, base: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """τ = θ_ft − θ_base, written as a task-vector folder (safetensors + json with sha256)."""
+    from mergeline.finetune import extract_task_vector
+
+    name = checkpoint_name(checkpoint["task"], checkpoint["mode"])
+    out = ctx.work / "vectors" / name
+    ctx.say(f"extract-vector: {name}")
+    record: dict[str, Any] = {"task": checkpoint["task"], "mode": checkpoint["mode"]}
+    with timed(record):
+        meta = extract_task_vector(ctx.root / base["path"], ctx.root / checkpoint["path"], out)
+    record.update({"path": rel(out, ctx.root), "sha256": meta["sha256"], "meta": meta})
+    return record
