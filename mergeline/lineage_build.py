@@ -1,0 +1,86 @@
+"""Helpers that producers (the pipeline's register stage) use to fill a :class:`~mergeline.lineage.Lineage`.
+
+They hash what is on disk now, so call them on the finished outputs of each stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mergeline.errors import MergelineError
+from mergeline.io.hashing import sha256_dir, sha256_file
+from mergeline.lineage import Artifact, CodeInfo, DvcInfo, FileHash, ParamsInfo
+
+_CHUNK = 1 << 20
+A = TypeVar("A", bound=Artifact)
+
+
+def md5_file(path: str | os.PathLike[str]) -> str:
+    """md5 of the bytes: DVC 3 keys its cache by this (``files/md5/<2>/<30>``)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_files(folder: Path) -> dict[str, FileHash]:
+    """Per-file sha256 + md5 under ``folder`` (hidden files skipped, like ``sha256_dir``)."""
+    return {
+        p.relative_to(folder).as_posix(): FileHash(sha256=sha256_file(p), md5=md5_file(p))
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+
+
+def describe(path: str | os.PathLike[str], cls: type[A] = Artifact, dvc_md5: str | None = None, **extra: Any) -> A:
+    """An artifact record for ``path`` as it is now (``cls`` e.g. ImportanceArtifact with ``kind=``)."""
+    p = Path(path)
+    if p.is_dir():
+        return cls(path=str(path), sha256=sha256_dir(p), dvc_md5=dvc_md5, files=folder_files(p), **extra)
+    if p.is_file():
+        return cls(path=str(path), sha256=sha256_file(p), dvc_md5=dvc_md5 or md5_file(p), **extra)
+    raise MergelineError(f"{path}: cannot record lineage of a missing file or folder")
+
+
+def weight_files(model_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """sha256 of the files that carry the weights: ``*.safetensors`` and the shard index."""
+    folder = Path(model_dir)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and (
+        p.suffix == ".safetensors" or p.name.endswith(".safetensors.index.json")))
+    return {name: sha256_file(folder / name) for name in names}
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_info(root: str | os.PathLike[str] = ".") -> CodeInfo:
+    """The git commit of ``root`` and whether tracked files differ from it (untracked files ignored)."""
+    root = Path(root)
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return CodeInfo(git_commit=commit, dirty=bool(status))
+
+
+def dvc_info(root: str | os.PathLike[str] = ".") -> DvcInfo:
+    lock = Path(root) / "dvc.lock"
+    return DvcInfo(lock_sha256=sha256_file(lock) if lock.is_file() else None)
+
+
+def params_info(path: str | os.PathLike[str], resolved: dict[str, Any] | None = None) -> ParamsInfo:
+    """The params file's hash and its resolved values (the file's YAML unless ``resolved`` is given)."""
+    p = Path(path)
+    if resolved is None:
+        resolved = yaml.safe_load(p.read_text()) or {}
+    return ParamsInfo(path=str(path), sha256=sha256_file(p), resolved=resolved)

@@ -1,0 +1,158 @@
+"""Point MLflow at a store and log params, metrics and artifacts safely.
+
+Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``;
+``MLFLOW_TRACKING_URI`` (or the ``uri`` argument) overrides. The logging helpers take an explicit
+``run_id`` (else the active run) so Prefect tasks running in threads never depend on MLflow's
+process-global active run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
+
+from mergeline.errors import MergelineError
+
+# MLflow's limits (mlflow.utils.validation): param values 6000 chars, keys 250, batches 100 params /
+# 1000 metrics per call. Stay under them rather than let a long config fail a run.
+PARAM_VALUE_LIMIT = 6000
+KEY_LIMIT = 250
+_PARAM_BATCH = 100
+_METRIC_BATCH = 1000
+_TRUNCATED = "…[truncated]"
+
+
+def default_tracking_uri(cwd: str | os.PathLike[str] | None = None) -> str:
+    """``sqlite:///`` + absolute path of ``mlflow.db`` (four slashes for an absolute path, G14)."""
+    return f"sqlite:///{(Path(cwd or Path.cwd()) / 'mlflow.db').resolve()}"
+
+
+def _local_store_dir(uri: str) -> Path | None:
+    """The folder of a local sqlite or file store, where artifacts go beside it."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        db = uri[len("sqlite:///"):]
+        return Path(db).resolve().parent if db and db != ":memory:" else None
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path).resolve().parent
+    return None
+
+
+def configure_tracking(uri: str | None = None, experiment: str = "mergeline") -> str:
+    """Set the tracking URI and the active experiment; returns the URI in use.
+
+    Order matters: the active experiment is process-global, so set_experiment must follow every
+    set_tracking_uri or a later call resolves an experiment id from another store (STACK.md G11).
+    A new experiment on a local store keeps its artifacts in ``mlartifacts`` beside the database.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    if client.get_experiment_by_name(experiment) is None:
+        store_dir = _local_store_dir(uri)
+        location = (store_dir / "mlartifacts").as_uri() if store_dir else None
+        try:
+            client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:
+            # Another process or thread created it between the lookup and the create.
+            if client.get_experiment_by_name(experiment) is None:
+                raise
+    _current.update(uri=uri, experiment=experiment, experiment_id=mlflow.set_experiment(experiment).experiment_id)
+    return uri
+
+
+_current: dict[str, str] = {}
+
+
+def current_experiment_id() -> str:
+    """The experiment :func:`configure_tracking` set (configuring the default store if none was)."""
+    if "experiment_id" not in _current:
+        configure_tracking()
+    elif _current["uri"] != mlflow.get_tracking_uri():
+        # Someone switched stores behind our back: the cached id belongs to the old store.
+        configure_tracking(mlflow.get_tracking_uri(), _current["experiment"])
+    return _current["experiment_id"]
+
+
+def _run_id(run_id: str | None) -> str:
+    if run_id:
+        return run_id
+    active = mlflow.active_run()
+    if active is None:
+        raise MergelineError("mlflow: no run_id given and no active run to log to")
+    return active.info.run_id
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Nested mappings to one level: ``{"merge": {"lambda": 0.4}}`` -> ``{"merge.lambda": 0.4}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name, sep))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - len(_TRUNCATED)] + _TRUNCATED
+
+
+def log_params(params: Mapping[str, Any], prefix: str = "", run_id: str | None = None) -> dict[str, str]:
+    """Log a (nested) dict as params named ``prefix.key.sub``; values stringified and truncated.
+
+    Returns what was logged. Keys longer than MLflow's limit are errors (a silently cut key could
+    collide with another).
+    """
+    run = _run_id(run_id)
+    logged = {key: _param_value(value) for key, value in flatten(params, prefix).items()}
+    for key in logged:
+        if len(key) > KEY_LIMIT:
+            raise MergelineError(f"mlflow param {key[:60]}…: key longer than {KEY_LIMIT} characters")
+    items = [Param(key, value) for key, value in logged.items()]
+    client = MlflowClient()
+    for start in range(0, len(items), _PARAM_BATCH):
+        client.log_batch(run, params=items[start : start + _PARAM_BATCH])
+    return logged
+
+
+def log_metrics(
+    metrics: Mapping[str, Any], step: int | None = None, prefix: str = "", run_id: str | None = None
+) -> dict[str, float]:
+    """Log a (nested) dict of numbers as metrics; non-numeric values are skipped, NaN/inf kept as-is."""
+    run = _run_id(run_id)
+    logged: dict[str, float] = {}
+    for key, value in flatten(metrics, prefix, sep="/").items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        logged[key] = float(value)
+    now = get_current_time_millis()
+    items = [Metric(key, value, now, step or 0) for key, value in logged.items()]
+    client = MlflowClient()
+    for start in range(0, len(items), _METRIC_BATCH):
+        client.log_batch(run, metrics=items[start : start + _METRIC_BATCH])
+    return logged
+
+
+def log_artifacts(path: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None) -> None:
+    """Log a file or a whole folder (its contents, under ``artifact_path``) to the run."""
+    run = _run_id(run_id)
+    p = Path(path)
+    client = MlflowClient()
+    if p.is_dir():
+        client.log_artifacts(run, str(p), artifact_path)
+    elif p.is_file():
+        client.log_artifact(run, str(p), artifact_path)
+    else:
+        raise MergelineError(f"{path}: no such file or folder to log as an MLflow artifact")

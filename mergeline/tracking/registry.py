@@ -1,0 +1,214 @@
+"""Register a merged model in the MLflow Model Registry with its lineage, and look versions up.
+
+A version is the run's logged ``model/`` folder (the Hugging Face files as written by the merge, plus
+``lineage.json`` and ``lineage.mmd`` beside the weights) registered with ``create_model_version``.
+We log plain artifacts rather than ``mlflow.transformers.log_model`` because log_model loads the
+model and runs it to infer a signature (6.4 s for a 135k-parameter model, much more for 135M on 2
+cores) and stores a second copy of the weights under ``models/``; plain artifacts copy the weights
+once. The version still loads back with ``transformers``' ``from_pretrained`` on
+:func:`model_artifact_dir` (tested).
+
+Order of registration (a version never points at a missing or partial artifact):
+1. every weight file in ``lineage.weights`` exists in ``model_dir`` with that sha256, and no
+   ``*.safetensors`` there is unlisted;
+2. artifacts are logged, and on a local artifact store re-hashed where they landed;
+3. only then the version is created, with its tags in the same call; aliases last (undone on failure).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mergeline.errors import MergelineError
+from mergeline.io.atomic import atomic_file
+from mergeline.io.hashing import sha256_file
+from mergeline.lineage import Lineage, version_tags
+from mergeline.lineage_render import render_mermaid
+from mergeline.tracking.mlflow_setup import current_experiment_id
+
+MODEL_ARTIFACT_PATH = "model"
+LINEAGE_FILE = "lineage.json"
+MERMAID_FILE = "lineage.mmd"
+_ALIAS = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def check_weights(model_dir: Path, weights: dict[str, str]) -> None:
+    """MergelineError naming the first weight file that is missing, altered or unlisted."""
+    model_dir = Path(model_dir)
+    if not weights:
+        raise MergelineError(f"{model_dir}: lineage.weights is empty; refusing to register a model without weights")
+    for rel, expected in sorted(weights.items()):
+        path = model_dir / rel
+        if not path.is_file():
+            raise MergelineError(f"{path}: weight file named in lineage.weights is missing; nothing registered")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise MergelineError(f"{path}: sha256 {actual[:12]}… differs from lineage.weights {expected[:12]}…; nothing registered")
+    unlisted = sorted(p.name for p in model_dir.glob("*.safetensors") if p.name not in weights)
+    if unlisted:
+        raise MergelineError(f"{model_dir / unlisted[0]}: weight file not listed in lineage.weights; nothing registered")
+
+
+def _check_aliases(aliases: list[str]) -> None:
+    for alias in aliases:
+        # Digits are reserved for versions in NAME@VERSION; v<digits> and latest are reserved by MLflow.
+        if not _ALIAS.fullmatch(alias) or alias.isdigit() or re.fullmatch(r"[vV]\d+", alias) or alias.lower() == "latest":
+            raise MergelineError(f"alias {alias!r}: use letters, digits, '_' or '-', not a version number or 'latest'")
+
+
+def _local_path(uri: str) -> Path | None:
+    """The filesystem path of a ``file://`` (or scheme-less) artifact URI, else None (remote store)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    return None
+
+
+def _write_lineage_files(lineage: Lineage, folder: Path) -> None:
+    with atomic_file(folder / LINEAGE_FILE) as handle:
+        handle.write(lineage.to_json())
+    with atomic_file(folder / MERMAID_FILE) as handle:
+        handle.write(render_mermaid(lineage))
+
+
+def _start_run(client: MlflowClient, name: str, lineage: Lineage) -> str:
+    active = mlflow.active_run()
+    experiment_id = active.info.experiment_id if active else current_experiment_id()
+    parent = lineage.mlflow.parent_run_id or (active.info.run_id if active else None)
+    tags = {"mlflow.parentRunId": parent} if parent else {}
+    return client.create_run(experiment_id, run_name=f"register-{name}", tags=tags).info.run_id
+
+
+def _log_model(client: MlflowClient, run_id: str, model_dir: Path, lineage: Lineage) -> str:
+    """Log the folder and lineage files; returns the version source URI (``<run artifacts>/model``)."""
+    client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+    with tempfile.TemporaryDirectory(prefix="mergeline-lineage-") as tmp:
+        _write_lineage_files(lineage, Path(tmp))
+        client.log_artifacts(run_id, tmp, MODEL_ARTIFACT_PATH)
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
+    landed = _local_path(source)
+    if landed is not None:
+        # A short copy (full disk, killed writer) must fail here, before any version exists.
+        check_weights(landed, lineage.weights)
+    return source
+
+
+def register_merged_model(
+    model_dir: Path, name: str, lineage: Lineage, aliases: list[str], run_id: str | None = None
+) -> str:
+    """Log ``model_dir`` with its lineage to a run and register it as a new version of ``name``.
+
+    ``run_id``: log into that run (e.g. the pipeline's register-stage run); None creates a run in
+    the configured experiment, nested under ``lineage.mlflow.parent_run_id`` or the active run.
+    Returns the new version number. Raises MergelineError (nothing registered) when a weight file
+    is missing, altered or unlisted, or an alias or the name is invalid.
+    """
+    model_dir = Path(model_dir)
+    if not name or "@" in name or "/" in name:
+        raise MergelineError(f"registered model name {name!r}: must be non-empty without '@' or '/'")
+    _check_aliases(aliases)
+    check_weights(model_dir, lineage.weights)
+    client = MlflowClient()
+    own_run = run_id is None
+    run = run_id or _start_run(client, name, lineage)
+    lineage = lineage.model_copy(deep=True)
+    lineage.mlflow.registered_run_id = run
+    try:
+        source = _log_model(client, run, model_dir, lineage)
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = client.create_model_version(name, source, run_id=run, tags=version_tags(lineage)).version
+        try:
+            for alias in aliases:
+                client.set_registered_model_alias(name, alias, version)
+        except BaseException:
+            client.delete_model_version(name, version)
+            raise
+        client.set_tag(run, "mergeline.registered_version", f"{name}/{version}")
+    except BaseException:
+        if own_run:
+            client.set_terminated(run, "FAILED")
+        raise
+    if own_run:
+        client.set_terminated(run, "FINISHED")
+    return str(version)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """``NAME[@VERSION|@ALIAS]`` (``models:/`` prefix allowed) -> (name, version, alias)."""
+    body = spec.removeprefix("models:/")
+    if "/" in body and "@" not in body:
+        body = body.replace("/", "@", 1)  # models:/NAME/VERSION
+    name, _, ref = body.partition("@")
+    if not name or (("@" in spec) and not ref):
+        raise MergelineError(f"{spec!r}: expected NAME, NAME@VERSION or NAME@ALIAS")
+    if not ref:
+        return name, None, None
+    return (name, ref, None) if ref.isdigit() else (name, None, ref)
+
+
+def resolve_version(spec: str) -> ModelVersion:
+    """The model version ``NAME[@VERSION|@ALIAS]`` names (the latest version for a bare NAME).
+
+    Unknown name, version or alias -> MergelineError (CLI exit 2).
+    """
+    name, version, alias = parse_spec(spec)
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        raise MergelineError(f"{spec}: no registered model named {name!r} at {mlflow.get_tracking_uri()}") from exc
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        if version is not None:
+            return client.get_model_version(name, version)
+    except MlflowException as exc:
+        what = f"alias {alias!r}" if alias is not None else f"version {version}"
+        raise MergelineError(f"{spec}: registered model {name!r} has no {what}") from exc
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise MergelineError(f"{spec}: registered model {name!r} has no versions")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def model_artifact_dir(version: ModelVersion, dest: Path | None = None) -> Path:
+    """A local folder with the version's files: the store's own folder when it is local, else a download.
+
+    A local folder is returned even when it was deleted, so callers can name what is missing.
+    """
+    local = _local_path(version.source)
+    if local is not None:
+        return local
+    dest = Path(dest or tempfile.mkdtemp(prefix="mergeline-model-"))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest)))
+
+
+def load_lineage(version: ModelVersion) -> Lineage:
+    """The version's ``lineage.json``. FileNotFoundError (naming it) when the artifact is gone."""
+    local = _local_path(version.source)
+    if local is not None:
+        path = local / LINEAGE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: lineage.json of {version.name} version {version.version} is missing")
+        return Lineage.model_validate_json(path.read_text())
+    tmp = tempfile.mkdtemp(prefix="mergeline-lineage-")
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{version.source}/{LINEAGE_FILE}", dst_path=tmp)
+        return Lineage.model_validate_json(Path(path).read_text())
+    except MlflowException as exc:
+        raise FileNotFoundError(f"{version.source}/{LINEAGE_FILE}: cannot fetch lineage.json ({exc})") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
