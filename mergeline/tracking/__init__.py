@@ -16,6 +16,7 @@ from mergeline.tracking.mlflow_setup import (  # noqa: E402
     log_artifacts,
     log_metrics,
     log_params,
+    log_params_flat,
 )
 
-__all__ = ["configure_tracking", "log_artifacts", "log_metrics", "log_params"]
+__all__ = ["configure_tracking", "log_artifacts", "log_metrics", "log_params", "log_params_flat"]

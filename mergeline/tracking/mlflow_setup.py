@@ -127,6 +127,11 @@ def log_params(params: Mapping[str, Any], prefix: str = "", run_id: str | None =
     return logged
 
 
+def log_params_flat(params: Mapping[str, Any], run_id: str | None = None) -> dict[str, str]:
+    """:func:`log_params` without a prefix: nested keys joined with '.' (the pipeline's spelling)."""
+    return log_params(params, run_id=run_id)
+
+
 def log_metrics(
     metrics: Mapping[str, Any], step: int | None = None, prefix: str = "", run_id: str | None = None
 ) -> dict[str, float]:
