@@ -1,0 +1,143 @@
+"""Shared sparsifiers and the sign-consensus combine of the task-arithmetic family.
+
+Pure tensor functions (tensor in, tensor out), used by task_arithmetic, ties, dare, breadcrumbs, sta and
+talos. Semantics follow mergekit 0.1.5 (``mergekit/sparsify.py``, ``generalized_task_arithmetic.py``)
+where mergekit has the method; the differences are stated per function.
+
+Tie rule of the per-tensor magnitude trim: exactly ``k`` entries are kept; among entries whose magnitude
+equals the k-th largest, those with the lowest flat index win. mergekit breaks such ties by an unstable
+argsort, so results agree exactly only when magnitudes at the cut-off are distinct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal, Sequence
+
+import torch
+
+RescaleMode = Literal["l1", "inverse_density"]
+
+_RESCALE_EPS = 1e-7  # mergekit's tolerance: below it, the masked tensor is left unscaled
+
+
+def keep_count(density: float, numel: int) -> int:
+    """k = max(1, int(density·n)) for density < 1 (a positive density keeps at least one entry), else n."""
+    if density >= 1.0 or numel == 0:
+        return numel
+    return max(1, int(density * numel))
+
+
+def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly ``k`` largest ``scores`` (ties at the cut-off: lowest flat index first).
+
+    Uses one k-th-value selection instead of a full sort, so memory stays O(n) booleans.
+    """
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if k >= n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    cut = torch.kthvalue(flat, n - k + 1).values
+    above = flat > cut
+    at_cut = flat == cut
+    need = k - int(above.sum())
+    # The first `need` entries equal to the cut-off value, in flat order.
+    keep_at_cut = at_cut & (torch.cumsum(at_cut, dim=0) <= need)
+    return (above | keep_at_cut).reshape(scores.shape)
+
+
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES trim: keep the k = max(1, int(density·n)) largest |δ| of one tensor."""
+    return topk_mask(delta.abs(), keep_count(density, delta.numel()))
+
+
+def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Model Breadcrumbs: drop the top ``int(γ·n)`` magnitudes and keep the next ``int(density·n)``.
+
+    When ``int(γ·n) + int(density·n) > n`` fewer outliers are dropped so that ``int(density·n)`` entries
+    remain (as mergekit). ``int(γ·n) = 0`` simply drops no outliers: the whole tensor is never zeroed.
+    """
+    n = delta.numel()
+    target = int(density * n)
+    n_top = min(int(gamma * n), n - target)
+    magnitudes = delta.abs()
+    keep_upto = topk_mask(magnitudes, n_top + target)  # the n_top + target largest
+    drop_top = topk_mask(magnitudes, n_top)  # the n_top largest (same tie order, so a subset)
+    return keep_upto & ~drop_top
+
+
+def tensor_seed(seed: int, name: str, model_index: int) -> int:
+    """A 63-bit seed from (global seed, tensor name, configured model index): stable across runs,
+    devices and tensor order, so a merge reproduces bit for bit."""
+    digest = hashlib.sha256(f"{seed}\x00{name}\x00{model_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def bernoulli_mask(shape: torch.Size, density: float, seed: int, device: torch.device) -> torch.Tensor:
+    """DARE: each entry kept independently with probability ``density`` (= 1 − p).
+
+    Drawn on a CPU generator so the mask does not depend on the compute device.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return (torch.rand(shape, generator=generator) < density).to(device)
+
+
+def apply_mask(
+    delta: torch.Tensor,
+    mask: torch.Tensor,
+    rescale: RescaleMode | None = None,
+    density: float = 1.0,
+) -> torch.Tensor:
+    """δ ⊙ m, optionally rescaled.
+
+    ``l1`` (mergekit): multiply by ‖δ‖₁ / ‖δ⊙m‖₁ (skipped when either norm is below 1e-7).
+    ``inverse_density`` (DARE paper): multiply by 1 / density.
+    """
+    masked = delta * mask.to(delta.dtype)
+    if rescale == "l1":
+        before = delta.abs().sum()
+        after = masked.abs().sum()
+        if before < _RESCALE_EPS or after < _RESCALE_EPS:
+            return masked
+        return masked * (before / after)
+    if rescale == "inverse_density":
+        return masked / density
+    return masked
+
+
+def combine(
+    deltas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    consensus: Literal["sum", "count"] | None,
+    normalize: bool,
+    lam: float,
+) -> torch.Tensor:
+    """The merge step of mergekit's task-arithmetic family (METHODS §7.1 steps 3-5).
+
+    u_i = w_i δ_i.  With consensus: s = +1 where Σ_i u_i ≥ 0 ("sum"; "count" uses Σ_i sign(u_i)) else −1,
+    a_i = [sign(u_i) = s] (zeros never agree), Δ = Σ_i a_i u_i, D = Σ_i a_i w_i (0 → 1).
+    Without: Δ = Σ_i u_i, D = Σ_i w_i (|D| < 1e-8 → 1).  If normalize: Δ ← Δ / D.  Returns λ·Δ.
+    """
+    stacked = torch.stack(list(deltas))  # (T, *shape)
+    w = torch.tensor(list(weights), dtype=stacked.dtype, device=stacked.device)
+    w = w.reshape((-1,) + (1,) * (stacked.dim() - 1))
+    stacked.mul_(w)
+    if consensus is not None:
+        signs = stacked.sign()
+        votes = stacked.sum(dim=0) if consensus == "sum" else signs.sum(dim=0)
+        elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)
+        agree = (signs == elected).to(stacked.dtype)
+        mixed = (stacked * agree).sum(dim=0)
+        divisor = (w * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = stacked.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    if lam != 1:
+        mixed = mixed * lam
+    return mixed

@@ -1,0 +1,59 @@
+"""Linear merge / model soup (Wortsman et al., "Model soups", arXiv 2203.05482).
+
+    θ = Σ_i w_i θ_i / Σ_i w_i      (``normalize: true``, the default, as in mergekit ``linear``)
+    θ = Σ_i w_i θ_i                (``normalize: false``)
+
+Works on weights, not task vectors, and needs no base model. Computed in float32 (float64 inputs stay
+float64); models are accumulated in config order, as mergekit does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from mergeline.errors import MergelineError
+from mergeline.methods import register
+from mergeline.methods._fields import WeightedModel
+from mergeline.methods.base import MergeMethod, MethodParameters, TensorInputs
+
+
+class LinearParameters(MethodParameters):
+    normalize: bool = Field(True, description="Divide the weighted sum by Σ w_i (mergekit default: true).")
+
+
+@register
+class Linear(MergeMethod):
+    """θ = Σ_i w_i θ_i / Σ_i w_i (normalized weighted average of the models' weights)."""
+
+    name = "linear"
+    paper = "arXiv:2203.05482"
+    kind = "weights"
+    requires_base = False
+    Parameters = LinearParameters
+    PerModel = WeightedModel
+
+    def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
+        first = inputs.tensors[0]
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        weights = [float(mp.weight) for mp in inputs.model_params]
+        result = torch.zeros_like(first, dtype=dtype)
+        for tensor, weight in zip(inputs.tensors, weights):
+            result.add_(tensor.to(dtype), alpha=weight)
+        if inputs.params.normalize:
+            total = sum(weights)
+            if abs(total) < 1e-12:
+                raise MergelineError(
+                    f"tensor {inputs.name!r}: linear merge weights sum to 0; set normalize: false or change weight"
+                )
+            result.div_(total)
+        return result
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "normalize": self.params.normalize,
+            "models": [mp.model_dump() for mp in self.model_params],
+        }
