@@ -1,0 +1,105 @@
+"""Run one tool in its own process and measure it; compare two merged models (used by merge_speed.py).
+
+Wall-clock time covers the whole command (interpreter start and imports included), as a user sees it.
+Peak host memory is the child's max RSS from ``os.wait4``, which reports that one child (and any
+process it waited for), unlike ``RUSAGE_CHILDREN``, whose maximum never goes down between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from _rw_baseline import tensor_locations
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Measured:
+    """One timed run. ``error`` holds the tail of the log when the command failed."""
+
+    seconds: float
+    max_rss: int  # bytes
+    cuda_peak: int | None = None  # bytes, torch.cuda.max_memory_allocated in the child
+    error: str | None = None
+
+
+def offline_env() -> dict[str, str]:
+    """The children's environment: no hub access, ever; the benchmarks folder importable."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_HUB_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_measured(cmd: list[str], log: Path) -> Measured:
+    """Run ``cmd`` with stdout+stderr to ``log``; return its wall time and max RSS."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=offline_env())
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, so Popen must not wait
+    measured = Measured(seconds, usage.ru_maxrss * 1024)  # Linux reports KiB
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+        measured.error = f"exit {proc.returncode}: " + "\n".join(tail)
+    return measured
+
+
+def run_entry_point(entry: str, args: list[str], log: Path) -> Measured:
+    """Run a console-script entry point (``module:function``) through ``_peak.py``, with CUDA peak."""
+    peak_file = log.with_suffix(".peak.json")
+    peak_file.unlink(missing_ok=True)
+    measured = run_measured([sys.executable, str(HERE / "_peak.py"), str(peak_file), entry, *args], log)
+    if peak_file.exists():
+        measured.cuda_peak = json.loads(peak_file.read_text()).get("cuda_max_allocated")
+    return measured
+
+
+def best_of(runs: list[Measured]) -> Measured:
+    """The fastest successful run (the least disturbed by the other jobs on a shared machine)."""
+    ok = [r for r in runs if r.error is None]
+    return min(ok, key=lambda r: r.seconds) if ok else runs[-1]
+
+
+@dataclass
+class Comparison:
+    max_abs_diff: float
+    tensors: int
+    problems: list[str]  # missing/extra names, shape or dtype mismatches
+
+
+def compare_models(a: Path, b: Path) -> Comparison:
+    """Max |a - b| over every tensor both HF folders hold (in float32), and what does not match."""
+    where_a, where_b = tensor_locations(a), tensor_locations(b)
+    problems = [f"only in {a.name}: {n}" for n in sorted(set(where_a) - set(where_b))]
+    problems += [f"only in {b.name}: {n}" for n in sorted(set(where_b) - set(where_a))]
+    worst = 0.0
+    count = 0
+    handles: dict[Path, object] = {}
+
+    def load(path: Path, name: str) -> torch.Tensor:
+        if path not in handles:
+            handles[path] = safe_open(str(path), framework="pt")
+        return handles[path].get_tensor(name)
+
+    for name in sorted(set(where_a) & set(where_b)):
+        ta, tb = load(where_a[name], name), load(where_b[name], name)
+        if ta.shape != tb.shape or ta.dtype != tb.dtype:
+            problems.append(f"{name}: {tuple(ta.shape)} {ta.dtype} vs {tuple(tb.shape)} {tb.dtype}")
+            continue
+        diff = (ta.float() - tb.float()).abs().max().item() if ta.numel() else 0.0
+        worst = max(worst, diff)
+        count += 1
+    return Comparison(worst, count, problems)

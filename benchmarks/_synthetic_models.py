@@ -1,0 +1,240 @@
+"""Synthetic Llama-shaped checkpoints of a given size, for merge benchmarks and tests (no download).
+
+Used by ``benchmarks/merge_speed.py``; importable on its own:
+
+    .venv/bin/python -c "import sys; sys.path.insert(0, 'benchmarks'); import _synthetic_models as s; \
+        print(s.build_model_set(Path('bench_out/x'), 0.1e9, 2, 'bfloat16'))"
+
+A set is one base model plus N "fine-tunes". The base has random weights (N(0, 0.02²) matrices, unit
+norm weights); fine-tune i is ``base + eps_i`` with ``eps_i ~ N(0, (rel * 0.02)²)`` drawn from its own
+seed, so task vectors are dense, small and independent, as after a short full fine-tune. Each model is
+a Hugging Face folder: ``config.json`` (LlamaForCausalLM) and ``model-0000i-of-0000N.safetensors`` +
+``model.safetensors.index.json`` (or one ``model.safetensors`` when it fits in one shard).
+
+Sets are cached: a folder holding ``set.json`` with the same parameters is reused as is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+VOCAB = 32000
+# Base weights are drawn like a freshly initialised Llama (initializer_range 0.02).
+INIT_STD = 0.02
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The few config fields that fix every tensor shape of a Llama decoder."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int = VOCAB
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter name -> shape, in the order Hugging Face writes a LlamaForCausalLM."""
+        h, i = self.hidden_size, self.intermediate_size
+        kv = h // self.num_attention_heads * self.num_key_value_heads
+        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_size, h)}
+        for layer in range(self.num_hidden_layers):
+            p = f"model.layers.{layer}."
+            shapes[p + "self_attn.q_proj.weight"] = (h, h)
+            shapes[p + "self_attn.k_proj.weight"] = (kv, h)
+            shapes[p + "self_attn.v_proj.weight"] = (kv, h)
+            shapes[p + "self_attn.o_proj.weight"] = (h, h)
+            shapes[p + "mlp.gate_proj.weight"] = (i, h)
+            shapes[p + "mlp.up_proj.weight"] = (i, h)
+            shapes[p + "mlp.down_proj.weight"] = (h, i)
+            shapes[p + "input_layernorm.weight"] = (h,)
+            shapes[p + "post_attention_layernorm.weight"] = (h,)
+        shapes["model.norm.weight"] = (h,)
+        shapes["lm_head.weight"] = (self.vocab_size, h)
+        return shapes
+
+    def num_params(self) -> int:
+        return sum(math.prod(s) for s in self.tensor_shapes().values())
+
+    def hf_config(self, dtype: str) -> dict[str, object]:
+        """A config.json that transformers and mergekit read as a LlamaForCausalLM."""
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "initializer_range": INIT_STD,
+            "tie_word_embeddings": False,
+            "dtype": dtype,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        }
+
+
+def llama_shape_for(params: float) -> LlamaShape:
+    """A Llama shape with about ``params`` parameters: width from the size class, depth to fill it.
+
+    Widths follow common checkpoints (TinyLlama 1.1B: hidden 2048, MLP 5632, GQA 32/4 heads);
+    the layer count is what brings the total to the target, at least 1.
+    """
+    # (largest size, hidden, vocab): tiny sizes shrink the vocabulary so tests stay fast.
+    classes = [(5e6, 64, 512), (0.03e9, 256, VOCAB), (0.2e9, 768, VOCAB), (0.6e9, 1024, VOCAB),
+               (2e9, 2048, VOCAB), (5e9, 3072, VOCAB), (math.inf, 4096, VOCAB)]
+    hidden, vocab = next((h, v) for limit, h, v in classes if params <= limit)
+    # SwiGLU MLP width ~ 8/3 h, rounded up to a multiple of 256 as Llama does.
+    inter = int(math.ceil(8 * hidden / 3 / 256) * 256)
+    heads = max(4, hidden // 64)
+    kv_heads = max(1, heads // 4)
+    one_layer = LlamaShape(hidden, inter, 1, heads, kv_heads, vocab)
+    outside = LlamaShape(hidden, inter, 0, heads, kv_heads, vocab).num_params()
+    per_layer = one_layer.num_params() - outside
+    layers = max(1, round((params - outside) / per_layer))
+    return LlamaShape(hidden, inter, layers, heads, kv_heads, vocab)
+
+
+def _shard_plan(shapes: dict[str, tuple[int, ...]], itemsize: int, shard_bytes: int) -> list[list[str]]:
+    """Split names into consecutive shards of at most ``shard_bytes`` (a bigger tensor gets its own)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, shape in shapes.items():
+        nbytes = math.prod(shape) * itemsize
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def _shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def _write_model(
+    folder: Path,
+    shape: LlamaShape,
+    dtype: str,
+    shard_bytes: int,
+    make_tensor,  # (name, shape) -> torch.Tensor in the target dtype
+) -> None:
+    """Write one HF folder, one shard in memory at a time (memory bounded by ``shard_bytes``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = shape.tensor_shapes()
+    torch_dtype = _DTYPES[dtype]
+    plan = _shard_plan(shapes, torch.empty(0, dtype=torch_dtype).element_size(), shard_bytes)
+    files = _shard_names(len(plan))
+    weight_map: dict[str, str] = {}
+    total = 0
+    for file, names in zip(files, plan):
+        tensors = {name: make_tensor(name, shapes[name]).to(torch_dtype).contiguous() for name in names}
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        save_file(tensors, str(folder / file), metadata={"format": "pt"})
+        weight_map.update({name: file for name in names})
+        del tensors
+    if len(files) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (folder / "config.json").write_text(json.dumps(shape.hf_config(dtype), indent=2))
+
+
+def _name_seed(name: str, seed: int) -> int:
+    # Stable across processes (unlike hash()): each tensor gets its own stream.
+    return (sum((i + 1) * ord(c) for i, c in enumerate(name)) * 1_000_003 + seed) % (2**63)
+
+
+def _base_tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if len(shape) == 1:  # RMSNorm weights start at one
+        return torch.ones(shape)
+    gen = torch.Generator().manual_seed(_name_seed(name, 0))
+    return torch.randn(shape, generator=gen).mul_(INIT_STD)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """Paths of a built set: ``base`` and ``finetunes``; ``bytes_per_model`` on disk (tensors only)."""
+
+    base: Path
+    finetunes: list[Path]
+    shape: LlamaShape
+    dtype: str
+    bytes_per_model: int
+
+    @property
+    def all_models(self) -> list[Path]:
+        return [self.base, *self.finetunes]
+
+
+def build_model_set(
+    workdir: Path,
+    params: float,
+    num_finetunes: int = 4,
+    dtype: str = "bfloat16",
+    shard_bytes: int = 1 << 30,
+    rel_delta: float = 0.02,
+    progress=print,
+) -> ModelSet:
+    """Build (or reuse) ``workdir/base`` and ``workdir/ft{i}``; see the module docstring for the weights.
+
+    ``rel_delta`` is the task-vector std relative to INIT_STD; 2% keeps most of every delta above
+    bfloat16's rounding step (2^-8 relative), so bf16 task vectors are not mostly zeros.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    shape = llama_shape_for(params)
+    itemsize = torch.empty(0, dtype=_DTYPES[dtype]).element_size()
+    spec = {"shape": asdict(shape), "dtype": dtype, "shard_bytes": shard_bytes,
+            "rel_delta": rel_delta, "num_finetunes": num_finetunes, "version": 1}
+    workdir = workdir.resolve()
+    marker = workdir / "set.json"
+    result = ModelSet(workdir / "base", [workdir / f"ft{i}" for i in range(num_finetunes)],
+                      shape, dtype, shape.num_params() * itemsize)
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return result
+    marker.unlink(missing_ok=True)
+    progress(f"building {num_finetunes}+1 models of {shape.num_params() / 1e9:.3f}B params "
+             f"({dtype}, {shape.num_hidden_layers} layers x {shape.hidden_size}) in {workdir}")
+    _write_model(result.base, shape, dtype, shard_bytes, _base_tensor)
+    for i, folder in enumerate(result.finetunes):
+        gen = torch.Generator().manual_seed(1000 + i)
+
+        def finetune_tensor(name: str, shp: tuple[int, ...], gen=gen) -> torch.Tensor:
+            # Regenerating the base per tensor keeps memory at one shard instead of one model.
+            delta = torch.randn(shp, generator=gen).mul_(rel_delta * INIT_STD)
+            return _base_tensor(name, shp).add_(delta)
+
+        _write_model(folder, shape, dtype, shard_bytes, finetune_tensor)
+    marker.write_text(json.dumps(spec, indent=2))
+    return result
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The safetensors files of one HF folder."""
+    return sorted(folder.glob("*.safetensors"))
+
+
+def tensor_names(folder: Path) -> list[str]:
+    """Every tensor name of one HF folder, in file order."""
+    names: list[str] = []
+    for file in model_files(folder):
+        with safe_open(str(file), framework="pt") as f:
+            names.extend(f.keys())
+    return names
