@@ -39,14 +39,21 @@ def folder_files(folder: Path) -> dict[str, FileHash]:
     }
 
 
-def describe(path: str | os.PathLike[str], cls: type[A] = Artifact, dvc_md5: str | None = None, **extra: Any) -> A:
-    """An artifact record for ``path`` as it is now (``cls`` e.g. ImportanceArtifact with ``kind=``)."""
-    p = Path(path)
+def describe(
+    path: str | os.PathLike[str], cls: type[A] = Artifact, dvc_md5: str | None = None,
+    root: str | os.PathLike[str] | None = None, **extra: Any,
+) -> A:
+    """An artifact record for ``path`` as it is now (``cls`` e.g. ImportanceArtifact with ``kind=``).
+
+    ``path`` is recorded as given; a relative one is read under ``root`` (default: the working directory),
+    which is how verify resolves it later.
+    """
+    p = Path(root) / path if root is not None and not Path(path).is_absolute() else Path(path)
     if p.is_dir():
         return cls(path=str(path), sha256=sha256_dir(p), dvc_md5=dvc_md5, files=folder_files(p), **extra)
     if p.is_file():
         return cls(path=str(path), sha256=sha256_file(p), dvc_md5=dvc_md5 or md5_file(p), **extra)
-    raise MergelineError(f"{path}: cannot record lineage of a missing file or folder")
+    raise MergelineError(f"{p}: cannot record lineage of a missing file or folder")
 
 
 def weight_files(model_dir: str | os.PathLike[str]) -> dict[str, str]:
