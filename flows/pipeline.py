@@ -32,16 +32,30 @@ def _call(task_fn: Any, outputs: list[str], run: RunHandle, *args: Any) -> dict[
     return fn(*args, run=run)
 
 
-def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None) -> dict[str, Any]:
-    """All stages up to evaluation; returns every record (the lineage is built from them).
+STAGES = ("prepare-data", "import-base", "fine-tune", "extract-vector", "compute-importance", "merge", "evaluate",
+          "register")
+
+
+def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until: str = "evaluate"
+               ) -> dict[str, Any]:
+    """Stages up to ``until`` (default: evaluation); returns every record (the lineage is built from them).
+
+    ``mergeline stage NAME`` (what dvc.yaml calls) is this with ``until=NAME``: earlier stages are
+    cache hits, so DVC and Prefect share one definition of the pipeline.
 
     ``fanout`` (see flows/fanout.py) runs the fine-tunes as separate flow runs on a work pool;
     without it they run in this process, one after the other.
     """
     ctx = StageContext(load_params_from_dict(params), Path(run.root), run.device)
     p = ctx.params
-    data = _call(prepare_tasks.prepare_data, [p.data_dir], run, params)
-    base = _call(prepare_tasks.import_base, [f"{p.work_dir}/base"], run, params)
+    stop_after = STAGES.index(until)
+    records: dict[str, Any] = {}
+    records["data"] = data = _call(prepare_tasks.prepare_data, [p.data_dir], run, params)
+    if stop_after == 0:
+        return records
+    records["base"] = base = _call(prepare_tasks.import_base, [f"{p.work_dir}/base"], run, params)
+    if stop_after == 1:
+        return records
 
     modes = ["full"] + (["talos"] if p.talos.enabled else [])
     jobs = [(task, mode) for task in p.tasks for mode in modes]
@@ -53,9 +67,14 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None) -> di
                                     run, params, task, mode, base, data)
             for task, mode in jobs
         }
-    vectors = {key: _call(finetune_tasks.extract_vector, [f"{p.work_dir}/vectors/{checkpoint_name(*key.split(':'))}"],
+    records["checkpoints"] = checkpoints
+    if stop_after == 2:
+        return records
+    records["vectors"] = vectors = {key: _call(finetune_tasks.extract_vector, [f"{p.work_dir}/vectors/{checkpoint_name(*key.split(':'))}"],
                           run, params, base, ck)
                for key, ck in checkpoints.items()}
+    if stop_after == 3:
+        return records
     importance: dict[str, dict[str, Any]] = {}
     if "sta" in p.merge.methods:
         importance = {t: _call(importance_tasks.compute_importance, [f"{p.work_dir}/importance/{t}/sta.safetensors"],
@@ -63,11 +82,17 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None) -> di
                       for t in p.tasks}
     diagnostics = _call(importance_tasks.vector_diagnostics, [], run, params,
                         {k.replace(":", "-"): v for k, v in vectors.items()})
+    records.update(importance=importance, diagnostics=diagnostics)
+    if stop_after == 4:
+        return records
 
     variants = {v["name"]: v for v in plan_variants(ctx)}
     configs = {name: merge_config(ctx, v, base, vectors, importance) for name, v in variants.items()}
     merged = {name: _call(merge_tasks.merge_variant, [f"{p.work_dir}/merged/{name}"], run, params, v, configs[name])
               for name, v in variants.items()}
+    records.update(variants=variants, configs=configs, merged=merged)
+    if stop_after == 5:
+        return records
 
     def ev(name: str, model: dict[str, Any], split: str) -> dict[str, Any]:
         return evaluate_tasks.evaluate(params, name, model, split, data, run=run)
@@ -89,11 +114,9 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None) -> di
     validation_rows = rows_for(validation, "validation")
     selection = select_best(validation_rows, variants)
     test = {name: ev(name, merged[name], "test") for name in selection["ranking"]}
-    test_rows = rows_for(test, "test")
-    return {"data": data, "base": base, "checkpoints": checkpoints, "vectors": vectors, "importance": importance,
-            "diagnostics": diagnostics, "variants": variants, "configs": configs, "merged": merged,
-            "reference": reference, "validation_rows": validation_rows, "test_rows": test_rows,
-            "selection": selection}
+    records.update(reference=reference, validation_rows=validation_rows, test_rows=rows_for(test, "test"),
+                   selection=selection)
+    return records
 
 
 def load_params_from_dict(params: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -104,7 +127,7 @@ def load_params_from_dict(params: dict[str, Any]):  # type: ignore[no-untyped-de
 
 @flow(name="mergeline-pipeline", log_prints=True)
 def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | None = None,
-             root: str | None = None, register: bool = True) -> dict[str, Any]:
+             root: str | None = None, until: str = "register") -> dict[str, Any]:
     """One experiment. Parameters are validated before any work starts (bad input: exit 2)."""
     from flows.register import finish_experiment
     from flows.fanout import fanout_from_env
@@ -121,7 +144,9 @@ def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | No
     as_dict = params.model_dump(mode="json", by_alias=True)
     with start_experiment_run(params, params_file, root_path) as parent:
         run = RunHandle(str(root_path), device, parent.info.run_id)
-        records = run_stages(as_dict, run, fanout_from_env(run))
-        summary = finish_experiment(params, params_file, records, run, register=register)
+        records = run_stages(as_dict, run, fanout_from_env(run), until=min(until, "evaluate", key=STAGES.index))
+        if until != "register":
+            return {"stage": until, "records": records}
+        summary = finish_experiment(params, params_file, records, run)
     print(results_table(params, records))
     return summary

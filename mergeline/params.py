@@ -134,7 +134,7 @@ class ExperimentParams(_Strict):
     importance: ImportanceParams = Field(default_factory=ImportanceParams)
     merge: MergeParams = Field(default_factory=MergeParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
-    register: RegisterParams = Field(default_factory=RegisterParams)
+    registry: RegisterParams = Field(default_factory=RegisterParams)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentParams":

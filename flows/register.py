@@ -1,0 +1,130 @@
+"""The end of an experiment: metrics file for DVC, lineage of each kept variant, registry versions.
+
+The champion (best mean normalized accuracy on validation) gets alias ``champion``; the runners-up
+worth keeping get ``candidate`` (then ``candidate-2``, …: an MLflow alias names one version).
+Registration checks every weight file's sha256 first, so no version points at a partial artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mergeline.lineage import (
+    BaseModelRef, FineTune, ImportanceArtifact, Lineage, MergeInfo, MlflowInfo, PrefectInfo, TaskLineage,
+)
+from mergeline.lineage_build import code_info, describe, dvc_info, params_info
+from mergeline.params import ExperimentParams
+from mergeline.stages.common import write_json
+from tasks._stage import RunHandle
+
+
+def write_metrics(params: ExperimentParams, records: dict[str, Any], root: Path) -> Path:
+    """``work_dir/eval/metrics.json``: what ``dvc metrics show/diff`` reads."""
+    path = root / params.work_dir / "eval" / "metrics.json"
+    champion = records["selection"]["ranking"][0]
+    write_json(path, {"champion": champion, "test": records["test_rows"], "validation": records["validation_rows"]})
+    return path
+
+
+def build_lineage(params: ExperimentParams, params_file: str, records: dict[str, Any], variant: str,
+                  run: RunHandle, stage_runs: dict[str, str]) -> Lineage:
+    root = Path(run.root)
+    method = records["variants"][variant]["method"]
+    mode = "talos" if method == "talos" else "full"
+    tasks = []
+    for task in params.tasks:
+        ck = records["checkpoints"][f"{task}:{mode}"]
+        vec = records["vectors"][f"{task}:{mode}"]
+        importance = []
+        if method == "sta" and task in records["importance"]:
+            imp = records["importance"][task]
+            importance.append(describe(root / imp["path"], ImportanceArtifact, kind=imp["kind"]))
+        tasks.append(TaskLineage(
+            name=task,
+            datasets={split: describe(root / rec["path"]) for split, rec in records["data"]["tasks"][task].items()},
+            finetune=FineTune(mode=mode, run_id=ck.get("mlflow_run_id"), params=ck["params"],
+                              metrics=_finetune_metrics(ck)),
+            vector=describe(root / vec["path"]),
+            importance=importance,
+        ))
+    merged = records["merged"][variant]
+    variant_spec = records["variants"][variant]
+    report = merged.get("report") or {}
+    return Lineage(
+        base_model=describe(root / records["base"]["path"], BaseModelRef, id=params.base_model),
+        tasks=tasks,
+        merge=MergeInfo(method=method, config=records["configs"][variant],
+                        coefficients=_coefficients(variant_spec, report), sparsity=variant_spec["density"],
+                        per_layer=report.get("per_layer"), seed=params.merge.seed if method == "dare_ties" else None),
+        evaluation={**{f"test/{k}": v for k, v in records["test_rows"][variant].items()},
+                    **{f"validation/{k}": v for k, v in records["validation_rows"][variant].items()}},
+        code=code_info(root), dvc=dvc_info(root), prefect=PrefectInfo(flow_run_id=_flow_run_id()),
+        mlflow=MlflowInfo(parent_run_id=run.parent_run_id, stage_run_ids=stage_runs),
+        params=params_info(root / params_file, params.model_dump(mode="json", by_alias=True)),
+        weights=merged["weights"],
+    )
+
+
+def _finetune_metrics(checkpoint: dict[str, Any]) -> dict[str, float]:
+    meta = checkpoint.get("meta") or {}
+    losses = meta.get("losses") or []
+    out = {"seconds": float(checkpoint.get("seconds", 0.0))}
+    if losses:
+        out.update(first_loss=float(losses[0]), final_loss=float(losses[-1]))
+    return out
+
+
+def _coefficients(variant: dict[str, Any], report: dict[str, Any]) -> dict[str, float]:
+    coefficients = {"lambda": float(variant["lambda"])}
+    for key, value in (report.get("coefficients") or {}).items():
+        if isinstance(value, (int, float)):
+            coefficients[str(key)] = float(value)
+    return coefficients
+
+
+def _stage_runs(records: dict[str, Any], variant: str) -> dict[str, str]:
+    runs: dict[str, str] = {}
+    for group in ("checkpoints", "vectors", "importance"):
+        for key, rec in records.get(group, {}).items():
+            if rec.get("mlflow_run_id"):
+                runs[f"{group}/{key}"] = rec["mlflow_run_id"]
+    if records["merged"][variant].get("mlflow_run_id"):
+        runs["merge"] = records["merged"][variant]["mlflow_run_id"]
+    return runs
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
+def finish_experiment(params: ExperimentParams, params_file: str, records: dict[str, Any],
+                      run: RunHandle) -> dict[str, Any]:
+    import mlflow
+
+    from flows.report import results_table
+    from mergeline.tracking.registry import register_merged_model
+
+    root = Path(run.root)
+    metrics_path = write_metrics(params, records, root)
+    mlflow.log_artifact(str(metrics_path), artifact_path="eval")
+    mlflow.log_text(results_table(params, records), "results.md")
+    ranking = records["selection"]["ranking"]
+    keep = ranking[: 1 + params.registry.candidates]
+    registered: dict[str, dict[str, str]] = {}
+    for position, variant in enumerate(keep):
+        alias = params.registry.champion_alias if position == 0 else (
+            params.registry.candidate_alias + ("" if position == 1 else f"-{position}"))
+        lineage = build_lineage(params, params_file, records, variant, run, _stage_runs(records, variant))
+        with mlflow.start_run(run_name=f"register:{variant}", nested=True, parent_run_id=run.parent_run_id) as reg:
+            mlflow.set_tag("mergeline.stage", "register")
+            version = register_merged_model(root / records["merged"][variant]["path"], params.registry.model_name,
+                                            lineage, [alias], run_id=reg.info.run_id)
+        registered[variant] = {"version": version, "alias": alias}
+        print(f"registered {params.registry.model_name} version {version} @{alias} ({variant})")
+    for name, row in records["test_rows"].items():
+        mlflow.log_metrics({f"test/{name}/{k.replace('/', '_')}": v for k, v in row.items()})
+    return {"champion": ranking[0], "registered": registered, "test_rows": records["test_rows"],
+            "metrics_file": str(metrics_path)}

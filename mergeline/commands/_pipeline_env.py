@@ -1,0 +1,28 @@
+"""Environment for commands that run the Prefect flow: project-local state, nothing phoned home.
+
+Set before Prefect is imported (Prefect reads settings at import). ``setdefault`` everywhere: a
+user's own PREFECT_API_URL (a real server with GPU workers) or MLFLOW_TRACKING_URI wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def configure_pipeline_env(root: Path) -> None:
+    state = root / ".prefect"
+    os.environ.setdefault("PREFECT_HOME", str(state))
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(state / "results"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,45 @@
+"""Checks that run before any heavy work: a bad experiment fails in seconds with one line (exit 2).
+
+Covers what params validation cannot see: task names against the dataset builders, dataset files
+already on disk (empty or malformed), and whether the base model can be found and configured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mergeline.errors import MergelineError
+from mergeline.params import ExperimentParams
+
+
+def preflight(params: ExperimentParams, root: Path) -> None:
+    from mergeline.data import available_tasks, load_records
+
+    known = set(available_tasks())
+    for task in [*params.tasks, params.control]:
+        if task not in known:
+            raise MergelineError(f"tasks: unknown task {task!r}; known: {', '.join(sorted(known))}")
+    data_dir = root / params.data_dir
+    for task in [*params.tasks, params.control]:
+        for split_file in sorted((data_dir / task).glob("*.jsonl")):
+            load_records(split_file)  # raises MergelineError naming the file and line
+    _check_base_model(params.base_model, root)
+
+
+def _check_base_model(spec: str, root: Path) -> None:
+    from mergeline.assets import PACKAGED_MODELS
+
+    if spec in PACKAGED_MODELS:
+        return
+    path = root / spec
+    if path.exists() or spec.startswith((".", "/")):
+        if not (path / "config.json").is_file():
+            raise MergelineError(f"base_model {spec!r}: no config.json in {path} (not a Hugging Face model folder)")
+        return
+    # A hub id: with the hub offline it must already be in the local cache.
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(spec)
+    except Exception as exc:  # noqa: BLE001 - any failure means the base cannot load
+        raise MergelineError(f"base_model {spec!r} does not load offline ({exc.__class__.__name__})") from None
