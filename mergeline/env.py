@@ -1,0 +1,31 @@
+"""Process-wide defaults that keep mergeline offline and free of telemetry (STACK.md §7, G10).
+
+``setdefault`` only: a user's explicit setting (e.g. HF_HUB_OFFLINE=0 to allow downloads) wins.
+Called first thing by the CLI, before transformers/datasets/Prefect/MLflow are imported, because
+those read their settings at import time.
+"""
+
+from __future__ import annotations
+
+import os
+
+OFFLINE_DEFAULTS: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DO_NOT_TRACK": "true",  # MLflow accepts only "true"
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}
+
+
+def configure_offline_defaults() -> dict[str, str]:
+    """Set every unset variable of :data:`OFFLINE_DEFAULTS`; return the ones this call set."""
+    changed = {}
+    for key, value in OFFLINE_DEFAULTS.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            changed[key] = value
+    return changed

@@ -1,0 +1,403 @@
+"""Streaming safetensors I/O: a lazy checkpoint reader and a sharded writer that never buffers a shard.
+
+``CheckpointReader`` opens a Hugging Face model folder (``model.safetensors`` or a sharded
+``model.safetensors.index.json``), a single ``.safetensors`` file, or a task-vector folder
+(``task_vector.safetensors`` + ``task_vector.json``, see docs/design.md). Only the headers are read at
+open time, so a reader costs kilobytes; each ``get`` reads one tensor. Pickle checkpoints
+(``pytorch_model.bin``, ``*.pt``, ...) are refused and never unpickled: loading a pickle runs code.
+
+``ShardedWriter`` is given the list of tensors (name, shape, dtype) up front, so it knows every shard's
+header before the first byte of data and can write each tensor straight to its place in the shard
+file: memory is bounded by the tensor being written, not by the shard size.
+
+Errors (all :class:`MergelineError`, one line naming the file): missing path, pickle-only checkpoint,
+truncated or corrupt safetensors (header length beyond the file, bad JSON, offsets outside the data),
+an index naming a missing shard or a tensor its shard lacks, a malformed task-vector folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from mergeline.errors import MergelineError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TASK_VECTOR_FILE = "task_vector.safetensors"
+TASK_VECTOR_META = "task_vector.json"
+DEFAULT_SHARD_BYTES = 2 * 10**9
+# Files of the base model folder that a merged model needs besides its weights.
+MODEL_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
+    "chat_template.json", "preprocessor_config.json",
+)
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit; anything larger is a corrupt length field
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of one stored tensor (what a header says, before any data is read)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    return magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"  # torch zip archive / raw pickle
+
+
+def read_header(path: Path) -> dict[str, TensorSpec]:
+    """Parse and check one safetensors header against the file size; return its tensors in file order."""
+    size = path.stat().st_size
+    if size < 8:
+        raise MergelineError(f"{path}: truncated or corrupt safetensors file ({size} bytes)")
+    with open(path, "rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        if header_len > min(size - 8, _MAX_HEADER):
+            if _looks_like_pickle(path):
+                raise MergelineError(f"{path}: is a pickle checkpoint, not safetensors; refusing to unpickle it")
+            raise MergelineError(
+                f"{path}: truncated or corrupt safetensors file (header of {header_len} bytes, file of {size})"
+            )
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise MergelineError(f"{path}: corrupt safetensors header (not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise MergelineError(f"{path}: corrupt safetensors header (not a JSON object)")
+    data_len = size - 8 - header_len
+    specs: list[tuple[int, TensorSpec]] = []
+    end_max = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            start, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise MergelineError(f"{path}: corrupt safetensors header entry for tensor {name!r}") from None
+        spec = TensorSpec(name, shape, dtype)
+        if end > data_len:
+            raise MergelineError(
+                f"{path}: truncated safetensors file (tensor {name!r} ends at byte {end}, data holds {data_len})"
+            )
+        if start < 0 or end - start != spec.nbytes:
+            raise MergelineError(f"{path}: corrupt safetensors header (bad offsets of tensor {name!r})")
+        end_max = max(end_max, end)
+        specs.append((start, spec))
+    if end_max != data_len:
+        raise MergelineError(f"{path}: corrupt safetensors file ({data_len - end_max} unexpected trailing bytes)")
+    return {spec.name: spec for _, spec in sorted(specs, key=lambda s: s[0])}
+
+
+def _refuse_pickle(path: Path) -> None:
+    raise MergelineError(
+        f"{path}: pickle checkpoints are refused (unpickling runs arbitrary code); "
+        "convert it to safetensors first"
+    )
+
+
+class CheckpointReader:
+    """Lazy, per-tensor access to a safetensors checkpoint (model folder, file or task-vector folder).
+
+    ``names()`` lists tensors in storage order; ``get`` reads one tensor and keeps no reference to it,
+    so a reader never holds tensor data itself.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.is_task_vector = False
+        self.task_vector_meta: dict[str, Any] | None = None
+        self._specs: dict[str, TensorSpec] = {}
+        self._files: dict[str, Path] = {}
+        self._handles: dict[Path, Any] = {}
+        for file, expected in self._locate():
+            specs = read_header(file)
+            for name in expected or ():
+                if name not in specs:
+                    raise MergelineError(f"{file}: index lists tensor {name!r} but the shard does not hold it")
+            for name, spec in specs.items():
+                if name in self._specs:
+                    raise MergelineError(f"{file}: tensor {name!r} also stored in {self._files[name]}")
+                self._specs[name] = spec
+                self._files[name] = file
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The folder holding config/tokenizer files (None for a bare .safetensors file)."""
+        return self.path if self.path.is_dir() else None
+
+    def _locate(self) -> list[tuple[Path, list[str] | None]]:
+        """Safetensors files of this checkpoint, each with the tensor names an index promises (or None)."""
+        p = self.path
+        if not p.exists():
+            raise MergelineError(f"{p}: no such file or folder")
+        if p.is_file():
+            if p.name.endswith(".safetensors"):
+                return [(p, None)]
+            if p.name.endswith(".safetensors.index.json"):
+                return self._from_index(p)
+            if p.suffix in PICKLE_SUFFIXES:
+                _refuse_pickle(p)
+            raise MergelineError(f"{p}: not a safetensors file")
+        if (p / TASK_VECTOR_META).exists():
+            return self._task_vector(p)
+        if (p / INDEX_FILE).exists():
+            return self._from_index(p / INDEX_FILE)
+        if (p / SINGLE_FILE).exists():
+            return [(p / SINGLE_FILE, None)]
+        pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            _refuse_pickle(p / pickles[0])
+        raise MergelineError(f"{p}: no {SINGLE_FILE}, {INDEX_FILE} or {TASK_VECTOR_META} in this folder")
+
+    def _from_index(self, index: Path) -> list[tuple[Path, list[str] | None]]:
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            assert isinstance(weight_map, dict)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise MergelineError(f"{index}: unreadable safetensors index (no weight_map)") from None
+        shards: dict[str, list[str]] = {}
+        for name, shard in weight_map.items():
+            shards.setdefault(str(shard), []).append(name)
+        result = []
+        for shard, names in shards.items():
+            file = index.parent / shard
+            if not file.is_file():
+                raise MergelineError(f"{index}: names shard {shard!r}, which is missing")
+            result.append((file, names))
+        return result
+
+    def _task_vector(self, folder: Path) -> list[tuple[Path, list[str] | None]]:
+        meta_path = folder / TASK_VECTOR_META
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            raise MergelineError(f"{meta_path}: unreadable task-vector metadata") from None
+        if not isinstance(meta, dict) or meta.get("kind") != "task_vector":
+            raise MergelineError(f"{meta_path}: not task-vector metadata (expected \"kind\": \"task_vector\")")
+        if not (folder / TASK_VECTOR_FILE).is_file():
+            raise MergelineError(f"{folder}: task-vector folder without {TASK_VECTOR_FILE}")
+        self.is_task_vector = True
+        self.task_vector_meta = meta
+        return [(folder / TASK_VECTOR_FILE, None)]
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._specs
+
+    def spec(self, name: str) -> TensorSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise MergelineError(f"{self.path}: has no tensor {name!r}") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.spec(name).shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.spec(name).dtype
+
+    def file(self, name: str) -> Path:
+        """The safetensors file holding ``name`` (for error messages)."""
+        self.spec(name)
+        return self._files[name]
+
+    def get(self, name: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Read one tensor, optionally cast to ``dtype`` and moved to ``device``."""
+        file = self.file(name)
+        try:
+            handle = self._handles.get(file)
+            if handle is None:
+                handle = self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            tensor = handle.get_tensor(name)
+        except SafetensorError as exc:
+            raise MergelineError(f"{file}: cannot read tensor {name!r}: {exc}") from None
+        return tensor.to(device=device, dtype=dtype or tensor.dtype)
+
+    def close(self) -> None:
+        self._handles.clear()  # safe_open handles unmap when collected
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ShardedWriter:
+    """Write tensors into HF-layout shards, streaming each tensor to its final offset.
+
+    ``specs`` fixes every tensor's name, shape and dtype (and so the shard layout) up front; tensors
+    must then be added in that order. Shards are filled greedily up to ``max_shard_bytes`` (a tensor
+    larger than that gets a shard of its own). One shard is written as ``model.safetensors``; more as
+    ``model-0000i-of-0000N.safetensors`` plus ``model.safetensors.index.json``. ``close`` returns the
+    sha256 of each weight file, computed while writing (no second read).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        specs: Sequence[TensorSpec],
+        max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        if max_shard_bytes <= 0:
+            raise MergelineError(f"shard size must be positive, got {max_shard_bytes}")
+        self.out_dir = Path(out_dir)
+        self._metadata = {"format": "pt", **(metadata or {})}
+        groups: list[list[TensorSpec]] = [[]]
+        size = 0
+        for spec in specs:
+            if groups[-1] and size + spec.nbytes > max_shard_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(spec)
+            size += spec.nbytes
+        n = len(groups)
+        self.files = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self._groups = groups
+        self._order = [(shard, spec) for shard, group in enumerate(groups) for spec in group]
+        self._next = 0
+        self._handle: BinaryIO | None = None
+        self._digest: Any = None
+        self._hashes: dict[str, str] = {}
+        self.total_bytes = sum(spec.nbytes for spec in specs)
+
+    def _open_shard(self, shard: int) -> None:
+        self._finish_shard()
+        header: dict[str, Any] = {"__metadata__": self._metadata}
+        offset = 0
+        for spec in self._groups[shard]:
+            header[spec.name] = {
+                "dtype": DTYPE_CODES[spec.dtype], "shape": list(spec.shape),
+                "data_offsets": [offset, offset + spec.nbytes],
+            }
+            offset += spec.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors does
+        prefix = struct.pack("<Q", len(raw)) + raw
+        self._handle = open(self.out_dir / self.files[shard], "wb")
+        self._digest = hashlib.sha256(prefix)
+        self._handle.write(prefix)
+
+    def _finish_shard(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._hashes[Path(self._handle.name).name] = self._digest.hexdigest()
+            self._handle = None
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Write the next tensor of the plan (same name, shape and dtype as its spec)."""
+        if self._next >= len(self._order):
+            raise RuntimeError(f"ShardedWriter: {name!r} added after the last planned tensor")
+        shard, spec = self._order[self._next]
+        if name != spec.name or tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+            raise RuntimeError(
+                f"ShardedWriter: expected {spec.name} {spec.shape} {spec.dtype}, "
+                f"got {name} {tuple(tensor.shape)} {tensor.dtype}"
+            )
+        if self._handle is None or (self._next > 0 and self._order[self._next - 1][0] != shard):
+            self._open_shard(shard)
+        assert self._handle is not None
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._digest.update(data)
+        self._handle.write(memoryview(data))
+        self._next += 1
+
+    def close(self) -> dict[str, str]:
+        """Finish the last shard, write the index when sharded; return {weight file: sha256}."""
+        if self._next != len(self._order):
+            missing = self._order[self._next][1].name
+            self.abort()
+            raise RuntimeError(f"ShardedWriter closed before tensor {missing!r} was written")
+        if not self._order:
+            self._open_shard(0)  # an empty model still gets a valid (empty) safetensors file
+        self._finish_shard()
+        if len(self.files) > 1:
+            weight_map = {spec.name: self.files[shard] for shard, spec in self._order}
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+            (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        return dict(self._hashes)
+
+    def abort(self) -> None:
+        """Close the open file without finishing (the caller's atomic_dir removes the folder)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def copy_model_files(src: Path, dst: Path, dtype_name: str | None = None) -> list[str]:
+    """Copy the base's config, generation config and tokenizer files (not weights) into ``dst``.
+
+    When ``dtype_name`` is given, ``config.json``'s dtype entry (``dtype`` or ``torch_dtype``) is set
+    to it so loaders pick the dtype the weights were written in.
+    """
+    copied = []
+    for name in MODEL_FILES:
+        source = src / name
+        if not source.is_file():
+            continue
+        if name == "config.json" and dtype_name:
+            config = json.loads(source.read_text())
+            for key in ("dtype", "torch_dtype"):
+                if key in config:
+                    config[key] = dtype_name
+            (dst / name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        else:
+            shutil.copyfile(source, dst / name)
+        copied.append(name)
+    return copied
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """'1GB' → 10**9, '512MiB' → 512·2**20, '1000' → 1000 bytes."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise MergelineError(f"bad size {text!r} (expected e.g. 500MB, 2GB, 1GiB)")
+    unit = (match.group(2) or "b").lower().rstrip("b") or "b"
+    power = "bkmgt".index(unit[0])
+    base = 1024 if unit.endswith("i") else 1000
+    return int(float(match.group(1)) * base**power)
+
+
+def iter_specs(reader: CheckpointReader, names: Iterable[str]) -> list[TensorSpec]:
+    return [reader.spec(name) for name in names]
