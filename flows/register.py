@@ -19,6 +19,26 @@ from mergeline.stages.common import write_json
 from tasks._stage import RunHandle
 
 
+WEIGHTS_TAG = "mergeline.weights_sha256"
+
+
+def weights_digest(weights: dict[str, str]) -> str:
+    """One sha256 over the (file, sha256) pairs of a model's weight files."""
+    import hashlib
+
+    return hashlib.sha256("".join(f"{f}\0{h}\n" for f, h in sorted(weights.items())).encode()).hexdigest()
+
+
+def _version_with_alias(name: str, alias: str):  # type: ignore[no-untyped-def]
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
 def write_metrics(params: ExperimentParams, records: dict[str, Any], root: Path) -> Path:
     """``work_dir/eval/metrics.json``: what ``dvc metrics show/diff`` reads."""
     path = root / params.work_dir / "eval" / "metrics.json"
@@ -114,16 +134,25 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
     ranking = records["selection"]["ranking"]
     keep = ranking[: 1 + params.registry.candidates]
     registered: dict[str, dict[str, str]] = {}
+    name = params.registry.model_name
     for position, variant in enumerate(keep):
         alias = params.registry.champion_alias if position == 0 else (
             params.registry.candidate_alias + ("" if position == 1 else f"-{position}"))
+        digest = weights_digest(records["merged"][variant]["weights"])
+        existing = _version_with_alias(name, alias)
+        if existing is not None and existing.tags.get(WEIGHTS_TAG) == digest:
+            # Same weights already hold this alias: an unchanged re-run registers nothing new.
+            registered[variant] = {"version": existing.version, "alias": alias}
+            print(f"already registered: {name} version {existing.version} @{alias} ({variant})")
+            continue
         lineage = build_lineage(params, params_file, records, variant, run, _stage_runs(records, variant))
         with mlflow.start_run(run_name=f"register:{variant}", nested=True, parent_run_id=run.parent_run_id) as reg:
             mlflow.set_tag("mergeline.stage", "register")
-            version = register_merged_model(root / records["merged"][variant]["path"], params.registry.model_name,
-                                            lineage, [alias], run_id=reg.info.run_id)
+            version = register_merged_model(root / records["merged"][variant]["path"], name, lineage, [alias],
+                                            run_id=reg.info.run_id)
+        mlflow.MlflowClient().set_model_version_tag(name, version, WEIGHTS_TAG, digest)
         registered[variant] = {"version": version, "alias": alias}
-        print(f"registered {params.registry.model_name} version {version} @{alias} ({variant})")
+        print(f"registered {name} version {version} @{alias} ({variant})")
     for name, row in records["test_rows"].items():
         mlflow.log_metrics({f"test/{name}/{k.replace('/', '_')}": v for k, v in row.items()})
     return {"champion": ranking[0], "registered": registered, "test_rows": records["test_rows"],

@@ -19,7 +19,7 @@ def compute_importance(
 
     p = ctx.params
     out = ctx.work / "importance" / task
-    cfg = StaImportanceConfig(calib_examples=p.importance.calib_examples, importance_of=p.importance.importance_of,
+    cfg = StaImportanceConfig(max_examples=p.importance.calib_examples, importance_of=p.importance.importance_of,
                               grad_at=p.importance.grad_at, max_length=p.finetune.max_length,
                               batch_size=p.finetune.batch_size)
     ctx.say(f"compute-importance: {task}")

@@ -22,7 +22,7 @@ def finetune(ctx: StageContext, task: str, mode: str, base: dict[str, Any], data
     cfg = FinetuneConfig(**p.finetune.model_dump())
     talos = None
     if mode == "talos":
-        talos = TalosConfig(keep=p.talos.keep, rounds=p.talos.rounds, calib_examples=p.talos.calib_examples,
+        talos = TalosConfig(keep=p.talos.keep, rounds=p.talos.rounds, max_examples=p.talos.calib_examples,
                             seed=p.finetune.seed)
     ctx.say(f"fine-tune[{mode}]: {task}")
     record: dict[str, Any] = {"task": task, "mode": mode}

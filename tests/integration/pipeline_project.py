@@ -1,0 +1,71 @@
+"""A throw-away mergeline project for pipeline tests: tiny base model, tiny params, git + DVC repo.
+
+Real parts only: the pipeline runs through the installed ``mergeline`` CLI, which starts Prefect's
+embedded server, writes a SQLite MLflow store and runs lm-eval, all inside the project folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MERGELINE = [sys.executable, "-m", "mergeline.cli"]
+
+ARCHITECTURE_TAGS = (
+    "mergeline.method", "mergeline.coefficients", "mergeline.sparsity", "mergeline.base_model_sha256",
+    "mergeline.task_vectors", "mergeline.params_sha256", "mergeline.git_commit", "mergeline.dvc_lock_sha256",
+    "mergeline.prefect_flow_run_id", "mergeline.lineage_sha256",
+)
+
+
+def make_project(root: Path, base_model: Path, **overrides: object) -> Path:
+    """Write params.yaml (tiny params, ``base_model`` absolute) and make ``root`` a git + DVC repo."""
+    root.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load((REPO / "params" / "tiny.yaml").read_text())
+    params["base_model"] = str(base_model)
+    params.update(overrides)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    # dvc.yaml lists library folders as deps; point them at the installed code.
+    (root / "mergeline").symlink_to(REPO / "mergeline")
+    env = project_env(root)
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.invalid"],
+                ["git", "config", "user.name", "test"], [sys.executable, "-m", "dvc", "init", "-q"],
+                [sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(root.parent / f"{root.name}-remote")],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return root
+
+
+def project_env(root: Path, results: Path | None = None) -> dict[str, str]:
+    """Environment for CLI subprocesses: the project's own Prefect state and MLflow store."""
+    env = dict(os.environ)
+    env["PREFECT_HOME"] = str(root / ".prefect")
+    env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(results or root / ".prefect" / "results")
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    env.pop("PREFECT_API_URL", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MERGELINE, *args], cwd=root, env=project_env(root), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def finished_runs(root: Path, run_name: str) -> int:
+    """How many FINISHED MLflow runs named ``run_name`` the project's store holds."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"attributes.run_name = '{run_name}'")
+    return sum(1 for r in runs if r.info.status == "FINISHED")

@@ -1,0 +1,144 @@
+"""The whole pipeline on a tiny Llama, with real Prefect (embedded), MLflow (SQLite), DVC and lm-eval.
+
+Covers issue 3's contract: `mergeline run` registers `<model>@champion` with every ARCHITECTURE.md
+tag and prints the results table; an unchanged re-run recomputes nothing; a run killed mid-way
+resumes from the last finished stage; bad input fails before heavy work with one line and exit 2;
+`mergeline stage` works under `dvc repro` and `dvc push` stores the outputs on the remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import session_dir
+from tests.integration.pipeline_project import (
+    ARCHITECTURE_TAGS, MERGELINE, finished_runs, make_project, project_env, run_cli,
+)
+from tests.lm_fixtures import build_tiny_llama
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_base() -> Path:
+    target = session_dir() / "pipeline-tiny-base"
+    if not (target / "config.json").exists():
+        build_tiny_llama(target, seed=0)
+    return target
+
+
+@pytest.fixture(scope="module")
+def finished_project(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = make_project(tmp_path_factory.mktemp("pipeline") / "project", tiny_base)
+    result = run_cli(root, "run", "--params", "params.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return root, result.stdout
+
+
+def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, str]) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    root, stdout = finished_project
+    assert "| model |" in stdout and "champion" in stdout, stdout[-2000:]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    version = MlflowClient().get_model_version_by_alias("mergeline-tiny", "champion")
+    for tag in ARCHITECTURE_TAGS:
+        assert tag in version.tags, f"missing tag {tag}"
+        assert 0 < len(version.tags[tag]) < 5000
+    assert version.tags["mergeline.method"] in {"task_arithmetic", "ties", "sta", "metagpt", "talos"}
+    metrics = json.loads((root / "data/work/eval/metrics.json").read_text())
+    assert metrics["champion"] in metrics["test"]
+    row = metrics["test"][metrics["champion"]]
+    assert {"acc/news", "acc/sentiment", "norm_acc/mean", "control_drift"} <= set(row)
+    assert all(0.0 <= row[f"acc/{t}"] <= 1.0 for t in ("news", "sentiment"))
+
+
+def test_unchanged_rerun_recomputes_nothing(finished_project: tuple[Path, str]) -> None:
+    root, _ = finished_project
+    before = {name: finished_runs(root, name) for name in ("fine-tune:news-full", "merge:ta_l0.5",
+                                                           "evaluate:base-validation")}
+    checkpoint = root / "data/work/checkpoints/news/model.safetensors"
+    mtime = checkpoint.stat().st_mtime_ns
+    result = run_cli(root, "run", "--params", "params.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    after = {name: finished_runs(root, name) for name in before}
+    assert after == before, "a stage ran again on an unchanged experiment"
+    assert checkpoint.stat().st_mtime_ns == mtime
+    assert "already registered" in result.stdout
+
+
+def test_killed_run_resumes_from_last_finished_stage(tiny_base: Path, tmp_path: Path) -> None:
+    root = make_project(tmp_path / "project", tiny_base)
+    env = project_env(root)
+    proc = subprocess.Popen([*MERGELINE, "run", "--params", "params.yaml"], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = root / "data/work/checkpoints/news/model.safetensors"
+    deadline = time.monotonic() + 600
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert first.exists(), "the first fine-tune never finished"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    mtime = first.stat().st_mtime_ns
+    assert not (root / "data/work/merged").exists(), "killed too late to test a resume"
+
+    result = run_cli(root, "run", "--params", "params.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert first.stat().st_mtime_ns == mtime, "the finished fine-tune was recomputed"
+    assert finished_runs(root, "fine-tune:news-full") == 1
+    assert finished_runs(root, "fine-tune:sentiment-full") == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [("tasks=[news,nope]", "unknown task 'nope'"), ("merge.lambda=7", "merge.lambda"),
+     ("merge.methods.ties.densities=[1.5]", "density=1.5"), ("merge.methods.magic={}", "unknown method 'magic'")],
+)
+def test_bad_params_fail_fast(tiny_base: Path, tmp_path: Path, override: str, fragment: str) -> None:
+    root = make_project(tmp_path / "project", tiny_base)
+    result = run_cli(root, "run", "--params", "params.yaml", "--set", override, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert not (root / "data/work").exists() and not (root / "mlflow.db").exists()
+
+
+def test_malformed_dataset_and_missing_base_fail_fast(tiny_base: Path, tmp_path: Path) -> None:
+    root = make_project(tmp_path / "project", tiny_base)
+    bad = root / "data/tasks/news/train.jsonl"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"id": "1", "prompt": "x", "choices": [" a"], "label": 0}\nnot json\n')
+    result = run_cli(root, "run", "--params", "params.yaml", timeout=120)
+    assert result.returncode == 2 and "train.jsonl" in result.stderr and "line 2" in result.stderr, result.stderr
+    bad.write_text("")
+    result = run_cli(root, "run", "--params", "params.yaml", timeout=120)
+    assert result.returncode == 2 and "train.jsonl" in result.stderr, result.stderr
+    bad.unlink()
+    result = run_cli(root, "run", "--params", "params.yaml", "--set", f"base_model={tmp_path / 'nowhere'}",
+                     timeout=120)
+    assert result.returncode == 2 and "base_model" in result.stderr, result.stderr
+
+
+def test_dvc_repro_and_push(tiny_base: Path, tmp_path: Path) -> None:
+    root = make_project(tmp_path / "project", tiny_base)
+    env = project_env(root)
+    dvc = [*MERGELINE[:1], "-m", "dvc"]
+    repro = subprocess.run([*dvc, "repro", "import-base"], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
+    lock = (root / "dvc.lock").read_text()
+    assert "prepare-data" in lock and "import-base" in lock and "md5" in lock
+    status = subprocess.run([*dvc, "status", "import-base"], cwd=root, env=env, capture_output=True, text=True)
+    assert "up to date" in status.stdout.lower(), status.stdout
+    push = subprocess.run([*dvc, "push"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert push.returncode == 0, push.stderr
+    remote = root.parent / f"{root.name}-remote"
+    assert any(p.is_file() for p in remote.rglob("*")), "dvc push stored nothing on the remote"
