@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -397,7 +397,3 @@ def parse_size(text: str | int) -> int:
     power = "bkmgt".index(unit[0])
     base = 1024 if unit.endswith("i") else 1000
     return int(float(match.group(1)) * base**power)
-
-
-def iter_specs(reader: CheckpointReader, names: Iterable[str]) -> list[TensorSpec]:
-    return [reader.spec(name) for name in names]
