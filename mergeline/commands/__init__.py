@@ -9,4 +9,6 @@ COMMANDS: tuple[str, ...] = (
     "merge",
     "run",
     "stage",
+    "lineage",
+    "reproduce",
 )

@@ -47,6 +47,21 @@ def _local_store_dir(uri: str) -> Path | None:
     return None
 
 
+def use_store(uri: str | None = None, must_exist: bool = False) -> str:
+    """Point MLflow at ``uri`` (else ``MLFLOW_TRACKING_URI``, else the default) without touching experiments.
+
+    ``must_exist``: for read-only commands, a local SQLite file that is not there is a bad input
+    (MLflow would silently create an empty store and then report every model as unknown).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if must_exist and uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise MergelineError(f"{db}: no MLflow store here; run the pipeline first or set MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def configure_tracking(uri: str | None = None, experiment: str = "mergeline") -> str:
     """Set the tracking URI and the active experiment; returns the URI in use.
 
@@ -54,8 +69,7 @@ def configure_tracking(uri: str | None = None, experiment: str = "mergeline") ->
     set_tracking_uri or a later call resolves an experiment id from another store (STACK.md G11).
     A new experiment on a local store keeps its artifacts in ``mlartifacts`` beside the database.
     """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    uri = use_store(uri)
     client = MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(experiment) is None:
         store_dir = _local_store_dir(uri)
