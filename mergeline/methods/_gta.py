@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from mergeline.methods._sparsify import combine
-from mergeline.methods.base import MergeMethod, TensorInputs
+from mergeline.methods.base import MergeMethod, MethodParameters, TensorInputs
 
 
 class TaskArithmeticFamily(MergeMethod):
@@ -24,23 +24,24 @@ class TaskArithmeticFamily(MergeMethod):
         """Sparsify model ``position``'s task vector for this tensor (default: unchanged)."""
         return delta
 
-    def consensus(self, inputs: TensorInputs) -> Literal["sum", "count"] | None:
+    def consensus(self, params: MethodParameters) -> Literal["sum", "count"] | None:
+        """The sign-election rule, or None for methods without consensus."""
         if not self.uses_consensus:
             return None
-        return getattr(inputs.params, "consensus_method", "sum")
+        return getattr(params, "consensus_method", "sum")
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         deltas = [self.sparsify(delta, i, inputs) for i, delta in enumerate(inputs.tensors)]
         weights = [float(mp.weight) for mp in inputs.model_params]
         p = inputs.params
-        return combine(deltas, weights, self.consensus(inputs), bool(p.normalize), float(p.lambda_))
+        return combine(deltas, weights, self.consensus(p), bool(p.normalize), float(p.lambda_))
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "method": self.name,
             "lambda": self.params.lambda_,
             "normalize": self.params.normalize,
-            "consensus": self.consensus(TensorInputs("", None, [], [], self.params, [])),
+            "consensus": self.consensus(self.params),
             "models": [mp.model_dump() for mp in self.model_params],
         }
         if hasattr(self.params, "rescale"):

@@ -43,9 +43,10 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     above = flat > cut
     at_cut = flat == cut
     need = k - int(above.sum())
-    # The first `need` entries equal to the cut-off value, in flat order.
-    keep_at_cut = at_cut & (torch.cumsum(at_cut, dim=0) <= need)
-    return (above | keep_at_cut).reshape(scores.shape)
+    if int(at_cut.sum()) > need:
+        # Ties at the cut-off: the first `need` of them in flat order (cumsum only on this rare path).
+        at_cut &= torch.cumsum(at_cut, dim=0) <= need
+    return (above | at_cut).reshape(scores.shape)
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
