@@ -77,7 +77,15 @@ def best_of(runs: list[Measured]) -> Measured:
 class Comparison:
     max_abs_diff: float
     tensors: int
+    differing: int  # elements that are not bit-equal
+    elements: int
     problems: list[str]  # missing/extra names, shape or dtype mismatches
+
+    def summary(self) -> str:
+        """``0`` when bit-equal, else ``max |diff| (differing of all elements)``."""
+        if not self.differing:
+            return "0"
+        return f"{self.max_abs_diff:.2g} ({self.differing} of {self.elements / 1e6:.3g}M)"
 
 
 def compare_models(a: Path, b: Path) -> Comparison:
@@ -86,7 +94,7 @@ def compare_models(a: Path, b: Path) -> Comparison:
     problems = [f"only in {a.name}: {n}" for n in sorted(set(where_a) - set(where_b))]
     problems += [f"only in {b.name}: {n}" for n in sorted(set(where_b) - set(where_a))]
     worst = 0.0
-    count = 0
+    count = differing = elements = 0
     handles: dict[Path, object] = {}
 
     def load(path: Path, name: str) -> torch.Tensor:
@@ -99,7 +107,9 @@ def compare_models(a: Path, b: Path) -> Comparison:
         if ta.shape != tb.shape or ta.dtype != tb.dtype:
             problems.append(f"{name}: {tuple(ta.shape)} {ta.dtype} vs {tuple(tb.shape)} {tb.dtype}")
             continue
-        diff = (ta.float() - tb.float()).abs().max().item() if ta.numel() else 0.0
-        worst = max(worst, diff)
+        if ta.numel():
+            worst = max(worst, (ta.float() - tb.float()).abs().max().item())
+        differing += int((ta != tb).sum())
+        elements += ta.numel()
         count += 1
-    return Comparison(worst, count, problems)
+    return Comparison(worst, count, differing, elements, problems)

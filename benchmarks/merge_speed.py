@@ -163,8 +163,8 @@ class Bench:
         for d in ("check-mergeline", "check-mergekit"):
             shutil.rmtree(out / d, ignore_errors=True)
         self.failed |= bool(cmp.problems)
-        return (f"TA exactness check (float32 inputs, {models.shape.num_params() / 1e9:.3f}B, 2 fine-tunes): "
-                f"max |mergeline - mergekit| = {cmp.max_abs_diff:.3g} over {cmp.tensors} tensors"
+        return (f"TA exactness check (float32 inputs, {models.shape.num_params() / 1e9:.3g}B, 2 fine-tunes): "
+                f"mergeline vs mergekit: {cmp.summary()} over {cmp.tensors} tensors"
                 + (f"; problems: {cmp.problems[:3]}" if cmp.problems else ""))
 
 
@@ -193,7 +193,7 @@ def render(results: list[SizeResult], args: argparse.Namespace) -> list[str]:
             "ml peak RSS GB", "mk peak RSS GB", "rw peak RSS GB"]
     if cuda:
         head += ["ml peak CUDA GB", "mk peak CUDA GB", "read bound GB/s", "ml fraction of bound"]
-    head.append("max abs diff ml vs mk")
+    head.append("ml vs mk: max abs diff (elements differing)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: list[str] = []
     for r in results:
@@ -207,7 +207,7 @@ def render(results: list[SizeResult], args: argparse.Namespace) -> list[str]:
                 frac = _ratio(r.read, ml)  # read time / mergeline time = ml throughput / bound
                 row += [_gb(ml and ml.cuda_peak), _gb(mk and mk.cuda_peak),
                         "-" if bound is None else f"{bound / GB:.1f}", _fmt(frac)]
-            row.append("-" if m.comparison is None else f"{m.comparison.max_abs_diff:.3g}")
+            row.append("-" if m.comparison is None else m.comparison.summary())
             lines.append("| " + " | ".join(row) + " |")
         if r.read is not None and not r.read.error:
             notes.append(f"{size}: {len(r.models.all_models)} models, {r.input_bytes / GB:.2f} GB of inputs; "
@@ -240,7 +240,7 @@ def target_lines(results: list[SizeResult], args: argparse.Namespace) -> list[st
         for label, m in r.methods.items():
             if m.mergeline and not m.mergeline.error:
                 check(f"{label} mergeline peak RSS GB <= 1.5", m.mergeline.max_rss / GB, lambda v: v <= 1.5)
-    return [f"Targets at {r.models.shape.num_params() / 1e9:.2f}B:"] + out if out else []
+    return [f"Targets at {r.models.shape.num_params() / 1e9:.3g}B:"] + out if out else []
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
