@@ -181,7 +181,8 @@ def resolve_version(spec: str) -> ModelVersion:
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
         raise MergelineError(f"{spec}: registered model {name!r} has no versions")
-    return max(versions, key=lambda v: int(v.version))
+    # Search results carry neither aliases nor a str version: fetch the full record.
+    return client.get_model_version(name, str(max(int(v.version) for v in versions)))
 
 
 def model_artifact_dir(version: ModelVersion, dest: Path | None = None) -> Path:
