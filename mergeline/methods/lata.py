@@ -36,6 +36,9 @@ from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameter
 
 
 class LataParameters(LambdaParameters):
+    pretrained_model: str | None = Field(
+        None, description="θ_base: the pre-instruction model; ι = θ_inst − θ_base with θ_inst the base_model."
+    )
     scheme: Literal["threshold", "linear_rank", "log_rank"] = Field(
         "threshold", description="Layer weighting: Drop-with-Threshold, Linear- or Logarithmic-Drop-by-Rank."
     )

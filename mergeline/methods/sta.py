@@ -52,6 +52,9 @@ class StaParameters(LambdaParameters):
 
 class StaModel(OptionalWeightModel):
     density: float = density_field(0.1)
+    importance: str | None = Field(
+        None, description="Path of this task's importance scores (safetensors, same tensor names as the model)."
+    )
 
 
 @register

@@ -21,6 +21,13 @@ from mergeline.methods._fields import OptionalWeightModel, TaskArithmeticFamilyP
 from mergeline.methods._gta import TaskArithmeticFamily
 from mergeline.methods._sparsify import apply_mask
 from mergeline.methods.base import MethodParameters, ModelParameters, TensorInputs
+from pydantic import Field
+
+
+class TalosModel(OptionalWeightModel):
+    mask: str | None = Field(
+        None, description="Optional path of a 0/1 mask (safetensors) multiplied into this task vector."
+    )
 
 
 @register
@@ -30,7 +37,7 @@ class TaLoS(TaskArithmeticFamily):
     name = "talos"
     paper = "arXiv:2504.02620"
     Parameters = TaskArithmeticFamilyParameters
-    PerModel = OptionalWeightModel
+    PerModel = TalosModel
     model_inputs = ("mask",)
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:

@@ -27,9 +27,9 @@ def preflight(params: ExperimentParams, root: Path) -> None:
 
 
 def _check_base_model(spec: str, root: Path) -> None:
-    from mergeline.assets import PACKAGED_MODELS
+    from mergeline.assets import MINILM, SMOLLM2
 
-    if spec in PACKAGED_MODELS:
+    if spec in (SMOLLM2, MINILM):
         return
     path = root / spec
     if path.exists() or spec.startswith((".", "/")):
