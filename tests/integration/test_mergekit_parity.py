@@ -1,0 +1,146 @@
+"""Our merges equal mergekit 0.1.5's on the same float32 tiny models and the same YAML configs.
+
+Deterministic methods (task_arithmetic, linear, slerp, ties, breadcrumbs, breadcrumbs_ties) must agree
+to 1e-6 (bit-equal in practice except linear, where mergekit's fused multiply-add rounds the last bit
+differently). Configs use per-layer gradients and filter lists, so parameter resolution is compared too.
+DARE draws its masks from torch's global RNG in mergekit's graph order; ours are seeded per tensor so a
+merge reproduces in any order. The masks cannot match, so DARE is compared statistically: each tensor's
+L1 norm (which ``rescale: true`` fixes exactly), and the kept fraction, which must be near ``density``
+for both.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from mergeline.config import ConditionalParameter, MergeConfig, evaluate_setting
+from mergeline.merge import run_merge
+from tests.merge_fixtures import finetune, load_tensors, tiny_base
+
+mergekit_config = pytest.importorskip("mergekit.config")
+mergekit_merge = pytest.importorskip("mergekit.merge")
+mergekit_options = pytest.importorskip("mergekit.options")
+
+WEIGHT_FILTERS = [{"filter": "self_attn", "value": [0.3, 0.9]}, {"filter": "attn", "value": 0.4}, {"value": 1.0}]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("parity")
+    out = {}
+    for kind in ("llama", "gpt2"):
+        base = tiny_base(kind, root / kind)
+        out[kind] = str(base)
+        out[f"{kind}_a"] = str(finetune(base, root / f"{kind}_a", seed=1))
+        out[f"{kind}_b"] = str(finetune(base, root / f"{kind}_b", seed=2, scale=0.05))
+    return out
+
+
+def _both(config: dict, tmp_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    run_merge(MergeConfig.model_validate(config), tmp_path / "ours")
+    options = mergekit_options.MergeOptions(lazy_unpickle=False, copy_tokenizer=False, write_model_card=False,
+                                            quiet=True)
+    logging.disable(logging.WARNING)
+    try:
+        mergekit_merge.run_merge(mergekit_config.MergeConfiguration.model_validate(config), str(tmp_path / "mk"),
+                                 options=options)
+    finally:
+        logging.disable(logging.NOTSET)
+    return load_tensors(tmp_path / "ours"), load_tensors(tmp_path / "mk")
+
+
+def _two(zoo: dict[str, str], kind: str, method: str, pa: dict, pb: dict, **params) -> dict:
+    return {
+        "merge_method": method, "base_model": zoo[kind], "dtype": "float32", "parameters": params,
+        "models": [{"model": zoo[f"{kind}_a"], "parameters": pa}, {"model": zoo[f"{kind}_b"], "parameters": pb}],
+    }
+
+
+DETERMINISTIC = {
+    "task_arithmetic": ({"weight": WEIGHT_FILTERS}, {"weight": -0.5}, {"lambda": 0.8}),
+    "ties": ({"weight": 1.0, "density": [0.2, 0.7]}, {"weight": 0.6, "density": 0.4}, {}),
+    "breadcrumbs": ({"weight": 1.0, "density": 0.8, "gamma": 0.05}, {"weight": 0.5, "density": 0.6}, {}),
+    "breadcrumbs_ties": ({"weight": 1.0, "density": 0.8, "gamma": 0.05}, {"weight": 0.5, "density": 0.6},
+                         {"normalize": True}),
+}
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", list(DETERMINISTIC))
+def test_task_arithmetic_family_equals_mergekit(zoo: dict[str, str], tmp_path: Path, kind: str, method: str) -> None:
+    pa, pb, params = DETERMINISTIC[method]
+    ours, theirs = _both(_two(zoo, kind, method, pa, pb, **params), tmp_path)
+    _assert_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_linear_equals_mergekit(zoo: dict[str, str], tmp_path: Path, kind: str) -> None:
+    config = {"merge_method": "linear", "dtype": "float32", "models": [
+        {"model": zoo[f"{kind}_a"], "parameters": {"weight": WEIGHT_FILTERS}},
+        {"model": zoo[f"{kind}_b"], "parameters": {"weight": 0.3}},
+        {"model": zoo[kind], "parameters": {"weight": 0.2}},
+    ]}
+    ours, theirs = _both(config, tmp_path)
+    _assert_equal(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize("listed_base", [True, False])
+def test_slerp_equals_mergekit(zoo: dict[str, str], tmp_path: Path, listed_base: bool) -> None:
+    models = [{"model": zoo["llama"]}] if listed_base else []
+    config = {"merge_method": "slerp", "base_model": zoo["llama"], "dtype": "float32",
+              "models": models + [{"model": zoo["llama_b"]}],
+              "parameters": {"t": [{"filter": "mlp", "value": 0.7}, {"value": [0.0, 0.3, 1.0]}]}}
+    ours, theirs = _both(config, tmp_path)
+    _assert_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+def test_dare_agrees_statistically(zoo: dict[str, str], tmp_path: Path, method: str) -> None:
+    density = 0.4
+    # Model b has weight 0, so the merged delta is model a's rescaled DARE delta alone and its L1 norm
+    # per tensor is fixed exactly by rescale: true, whichever entries the mask dropped.
+    config = _two(zoo, "llama", method, {"weight": 1.0, "density": density}, {"weight": 0.0, "density": density})
+    ours, theirs = _both(config, tmp_path)
+    base = load_tensors(Path(zoo["llama"]))
+    kept = {"ours": [0, 0], "mk": [0, 0]}
+    for name, b in base.items():
+        d_ours, d_mk = ours[name] - b, theirs[name] - b
+        # rescale: true matches each tensor's L1 norm, whatever the mask: exact in both.
+        torch.testing.assert_close(d_ours.abs().sum(), d_mk.abs().sum(), rtol=1e-4, atol=1e-6)
+        for key, d in (("ours", d_ours), ("mk", d_mk)):
+            kept[key][0] += int((d != 0).sum())
+            kept[key][1] += d.numel()
+        assert not torch.equal(d_ours, d_mk) or b.numel() < 8  # different masks: RNGs are not matched
+    for key, (nonzero, total) in kept.items():
+        assert abs(nonzero / total - density) < 0.02, (key, nonzero / total)
+
+
+def test_parameter_resolution_equals_mergekit_evaluate_setting() -> None:
+    settings = [
+        [0.1, 0.9], [0.0, 0.3, 0.2, 1.0], 0.4, WEIGHT_FILTERS,
+        [{"filter": "mlp", "value": 0.1}, {"filter": "*", "value": [1.0, 0.0]}],
+    ]
+    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.2.mlp.down_proj.weight", "lm_head.weight"]
+    for raw in settings:
+        doc = {"merge_method": "ties", "models": [{"model": "a"}], "parameters": {"x": raw}}
+        ours = MergeConfig.model_validate(doc).parameters["x"]
+        theirs = mergekit_config.MergeConfiguration.model_validate(doc).parameters["x"]
+        assert isinstance(ours, (float, list, ConditionalParameter))
+        for name in names:
+            for t in (0.0, 0.2, 1 / 3, 0.5, 0.9, 1.0):
+                expected = mergekit_config.evaluate_setting(name, theirs, t, validate=float)
+                assert evaluate_setting(ours, name, t, numeric=True) == pytest.approx(expected), (raw, name, t)
+
+
+def _assert_equal(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert set(theirs) <= set(ours) and theirs
+    for name, expected in theirs.items():
+        assert ours[name].dtype == expected.dtype, name
+        if atol == 0.0:
+            assert torch.equal(ours[name], expected), (name, (ours[name] - expected).abs().max())
+        else:
+            torch.testing.assert_close(ours[name], expected, rtol=0, atol=atol)
