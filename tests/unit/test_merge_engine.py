@@ -226,3 +226,43 @@ def test_base_as_task_vector_refused(models: dict[str, Path], tmp_path: Path) ->
     models["base"] = models["b"]
     with pytest.raises(MergelineError, match="is a task vector; the base must be a model"):
         run_merge(_config("task_arithmetic", models, [("a", {"weight": 1.0})]), tmp_path / "out")
+
+
+def test_per_model_and_global_input_checkpoints_reach_the_method(models: dict[str, Path], tmp_path: Path) -> None:
+    base, a = load_tensors(models["base"]), load_tensors(models["a"])
+    floats = {k: v for k, v in base.items() if v.is_floating_point()}
+    # STA importance = flat position, so a per-tensor top-50% keeps exactly the second half of each tensor.
+    write_checkpoint(tmp_path / "imp", {k: torch.arange(v.numel(), dtype=torch.float32).reshape(v.shape)
+                                        for k, v in floats.items()})
+    cfg = _config("sta", models, [("a", {"weight": 1.0, "density": 0.5,
+                                         "importance": str(tmp_path / "imp" / "model.safetensors")})],
+                  parameters={"scope": "tensor"})
+    run_merge(cfg, tmp_path / "sta")
+    out = load_tensors(tmp_path / "sta")
+    for name, x in floats.items():
+        changed = (out[name] != x).reshape(-1)
+        half = torch.arange(x.numel()) >= x.numel() - int(0.5 * x.numel())
+        assert torch.equal(changed, half & (a[name] != x).reshape(-1)), name
+    # TaLoS mask (bool tensors): only masked-in entries move.
+    masks = {k: torch.rand(v.shape, generator=torch.Generator().manual_seed(1)) > 0.5 for k, v in floats.items()}
+    write_checkpoint(tmp_path / "mask", masks)
+    run_merge(_config("talos", models, [("a", {"mask": str(tmp_path / "mask")})]), tmp_path / "talos")
+    out = load_tensors(tmp_path / "talos")
+    assert all(torch.equal(out[n] != x, masks[n] & (a[n] != x)) for n, x in floats.items())
+    # LATA's pretrained_model (a whole model given once, globally).
+    result = run_merge(_config("lata", models, [("a", {})], parameters={"pretrained_model": str(models["b"])}),
+                       tmp_path / "lata")
+    assert result.report["method"] and (tmp_path / "lata" / "model.safetensors").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(models: dict[str, Path], tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cfg = _config("ties", models, [("a", {"weight": 1.0, "density": 0.5}), ("b", {"weight": 0.7, "density": 0.3})])
+    result = run_merge(cfg, tmp_path / "gpu", device="cuda")
+    run_merge(cfg, tmp_path / "cpu")
+    assert result.report["device"].startswith("cuda")
+    gpu, cpu = load_tensors(tmp_path / "gpu"), load_tensors(tmp_path / "cpu")
+    for name in cpu:
+        torch.testing.assert_close(gpu[name], cpu[name], rtol=1e-5, atol=1e-6)
