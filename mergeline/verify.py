@@ -52,25 +52,26 @@ def _check_file(name: str, local: Path, expected: str, md5: str | None, root: Pa
 
 
 def check_artifact(artifact: Artifact, root: str | os.PathLike[str] = ".") -> list[Problem]:
-    """Problems of one file or folder artifact (per file for folders that list their files)."""
+    """Problems of one file or folder artifact (per file for folders whose files are known)."""
     root = Path(root)
     local = recorded_path(artifact.path, root)
-    if artifact.files is None and not (artifact.dvc_md5 or "").endswith(".dir"):
-        if local.is_dir():
-            actual = sha256_dir(local)
-            ok = actual == artifact.sha256
-            return [] if ok else [Problem(artifact.path, "mismatch", f"folder sha256 {actual[:12]}…, lineage says {artifact.sha256[:12]}…")]
+    is_folder = artifact.files is not None or (artifact.dvc_md5 or "").endswith(".dir") or local.is_dir()
+    if not is_folder:
         problem = _check_file(artifact.path, local, artifact.sha256, artifact.dvc_md5, root)
         return [problem] if problem else []
+    if local.is_dir() and artifact.files is None:
+        # Files unknown: the folder hash is all we can compare.
+        actual = sha256_dir(local)
+        if actual == artifact.sha256:
+            return []
+        return [Problem(artifact.path, "mismatch", f"folder sha256 {actual[:12]}…, lineage says {artifact.sha256[:12]}…")]
     if artifact.files is None:
-        # Only DVC's .dir manifest lists the files: check the folder as a whole, then locate by md5.
-        if local.is_dir():
-            return check_artifact(artifact.model_copy(update={"dvc_md5": None}), root)
+        # Gone from the workspace and only DVC's .dir manifest lists the files: they must all be there.
         manifest = folder_manifest(artifact, root)
         if not manifest:
             return [Problem(artifact.path, "missing", "not at its path, nor its manifest in DVC cache/remote")]
-        missing = [rel for rel, md5 in manifest.items() if find_in_dvc(md5, root) is None]
-        return [Problem(f"{artifact.path}/{rel}", "missing", "not in DVC cache/remote") for rel in missing]
+        return [Problem(f"{artifact.path}/{rel}", "missing", "not in DVC cache/remote")
+                for rel, md5 in manifest.items() if find_in_dvc(md5, root) is None]
     problems = []
     for rel, entry in sorted(artifact.files.items()):
         name = f"{artifact.path.rstrip('/')}/{rel}"

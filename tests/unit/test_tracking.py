@@ -61,3 +61,11 @@ def test_helpers_need_a_run(tmp_path: Path) -> None:
     with mlflow.start_run():
         with pytest.raises(MergelineError, match="missing.txt"):
             log_artifacts(tmp_path / "missing.txt")
+
+
+def test_read_only_commands_refuse_a_store_that_is_not_there(tmp_path: Path) -> None:
+    from mergeline.tracking.mlflow_setup import use_store
+
+    with pytest.raises(MergelineError, match="no MLflow store here"):
+        use_store(f"sqlite:///{tmp_path}/absent.db", must_exist=True)
+    assert not (tmp_path / "absent.db").exists()
