@@ -34,7 +34,8 @@ def merge_config(ctx: StageContext, variant: dict[str, Any], base: dict[str, Any
     mode = "talos" if method == "talos" else "full"
     models = []
     for task in ctx.params.tasks:
-        per_model: dict[str, Any] = {"weight": 1.0}
+        # MetaGPT's coefficients are closed-form: it takes no per-model weight.
+        per_model: dict[str, Any] = {} if method == "metagpt" else {"weight": 1.0}
         if variant["density"] is not None:
             per_model["density"] = variant["density"]
         if method == "sta":
