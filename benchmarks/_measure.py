@@ -30,6 +30,7 @@ class Measured:
     seconds: float
     max_rss: int  # bytes
     cuda_peak: int | None = None  # bytes, torch.cuda.max_memory_allocated in the child
+    inner_seconds: float | None = None  # the tool's own timing of its work (no start-up), if it reports one
     error: str | None = None
 
 

@@ -1,0 +1,106 @@
+"""The merge engine on CUDA: same result as on CPU, bf16 kept, GPU memory bounded by tensors, CLI path.
+
+Marked ``gpu`` and skipped where CUDA is absent (CI has none); run on the lent GPU with
+``python -m pytest -m gpu tests/integration/test_merge_cuda.py``. Models: a base and two ~1M-parameter
+Llama-shaped fine-tunes from ``benchmarks/_synthetic_models.py``, sharded into several files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from mergeline.config import load_merge_config
+from mergeline.merge import run_merge
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _synthetic():
+    # benchmarks/ is a folder of scripts, not a package: load the builder by path.
+    spec = importlib.util.spec_from_file_location("_synthetic_models", REPO / "benchmarks" / "_synthetic_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _model_set(root: Path, dtype: str):
+    # Shards of 1 MB: every model spans several files, as real checkpoints do.
+    return _synthetic().build_model_set(root, 1e6, 2, dtype, shard_bytes=1 << 20, progress=lambda _: None)
+
+
+def _config(models, method: str, path: Path) -> Path:
+    entries = [{"model": str(ft), "parameters": {"weight": 0.5, **({"density": 0.4} if method == "ties" else {})}}
+               for ft in models.finetunes]
+    path.write_text(yaml.safe_dump({"merge_method": method, "base_model": str(models.base), "models": entries}))
+    return path
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            out.update({name: f.get_tensor(name) for name in f.keys()})
+    return out
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_cuda_merge_equals_cpu_merge(tmp_path: Path, method: str) -> None:
+    models = _model_set(tmp_path / "models", "float32")
+    config = load_merge_config(_config(models, method, tmp_path / f"{method}.yaml"))
+    run_merge(config, tmp_path / "cpu", device="cpu")
+    run_merge(config, tmp_path / "cuda", device="cuda")
+    cpu, cuda = _tensors(tmp_path / "cpu"), _tensors(tmp_path / "cuda")
+    assert set(cpu) == set(cuda) == set(_tensors(models.base))
+    for name, expected in cpu.items():
+        assert cuda[name].device.type == "cpu" and cuda[name].dtype == torch.float32
+        # Element-wise float32 arithmetic is the same on both devices; the TIES trim cut-off
+        # (k-th value) is exact on both, so only rounding of the weighted sums may differ.
+        torch.testing.assert_close(cuda[name], expected, rtol=0, atol=1e-6, msg=name)
+    # The merge really moved the weights: a task-vector merge is not the base.
+    base = _tensors(models.base)
+    assert any(not torch.equal(cuda[n], base[n]) for n in base)
+
+
+def test_cuda_merge_keeps_bf16_and_bounds_gpu_memory(tmp_path: Path) -> None:
+    models = _model_set(tmp_path / "models", "bfloat16")
+    config = load_merge_config(_config(models, "ties", tmp_path / "ties.yaml"))
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    run_merge(config, tmp_path / "out", device="cuda")
+    peak = torch.cuda.max_memory_allocated() - start
+    merged = _tensors(tmp_path / "out")
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
+    # Streaming: the GPU holds a few tensors (in float32) at a time, never a whole model.
+    one_model_fp32 = models.shape.num_params() * 4
+    largest_fp32 = max(t.numel() for t in merged.values()) * 4
+    assert 0 < peak < one_model_fp32, (peak, one_model_fp32, largest_fp32)
+    assert torch.cuda.memory_allocated() - start <= largest_fp32  # nothing left behind on the GPU
+
+
+def test_cli_merge_on_cuda(tmp_path: Path) -> None:
+    models = _model_set(tmp_path / "models", "bfloat16")
+    config = _config(models, "task_arithmetic", tmp_path / "ta.yaml")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mergeline.cli", "merge", str(config), "--out", str(tmp_path / "out"),
+         "--device", "cuda"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "config.json").is_file()
+    assert set(_tensors(tmp_path / "out")) == set(_tensors(models.base))
