@@ -145,7 +145,7 @@ def _write_model(
     weight_map: dict[str, str] = {}
     total = 0
     for file, names in zip(files, plan):
-        tensors = {name: make_tensor(name, shapes[name]).to(torch_dtype).contiguous() for name in names}
+        tensors = {name: make_tensor(name, shapes[name]).to(torch_dtype).cpu().contiguous() for name in names}
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         save_file(tensors, str(folder / file), metadata={"format": "pt"})
         weight_map.update({name: file for name in names})
@@ -161,11 +161,11 @@ def _name_seed(name: str, seed: int) -> int:
     return (sum((i + 1) * ord(c) for i, c in enumerate(name)) * 1_000_003 + seed) % (2**63)
 
 
-def _base_tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+def _base_tensor(name: str, shape: tuple[int, ...], device: str = "cpu") -> torch.Tensor:
     if len(shape) == 1:  # RMSNorm weights start at one
-        return torch.ones(shape)
-    gen = torch.Generator().manual_seed(_name_seed(name, 0))
-    return torch.randn(shape, generator=gen).mul_(INIT_STD)
+        return torch.ones(shape, device=device)
+    gen = torch.Generator(device).manual_seed(_name_seed(name, 0))
+    return torch.randn(shape, generator=gen, device=device).mul_(INIT_STD)
 
 
 @dataclass(frozen=True)
@@ -191,8 +191,12 @@ def build_model_set(
     shard_bytes: int = 1 << 30,
     rel_delta: float = 0.02,
     progress=print,
+    device: str = "cpu",
 ) -> ModelSet:
     """Build (or reuse) ``workdir/base`` and ``workdir/ft{i}``; see the module docstring for the weights.
+
+    ``device`` draws the random numbers there (a GPU builds multi-GB sets in seconds); the values
+    depend on it, so it is part of the cache key.
 
     ``rel_delta`` is the task-vector std relative to INIT_STD; 2% keeps most of every delta above
     bfloat16's rounding step (2^-8 relative), so bf16 task vectors are not mostly zeros.
@@ -202,7 +206,8 @@ def build_model_set(
     shape = llama_shape_for(params)
     itemsize = torch.empty(0, dtype=_DTYPES[dtype]).element_size()
     spec = {"shape": asdict(shape), "dtype": dtype, "shard_bytes": shard_bytes,
-            "rel_delta": rel_delta, "num_finetunes": num_finetunes, "version": 1}
+            "rel_delta": rel_delta, "num_finetunes": num_finetunes, "version": 1,
+            "device": torch.device(device).type}
     workdir = workdir.resolve()
     marker = workdir / "set.json"
     result = ModelSet(workdir / "base", [workdir / f"ft{i}" for i in range(num_finetunes)],
@@ -212,14 +217,14 @@ def build_model_set(
     marker.unlink(missing_ok=True)
     progress(f"building {num_finetunes}+1 models of {shape.num_params() / 1e9:.3f}B params "
              f"({dtype}, {shape.num_hidden_layers} layers x {shape.hidden_size}) in {workdir}")
-    _write_model(result.base, shape, dtype, shard_bytes, _base_tensor)
+    _write_model(result.base, shape, dtype, shard_bytes, lambda name, shp: _base_tensor(name, shp, device))
     for i, folder in enumerate(result.finetunes):
-        gen = torch.Generator().manual_seed(1000 + i)
+        gen = torch.Generator(device).manual_seed(1000 + i)
 
         def finetune_tensor(name: str, shp: tuple[int, ...], gen=gen) -> torch.Tensor:
             # Regenerating the base per tensor keeps memory at one shard instead of one model.
-            delta = torch.randn(shp, generator=gen).mul_(rel_delta * INIT_STD)
-            return _base_tensor(name, shp).add_(delta)
+            delta = torch.randn(shp, generator=gen, device=device).mul_(rel_delta * INIT_STD)
+            return _base_tensor(name, shp, device).add_(delta)
 
         _write_model(folder, shape, dtype, shard_bytes, finetune_tensor)
     marker.write_text(json.dumps(spec, indent=2))

@@ -78,10 +78,20 @@ def _read_timed(cmd: list[str], log: Path) -> Measured:
 class Bench:
     """Runs the tools on one model set; every output lands under ``workdir/out``."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, flush=lambda bench: None) -> None:
         self.args = args
         self.workdir: Path = args.workdir.resolve()
         self.failed = False
+        self.results: list[SizeResult] = []
+        self.check: str | None = None
+        self._flush = flush  # called after every measurement, so a killed run still leaves its table
+
+    def _step(self, what: str, run) -> Measured:
+        print(what, flush=True)
+        measured = run()
+        print(f"  {_secs(measured)} s, peak RSS {_gb(measured.max_rss)} GB", flush=True)
+        self._flush(self)
+        return measured
 
     def _repeat(self, run, out: Path | None = None) -> Measured:
         runs = []
@@ -117,19 +127,20 @@ class Bench:
         a = self.args
         tag = f"{params / 1e9:.3g}B-{a.dtype}-{a.finetunes}ft"
         models = build_model_set(self.workdir / "models" / tag, params, a.finetunes, a.dtype,
-                                 shard_bytes=int(a.shard_gb * GB))
+                                 shard_bytes=int(a.shard_gb * GB), device=a.device)
         files = [f for m in models.all_models for f in model_files(m)]
         out, logs = self.workdir / "out", self.workdir / "logs" / tag
         print(f"[{tag}] warming the page cache ({sum(f.stat().st_size for f in files) / GB:.2f} GB)")
         result = SizeResult(models, read_files(files))
+        self.results.append(result)
         if "baseline" in a.tools:
-            print(f"[{tag}] read bound, read+write baseline")
             read_cmd = [sys.executable, str(HERE / "_rw_baseline.py"), "read", *map(str, files)]
-            result.read = self._repeat(lambda: _read_timed(read_cmd, logs / "read.log"))
+            result.read = self._step(f"[{tag}] read bound", lambda: self._repeat(
+                lambda: _read_timed(read_cmd, logs / "read.log")))
             copy_cmd = [sys.executable, str(HERE / "_rw_baseline.py"), "copy", "--device", a.device,
                         "--out", str(out / "baseline"), *map(str, models.all_models)]
-            result.baseline = self._repeat(lambda: run_measured(copy_cmd, logs / "baseline.log"),
-                                           out / "baseline")
+            result.baseline = self._step(f"[{tag}] read+write baseline", lambda: self._repeat(
+                lambda: run_measured(copy_cmd, logs / "baseline.log"), out / "baseline"))
             shutil.rmtree(out / "baseline", ignore_errors=True)
         for label in a.methods:
             method = METHODS[label]
@@ -138,16 +149,18 @@ class Bench:
             res = result.methods[label] = MethodResult()
             ml_out, mk_out = out / f"mergeline-{method}", out / f"mergekit-{method}"
             if "mergeline" in a.tools:
-                print(f"[{tag}] {label}: mergeline")
-                res.mergeline = self.mergeline(config, ml_out, logs / f"mergeline-{method}.log")
+                res.mergeline = self._step(f"[{tag}] {label}: mergeline", lambda: self.mergeline(
+                    config, ml_out, logs / f"mergeline-{method}.log"))
             if "mergekit" in a.tools:
-                print(f"[{tag}] {label}: mergekit")
-                res.mergekit = self.mergekit(config, mk_out, logs / f"mergekit-{method}.log")
+                res.mergekit = self._step(f"[{tag}] {label}: mergekit", lambda: self.mergekit(
+                    config, mk_out, logs / f"mergekit-{method}.log"))
             if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
                 res.comparison = compare_models(ml_out, mk_out)
+                print(f"  mergeline vs mergekit: {res.comparison.summary()}")
                 if res.comparison.problems:
                     self.failed = True
                     print("  mismatch: " + "; ".join(res.comparison.problems[:5]), file=sys.stderr)
+                self._flush(self)
             if not a.keep_outputs:
                 shutil.rmtree(ml_out, ignore_errors=True)
                 shutil.rmtree(mk_out, ignore_errors=True)
@@ -283,22 +296,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    bench = Bench(args)
-    results = [bench.run_size(size) for size in args.sizes]
-    check = bench.exactness_check()
+def report(bench: Bench) -> str:
+    """The whole markdown report of what has been measured so far."""
+    args = bench.args
     title = (f"merge_speed: {args.finetunes} fine-tunes + base, Llama-shaped, device {args.device}, "
              f"TIES density {args.density}, best of {args.repeat}")
-    lines = [f"### {title}", "", *render(results, args)]
-    lines += [check] if check else []
-    targets = target_lines(results, args)
+    lines = [f"### {title}", "", *render(bench.results, args)]
+    lines += [bench.check] if bench.check else []
+    targets = target_lines(bench.results, args) if bench.results else []
     lines += ["", *targets] if targets else []
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     table_out = args.table_out or args.workdir / "table.md"
     table_out.parent.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, flush=lambda b: table_out.write_text(report(b)))
+    for size in args.sizes:
+        bench.run_size(size)
+    bench.check = bench.exactness_check()
+    text = report(bench)
     table_out.write_text(text)
+    print("\n" + text)
     return 1 if bench.failed else 0
 
 
