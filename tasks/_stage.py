@@ -1,10 +1,11 @@
 """What every stage task shares: a nested MLflow run, progress to the Prefect logger, caching.
 
-Caching: a task's cache key is the hash of its inputs (minus the run-specific ``run`` handle) and of
-its source (``INPUTS + TASK_SOURCE``). Inputs are the params and the records of upstream stages,
-which carry sha256 of what they point at, so the key is content-addressed. Results are persisted
-under ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``, so a new process (a re-run, or a resume after a kill)
-finds them: an unchanged experiment recomputes nothing.
+Caching: a task's cache key is the hash of its inputs and of its source (``TASK_SOURCE``). Of the
+params, only the sections the stage reads count (:class:`ScopedInputs`): ``--set merge.lambda=0.5``
+re-merges and re-evaluates but never re-fine-tunes. The other inputs are records of upstream stages,
+which carry sha256 of what they point at, so the key is content-addressed. The run-specific ``run``
+handle is left out. Results are persisted under ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``, so a new
+process (a re-run, or a resume after a kill) finds them: an unchanged experiment recomputes nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +16,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.logging import get_run_logger
+from prefect.utilities.hashing import hash_objects
 
 from mergeline.params import ExperimentParams
 from mergeline.stages.common import StageContext
 
-STAGE_CACHE = (INPUTS - "run") + TASK_SOURCE
+
+
+@dataclass
+class ScopedInputs(CachePolicy):
+    """Hash of a task's inputs in which ``params`` is cut down to ``sections`` (dotted keys)."""
+
+    sections: tuple[str, ...] = ()
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        scoped: dict[str, Any] = {k: v for k, v in inputs.items() if k not in ("params", "run")}
+        params = inputs.get("params") or {}
+        scoped["params"] = {section: _dig(params, section) for section in self.sections}
+        return hash_objects(scoped, raise_on_failure=True)
+
+
+def _dig(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def stage_cache(*sections: str) -> CachePolicy:
+    """Cache policy of a stage that reads the given params sections."""
+    return ScopedInputs(sections=sections) + TASK_SOURCE
 
 
 @dataclass(frozen=True)
@@ -72,4 +99,4 @@ def expected_output_missing(run: RunHandle, *relative: str) -> bool:
     return any(not (Path(run.root) / r).exists() for r in relative)
 
 
-__all__ = ["STAGE_CACHE", "RunHandle", "run_stage", "expected_output_missing"]
+__all__ = ["stage_cache", "RunHandle", "run_stage", "expected_output_missing"]

@@ -7,10 +7,10 @@ from typing import Any
 from prefect import task
 
 from mergeline.stages import train
-from tasks._stage import STAGE_CACHE, RunHandle, run_stage
+from tasks._stage import RunHandle, stage_cache, run_stage
 
 
-@task(name="fine-tune", cache_policy=STAGE_CACHE, persist_result=True, task_run_name="fine-tune-{task}-{mode}")
+@task(name="fine-tune", cache_policy=stage_cache("finetune", "talos", "work_dir", "device"), persist_result=True, task_run_name="fine-tune-{task}-{mode}")
 def finetune(params: dict[str, Any], task: str, mode: str, base: dict[str, Any], data: dict[str, Any],
              run: RunHandle) -> dict[str, Any]:
     logged = {"task": task, "mode": mode, **params["finetune"]} | ({"talos": params["talos"]} if mode == "talos" else {})
@@ -18,7 +18,7 @@ def finetune(params: dict[str, Any], task: str, mode: str, base: dict[str, Any],
                      lambda ctx: train.finetune(ctx, task, mode, base, data), logged)
 
 
-@task(name="extract-vector", cache_policy=STAGE_CACHE, persist_result=True,
+@task(name="extract-vector", cache_policy=stage_cache("work_dir"), persist_result=True,
       task_run_name="extract-vector-{checkpoint[task]}")
 def extract_vector(params: dict[str, Any], base: dict[str, Any], checkpoint: dict[str, Any],
                    run: RunHandle) -> dict[str, Any]:
