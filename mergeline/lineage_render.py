@@ -107,18 +107,22 @@ def render_mermaid(lineage: Lineage, registered: str | None = None) -> str:
     base = lineage.base_model
     node("base", f"base model: {base.id}", f"sha256 {_short(base.sha256)}")
     merge_inputs: list[str] = []
+    eval_inputs: list[str] = []
     for task in lineage.tasks:
         upstream = "base"
-        for split, dataset in sorted(task.datasets.items()):
-            did = _node_id("data", task.name, split)
-            node(did, f"dataset {task.name}/{split}", f"sha256 {_short(dataset.sha256)}")
         if task.finetune is not None:
             fid = _node_id("ft", task.name)
             node(fid, f"fine-tune {task.name} ({task.finetune.mode})", f"run {_short(task.finetune.run_id, 8)}")
             edge("base", fid)
-            for split in sorted(task.datasets):
-                edge(_node_id("data", task.name, split), fid)
             upstream = fid
+        for split, dataset in sorted(task.datasets.items()):
+            # Training splits feed the fine-tune; held-out splits feed the evaluation.
+            did = _node_id("data", task.name, split)
+            node(did, f"dataset {task.name}/{split}", f"sha256 {_short(dataset.sha256)}")
+            if split.startswith("train") and task.finetune is not None:
+                edge(did, upstream)
+            else:
+                eval_inputs.append(did)
         last = upstream
         if task.vector is not None:
             vid = _node_id("tv", task.name)
@@ -141,9 +145,13 @@ def render_mermaid(lineage: Lineage, registered: str | None = None) -> str:
     if lineage.params.sha256:
         node("params", f"params {lineage.params.path or ''}", f"sha256 {_short(lineage.params.sha256)}")
         edge("params", "merge")
-    metrics = [f"{k} = {v:.4g}" for k, v in sorted(lineage.evaluation.items())][:8]
+    # Summary metrics first (means, drift): the node has room for a few lines, lineage.json has all.
+    ranked = sorted(lineage.evaluation.items(), key=lambda kv: ("mean" not in kv[0] and "drift" not in kv[0], kv[0]))
+    metrics = [f"{k} = {v:.4g}" for k, v in ranked[:6]]
     node("eval", "evaluation", *(metrics or ["no metrics"]))
     edge("merge", "eval")
+    for source in eval_inputs:
+        edge(source, "eval")
     node("registered", registered or "registered model", f"git {_short(lineage.code.git_commit, 10)}")
     edge("eval", "registered")
     return "\n".join(lines) + "\n"

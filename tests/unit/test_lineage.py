@@ -135,3 +135,15 @@ def test_render_mermaid_is_a_connected_graph(tmp_path: Path) -> None:
     # A raw quote would end the label early and break the diagram.
     assert all(line.count('"') in (0, 2) for line in lines)
     assert "#quot;id#quot;" in graph and 'registered["demo v1' in graph
+
+
+def test_mermaid_routes_held_out_splits_to_evaluation(tmp_path: Path) -> None:
+    lineage = _lineage(tmp_path, tasks=1)
+    (tmp_path / "val.jsonl").write_text("{}\n")
+    lineage.tasks[0].datasets["validation"] = describe(tmp_path / "val.jsonl")
+    lineage.evaluation = {"test/acc/task0": 0.5, "test/norm_acc/mean": 0.9}
+    graph = render_mermaid(lineage)
+    assert "data_task0_validation --> eval" in graph and "data_task0_train --> ft_task0" in graph
+    assert "data_task0_validation --> ft_task0" not in graph
+    # Summary metrics come first in the small evaluation node.
+    assert graph.index("test/norm_acc/mean") < graph.index("test/acc/task0")
