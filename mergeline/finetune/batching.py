@@ -176,19 +176,37 @@ def choice_logprobs(
 ) -> list[torch.Tensor]:
     """Summed log p(choice | prompt) of every choice of every record (lm-eval's ``acc`` score).
 
-    Returns one float tensor of shape (n_choices,) per record.
+    Returns one float tensor of shape (n_choices,) per record. When every choice of a record is a
+    single token after the same prompt tokens (class labels such as " sport"), one forward pass of
+    that record gives all of them instead of one pass per choice.
     """
     device = next(model.parameters()).device
-    flat = [(i, encode(tokenizer, r["prompt"], c, max_length, delimiter)) for i, r in enumerate(records) for c in r["choices"]]
-    scores: list[float] = []
-    pad = pad_id(tokenizer)
-    for start in range(0, len(flat), batch_size):
-        batch = collate([enc for _, enc in flat[start : start + batch_size]], pad)
-        logits = model(input_ids=batch["input_ids"].to(device)).logits
-        scores.extend(answer_logprob(logits, batch["labels"].to(device)).tolist())
-    out: list[torch.Tensor] = []
-    pos = 0
+    seqs: list[Encoded] = []
+    plan: list[tuple[int, list[int] | None]] = []  # first sequence of the record; shared-prompt choice ids
     for rec in records:
-        out.append(torch.tensor(scores[pos : pos + len(rec["choices"])]))
-        pos += len(rec["choices"])
+        encs = [encode(tokenizer, rec["prompt"], c, max_length, delimiter) for c in rec["choices"]]
+        prefix = encs[0].input_ids[:-1]
+        shared = bool(prefix) and all(
+            e.input_ids[:-1] == prefix and sum(t != IGNORE for t in e.labels) == 1 for e in encs
+        )
+        plan.append((len(seqs), [e.input_ids[-1] for e in encs] if shared else None))
+        seqs.extend(encs[:1] if shared else encs)
+    shared_first = {first for first, ids in plan if ids is not None}
+    rows: dict[int, torch.Tensor] = {}  # shared-prompt sequence -> next-token log-probs after the prompt
+    sums: list[float] = []  # per sequence: summed answer log-prob
+    pad = pad_id(tokenizer)
+    for start in range(0, len(seqs), batch_size):
+        chunk = seqs[start : start + batch_size]
+        batch = collate(chunk, pad)
+        logits = model(input_ids=batch["input_ids"].to(device)).logits
+        sums.extend(answer_logprob(logits, batch["labels"].to(device)).tolist())
+        for row, enc in enumerate(chunk):
+            if start + row in shared_first:
+                rows[start + row] = torch.log_softmax(logits[row, len(enc.input_ids) - 2].float(), -1).cpu()
+    out: list[torch.Tensor] = []
+    for (first, shared_ids), rec in zip(plan, records):
+        if shared_ids is not None:
+            out.append(rows[first][torch.tensor(shared_ids)])
+        else:
+            out.append(torch.tensor(sums[first : first + len(rec["choices"])]))
     return out

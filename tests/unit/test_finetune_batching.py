@@ -12,6 +12,7 @@ from mergeline.finetune.batching import (
     IGNORE,
     answer_logprob,
     answer_nll,
+    choice_logprobs,
     collate,
     encode,
     read_records,
@@ -107,3 +108,20 @@ def test_read_records_missing_and_empty(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(MergelineError, match="no records"):
         read_records(tmp_path / "empty.jsonl")
+
+
+def test_choice_logprobs_shared_prompt_path_equals_one_pass_per_choice(tok):
+    from tests.lm_fixtures import tiny_llama
+
+    model = tiny_llama(vocab_size=len(tok))
+    single = {"id": "s", "prompt": "Name: tiger\nFirst letter:", "choices": [" T", " A", " C"], "label": 0}
+    multi = {"id": "m", "prompt": "Word: x\nRepeat:", "choices": [" apple pie", " stone"], "label": 1}
+    assert len(tok(" T", add_special_tokens=False)["input_ids"]) == 1  # the shared path applies to `single`
+    got = choice_logprobs(model, tok, [single, multi], max_length=32, batch_size=2)
+    for rec, scores in zip([single, multi], got):
+        assert scores.shape == (len(rec["choices"]),)
+        for c, choice in enumerate(rec["choices"]):
+            batch = collate([encode(tok, rec["prompt"], choice, 32)], pad=0)
+            with torch.no_grad():
+                expected = answer_logprob(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+            assert scores[c] == pytest.approx(float(expected), abs=1e-4)
