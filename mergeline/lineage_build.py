@@ -5,6 +5,7 @@ They hash what is on disk now, so call them on the finished outputs of each stag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mergeline.errors import MergelineError
-from mergeline.io.hashing import sha256_dir, sha256_file
+from mergeline.io.hashing import sha256_file
 from mergeline.lineage import Artifact, CodeInfo, DvcInfo, FileHash, ParamsInfo
 
 _CHUNK = 1 << 20
@@ -23,20 +24,43 @@ A = TypeVar("A", bound=Artifact)
 
 def md5_file(path: str | os.PathLike[str]) -> str:
     """md5 of the bytes: DVC 3 keys its cache by this (``files/md5/<2>/<30>``)."""
-    digest = hashlib.md5(usedforsecurity=False)
+    return file_digests(path)[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _digests(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
+    # One read for both digests; keyed by size and mtime so a rewritten file is hashed again.
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+            sha.update(chunk)
+            md5.update(chunk)
+    return sha.hexdigest(), md5.hexdigest()
+
+
+def file_digests(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(sha256, md5) of a file, cached per process: registering several variants re-describes the
+    same base model and vectors, which would otherwise be read again for each."""
+    st = os.stat(path)
+    return _digests(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def folder_files(folder: Path) -> dict[str, FileHash]:
     """Per-file sha256 + md5 under ``folder`` (hidden files skipped, like ``sha256_dir``)."""
-    return {
-        p.relative_to(folder).as_posix(): FileHash(sha256=sha256_file(p), md5=md5_file(p))
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    }
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
+            sha, md5 = file_digests(p)
+            files[p.relative_to(folder).as_posix()] = FileHash(sha256=sha, md5=md5)
+    return files
+
+
+def folder_sha256(files: dict[str, FileHash]) -> str:
+    """``mergeline.io.hashing.sha256_dir`` computed from known file hashes (same formula; a test pins it)."""
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        digest.update(f"{rel}\0{files[rel].sha256}\n".encode())
+    return digest.hexdigest()
 
 
 def describe(
@@ -50,9 +74,11 @@ def describe(
     """
     p = Path(root) / path if root is not None and not Path(path).is_absolute() else Path(path)
     if p.is_dir():
-        return cls(path=str(path), sha256=sha256_dir(p), dvc_md5=dvc_md5, files=folder_files(p), **extra)
+        files = folder_files(p)
+        return cls(path=str(path), sha256=folder_sha256(files), dvc_md5=dvc_md5, files=files, **extra)
     if p.is_file():
-        return cls(path=str(path), sha256=sha256_file(p), dvc_md5=dvc_md5 or md5_file(p), **extra)
+        sha, md5 = file_digests(p)
+        return cls(path=str(path), sha256=sha, dvc_md5=dvc_md5 or md5, **extra)
     raise MergelineError(f"{p}: cannot record lineage of a missing file or folder")
 
 

@@ -21,6 +21,7 @@ from mergeline.lineage import (
     TaskLineage,
     version_tags,
 )
+from mergeline.io.hashing import sha256_dir
 from mergeline.lineage_build import describe, md5_file, weight_files
 from mergeline.lineage_render import render_json, render_mermaid, render_text
 
@@ -63,6 +64,8 @@ def test_describe_records_folder_files_with_md5(tmp_path: Path) -> None:
     assert vec is not None and vec.files is not None
     entry = vec.files["task_vector.safetensors"]
     assert entry.md5 == md5_file(Path(vec.path) / "task_vector.safetensors")
+    # folder_sha256 must stay sha256_dir's formula (one file and several).
+    assert vec.sha256 == sha256_dir(vec.path) and lineage.base_model.sha256 == sha256_dir(lineage.base_model.path)
     dataset = lineage.tasks[0].datasets["train"]
     assert dataset.files is None and dataset.dvc_md5 == md5_file(dataset.path)
     assert set(lineage.weights) == {"model.safetensors"}
