@@ -28,6 +28,7 @@ for but not available.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -48,6 +49,7 @@ from mergeline.io.safetensors_io import (
     copy_model_files,
 )
 from mergeline.layers import layer_index
+from mergeline.merge_support import Buffers, build_report, dtype_name, resolve_device, resolved_config
 from mergeline.methods import MergeMethod, MethodParameters, ModelParameters, TensorInputs
 
 Progress = Callable[[str], None]
@@ -57,6 +59,11 @@ EMBEDDING_SUFFIXES = (
     "embed_out.weight",
 )
 HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight")
+# Tensors above this many elements go through row-separable methods in row blocks of about this size.
+CHUNK_ELEMENTS = 1 << 24
+# Methods whose output element depends only on the same element of the inputs (so row blocks give the
+# same result as whole tensors). A method class can declare ``row_separable = True`` itself.
+ROW_SEPARABLE = ("task_arithmetic", "linear")
 
 
 @dataclass
@@ -82,19 +89,6 @@ class _Item:
     alias_of: str | None = None  # tied: same data as this earlier tensor
 
 
-def resolve_device(device: str) -> torch.device:
-    """``cpu`` or ``cuda[:i]``; CUDA that is not there is a bad input, not a crash."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise MergelineError(f"--device: unknown device {device!r} (use cpu or cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MergelineError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise MergelineError(f"--device: unsupported device {device!r} (use cpu or cuda)")
-    return dev
-
-
 class _Engine:
     """One merge: the open readers, the plan, and the tensor loop."""
 
@@ -107,7 +101,10 @@ class _Engine:
         self.out_dtype = config.output_dtype()
         self.stack = ExitStack()
         self.aux: dict[str, CheckpointReader] = {}  # model_inputs / global_inputs, by path
-        self.checked: set[tuple[int, str]] = set()  # (reader id, tensor) already checked for NaN/Inf
+        self.checked: set[tuple[int, str, Any]] = set()  # (reader id, tensor, rows) checked for NaN/Inf
+        self.row_separable = bool(getattr(self.method_cls, "row_separable", self.method_cls.name in ROW_SEPARABLE))
+        self.buffers = Buffers(device)
+        self.out_buffers = Buffers(torch.device("cpu"))
 
     def open(self, path: str) -> CheckpointReader:
         return self.stack.enter_context(CheckpointReader(path))
@@ -192,7 +189,7 @@ class _Engine:
         order = {it.name: k for k, it in enumerate(items)}
         for head in heads:
             for emb in embeds:
-                if emb.out != TensorSpec(emb.name, head.out.shape, head.out.dtype) or emb.cut or head.cut:
+                if emb.out != TensorSpec(emb.name, head.out.shape, head.out.dtype):
                     continue
                 if all(torch.equal(r.get(head.name), r.get(emb.name)) for r in readers):
                     first, second = sorted((head, emb), key=lambda it: order[it.name])
@@ -200,45 +197,67 @@ class _Engine:
                     break
 
     # ---- reading ---------------------------------------------------------------------------------
-    def _read(self, reader: CheckpointReader, name: str, rows: int | None = None) -> torch.Tensor:
-        x = reader.get(name, dtype=self.compute if reader.dtype(name).is_floating_point else None, device=self.device)
-        key = (id(reader), name)
+    def _read(self, reader: CheckpointReader, name: str, slot: object, span: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor ``name`` of ``reader`` in the compute dtype on the device, in ``slot``'s reused buffer.
+
+        The mapped bytes are converted straight into the buffer (one pass, no fresh allocation: page
+        faults of new buffers cost more than the conversion itself), then dropped from this process.
+        """
+        src = reader.view(name)
+        if span is not None:  # a row block (a chunk, or the base's rows of a longer embedding)
+            src = src[span[0]:span[1]]
+        if src.is_floating_point():
+            x = self.buffers.take(slot, src.shape, self.compute)
+            x.copy_(src)
+        else:
+            x = src.to(self.device, copy=True)
+        reader.release(name)
+        key = (id(reader), name, span)
         if key not in self.checked and x.is_floating_point():
-            if not bool(torch.isfinite(x).all()):
+            # A sum is NaN/Inf if any entry is (or on overflow; then the exact test decides): ~30x cheaper.
+            if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
                 raise MergelineError(f"{reader.file(name)}: tensor {name!r} contains NaN or Inf")
             self.checked.add(key)
-        return x[:rows] if rows is not None and x.shape[0] > rows else x
+        return x
 
-    def inputs_for(self, item: _Item) -> TensorInputs:
-        base = self._read(self.base, item.name) if self.base is not None else None
-        rows = item.out.shape[0] if item.cut else None
+    def inputs_for(self, item: _Item, span: tuple[int, int] | None = None) -> TensorInputs:
+        """What the method sees for one tensor (or the row block ``span`` of it).
+
+        Its tensors live in reused buffers: they are valid during the method call only.
+        """
+        if span is None and item.cut:
+            span = (0, item.out.shape[0])
+        base = self._read(self.base, item.name, "base", span) if self.base is not None else None
         kind = self.method_cls.kind
         tensors = []
-        for reader in self.readers:
+        for k, reader in enumerate(self.readers):
             if reader is self.base:
-                x = base.clone() if kind == "weights" else torch.zeros_like(base)
+                x = self.buffers.take(("model", k), base.shape, base.dtype)
+                x.copy_(base) if kind == "weights" else x.zero_()
             else:
-                x = self._read(reader, item.name, rows)
+                x = self._read(reader, item.name, ("model", k), span)
                 if reader.is_task_vector and kind == "weights":
-                    x = x.add_(base)
+                    x.add_(base)
                 elif not reader.is_task_vector and kind == "delta":
-                    x = x.sub_(base)
+                    x.sub_(base)
             tensors.append(x)
         model_inputs = {
-            key: [self._aux(getattr(mp, key, None), item.name) for mp in item.model_params]
+            key: [self._aux(getattr(mp, key, None), item.name, (key, k), span) for k, mp in enumerate(item.model_params)]
             for key in self.method_cls.model_inputs
         }
-        global_inputs = {key: self._aux(getattr(item.params, key, None), item.name) for key in self.method_cls.global_inputs}
+        global_inputs = {
+            key: self._aux(getattr(item.params, key, None), item.name, key, span) for key in self.method_cls.global_inputs
+        }
         return TensorInputs(
             name=item.name, base=base, tensors=tensors, model_index=list(self.inputs), params=item.params,
             model_params=item.model_params, layer=item.layer, model_inputs=model_inputs, global_inputs=global_inputs,
         )
 
-    def _aux(self, path: Any, name: str) -> torch.Tensor | None:
+    def _aux(self, path: Any, name: str, slot: object, span: tuple[int, int] | None) -> torch.Tensor | None:
         if path is None:
             return None
         reader = self.aux[str(path)]
-        return self._read(reader, name) if name in reader else None
+        return self._read(reader, name, ("aux", slot), span) if name in reader else None
 
     # ---- the passes ------------------------------------------------------------------------------
     def statistics(self, method: MergeMethod, items: list[_Item]) -> None:
@@ -249,29 +268,52 @@ class _Engine:
                 method.accumulate(self.inputs_for(item), p)
             method.finalize_statistics(p)
 
-    def merged(self, method: MergeMethod, items: list[_Item]) -> Iterator[tuple[_Item, torch.Tensor]]:
-        """Yield (item, output tensor) in plan order; a tied alias reuses its first tensor's result."""
+    def _spans(self, item: _Item) -> list[tuple[int, int] | None]:
+        """Row blocks of a large tensor for a row-separable method (memory: a chunk, not a tensor)."""
+        shape = item.out.shape
+        if not self.row_separable or len(shape) < 1 or math.prod(shape) <= CHUNK_ELEMENTS:
+            return [None]
+        step = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+        return [(r, min(r + step, shape[0])) for r in range(0, shape[0], step)]
+
+    def _merge_block(self, method: MergeMethod, item: _Item, span: tuple[int, int] | None) -> torch.Tensor:
+        inputs = self.inputs_for(item, span)
+        result = method.merge_tensor(inputs)
+        expected = item.out.shape if span is None else (span[1] - span[0], *item.out.shape[1:])
+        if tuple(result.shape) != tuple(expected):
+            raise RuntimeError(f"{self.method_cls.name} returned shape {tuple(result.shape)} for {item.name!r}")
+        if self.method_cls.kind == "delta":
+            assert inputs.base is not None
+            # θ = θ_base + Δ, in place: the method's result is the engine's to reuse
+            # (float addition commutes, so this equals mergekit's base + Δ bit for bit).
+            result = result.add_(inputs.base) if result.dtype == self.compute else inputs.base + result
+        if result.dtype == item.out.dtype and result.device.type == "cpu":
+            return result
+        out = self.out_buffers.take("out", result.shape, item.out.dtype)
+        return out.copy_(result)
+
+    def merged(self, method: MergeMethod, items: list[_Item]) -> Iterator[tuple[_Item, Iterator[torch.Tensor]]]:
+        """Yield (item, its output as consecutive row blocks) in plan order.
+
+        Blocks are produced lazily as the writer consumes them, so only one is in memory at a time.
+        A tied alias reuses its first tensor's result.
+        """
         aliased = {it.alias_of for it in items if it.alias_of}
-        kept: dict[str, torch.Tensor] = {}
+        kept: dict[str, list[torch.Tensor]] = {}
         step = max(1, len(items) // 10)
-        for k, item in enumerate(items):
+
+        def blocks(item: _Item) -> Iterator[torch.Tensor]:
             if item.alias_of is not None:
-                out = kept.pop(item.alias_of)
-            elif not item.floating:
-                out = self.ref.get(item.name)
-            else:
-                inputs = self.inputs_for(item)
-                result = method.merge_tensor(inputs)
-                if self.method_cls.kind == "delta":
-                    assert inputs.base is not None
-                    result = inputs.base + result
-                if tuple(result.shape) != item.out.shape:
-                    raise RuntimeError(f"{self.method_cls.name} returned shape {tuple(result.shape)} for {item.name!r}")
-                out = result.to(dtype=item.out.dtype).cpu()
-                del inputs, result
-            if item.name in aliased:
-                kept[item.name] = out
-            yield item, out
+                yield from kept.pop(item.alias_of)
+                return
+            for span in self._spans(item) if item.floating else [None]:
+                out = self._merge_block(method, item, span) if item.floating else self.ref.get(item.name)
+                if item.name in aliased:
+                    kept.setdefault(item.name, []).append(out.clone())
+                yield out
+
+        for k, item in enumerate(items):
+            yield item, blocks(item)
             if (k + 1) % step == 0 or k + 1 == len(items):
                 self.progress(f"merged {k + 1}/{len(items)} tensors")
 
@@ -306,53 +348,16 @@ def run_merge(
         with atomic_dir(out_dir) as tmp:
             writer = ShardedWriter(tmp, [it.out for it in items], max_shard_bytes)
             try:
-                for item, tensor in engine.merged(method, items):
-                    writer.add(item.name, tensor)
+                for item, blocks in engine.merged(method, items):
+                    writer.add_blocks(item.name, blocks)
                 hashes = writer.close()
             except BaseException:
                 writer.abort()
                 raise
             source = engine.ref.model_dir
-            copied = copy_model_files(source, tmp, _dtype_name(engine.out_dtype)) if source else []
-            report = _report(config, engine, method, items, hashes, copied, time.perf_counter() - start)
-            (tmp / "merge.yaml").write_text(_resolved(config).to_yaml())
+            copied = copy_model_files(source, tmp, dtype_name(engine.out_dtype)) if source else []
+            report = build_report(config, engine, method, items, hashes, copied, time.perf_counter() - start)
+            (tmp / "merge.yaml").write_text(resolved_config(config).to_yaml())
             (tmp / "merge_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     engine.progress(f"wrote {len(hashes)} weight file(s) to {out_dir} in {report['seconds']:.1f} s")
     return MergeResult(out_dir=out_dir, report=report, weight_sha256=hashes)
-
-
-def _dtype_name(dtype: torch.dtype | None) -> str | None:
-    return None if dtype is None else str(dtype).removeprefix("torch.")
-
-
-def _resolved(config: MergeConfig) -> MergeConfig:
-    """The config with absolute model paths, as written beside the merged model."""
-    data = config.model_dump(mode="json")
-    if data.get("base_model"):
-        data["base_model"] = str(Path(data["base_model"]).resolve())
-    for entry in data["models"]:
-        entry["model"] = str(Path(entry["model"]).resolve())
-    return MergeConfig.model_validate(data)
-
-
-def _report(config: MergeConfig, engine: _Engine, method: MergeMethod, items: list[_Item],
-            hashes: dict[str, str], copied: list[str], seconds: float) -> dict[str, Any]:
-    return {
-        "merge_method": config.merge_method,
-        "method": method.report(),
-        "base_model": str(Path(config.base_model).resolve()) if config.base_model else None,
-        "models": [str(Path(config.models[i].model).resolve()) for i in engine.inputs],
-        "compute_dtype": _dtype_name(engine.compute),
-        "out_dtype": _dtype_name(engine.out_dtype) or "base",
-        "device": str(engine.device),
-        "tensors": {
-            "total": len(items),
-            "merged": sum(1 for it in items if it.floating and it.alias_of is None),
-            "copied_from_base": [it.name for it in items if not it.floating],
-            "vocab_cut_to_base": [it.name for it in items if it.cut],
-            "tied": {it.name: it.alias_of for it in items if it.alias_of},
-        },
-        "copied_files": copied,
-        "weight_sha256": hashes,
-        "seconds": round(seconds, 3),
-    }

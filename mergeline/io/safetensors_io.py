@@ -3,7 +3,9 @@
 ``CheckpointReader`` opens a Hugging Face model folder (``model.safetensors`` or a sharded
 ``model.safetensors.index.json``), a single ``.safetensors`` file, or a task-vector folder
 (``task_vector.safetensors`` + ``task_vector.json``, see docs/design.md). Only the headers are read at
-open time, so a reader costs kilobytes; each ``get`` reads one tensor. Pickle checkpoints
+open time, so a reader costs kilobytes. Files are memory-mapped: ``view`` is a zero-copy tensor over the
+page cache (the engine converts it straight into a reused compute buffer, one pass over the bytes) and
+``get`` returns an owned copy. Pickle checkpoints
 (``pytorch_model.bin``, ``*.pt``, ...) are refused and never unpickled: loading a pickle runs code.
 
 ``ShardedWriter`` is given the list of tensors (name, shape, dtype) up front, so it knows every shard's
@@ -19,28 +21,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import mmap
 import os
 import re
 import shutil
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from mergeline.errors import MergelineError
+from mergeline.io.safetensors_format import DTYPE_CODES, DTYPES, TensorSpec, _parse_header, read_header
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+__all__ = [
+    "CheckpointReader", "ShardedWriter", "TensorSpec", "DTYPES", "read_header", "copy_model_files",
+    "parse_size", "DEFAULT_SHARD_BYTES",
+]
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -54,71 +53,6 @@ MODEL_FILES = (
     "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
     "chat_template.json", "preprocessor_config.json",
 )
-_MAX_HEADER = 100 * 2**20  # safetensors' own limit; anything larger is a corrupt length field
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape and dtype of one stored tensor (what a header says, before any data is read)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
-
-
-def _looks_like_pickle(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    return magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"  # torch zip archive / raw pickle
-
-
-def read_header(path: Path) -> dict[str, TensorSpec]:
-    """Parse and check one safetensors header against the file size; return its tensors in file order."""
-    size = path.stat().st_size
-    if size < 8:
-        raise MergelineError(f"{path}: truncated or corrupt safetensors file ({size} bytes)")
-    with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        if header_len > min(size - 8, _MAX_HEADER):
-            if _looks_like_pickle(path):
-                raise MergelineError(f"{path}: is a pickle checkpoint, not safetensors; refusing to unpickle it")
-            raise MergelineError(
-                f"{path}: truncated or corrupt safetensors file (header of {header_len} bytes, file of {size})"
-            )
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise MergelineError(f"{path}: corrupt safetensors header (not valid JSON)") from None
-    if not isinstance(header, dict):
-        raise MergelineError(f"{path}: corrupt safetensors header (not a JSON object)")
-    data_len = size - 8 - header_len
-    specs: list[tuple[int, TensorSpec]] = []
-    end_max = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            start, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise MergelineError(f"{path}: corrupt safetensors header entry for tensor {name!r}") from None
-        spec = TensorSpec(name, shape, dtype)
-        if end > data_len:
-            raise MergelineError(
-                f"{path}: truncated safetensors file (tensor {name!r} ends at byte {end}, data holds {data_len})"
-            )
-        if start < 0 or end - start != spec.nbytes:
-            raise MergelineError(f"{path}: corrupt safetensors header (bad offsets of tensor {name!r})")
-        end_max = max(end_max, end)
-        specs.append((start, spec))
-    if end_max != data_len:
-        raise MergelineError(f"{path}: corrupt safetensors file ({data_len - end_max} unexpected trailing bytes)")
-    return {spec.name: spec for _, spec in sorted(specs, key=lambda s: s[0])}
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -141,17 +75,19 @@ class CheckpointReader:
         self.task_vector_meta: dict[str, Any] | None = None
         self._specs: dict[str, TensorSpec] = {}
         self._files: dict[str, Path] = {}
-        self._handles: dict[Path, Any] = {}
+        self._offsets: dict[str, int] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
         for file, expected in self._locate():
-            specs = read_header(file)
+            entries = _parse_header(file)
             for name in expected or ():
-                if name not in specs:
+                if name not in entries:
                     raise MergelineError(f"{file}: index lists tensor {name!r} but the shard does not hold it")
-            for name, spec in specs.items():
+            for name, (spec, offset) in entries.items():
                 if name in self._specs:
                     raise MergelineError(f"{file}: tensor {name!r} also stored in {self._files[name]}")
                 self._specs[name] = spec
                 self._files[name] = file
+                self._offsets[name] = offset
 
     @property
     def model_dir(self) -> Path | None:
@@ -236,20 +172,41 @@ class CheckpointReader:
         self.spec(name)
         return self._files[name]
 
+    def view(self, name: str) -> torch.Tensor:
+        """Zero-copy CPU tensor over the mapped file: read it, never write it, drop it with the reader."""
+        spec, file = self.spec(name), self._files[name]
+        if spec.nbytes == 0:
+            return torch.empty(spec.shape, dtype=spec.dtype)
+        mapped = self._maps.get(file)
+        if mapped is None:
+            with open(file, "rb") as handle:
+                # ACCESS_COPY: a private mapping, so torch gets a writable buffer and the file is never touched.
+                mapped = self._maps[file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        count = spec.nbytes // spec.dtype.itemsize
+        return torch.frombuffer(mapped, dtype=spec.dtype, count=count, offset=self._offsets[name]).view(spec.shape)
+
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of ``name`` from this process (they stay in the page cache).
+
+        Touched pages of a mapping count in the process's resident memory; without this a merge would
+        look as large as all its inputs. A later ``view`` simply maps them again.
+        """
+        mapped = self._maps.get(self._files.get(name))  # type: ignore[arg-type]
+        if mapped is None or not hasattr(mapped, "madvise"):
+            return
+        start = self._offsets[name] - self._offsets[name] % mmap.PAGESIZE
+        end = min(len(mapped), self._offsets[name] + self._specs[name].nbytes)
+        if end > start:
+            mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def get(self, name: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Read one tensor, optionally cast to ``dtype`` and moved to ``device``."""
-        file = self.file(name)
-        try:
-            handle = self._handles.get(file)
-            if handle is None:
-                handle = self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
-            tensor = handle.get_tensor(name)
-        except SafetensorError as exc:
-            raise MergelineError(f"{file}: cannot read tensor {name!r}: {exc}") from None
-        return tensor.to(device=device, dtype=dtype or tensor.dtype)
+        """Read one tensor into memory it owns, optionally cast to ``dtype`` and moved to ``device``."""
+        tensor = self.view(name).to(device=device, dtype=dtype, copy=True)
+        self.release(name)
+        return tensor
 
     def close(self) -> None:
-        self._handles.clear()  # safe_open handles unmap when collected
+        self._maps.clear()  # a mapping is released when the last tensor viewing it is gone
 
     def __enter__(self) -> CheckpointReader:
         return self
@@ -322,20 +279,32 @@ class ShardedWriter:
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Write the next tensor of the plan (same name, shape and dtype as its spec)."""
+        spec = self._order[self._next][1] if self._next < len(self._order) else None
+        if spec is not None and tuple(tensor.shape) != spec.shape:
+            raise RuntimeError(f"ShardedWriter: {name!r} has shape {tuple(tensor.shape)}, planned {spec.shape}")
+        self.add_blocks(name, [tensor])
+
+    def add_blocks(self, name: str, blocks: Iterable[torch.Tensor]) -> None:
+        """Write the next tensor of the plan as consecutive row blocks (their concatenation is the tensor)."""
         if self._next >= len(self._order):
             raise RuntimeError(f"ShardedWriter: {name!r} added after the last planned tensor")
         shard, spec = self._order[self._next]
-        if name != spec.name or tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
-            raise RuntimeError(
-                f"ShardedWriter: expected {spec.name} {spec.shape} {spec.dtype}, "
-                f"got {name} {tuple(tensor.shape)} {tensor.dtype}"
-            )
+        if name != spec.name:
+            raise RuntimeError(f"ShardedWriter: expected {spec.name}, got {name}")
         if self._handle is None or (self._next > 0 and self._order[self._next - 1][0] != shard):
             self._open_shard(shard)
         assert self._handle is not None
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._digest.update(data)
-        self._handle.write(memoryview(data))
+        written = 0
+        for block in blocks:
+            if block.dtype != spec.dtype or tuple(block.shape[1:]) != spec.shape[1:]:
+                raise RuntimeError(f"ShardedWriter: block of {name} is {tuple(block.shape)} {block.dtype}, "
+                                   f"planned {spec.shape} {spec.dtype}")
+            data = block.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+            self._digest.update(data)
+            self._handle.write(memoryview(data))
+            written += data.nbytes
+        if written != spec.nbytes:
+            raise RuntimeError(f"ShardedWriter: {name} got {written} bytes, planned {spec.nbytes}")
         self._next += 1
 
     def close(self) -> dict[str, str]:

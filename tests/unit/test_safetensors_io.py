@@ -183,3 +183,15 @@ def test_parse_size() -> None:
     assert parse_size("1000") == 1000 and parse_size("1.5kb") == 1500
     with pytest.raises(MergelineError, match="bad size 'lots'"):
         parse_size("lots")
+
+
+def test_add_blocks_writes_row_blocks(tmp_path: Path) -> None:
+    full = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    writer = ShardedWriter(tmp_path, [TensorSpec("w", (6, 4), torch.float32)])
+    writer.add_blocks("w", [full[:4], full[4:]])
+    writer.close()
+    assert torch.equal(CheckpointReader(tmp_path).get("w"), full)
+    writer = ShardedWriter(tmp_path / "x", [TensorSpec("w", (6, 4), torch.float32)])
+    (tmp_path / "x").mkdir()
+    with pytest.raises(RuntimeError, match="got 64 bytes, planned 96"):
+        writer.add_blocks("w", [full[:4]])

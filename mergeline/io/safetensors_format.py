@@ -1,0 +1,96 @@
+"""The safetensors container format: dtype codes, tensor specs, and a header parser that checks the
+header against the file size (so truncated or corrupt files fail at open, naming the file).
+
+Layout: 8-byte little-endian header length N, N bytes of JSON ``{name: {dtype, shape, data_offsets}}``
+(+ optional ``__metadata__``), then the data; offsets are relative to the end of the header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mergeline.errors import MergelineError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit; anything larger is a corrupt length field
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of one stored tensor (what a header says, before any data is read)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    return magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"  # torch zip archive / raw pickle
+
+
+def read_header(path: Path) -> dict[str, TensorSpec]:
+    """Parse and check one safetensors header against the file size; return its tensors in file order."""
+    return {name: spec for name, (spec, _) in _parse_header(path).items()}
+
+
+def _parse_header(path: Path) -> dict[str, tuple[TensorSpec, int]]:
+    """Checked header of ``path``: name → (spec, absolute byte offset of its data), in file order."""
+    size = path.stat().st_size
+    if size < 8:
+        raise MergelineError(f"{path}: truncated or corrupt safetensors file ({size} bytes)")
+    with open(path, "rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        if header_len > min(size - 8, _MAX_HEADER):
+            if _looks_like_pickle(path):
+                raise MergelineError(f"{path}: is a pickle checkpoint, not safetensors; refusing to unpickle it")
+            raise MergelineError(
+                f"{path}: truncated or corrupt safetensors file (header of {header_len} bytes, file of {size})"
+            )
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise MergelineError(f"{path}: corrupt safetensors header (not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise MergelineError(f"{path}: corrupt safetensors header (not a JSON object)")
+    data_len = size - 8 - header_len
+    specs: list[tuple[int, TensorSpec]] = []
+    end_max = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            start, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise MergelineError(f"{path}: corrupt safetensors header entry for tensor {name!r}") from None
+        spec = TensorSpec(name, shape, dtype)
+        if end > data_len:
+            raise MergelineError(
+                f"{path}: truncated safetensors file (tensor {name!r} ends at byte {end}, data holds {data_len})"
+            )
+        if start < 0 or end - start != spec.nbytes:
+            raise MergelineError(f"{path}: corrupt safetensors header (bad offsets of tensor {name!r})")
+        end_max = max(end_max, end)
+        specs.append((start, spec))
+    if end_max != data_len:
+        raise MergelineError(f"{path}: corrupt safetensors file ({data_len - end_max} unexpected trailing bytes)")
+    return {spec.name: (spec, 8 + header_len + start) for start, spec in sorted(specs, key=lambda s: s[0])}
