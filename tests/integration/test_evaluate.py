@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
     model, tok = load_causal_lm(build_tiny_llama(root / "model"))
     tiny = write_tiny_tasks(root / "tiny", n=8)
     # real task files too: news has one-token choices (lm-eval's grouped path), control multi-token
-    build_task("news", root / "news", {"train": 1, "validation": 10, "test": 1})
+    build_task("news", root / "news", {"train": 1, "validation": 8, "test": 1})
     build_task("control", root / "control", {"validation": 8, "test": 1})
     files = {
         "alpha": tiny["alpha"] / "validation.jsonl",
@@ -40,9 +40,11 @@ def _choice_lls(model, tok, record) -> list[float]:
     for choice in record["choices"]:
         whole = tok(record["prompt"] + choice)["input_ids"]
         with torch.no_grad():
-            logp = model(torch.tensor([whole[:-1]])).logits[0].log_softmax(-1)  # (T-1, V)
-        # the token at position p+1 is predicted by the logits at p
-        lls.append(sum(logp[p, whole[p + 1]].item() for p in range(len(ctx) - 1, len(whole) - 1)))
+            logits = model(torch.tensor([whole[:-1]])).logits[0]  # (T-1, V)
+        # the token at position p+1 is predicted by the logits at p: keep the choice's positions only
+        logp = logits[len(ctx) - 1 :].log_softmax(-1)
+        targets = torch.tensor(whole[len(ctx) :])
+        lls.append(logp.gather(1, targets[:, None]).sum().item())
     return lls
 
 
