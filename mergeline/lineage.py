@@ -88,7 +88,9 @@ class MergeInfo(_Strict):
     method: str
     config: dict[str, Any] = Field(description="the full merge config (mergekit YAML schema) as run")
     coefficients: dict[str, float] = Field(default_factory=dict, description="e.g. {'lambda': 0.4, task: w}")
-    sparsity: float | dict[str, float] | None = None
+    sparsity: float | dict[str, float] | None = Field(
+        None, description="fraction of task-vector entries dropped (1 - mergekit density), per task if it varies"
+    )
     per_layer: dict[str, dict[str, float]] | None = Field(
         None, description="task -> {layer index: coefficient} for methods that weight layers (LATA, STA)"
     )
