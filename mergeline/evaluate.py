@@ -54,9 +54,13 @@ def load_causal_lm(model_dir: str | os.PathLike[str], device: str = "cpu", dtype
     except Exception as exc:  # bad config, missing weights, an encoder with no LM head...
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise MergelineError(f"{model_dir}: does not load as a causal LM: {type(exc).__name__}: {first}") from exc
-    if tokenizer.pad_token is None:  # batching needs a pad id; the padding itself is masked out
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), _with_pad(tokenizer)
+
+
+def _with_pad(tokenizer):
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad id; padded positions are masked
+    return tokenizer
 
 
 def _lm_eval_name(index: int, name: str) -> str:
@@ -124,7 +128,7 @@ def evaluate_model(
         include, cache = Path(tmp) / "tasks", Path(tmp) / "datasets-cache"
         include.mkdir()
         names = write_task_yamls({k: Path(v) for k, v in tasks.items()}, include, cache)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
+        lm = HFLM(pretrained=model, tokenizer=_with_pad(tokenizer), batch_size=batch_size, max_length=max_length, device=device)
         output = lm_eval.simple_evaluate(
             model=lm,
             tasks=list(names.values()),

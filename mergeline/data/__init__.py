@@ -5,13 +5,23 @@ Record contract (docs/design.md): ``{"id", "prompt", "choices", "label"}``. Buil
 """
 
 from mergeline.data.records import REQUIRED_KEYS, load_records, record_problem
-from mergeline.data.tasks import CONTROL_TASK, TASKS, available_tasks, build_task, get_task, task_files, task_splits
+from mergeline.data.tasks import (
+    CONTROL_TASK,
+    TASKS,
+    available_tasks,
+    build_all,
+    build_task,
+    get_task,
+    task_files,
+    task_splits,
+)
 
 __all__ = [
     "CONTROL_TASK",
     "REQUIRED_KEYS",
     "TASKS",
     "available_tasks",
+    "build_all",
     "build_task",
     "get_task",
     "load_records",

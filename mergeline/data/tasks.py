@@ -107,6 +107,28 @@ def build_task(
     return meta
 
 
+def build_all(
+    root: str | os.PathLike[str],
+    tasks: list[str] | None = None,
+    sizes: Mapping[str, Mapping[str, int]] | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
+    """Build ``tasks`` (default: all) into ``root/<task>/``; ``sizes`` maps task -> split sizes."""
+    names = list(tasks) if tasks is not None else available_tasks()
+    for name in names:
+        get_task(name)  # every name checked before any work starts
+    unknown = sorted(set(sizes or {}) - set(names))
+    if unknown:
+        raise MergelineError(f"sizes.{unknown[0]}: not one of the tasks being built ({', '.join(names)})")
+    metas = {}
+    for name in names:
+        metas[name] = build_task(name, Path(root) / name, (sizes or {}).get(name), seed)
+        if progress:
+            progress(f"task {name}: {metas[name]['counts']}")
+    return metas
+
+
 def task_files(root: str | os.PathLike[str], name: str) -> dict[str, Path]:
     """``{split: root/<name>/<split>.jsonl}`` for the splits task ``name`` has (files not checked)."""
     return {split: Path(root) / name / f"{split}.jsonl" for split in task_splits(name)}

@@ -123,3 +123,17 @@ def test_failed_rebuild_keeps_previous_output(built, tmp_path):
         build_task("docstring", folder, {"train": 400})
     assert sha256_file(folder / "train.jsonl") == meta["files"]["train.jsonl"]
     assert [p.name for p in tmp_path.iterdir()] == ["docstring"], "a temporary folder was left behind"
+
+
+def test_build_all_and_module_cli(tmp_path, capsys):
+    from mergeline.data.__main__ import main
+
+    assert main(["--out", str(tmp_path), "--tasks", "docstring,control", "--size", "docstring.train=3",
+                 "--size", "docstring.validation=2", "--size", "docstring.test=2", "--size", "control.validation=2",
+                 "--size", "control.test=2"]) == 0
+    assert "task docstring: {'train': 3, 'validation': 2, 'test': 2}" in capsys.readouterr().out
+    assert len(load_records(tmp_path / "control" / "test.jsonl")) == 2
+    assert main(["--out", str(tmp_path / "x"), "--tasks", "news,nope"]) == 2
+    assert "error: task 'nope': unknown task" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "x"), "--size", "news=3"]) == 2
+    assert not (tmp_path / "x").exists()
