@@ -59,23 +59,25 @@ def build_lineage(params: ExperimentParams, params_file: str, records: dict[str,
         importance = []
         if method == "sta" and task in records["importance"]:
             imp = records["importance"][task]
-            importance.append(describe(root / imp["path"], ImportanceArtifact, kind=imp["kind"]))
+            importance.append(describe(imp["path"], ImportanceArtifact, root=root, kind=imp["kind"]))
         tasks.append(TaskLineage(
             name=task,
-            datasets={split: describe(root / rec["path"]) for split, rec in records["data"]["tasks"][task].items()},
+            datasets={split: describe(rec["path"], root=root) for split, rec in records["data"]["tasks"][task].items()},
             finetune=FineTune(mode=mode, run_id=ck.get("mlflow_run_id"), params=ck["params"],
                               metrics=_finetune_metrics(ck)),
-            vector=describe(root / vec["path"]),
+            vector=describe(vec["path"], root=root),
             importance=importance,
         ))
     merged = records["merged"][variant]
     variant_spec = records["variants"][variant]
     report = merged.get("report") or {}
     return Lineage(
-        base_model=describe(root / records["base"]["path"], BaseModelRef, id=params.base_model),
+        base_model=describe(records["base"]["path"], BaseModelRef, root=root, id=params.base_model),
         tasks=tasks,
         merge=MergeInfo(method=method, config=records["configs"][variant],
-                        coefficients=_coefficients(variant_spec, report), sparsity=variant_spec["density"],
+                        coefficients=_coefficients(variant_spec, report),
+                        # Lineage records sparsity as the fraction dropped; the sweep is in densities (kept).
+                        sparsity=None if variant_spec["density"] is None else 1.0 - variant_spec["density"],
                         per_layer=report.get("per_layer"), seed=params.merge.seed if method == "dare_ties" else None),
         evaluation={**{f"test/{k}": v for k, v in records["test_rows"][variant].items()},
                     **{f"validation/{k}": v for k, v in records["validation_rows"][variant].items()}},

@@ -61,6 +61,26 @@ def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, 
     assert all(0.0 <= row[f"acc/{t}"] <= 1.0 for t in ("news", "sentiment"))
 
 
+def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[Path, str]) -> None:
+    root, _ = finished_project
+    ok = run_cli(root, "lineage", "mergeline-tiny@champion", "--verify")
+    assert ok.returncode == 0, ok.stderr
+    vector = root / "data/work/vectors/news/task_vector.safetensors"
+    original = vector.read_bytes()
+    flipped = bytearray(original)
+    flipped[-1] ^= 0xFF
+    vector.write_bytes(bytes(flipped))
+    try:
+        bad = run_cli(root, "lineage", "mergeline-tiny@champion", "--verify")
+        assert bad.returncode == 1 and "task_vector.safetensors" in bad.stderr, bad.stderr
+    finally:
+        vector.write_bytes(original)
+    rebuilt = run_cli(root, "reproduce", "mergeline-tiny@champion", "--out", str(root / "rebuilt"))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    mermaid = run_cli(root, "lineage", "mergeline-tiny@champion", "--format", "mermaid")
+    assert mermaid.returncode == 0 and mermaid.stdout.lstrip().startswith("graph")
+
+
 def test_unchanged_rerun_recomputes_nothing(finished_project: tuple[Path, str]) -> None:
     root, _ = finished_project
     before = {name: finished_runs(root, name) for name in ("fine-tune:news-full", "merge:ta_l0.5",
