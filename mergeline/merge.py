@@ -329,6 +329,9 @@ def run_merge(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     check_config(config)
+    inputs = [config.base_model, *(m.model for m in config.models)]
+    if any(p is not None and same_path(str(out_dir), p) for p in inputs):
+        raise MergelineError(f"--out {out_dir}: is one of the input models; choose another output folder")
     engine = _Engine(config, resolve_device(device), progress)
     with engine.stack:
         items = engine.plan()

@@ -303,3 +303,9 @@ def test_row_blocks_give_the_same_result(tmp_path: Path, monkeypatch) -> None:
     whole, chunked = load_tensors(tmp_path / "whole"), load_tensors(tmp_path / "blocks")
     assert all(torch.equal(whole[n], chunked[n]) for n in whole)
     assert sha256_file(tmp_path / "whole" / "model.safetensors") == sha256_file(tmp_path / "blocks" / "model.safetensors")
+
+
+def test_output_over_an_input_refused(models: dict[str, Path]) -> None:
+    with pytest.raises(MergelineError, match="is one of the input models"):
+        run_merge(_config("task_arithmetic", models, [("a", {"weight": 1.0})]), models["a"])
+    assert (models["a"] / "model.safetensors.index.json").exists()
