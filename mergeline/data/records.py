@@ -71,7 +71,8 @@ def load_records(path: str | os.PathLike[str]) -> list[dict]:
         if problem:
             raise MergelineError(f"{path}:{lineno}: {problem}")
         if record["id"] in seen:
-            raise MergelineError(f"{path}:{lineno}: duplicate id {record['id']!r} (first on line {seen[record['id']]})")
+            first = seen[record["id"]]
+            raise MergelineError(f"{path}:{lineno}: duplicate id {record['id']!r} (first on line {first})")
         seen[record["id"]] = lineno
         records.append(record)
     if not records:

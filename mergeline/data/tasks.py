@@ -10,9 +10,10 @@ docstring  HumanEval description -> function name  4          96 / 32 / 32      
 control    pydoc_data prose, sentence ending       4          - / 64 / 128         ~470
 =========  ======================================  =========  ===================  ============
 
-Prompt + answer is ~35-60 SmolLM2 tokens on average (news <= 68, code p90 68). Sizes are train / validation / test. Output folder: ``<out_dir>/{train,validation,test}.jsonl``
-(control: no train) plus ``meta.json`` (task, seed, sizes, sources, file hashes). The same
-(task, sizes, seed) and the same installed sources give byte-identical files.
+Sizes are train / validation / test. Prompt + answer is ~22-52 SmolLM2 tokens on average (news
+<= 68; code p90 68). Output folder: ``<out_dir>/{train,validation,test}.jsonl`` (control: no
+train) plus ``meta.json`` (task, seed, sizes, sources, file hashes). The same (task, sizes, seed)
+and the same installed sources give byte-identical files.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 from mergeline.assets import STAMP, import_base_model, read_import_meta
 from mergeline.errors import MergelineError
 from mergeline.io.hashing import sha256_dir
-from tests.lm_fixtures import build_tiny_llama
+from tests.lm_fixtures import build_tiny_bert, build_tiny_llama
 
 
 def test_minilm_import_meta_files_and_cache(tmp_path):
@@ -43,6 +43,12 @@ def test_local_folder_import_and_dtype(tmp_path):
     assert config["dtype"] == "bfloat16"
     # same spec, other dtype: the cache must not answer for it
     assert import_base_model(str(src), tmp_path / "base")["dtype"] == "float32"
+
+
+def test_folder_keeps_its_architecture_head_included(tmp_path):
+    src = build_tiny_bert(tmp_path / "clf", num_labels=4)
+    meta = import_base_model(str(src), tmp_path / "base")
+    assert meta["architecture"] == "BertForSequenceClassification" and meta["num_params"] == 2_057_796
 
 
 def test_changed_source_folder_is_reimported(tmp_path):
