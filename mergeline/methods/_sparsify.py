@@ -28,10 +28,41 @@ def keep_count(density: float, numel: int) -> int:
     return max(1, int(density * numel))
 
 
+_SMALL = 1 << 20  # below this many entries a plain k-th-value selection is cheap enough
+_SAMPLE = 1 << 16
+
+
+def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact k-th largest value of a 1-D tensor (1 ≤ k ≤ n), without sorting it.
+
+    ``torch.kthvalue`` on a whole large tensor is single-threaded. Instead a fixed-seed sample
+    brackets the answer in a band (lo, hi]; two multi-threaded comparison passes count the entries
+    above hi and pull out the band, and the selection runs on the band only. The result is exact:
+    when the bracket misses (unlikely), it falls back to the full selection.
+    """
+    n = flat.numel()
+    if n <= _SMALL:
+        return torch.kthvalue(flat, n - k + 1).values
+    gen = torch.Generator().manual_seed(0)
+    index = torch.randint(n, (_SAMPLE,), generator=gen).to(flat.device)
+    sample = flat[index].float()
+    q = 1.0 - k / n  # the answer sits at quantile q
+    margin = 6.0 * (q * (1 - q) / _SAMPLE) ** 0.5 + 2.0 / _SAMPLE
+    lo, hi = torch.quantile(sample, torch.tensor([max(0.0, q - margin), min(1.0, q + margin)],
+                                                 device=sample.device)).to(flat.dtype)
+    above = int((flat > hi).sum())
+    band = flat[(flat > lo) & (flat <= hi)]
+    need = k - above  # the answer is the need-th largest inside the band
+    if 1 <= need <= band.numel():
+        return torch.kthvalue(band, band.numel() - need + 1).values
+    return torch.kthvalue(flat, n - k + 1).values
+
+
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of exactly ``k`` largest ``scores`` (ties at the cut-off: lowest flat index first).
 
-    Uses one k-th-value selection instead of a full sort, so memory stays O(n) booleans.
+    One exact k-th-value selection (:func:`kth_largest`) instead of a sort, so the cost is a few
+    elementwise passes and memory stays O(n) booleans.
     """
     flat = scores.reshape(-1)
     n = flat.numel()
@@ -39,7 +70,7 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    cut = torch.kthvalue(flat, n - k + 1).values
+    cut = kth_largest(flat, k)
     above = flat > cut
     at_cut = flat == cut
     need = k - int(above.sum())
@@ -121,24 +152,38 @@ def combine(
     a_i = [sign(u_i) = s] (zeros never agree), Δ = Σ_i a_i u_i, D = Σ_i a_i w_i (0 → 1).
     Without: Δ = Σ_i u_i, D = Σ_i w_i (|D| < 1e-8 → 1).  If normalize: Δ ← Δ / D.  Returns λ·Δ.
     """
-    stacked = torch.stack(list(deltas))  # (T, *shape)
-    w = torch.tensor(list(weights), dtype=stacked.dtype, device=stacked.device)
-    w = w.reshape((-1,) + (1,) * (stacked.dim() - 1))
-    stacked.mul_(w)
-    if consensus is not None:
-        signs = stacked.sign()
-        votes = stacked.sum(dim=0) if consensus == "sum" else signs.sum(dim=0)
-        elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)
-        agree = (signs == elected).to(stacked.dtype)
-        mixed = (stacked * agree).sum(dim=0)
-        divisor = (w * agree).sum(dim=0)
-        divisor[divisor == 0] = 1
+    # Model by model through one scratch buffer: memory is a few tensors, not T stacked copies, and
+    # the inputs are left untouched. Additions run in model order, as a sum over a stacked first
+    # dimension would, and u_i = w_i·δ_i is rounded exactly as there.
+    scratch = torch.empty_like(deltas[0])
+
+    def scaled(i: int) -> torch.Tensor:
+        return torch.mul(deltas[i], weights[i], out=scratch)
+
+    if consensus is None:
+        mixed = scaled(0).clone()
+        for i in range(1, len(deltas)):
+            mixed.add_(scaled(i))
+        divisor: torch.Tensor | float = float(sum(weights))
+        if abs(divisor) < 1e-8:
+            divisor = 1.0
     else:
-        mixed = stacked.sum(dim=0)
-        divisor = w.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
+        votes = torch.zeros_like(scratch)
+        for i in range(len(deltas)):
+            votes.add_(scaled(i) if consensus == "sum" else scaled(i).sign_())
+        positive = votes >= 0  # elected sign +1 (a zero vote counts as +), else −1
+        mixed = votes.zero_()
+        divisor = torch.zeros_like(scratch) if normalize else 1.0
+        for i, w in enumerate(weights):
+            u = scaled(i)
+            agree = torch.where(positive, u > 0, u < 0)  # sign(u_i) = s; zeros never agree
+            mixed.add_(u.mul_(agree))
+            if normalize:
+                divisor.add_(agree.to(u.dtype), alpha=w)
+        if normalize:
+            divisor[divisor == 0] = 1
     if normalize:
-        mixed = mixed / divisor
+        mixed.div_(divisor)
     if lam != 1:
-        mixed = mixed * lam
+        mixed.mul_(lam)
     return mixed
