@@ -31,8 +31,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _synthetic():
     # benchmarks/ is a folder of scripts, not a package: load the builder by path.
+    if "_synthetic_models" in sys.modules:
+        return sys.modules["_synthetic_models"]
     spec = importlib.util.spec_from_file_location("_synthetic_models", REPO / "benchmarks" / "_synthetic_models.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
