@@ -125,7 +125,7 @@ def load_params_from_dict(params: dict[str, Any]):  # type: ignore[no-untyped-de
     return ExperimentParams.model_validate(params)
 
 
-@flow(name="mergeline-pipeline", log_prints=True)
+@flow(name="mergeline-pipeline", log_prints=True, persist_result=True)  # sweeps read it back
 def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | None = None,
              root: str | None = None, until: str = "register") -> dict[str, Any]:
     """One experiment. Parameters are validated before any work starts (bad input: exit 2)."""
@@ -148,5 +148,6 @@ def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | No
         if until != "register":
             return {"stage": until, "records": records}
         summary = finish_experiment(params, params_file, records, run)
-    print(results_table(params, records))
+    summary["table"] = results_table(params, records)
+    logger.info("results\n" + summary["table"])
     return summary

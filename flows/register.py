@@ -144,8 +144,9 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
         existing = _version_with_alias(name, alias)
         if existing is not None and existing.tags.get(WEIGHTS_TAG) == digest:
             # Same weights already hold this alias: an unchanged re-run registers nothing new.
-            registered[variant] = {"version": existing.version, "alias": alias}
-            print(f"already registered: {name} version {existing.version} @{alias} ({variant})")
+            registered[variant] = {"version": existing.version, "alias": alias,
+                                   "message": f"already registered: {name} version {existing.version} @{alias} "
+                                              f"({variant})"}
             continue
         lineage = build_lineage(params, params_file, records, variant, run, _stage_runs(records, variant))
         with mlflow.start_run(run_name=f"register:{variant}", nested=True, parent_run_id=run.parent_run_id) as reg:
@@ -153,8 +154,8 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
             version = register_merged_model(root / records["merged"][variant]["path"], name, lineage, [alias],
                                             run_id=reg.info.run_id)
         mlflow.MlflowClient().set_model_version_tag(name, version, WEIGHTS_TAG, digest)
-        registered[variant] = {"version": version, "alias": alias}
-        print(f"registered {name} version {version} @{alias} ({variant})")
+        registered[variant] = {"version": version, "alias": alias,
+                               "message": f"registered {name} version {version} @{alias} ({variant})"}
     for name, row in records["test_rows"].items():
         mlflow.log_metrics({f"test/{name}/{k.replace('/', '_')}": v for k, v in row.items()})
     return {"champion": ranking[0], "registered": registered, "test_rows": records["test_rows"],

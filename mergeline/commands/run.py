@@ -14,6 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--params", default="params/default.yaml", help="experiment params YAML")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, e.g. --set merge.lambda=0.5 (repeatable)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None,
+                        help="where the stages run (params `device`; auto = cuda when available)")
     parser.set_defaults(func=run)
 
 
@@ -22,13 +24,20 @@ def run(args: argparse.Namespace) -> int:
     from mergeline.params import load_params
 
     root = Path.cwd()
+    overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     # Validate before Prefect/MLflow start (seconds, not minutes, to a one-line error).
-    params = load_params(args.params, args.overrides)
+    params = load_params(args.params, overrides)
     from mergeline.stages.preflight import preflight
 
     preflight(params, root)
+    from mergeline.stages.common import resolve_device
+
+    resolve_device(params.device)  # --device cuda without a GPU: exit 2 before Prefect starts
     configure_pipeline_env(root)
+    from flows.deployments import pool_from_env
+
+    pool_from_env()  # MERGELINE_WORK_POOL without a Prefect server: exit 2 before anything starts
     from flows.pipeline import pipeline
 
-    pipeline(params_file=args.params, overrides=args.overrides, root=str(root))
+    pipeline(params_file=args.params, overrides=overrides, root=str(root))
     return 0
