@@ -1,17 +1,19 @@
-"""Fan-out of fine-tunes to a Prefect work pool (see prefect.yaml). Without a pool: in-process."""
+"""Where the fine-tunes of an experiment run: a Prefect work pool (see prefect.yaml), or in-process."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from tasks._stage import RunHandle
 
 
 def fanout_from_env(run: RunHandle) -> Any:
-    """A fan-out helper when ``MERGELINE_WORK_POOL`` names a pool and a Prefect server is set, else None."""
-    if not os.environ.get("MERGELINE_WORK_POOL"):
-        return None
-    from flows.deployments import PoolFanout
+    """A :class:`flows.deployments.PoolFanout` when ``MERGELINE_WORK_POOL`` names a pool (and
+    ``PREFECT_API_URL`` a server: else bad input), None to run the fine-tunes in this process."""
+    from flows.deployments import FINETUNE_DEPLOYMENT, PoolFanout, check_deployment, pool_from_env
 
-    return PoolFanout(run)
+    pool = pool_from_env()
+    if pool is None:
+        return None
+    check_deployment(FINETUNE_DEPLOYMENT, pool)  # before any stage runs, not after the data is ready
+    return PoolFanout(run, pool)

@@ -11,6 +11,13 @@ def checkpoint_name(task: str, mode: str) -> str:
     return task if mode == "full" else f"{task}-{mode}"
 
 
+def autocast_dtype(device: str) -> str:
+    """bf16 autocast on a CUDA GPU that supports it (weights stay fp32), else fp32."""
+    import torch
+
+    return "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+
+
 def finetune(ctx: StageContext, task: str, mode: str, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune the base on one task, fully (``full``) or on a TaLoS mask (``talos``)."""
     from mergeline.finetune import FinetuneConfig, TalosConfig, finetune_checkpoint
@@ -19,7 +26,7 @@ def finetune(ctx: StageContext, task: str, mode: str, base: dict[str, Any], data
     p = ctx.params
     splits = data["tasks"][task]
     out = ctx.work / "checkpoints" / checkpoint_name(task, mode)
-    cfg = FinetuneConfig(**p.finetune.model_dump())
+    cfg = FinetuneConfig(**p.finetune.model_dump(), dtype=autocast_dtype(ctx.device))
     talos = None
     if mode == "talos":
         talos = TalosConfig(keep=p.talos.keep, rounds=p.talos.rounds, max_examples=p.talos.calib_examples,

@@ -1,0 +1,278 @@
+"""Scheduling on a work pool, for real: a Prefect server, process workers, prefect.yaml deployments.
+
+One run of the ``mergeline-pipeline`` deployment on a tiny Llama (2 tasks → 4 fine-tunes: full +
+TaLoS). The pipeline run goes to the pool's ``default`` queue (a "conductor" worker); its
+fine-tunes fan out as runs of ``mergeline-finetune`` on the ``finetune`` queue, served by two
+workers with ``--limit 1`` each (one per GPU on a real machine; CPU here). Asserts: the pipeline
+completed and registered ``@champion``, the fine-tunes ran on BOTH workers and never two at once
+on one worker, and every process started here is gone at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import session_dir
+from tests.integration.pipeline_project import (
+    ARCHITECTURE_TAGS, REPO, finished_runs, make_project, project_env, run_cli,
+)
+from tests.lm_fixtures import build_tiny_llama
+
+pytestmark = pytest.mark.slow
+
+PREFECT = [str(Path(sys.executable).with_name("prefect"))]
+FINETUNE_WORKERS = ("w1", "w2")
+# Still 2 tasks x (full + TaLoS) = 4 fine-tunes; one merge variant keeps the evaluations few.
+ONE_VARIANT = "merge.methods={task_arithmetic: {lambdas: [1.0]}}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"prefect server exited:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+class Processes:
+    """Long-running processes started by the test, each in its own session, stopped by PID."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: dict[str, subprocess.Popen[bytes]] = {}
+        self.survivors: list[str] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started[name] = proc
+        return proc
+
+    def tree(self) -> list[psutil.Process]:
+        found = []
+        for proc in self.started.values():
+            try:
+                parent = psutil.Process(proc.pid)
+                found += [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    def stop_workers(self, names: tuple[str, ...]) -> None:
+        # G6: the first SIGINT asks a worker to wind down (it can take > 10 s); the second makes it
+        # kill itself. Each round goes to every worker at once.
+        procs = [self.started[n] for n in names if n in self.started]
+        for patience in (5, 20):
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + patience
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    def stop_server(self, name: str) -> None:
+        proc = self.started[name]
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> str:
+    result = subprocess.run([*PREFECT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_base() -> Path:
+    target = session_dir() / "pipeline-tiny-base"
+    if not (target / "config.json").exists():
+        build_tiny_llama(target, seed=0)
+    return target
+
+
+@contextmanager
+def cluster(tiny_base: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Server + pool + conductor + two fine-tune workers + deployments; everything stopped after,
+    workers first (two SIGINTs, G6), then the server (SIGTERM). ``procs.survivors`` lists what was
+    still alive after that (and had to be killed)."""
+    root = make_project(tmp_path / "project", tiny_base)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    api = f"http://127.0.0.1:{_free_port()}/api"
+    base_env = project_env(root)
+    base_env.update({
+        "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "true", "PREFECT_LOGGING_LEVEL": "INFO",
+    })
+    client_env = {**base_env, "PREFECT_API_URL": api}
+    # Workers ask for work every second (default 10 s); each flow run inherits the worker's env:
+    # where the project is (the pull step reads it), the shared result folder and MLflow store.
+    worker_env = {**client_env, "PREFECT_WORKER_QUERY_SECONDS": "2", "MERGELINE_PROJECT_DIR": str(root),
+                  "MERGELINE_FANOUT_POLL_SECONDS": "1", "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    procs = Processes(logs)
+    port = api.rsplit(":", 1)[1].split("/")[0]
+    try:
+        server = procs.start("server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port,
+                                        "--no-ui"], base_env, tmp_path)
+        _wait_healthy(api, server, logs / "server.log")
+        _cli(["work-pool", "create", "gpu", "--type", "process"], client_env, tmp_path)
+        # A server-side cap for the whole queue on top of the per-worker (per-GPU) --limit 1.
+        _cli(["work-queue", "create", "finetune", "--pool", "gpu", "--limit", str(len(FINETUNE_WORKERS))],
+             client_env, tmp_path)
+        procs.start("conductor", [*PREFECT, "worker", "start", "--pool", "gpu", "--name", "conductor",
+                                  "--work-queue", "default"], worker_env, tmp_path)
+        for name in FINETUNE_WORKERS:
+            procs.start(name, [*PREFECT, "worker", "start", "--pool", "gpu", "--name", name, "--work-queue",
+                               "finetune", "--limit", "1"], worker_env, tmp_path)
+        # While the workers start: MERGELINE_PROJECT_DIR is not set here, so the deployments' pull
+        # step reads it on the workers, when a run starts.
+        _cli(["--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml")], client_env, REPO)
+        yield {"root": root, "api": api, "procs": procs, "logs": logs}
+    finally:
+        tree = procs.tree()
+        procs.stop_workers(("conductor", *FINETUNE_WORKERS))
+        if "server" in procs.started:
+            procs.stop_server("server")
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for proc in alive:  # only if a stop failed; the test below then fails on it
+            proc.kill()
+        procs.survivors = [f"{p.pid}" for p in alive]
+
+
+def _wait_final(client: Any, run_id: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flow_run = client.read_flow_run(run_id)
+        if flow_run.state is not None and flow_run.state.is_final():
+            return flow_run
+        time.sleep(2)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout} s")
+
+
+def _worker_of(client: Any, flow_run_id: Any) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    for line in logs:
+        for name in FINETUNE_WORKERS + ("conductor",):
+            if f"Worker '{name}' submitting flow run" in line.message:
+                return name
+    raise AssertionError(f"no worker log line for flow run {flow_run_id}")
+
+
+def _log_tails(logs: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(logs.glob("*.log")))
+
+
+def test_pipeline_fans_fine_tunes_out_to_both_workers(tiny_base: Path, tmp_path: Path) -> None:
+    with cluster(tiny_base, tmp_path) as running:
+        pipeline_run_id = _run_and_check_pool(running)
+        procs: Processes = running["procs"]
+    assert set(procs.started) == {"server", "conductor", *FINETUNE_WORKERS}
+    assert procs.survivors == [], f"processes left after stopping by PID: {procs.survivors}"
+    assert all(p.poll() is not None for p in procs.started.values())
+    _check_registered(tmp_path / "project", pipeline_run_id)
+
+
+def _run_and_check_pool(cluster: dict[str, Any]) -> Any:
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root: Path = cluster["root"]
+    with temporary_settings({PREFECT_API_URL: cluster["api"]}), get_client(sync_client=True) as client:
+        started = time.monotonic()
+        pipeline_run = run_deployment("mergeline-pipeline/mergeline-pipeline", timeout=0, parameters={
+            "params_file": str(root / "params.yaml"), "root": str(root), "overrides": [ONE_VARIANT]})
+        finished = _wait_final(client, pipeline_run.id, timeout=1500)
+        print(f"pipeline run on the pool: {time.monotonic() - started:.0f} s")
+        assert finished.state.is_completed(), f"{finished.state}\n{_log_tails(cluster['logs'])}"
+        assert _worker_of(client, pipeline_run.id) == "conductor"
+
+        deployment = client.read_deployment_by_name("mergeline-finetune/mergeline-finetune")
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+        assert sorted(r.name for r in runs) == sorted(
+            f"fine-tune-{t}{m}" for t in ("news", "sentiment") for m in ("", "-talos"))
+        assert all(r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs]
+        # Linked to the pipeline run as subflows (run_deployment inside a flow).
+        assert {client.read_task_run(r.parent_task_run_id).flow_run_id for r in runs} == {pipeline_run.id}
+
+        by_worker: dict[str, list[Any]] = {}
+        for r in runs:
+            by_worker.setdefault(_worker_of(client, r.id), []).append(r)
+        assert set(by_worker) == set(FINETUNE_WORKERS), {w: [r.name for r in rs] for w, rs in by_worker.items()}
+        for worker, worker_runs in by_worker.items():  # --limit 1: one run at a time per worker (GPU)
+            spans = sorted((r.start_time, r.end_time) for r in worker_runs)
+            assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"{worker} ran two fine-tunes at once"
+    return pipeline_run.id
+
+
+def _check_registered(root: Path, pipeline_run_id: Any) -> None:
+    """The pipeline registered its champion; the fine-tunes' MLflow runs are in the same store."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    for task in ("news", "sentiment"):
+        assert (root / f"data/work/checkpoints/{task}/model.safetensors").exists()
+        assert finished_runs(root, f"fine-tune:{task}-full") == 1
+        assert finished_runs(root, f"fine-tune:{task}-talos") == 1
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    version = MlflowClient().get_model_version_by_alias("mergeline-tiny", "champion")
+    assert set(ARCHITECTURE_TAGS) <= set(version.tags)
+    assert version.tags["mergeline.method"] == "task_arithmetic"
+    assert version.tags["mergeline.prefect_flow_run_id"] == str(pipeline_run_id)
+
+
+def test_device_override_cuda_without_gpu_fails_fast(tiny_base: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    root = make_project(tmp_path / "project", tiny_base)
+    result = run_cli(root, "run", "--params", "params.yaml", "--device", "cuda", timeout=180)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == ["error: device: 'cuda' requested but torch sees no CUDA device"]
+    assert not (root / "data/work").exists() and not (root / "mlflow.db").exists()
+    result = run_cli(root, "run", "--params", "params.yaml", "--device", "tpu", timeout=60)
+    assert result.returncode == 2 and "--device" in result.stderr
+
+
+def test_pool_configured_without_server_fails_fast(tiny_base: Path, tmp_path: Path) -> None:
+    root = make_project(tmp_path / "project", tiny_base)
+    env = {**project_env(root), "MERGELINE_WORK_POOL": "gpu"}
+    result = subprocess.run([sys.executable, "-m", "mergeline.cli", "run", "--params", "params.yaml"], cwd=root,
+                            env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: MERGELINE_WORK_POOL=gpu needs PREFECT_API_URL (a Prefect server with workers on the pool)"]
+    assert not (root / "data/work").exists() and not (root / "mlflow.db").exists()
