@@ -1,8 +1,9 @@
 """Run one tool in its own process and measure it; compare two merged models (used by merge_speed.py).
 
 Wall-clock time covers the whole command (interpreter start and imports included), as a user sees it.
-Peak host memory is the child's max RSS from ``os.wait4``, which reports that one child (and any
-process it waited for), unlike ``RUSAGE_CHILDREN``, whose maximum never goes down between runs.
+Peak host memory is the tool's max RSS from ``os.wait4`` in ``_launch.py``, a small launcher, so it
+reports that one run alone: ``RUSAGE_CHILDREN`` keeps the maximum of all earlier children, and a tool
+forked straight from this (large) process would inherit its memory high-water mark.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,18 +43,20 @@ def offline_env() -> dict[str, str]:
 
 
 def run_measured(cmd: list[str], log: Path) -> Measured:
-    """Run ``cmd`` with stdout+stderr to ``log``; return its wall time and max RSS."""
+    """Run ``cmd`` with stdout+stderr to ``log`` through ``_launch.py``; return its wall time and max RSS."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    result_file = log.with_suffix(".run.json")
+    result_file.unlink(missing_ok=True)
     with open(log, "w") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=offline_env())
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, so Popen must not wait
-    measured = Measured(seconds, usage.ru_maxrss * 1024)  # Linux reports KiB
-    if proc.returncode != 0:
+        subprocess.run([sys.executable, "-S", str(HERE / "_launch.py"), str(result_file), *cmd],
+                       stdout=out, stderr=subprocess.STDOUT, env=offline_env(), check=False)
+    if not result_file.exists():
+        return Measured(0.0, 0, error=f"launcher failed, see {log}")
+    result = json.loads(result_file.read_text())
+    measured = Measured(result["seconds"], result["max_rss"])
+    if result["returncode"] != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-        measured.error = f"exit {proc.returncode}: " + "\n".join(tail)
+        measured.error = f"exit {result['returncode']}: " + "\n".join(tail)
     return measured
 
 
