@@ -39,5 +39,8 @@ def run(args: argparse.Namespace) -> int:
     pool_from_env()  # MERGELINE_WORK_POOL without a Prefect server: exit 2 before anything starts
     from flows.pipeline import pipeline
 
-    pipeline(params_file=args.params, overrides=overrides, root=str(root))
+    summary = pipeline(params_file=args.params, overrides=overrides, root=str(root))
+    print(summary["table"])
+    for entry in summary["registered"].values():
+        print(entry["message"])
     return 0
