@@ -4,7 +4,7 @@
 (LATA needs an instruct/base pair; none ships offline, see quality.py). Source: tweets whose
 annotator confidence is < 0.8, which the ``sentiment`` task never uses (it keeps ≥ 0.8), so θ_inst
 sees no task example. Record: one SmolLM2 chat turn,
-``<|im_start|>user\\n<instruction>\\nText: <tweet><|im_end|>\\n<|im_start|>assistant\\n``, 4 choices;
+``<|im_start|>user\\nText: <tweet>\\n<instruction><|im_end|>\\n<|im_start|>assistant\\n``, 4 choices;
 the instructions are task-free (first word, last word, word count).
 
 Analogy sets (domain = tweets that address an airline account, or any other tweet):
@@ -26,7 +26,8 @@ from mergeline.data.common import Sizes, balanced_splits, sequential_splits, tas
 from mergeline.data.sentiment import CHOICES, LABELS, MIN_CONFIDENCE, clean_tweet, corpus_file
 
 AIRLINE = re.compile(r"@(united|americanair|southwestair|jetblue|usairways|virginamerica|delta)\b", re.IGNORECASE)
-CHAT = "<|im_start|>user\n{instruction}\nText: {text}<|im_end|>\n<|im_start|>assistant\n"
+# the instruction comes last: fine-tuning cuts long prompts from the left and must keep it
+CHAT = "<|im_start|>user\nText: {text}\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
 ANALOGY_SETS = ("analogy-sent-air", "analogy-sent-other", "analogy-lm-air", "analogy-lm-other")
 
 

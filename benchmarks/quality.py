@@ -186,7 +186,6 @@ def quality_flow(params_file: str, seeds: list[int], out: str, root: str, only: 
         for r in results:
             for method, entry in r["addition"]["methods"].items():
                 mlflow.log_metric(f"addition.{method}.norm_acc", entry["test"]["norm_acc/mean"], step=r["seed"])
-    print(text)
     return {"report": text, "out": str(out_path), "plots": [str(p) for p in plots]}
 
 
@@ -217,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    quality_flow(params_file=args.params, seeds=args.seeds, out=out_arg, root=str(root), only=args.only)
+    result = quality_flow(params_file=args.params, seeds=args.seeds, out=out_arg, root=str(root), only=args.only)
+    print(result["report"], flush=True)  # plain stdout, not through the Prefect logger
     return 0
 
 
