@@ -74,21 +74,22 @@ def await_results(flow_runs: Mapping[str, Any], poll_seconds: float = POLL_SECON
     are left to finish, and their task results are cached for the resumed experiment.
     """
     from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    pending = {key: fr.id for key, fr in flow_runs.items()}
+    keys = {fr.id: key for key, fr in flow_runs.items()}
     finished: dict[str, Any] = {}
     with get_client(sync_client=True) as client:
-        while pending:
-            for key, run_id in list(pending.items()):
-                flow_run = client.read_flow_run(run_id)
+        while len(finished) < len(keys):
+            pending = [run_id for run_id, key in keys.items() if key not in finished]
+            for flow_run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=pending))):
                 if flow_run.state is None or not flow_run.state.is_final():
                     continue
+                key = keys[flow_run.id]
                 if not flow_run.state.is_completed():
-                    raise RuntimeError(f"flow run {flow_run.name!r} ({run_id}) for {key} ended "
+                    raise RuntimeError(f"flow run {flow_run.name!r} ({flow_run.id}) for {key} ended "
                                        f"{flow_run.state.type.value}: {flow_run.state.message or ''}".strip())
                 finished[key] = flow_run.state.result()
-                del pending[key]
-            if pending:
+            if len(finished) < len(keys):
                 time.sleep(poll_seconds)
     return {key: finished[key] for key in flow_runs}
 
