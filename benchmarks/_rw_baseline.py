@@ -10,7 +10,7 @@ bound "read the input bytes once" (no parsing, no copies).
 ``copy``: the plain read+write of a merge's bytes with no arithmetic. For every tensor of the base it
 loads that tensor from every model with safetensors (moving it to ``--device``, as a merge would),
 keeps the base's copy, and writes the kept tensors with the base's shard layout. Memory is bounded by
-one output shard.
+one output shard (1 GB by default), which ``save_file`` needs whole.
 """
 
 from __future__ import annotations
@@ -64,23 +64,26 @@ def copy_models(base: Path, models: list[Path], out: Path, device: str) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        handles: dict[Path, object] = {}
+    where = [tensor_locations(m) for m in models]
+    for file, names in _shards(base).items():
+        # Handles live for one output shard: a safetensors handle maps its file, and every page it
+        # touched would otherwise count in this process's RSS until the end.
+        with ExitStack() as stack:
+            handles: dict[Path, object] = {}
 
-        def tensor(path: Path, name: str) -> torch.Tensor:
-            # One handle per file: safe_open parses the header, which must not be paid per tensor.
-            if path not in handles:
-                handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
-            return handles[path].get_tensor(name).to(device)
+            def tensor(path: Path, name: str) -> torch.Tensor:
+                # One handle per file and shard: safe_open parses the header, not worth paying per tensor.
+                if path not in handles:
+                    handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
+                return handles[path].get_tensor(name).to(device)
 
-        where = [tensor_locations(m) for m in models]
-        for file, names in _shards(base).items():
             kept = {}
             for name in names:
                 kept[name] = tensor(base / file, name)
                 for locations in where:
                     tensor(locations[name], name)
-            save_file({k: v.cpu() for k, v in kept.items()}, str(out / file), metadata={"format": "pt"})
+        save_file({k: v.cpu() for k, v in kept.items()}, str(out / file), metadata={"format": "pt"})
+        del kept
     for extra in ("config.json", "model.safetensors.index.json"):
         if (base / extra).exists():
             shutil.copy(base / extra, out / extra)
