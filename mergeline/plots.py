@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mergeline.errors import MergelineError
+from mergeline.importance.diagnostics import group_by_layer
 from mergeline.io.atomic import atomic_file
 
 
@@ -31,20 +32,19 @@ def plot_importance_histograms(scores: Mapping[str, torch.Tensor], path: str | o
     """Histogram of log10(importance) per layer, drawn as one heat-map row per layer.
 
     Rows: transformer blocks in order, then ``other`` (embeddings, final norm, head). Colour: the
-    fraction of that layer's non-zero entries in each bin; zero scores are counted in the title.
+    fraction of that layer's non-zero entries in each bin (from a fixed-stride sample of about 1M
+    entries per layer, so a 100M-entry model plots in seconds); zero scores are counted in the title.
     """
-    from mergeline.importance.diagnostics import group_by_layer
-
     groups = group_by_layer(scores)
     if not groups:
         raise MergelineError("plot_importance_histograms: no scores")
     logs = {}
     zeros = 0
-    for key, tensors in groups.items():
-        flat = torch.cat([t.reshape(-1).float() for t in tensors])
-        nonzero = flat[flat > 0]
-        zeros += flat.numel() - nonzero.numel()
-        logs[key] = torch.log10(nonzero)
+    for key, names in groups.items():
+        zeros += sum(scores[n].numel() - int(torch.count_nonzero(scores[n])) for n in names)
+        stride = max(1, sum(scores[n].numel() for n in names) // (1 << 20))
+        sample = torch.cat([scores[n].reshape(-1)[::stride].float() for n in names])
+        logs[key] = torch.log10(sample[sample > 0])
     present = [v for v in logs.values() if v.numel()]
     lo = min(float(v.min()) for v in present) if present else -1.0
     hi = max(float(v.max()) for v in present) if present else 0.0

@@ -113,3 +113,10 @@ def test_lr_schedule_warmup_then_cosine():
     assert all(x >= y for x, y in zip(factors[2:], factors[3:]))
     assert factors[-1] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 7 / 8)).item()))
     assert lr_factor(9, _cfg(schedule="constant")) == 1.0
+
+
+def test_bfloat16_autocast_runs_and_keeps_fp32_weights(tok):
+    model = tiny_llama(vocab_size=len(tok))
+    out = finetune(model, tok, tiny_records("alpha", 4), _cfg(steps=2, batch_size=4, dtype="bfloat16"))
+    assert all(torch.isfinite(torch.tensor(out["losses"])))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
