@@ -135,9 +135,9 @@ def test_malformed_dataset_and_missing_base_fail_fast(tiny_base: Path, tmp_path:
     root = make_project(tmp_path / "project", tiny_base)
     bad = root / "data/tasks/news/train.jsonl"
     bad.parent.mkdir(parents=True)
-    bad.write_text('{"id": "1", "prompt": "x", "choices": [" a"], "label": 0}\nnot json\n')
+    bad.write_text('{"id": "1", "prompt": "x", "choices": [" a", " b"], "label": 0}\nnot json\n')
     result = run_cli(root, "run", "--params", "params.yaml", timeout=120)
-    assert result.returncode == 2 and "train.jsonl" in result.stderr and "line 2" in result.stderr, result.stderr
+    assert result.returncode == 2 and "train.jsonl:2" in result.stderr, result.stderr
     bad.write_text("")
     result = run_cli(root, "run", "--params", "params.yaml", timeout=120)
     assert result.returncode == 2 and "train.jsonl" in result.stderr, result.stderr
