@@ -51,6 +51,8 @@ def project_env(root: Path, results: Path | None = None) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     env.pop("PREFECT_API_URL", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # As in an activated venv: dvc.yaml's `mergeline stage ...` commands find the console script.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 

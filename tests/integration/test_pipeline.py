@@ -151,7 +151,7 @@ def test_dvc_repro_and_push(tiny_base: Path, tmp_path: Path) -> None:
     root = make_project(tmp_path / "project", tiny_base)
     env = project_env(root)
     dvc = [*MERGELINE[:1], "-m", "dvc"]
-    repro = subprocess.run([*dvc, "repro", "import-base"], cwd=root, env=env, capture_output=True, text=True,
+    repro = subprocess.run([*dvc, "repro", "prepare-data", "import-base"], cwd=root, env=env, capture_output=True, text=True,
                            timeout=600)
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
     lock = (root / "dvc.lock").read_text()
