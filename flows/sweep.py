@@ -69,7 +69,7 @@ def sweep_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="mergeline-sweep", log_prints=True)
+@flow(name="mergeline-sweep", log_prints=True, persist_result=True)
 def sweep(params_file: str = "params/default.yaml", points: list[list[str]] | None = None,
           overrides: list[str] | None = None, root: str | None = None, until: str = "register"
           ) -> list[dict[str, Any]]:
@@ -77,7 +77,14 @@ def sweep(params_file: str = "params/default.yaml", points: list[list[str]] | No
     from flows.deployments import PIPELINE_DEPLOYMENT, await_results, check_deployment, pool_from_env, submit
     from flows.pipeline import pipeline
 
+    from mergeline.params import load_params
+    from mergeline.tracking import configure_tracking
+
     point_sets = plan_points(params_file, overrides, points)
+    # Points may start at the same moment: create the MLflow store and experiment(s) once, here,
+    # rather than in every point at once (a fresh SQLite store's schema set-up does not survive a race).
+    for experiment in sorted({load_params(params_file, point).experiment for point in point_sets}):
+        configure_tracking(experiment=experiment)
     root_path = str(Path(root or os.getcwd()).resolve())
     pool = pool_from_env()
     if pool is None:
