@@ -216,6 +216,9 @@ def _run_and_check_pool(cluster: dict[str, Any]) -> Any:
         finished = _wait_final(client, pipeline_run.id, timeout=1500)
         print(f"pipeline run on the pool: {time.monotonic() - started:.0f} s")
         assert finished.state.is_completed(), f"{finished.state}\n{_log_tails(cluster['logs'])}"
+        # prefect.yaml's example schedule is there, and off.
+        schedules = client.read_deployment_by_name("mergeline-pipeline/mergeline-pipeline").schedules
+        assert [(s.schedule.cron, s.active) for s in schedules] == [("0 2 * * *", False)]
         deployment = client.read_deployment_by_name("mergeline-finetune/mergeline-finetune")
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
         assert sorted(r.name for r in runs) == sorted(
