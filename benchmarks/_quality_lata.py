@@ -82,7 +82,7 @@ def run_lata(params: dict[str, Any], quality: QualityParams, run: RunHandle, rec
     best = select_best(rows, specs)["best_per_method"]["lata"]
     merged = merge_variant(params, run, specs[best], configs[best])
     test = row(evaluate(params, run, best, merged, "test", data), "test")
-    report = merged.get("report") or {}
+    report = (merged.get("report") or {}).get("method") or {}  # the merge method's own report
     if quality.prune_merged:
         prune(run, merged)
     weights = report.get("layer_weights") or {}

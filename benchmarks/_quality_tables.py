@@ -107,7 +107,7 @@ def negation_table(results: list[dict[str, Any]]) -> str:
         for method in entries[0]["methods"]:
             picks = [e["methods"][method] for e in entries]
             gaps = [p["target"] - e["chance"] for p, e in zip(picks, entries)]
-            ratios = [p["control"] / e["base"]["control"] if e["base"]["control"] else 0.0 for p, e in zip(picks, entries)]
+            ratios = [_ratio(p["control"], e["base"]["control"]) for p, e in zip(picks, entries)]
             lam = _setting([p["lambda"] for p in picks]) + ("" if all(p["control_rule_met"] for p in picks)
                                                              else " (control rule unmet)")
             body.append([task, LABELS[method], lam, fmt([p["target"] for p in picks]),
@@ -154,6 +154,18 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
     lines = []
     norm = {m: [p["test"]["norm_acc/mean"] for p in (_pick(r, m) for r in results) if p] for m in ORDER}
     norm = {m: v for m, v in norm.items() if v}
+    gains = []
+    for label, key in (("full", "single-full"), ("TaLoS", "single-talos")):
+        found = [r["addition"]["reference"].get(key) for r in results]
+        if all(found):
+            gains.append(f"{label} {fmt([_gain(f, r) for f, r in zip(found, results)], True)}")
+    experts = [(r.get("lata") or {}).get("reference", {}).get("experts_own") for r in results]
+    if all(experts):
+        gains.append(f"θ_inst experts {fmt([_gain(e, r) for e, r in zip(experts, results)], True)}")
+    if gains:
+        lines.append("- Context: single-task models gain over the base (mean test accuracy on their own tasks): "
+                     + "; ".join(gains) + ". Normalized accuracy divides by these models, so it says little "
+                     "where they barely beat the base.")
     if norm:
         best = max(norm, key=lambda m: statistics.fmean(norm[m]))
         value = statistics.fmean(norm[best])
@@ -176,6 +188,16 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _ratio(control: float, base: float) -> float:
+    """control ÷ base; a base at 0 (a random model) counts as kept when control is not below it."""
+    return control / base if base > 0 else (1.0 if control >= base else 0.0)
+
+
+def _gain(own: dict[str, float], result: dict[str, Any]) -> float:
+    base = result["addition"]["reference"]["base"]
+    return statistics.fmean(own[t] - base[t] for t in result["tasks"])
+
+
 def _negation_targets(results: list[dict[str, Any]]) -> dict[str, str]:
     present = [r["negation"] for r in results if r.get("negation")]
     out = {}
@@ -184,7 +206,7 @@ def _negation_targets(results: list[dict[str, Any]]) -> dict[str, str]:
         reached = []
         for method in entries[0]["methods"]:
             gap = statistics.fmean(e["methods"][method]["target"] - e["chance"] for e in entries)
-            ratio = statistics.fmean(e["methods"][method]["control"] / max(e["base"]["control"], 1e-9) for e in entries)
+            ratio = statistics.fmean(_ratio(e["methods"][method]["control"], e["base"]["control"]) for e in entries)
             if gap <= NEGATION_POINTS and ratio >= CONTROL_RATIO:
                 reached.append(LABELS[method])
         out[task] = f"REACHED by {', '.join(reached)}" if reached else "NOT reached by any method"

@@ -60,11 +60,17 @@ def addition_result(records: dict[str, Any], params: dict[str, Any]) -> dict[str
         spec = records["variants"][name]
         methods[method] = {"variant": name, "lambda": spec["lambda"], "density": spec["density"],
                            "test": records["test_rows"][name], "validation": records["validation_rows"][name],
-                           "coefficients": (records["merged"][name].get("report") or {}).get("coefficients")}
+                           "method_report": _method_report(records["merged"][name], method)}
     sweep = [{"name": name, "method": records["variants"][name]["method"], "lambda": records["variants"][name]["lambda"],
               "density": records["variants"][name]["density"], "norm_acc": row["norm_acc/mean"]}
              for name, row in records["validation_rows"].items()]
     return {"reference": reference, "methods": methods, "sweep": sweep}
+
+
+def _method_report(merged: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """MetaGPT's closed-form λ_t (the only addition method whose coefficients are computed)."""
+    report = (merged.get("report") or {}).get("method") or {}
+    return {"lambdas": report.get("lambdas")} if method == "metagpt" else None
 
 
 def stage_seconds(records: dict[str, Any]) -> dict[str, dict[str, float]]:
