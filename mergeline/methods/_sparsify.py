@@ -36,11 +36,13 @@ def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
     """Exact k-th largest value of a 1-D tensor (1 ≤ k ≤ n), without sorting it.
 
     ``torch.kthvalue`` on a whole large tensor is single-threaded. Instead a fixed-seed sample
-    brackets the answer in a band (lo, hi]; two multi-threaded comparison passes count the entries
+    brackets the answer in a band [lo, hi]; two multi-threaded comparison passes count the entries
     above hi and pull out the band, and the selection runs on the band only. The result is exact:
     when the bracket misses (unlikely), it falls back to the full selection.
     """
     n = flat.numel()
+    if flat.is_cuda:
+        return torch.topk(flat, k, sorted=False).values.min()  # kthvalue is far slower on CUDA
     if n <= _SMALL:
         return torch.kthvalue(flat, n - k + 1).values
     gen = torch.Generator().manual_seed(0)
@@ -51,7 +53,8 @@ def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
     lo, hi = torch.quantile(sample, torch.tensor([max(0.0, q - margin), min(1.0, q + margin)],
                                                  device=sample.device)).to(flat.dtype)
     above = int((flat > hi).sum())
-    band = flat[(flat > lo) & (flat <= hi)]
+    # Closed band: with bf16 deltas lo == hi is common, and (lo, hi] would then be empty.
+    band = flat[(flat >= lo) & (flat <= hi)]
     need = k - above  # the answer is the need-th largest inside the band
     if 1 <= need <= band.numel():
         return torch.kthvalue(band, band.numel() - need + 1).values
