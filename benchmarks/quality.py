@@ -160,6 +160,23 @@ def report(results: list[dict[str, Any]], params_file: str, pipeline: dict[str, 
     return "\n".join(head) + "\n\n" + "\n\n".join(body) + "\n"
 
 
+def render_saved(params_file: str, seeds: list[int], out: Path, pipeline: dict[str, Any], quality: QualityParams
+                 ) -> str:
+    """Tables and plots from the per-seed JSON files a (possibly unfinished) run left in ``out``."""
+    from _quality_plots import make_plots
+    from mergeline.errors import MergelineError
+
+    results = [json.loads((out / f"seed{s}" / "quality.json").read_text()) for s in seeds
+               if (out / f"seed{s}" / "quality.json").is_file()]
+    if not results:
+        raise MergelineError(f"{out}: no seed<N>/quality.json for seeds {seeds}")
+    text = report(results, params_file, pipeline, quality)
+    (out / "quality.md").write_text(text)
+    (out / "quality.json").write_text(json.dumps(results, indent=1, default=str))
+    make_plots(results, out / "plots")
+    return text
+
+
 @flow(name="mergeline-quality", log_prints=True)
 def quality_flow(params_file: str, seeds: list[int], out: str, root: str, only: list[str] | None = None
                  ) -> dict[str, Any]:
@@ -202,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench_out/quality", help="tables, JSON, plots and per-seed work folders")
     parser.add_argument("--only", nargs="*", choices=EXTRAS, default=None,
                         help="addition plus only these experiments (cached stages are reused by a later full run)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only re-render the tables and plots from <out>/seed<N>/quality.json (runs nothing)")
     args = parser.parse_args(argv)
 
     from mergeline.errors import MergelineError
@@ -221,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     except MergelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.report_only:
+        try:
+            print(render_saved(args.params, args.seeds, out, pipeline, quality), flush=True)
+        except MergelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     result = quality_flow(params_file=args.params, seeds=args.seeds, out=out_arg, root=str(root), only=args.only)
     print(result["report"], flush=True)  # plain stdout, not through the Prefect logger
