@@ -11,7 +11,8 @@ evaluate (lm-eval: base and single-task models on validation and test, merged va
 validation, the best variant per method on test). Outputs go to a fresh ``--root`` folder
 (deleted and rebuilt on each run; a folder this script did not make is refused), so every stage
 computes instead of hitting a cache. On CUDA, fine-tune uses the stage's bf16 autocast when the GPU
-supports it; the first CUDA call (context start) is timed on its own as ``cuda-init``.
+supports it; the CUDA context is started by the environment probe before the clock runs, so no
+stage pays for it (the ``cuda-init`` row is only the first allocation).
 
 Each stage's time is the wall time of all its calls (GPU work synchronised at both ends). It prints
 a markdown table (stage, calls, seconds, share of the total) and writes JSON (``--json``, default
@@ -121,7 +122,7 @@ def run(ctx: Any, clock: Clock, evaluate: Callable[..., dict[str, Any]]) -> dict
     if ctx.device.startswith("cuda"):
         import torch
 
-        with clock("cuda-init"):  # context start, kept out of the first GPU stage
+        with clock("cuda-init"):  # first allocation; the context itself started in environment()
             torch.zeros(1, device=ctx.device)
 
     modes = ["full"] + (["talos"] if p.talos.enabled else [])
