@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from flows.report import results_table
 from mergeline.params import load_params
 from mergeline.stages.common import StageContext, resolve_device
-from mergeline.stages.evaluate import select_best, summarize
+from mergeline.stages.evaluate import evaluation_sets, select_best, summarize
 from mergeline.stages.merge import merge_config, plan_variants
 from mergeline.stages.train import checkpoint_name
 from tasks import evaluate as evaluate_tasks
@@ -94,14 +94,16 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
     if stop_after == 5:
         return records
 
-    def ev(name: str, model: dict[str, Any], split: str) -> dict[str, Any]:
-        return evaluate_tasks.evaluate(params, name, model, split, data, run=run)
+    def ev(name: str, model: dict[str, Any], split: str, role: str, task: str | None = None) -> dict[str, Any]:
+        sets = evaluation_sets(ctx, role, split, task)
+        return evaluate_tasks.evaluate(params, name, model, split, data, run=run, sets=sets)
 
     splits = ("validation", "test")
-    reference = {"base": {s: ev("base", base, s) for s in splits}}
+    reference = {"base": {s: ev("base", base, s, "base") for s in splits}}
     for key, ck in checkpoints.items():
-        reference[f"single-{key.replace(':', '-')}"] = {s: ev(f"single-{key.replace(':', '-')}", ck, s) for s in splits}
-    validation = {name: ev(name, rec, "validation") for name, rec in merged.items()}
+        label = f"single-{key.replace(':', '-')}"
+        reference[label] = {s: ev(label, ck, s, "single", ck["task"]) for s in splits}
+    validation = {name: ev(name, rec, "validation", "variant") for name, rec in merged.items()}
 
     def rows_for(evals: dict[str, dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
         rows = {}
@@ -113,7 +115,7 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
 
     validation_rows = rows_for(validation, "validation")
     selection = select_best(validation_rows, variants)
-    test = {name: ev(name, merged[name], "test") for name in selection["ranking"]}
+    test = {name: ev(name, merged[name], "test", "variant") for name in selection["ranking"]}
     records.update(reference=reference, validation_rows=validation_rows, test_rows=rows_for(test, "test"),
                    selection=selection)
     return records

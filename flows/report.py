@@ -23,9 +23,12 @@ def results_table(params: ExperimentParams, records: dict[str, Any]) -> str:
     base_test = reference["base"]["test"]["metrics"]
 
     def ref_row(label: str, metrics: dict[str, float], norm: float | None) -> list[str]:
-        mean = sum(metrics[t] for t in tasks) / len(tasks)
-        return [label, *[_fmt(metrics[t]) for t in tasks], _fmt(mean), _fmt(norm), _fmt(metrics[params.control]),
-                _fmt(metrics[params.control] - base_test[params.control], signed=True)]
+        # a single-task model may be scored on its own task only (evaluate.singles: own): "–" elsewhere
+        mean = sum(metrics[t] for t in tasks) / len(tasks) if all(t in metrics for t in tasks) else None
+        control = metrics.get(params.control)
+        drift = None if control is None else control - base_test[params.control]
+        return [label, *[_fmt(metrics.get(t)) for t in tasks], _fmt(mean), _fmt(norm), _fmt(control),
+                _fmt(drift, signed=True)]
 
     lines.append("| " + " | ".join(ref_row("base (zero-shot)", base_test, None)) + " |")
     for task in tasks:

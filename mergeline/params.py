@@ -55,6 +55,9 @@ class TalosParams(_Strict):
     keep: float = Field(0.1, gt=0, le=1, description="fraction of prunable entries left trainable")
     rounds: int = Field(2, ge=1, description="iterative masking rounds")
     calib_examples: int = Field(16, ge=1, description="examples scored for gradient sensitivity")
+    lr: float | None = Field(
+        None, gt=0, description="peak learning rate of the masked fine-tune (None: finetune.lr); training a "
+        "small fraction of the entries needs a larger step to move as far in the same number of steps")
 
 
 class ImportanceParams(_Strict):
@@ -111,6 +114,12 @@ class MergeParams(_Strict):
 class EvaluateParams(_Strict):
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(128, ge=16)
+    singles: Literal["all", "own"] = Field(
+        "all", description="sets a single-task model is scored on: every task and the control, or its own task "
+        "only (all that normalized accuracy needs; saves most of the evaluation time on a CPU)")
+    validation_control: bool = Field(
+        True, description="score merged variants on the control set's validation split too (selection does not "
+        "use it; the test split always includes it)")
 
 
 class RegisterParams(_Strict):

@@ -12,10 +12,10 @@ from tasks._stage import RunHandle, stage_cache, run_stage
 
 @task(name="evaluate", cache_policy=stage_cache("evaluate", "tasks", "control", "data_dir"), persist_result=True, task_run_name="evaluate-{name}-{split}")
 def evaluate(params: dict[str, Any], name: str, model: dict[str, Any], split: str, data: dict[str, Any],
-             run: RunHandle) -> dict[str, Any]:
+             run: RunHandle, sets: list[str] | None = None) -> dict[str, Any]:
     # ``model`` is the upstream record (path + sha256), so the cache key follows the weights' content.
     def body(ctx):  # type: ignore[no-untyped-def]
-        record = stage.evaluate(ctx, name, model["path"], split, data)
+        record = stage.evaluate(ctx, name, model["path"], split, data, sets)
         for task_name, acc in record["metrics"].items():
             ctx.metric(f"{split}/acc/{task_name}", acc)
         return record

@@ -7,11 +7,32 @@ from typing import Any
 from mergeline.stages.common import StageContext, timed
 
 
-def evaluate(ctx: StageContext, name: str, model_path: str, split: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Accuracy of one model folder on ``split`` of every task and of the control set."""
+def evaluation_sets(ctx: StageContext, role: str, split: str, task: str | None = None) -> list[str]:
+    """The sets a model is scored on: ``role`` is ``base``, ``single`` (fine-tuned on ``task``) or ``variant``.
+
+    The base always gets every task and the control (drift is measured against it). A single-task
+    model needs only its own task for normalized accuracy (``evaluate.singles: own``); a merged
+    variant skips the control on validation when ``evaluate.validation_control`` is off, because
+    selection reads only the task accuracies.
+    """
+    p = ctx.params
+    every = [*p.tasks, p.control]
+    if role == "single" and p.evaluate.singles == "own":
+        if task is None:
+            raise ValueError("evaluation_sets: a single-task model needs its task")
+        return [task]
+    if role == "variant" and split == "validation" and not p.evaluate.validation_control:
+        return list(p.tasks)
+    return every
+
+
+def evaluate(ctx: StageContext, name: str, model_path: str, split: str, data: dict[str, Any],
+             sets: list[str] | None = None) -> dict[str, Any]:
+    """Accuracy of one model folder on ``split`` of ``sets`` (default: every task and the control set)."""
     from mergeline.evaluate import evaluate_model, load_causal_lm
 
-    sets = {t: ctx.root / data["tasks"][t][split]["path"] for t in [*ctx.params.tasks, ctx.params.control]}
+    chosen = sets if sets is not None else [*ctx.params.tasks, ctx.params.control]
+    sets = {t: ctx.root / data["tasks"][t][split]["path"] for t in chosen}
     ctx.say(f"evaluate[{split}]: {name}")
     record: dict[str, Any] = {"name": name, "split": split}
     with timed(record):
@@ -26,7 +47,8 @@ def evaluate(ctx: StageContext, name: str, model_path: str, split: str, data: di
 
 def summarize(ctx: StageContext, evaluation: dict[str, Any], base: dict[str, Any],
               singles: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Per-task accuracy, normalized accuracy (÷ the single-task model of the same mode), control drift."""
+    """Per-task accuracy, normalized accuracy (÷ the single-task model of the same mode), control drift
+    (when the evaluation has the control set)."""
     p = ctx.params
     acc = evaluation["metrics"]
     row: dict[str, float] = {}
@@ -38,8 +60,9 @@ def summarize(ctx: StageContext, evaluation: dict[str, Any], base: dict[str, Any
         norm.append(row[f"norm_acc/{task}"])
     row["acc/mean"] = sum(acc[t] for t in p.tasks) / len(p.tasks)
     row["norm_acc/mean"] = sum(norm) / len(norm)
-    row["acc/control"] = acc[p.control]
-    row["control_drift"] = acc[p.control] - base["metrics"][p.control]
+    if p.control in acc:  # validation may skip it (evaluate.validation_control)
+        row["acc/control"] = acc[p.control]
+        row["control_drift"] = acc[p.control] - base["metrics"][p.control]
     return row
 
 

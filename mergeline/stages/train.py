@@ -26,7 +26,10 @@ def finetune(ctx: StageContext, task: str, mode: str, base: dict[str, Any], data
     p = ctx.params
     splits = data["tasks"][task]
     out = ctx.work / "checkpoints" / checkpoint_name(task, mode)
-    cfg = FinetuneConfig(**p.finetune.model_dump(), dtype=autocast_dtype(ctx.device))
+    settings = p.finetune.model_dump()
+    if mode == "talos" and p.talos.lr is not None:
+        settings["lr"] = p.talos.lr
+    cfg = FinetuneConfig(**settings, dtype=autocast_dtype(ctx.device))
     talos = None
     if mode == "talos":
         talos = TalosConfig(keep=p.talos.keep, rounds=p.talos.rounds, max_examples=p.talos.calib_examples,
@@ -39,7 +42,7 @@ def finetune(ctx: StageContext, task: str, mode: str, base: dict[str, Any], data
             calib_jsonl=ctx.root / splits["validation"]["path"], device=ctx.device, log=ctx.log, progress=ctx.progress,
         )
     record.update({"path": rel(out, ctx.root), "sha256": sha256_dir(out), "meta": meta,
-                   "params": p.finetune.model_dump() | ({"talos": p.talos.model_dump()} if talos else {})})
+                   "params": settings | ({"talos": p.talos.model_dump()} if talos else {})})
     return record
 
 
