@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +52,16 @@ from mergeline.io.safetensors_io import (
     copy_model_files,
 )
 from mergeline.layers import layer_index
-from mergeline.merge_support import Buffers, build_report, dtype_name, resolve_device, resolved_config
+from mergeline.merge_support import (
+    AsyncSink,
+    Buffers,
+    OutputRing,
+    build_report,
+    dtype_name,
+    resolve_device,
+    resolved_config,
+    single_threaded_torch,
+)
 from mergeline.methods import MergeMethod, MethodParameters, ModelParameters, TensorInputs
 
 Progress = Callable[[str], None]
@@ -59,11 +71,15 @@ EMBEDDING_SUFFIXES = (
     "embed_out.weight",
 )
 HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight")
-# Tensors above this many elements go through row-separable methods in row blocks of about this size.
+# Row-separable methods merge a tensor in row blocks of about BLOCK_ELEMENTS entries on the CPU (every
+# pass of the method over a block then stays in cache), spread over a pool of threads, and hand the
+# writer thread output chunks of about CHUNK_ELEMENTS entries (on CUDA a block is a chunk).
+BLOCK_ELEMENTS = 1 << 17
 CHUNK_ELEMENTS = 1 << 24
 # Methods whose output element depends only on the same element of the inputs (so row blocks give the
-# same result as whole tensors). A method class can declare ``row_separable = True`` itself.
+# same result as whole tensors), besides those that declare ``row_separable = True`` themselves.
 ROW_SEPARABLE = ("task_arithmetic", "linear")
+Span = tuple[int, int] | None
 
 
 @dataclass
@@ -102,9 +118,28 @@ class _Engine:
         self.stack = ExitStack()
         self.aux: dict[str, CheckpointReader] = {}  # model_inputs / global_inputs, by path
         self.checked: set[tuple[int, str, Any]] = set()  # (reader id, tensor, rows) checked for NaN/Inf
-        self.row_separable = bool(getattr(self.method_cls, "row_separable", self.method_cls.name in ROW_SEPARABLE))
-        self.buffers = Buffers(device)
-        self.out_buffers = Buffers(torch.device("cpu"))
+        self.row_separable = False  # set by use(method)
+        self.check_inputs = True
+        self._local = threading.local()  # per-thread buffers: pool threads merge blocks side by side
+        self.workers = 1 if device.type == "cuda" else max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+        self.block_elements = CHUNK_ELEMENTS if device.type == "cuda" else BLOCK_ELEMENTS
+        self.ring = OutputRing(2, pin=device.type == "cuda")
+
+    def use(self, method: MergeMethod) -> None:
+        """How to run ``method``: in row blocks or whole tensors; NaN/Inf checked on inputs or output."""
+        self.row_separable = bool(method.row_separable or method.name in ROW_SEPARABLE)
+        self.check_inputs = not method.nonfinite_propagates
+
+    @property
+    def buffers(self) -> Buffers:
+        local = self._local.__dict__
+        if "buffers" not in local:
+            local["buffers"] = Buffers(self.device)
+        return local["buffers"]
+
+    def workspace(self, key: object, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Scratch for a method's block (this thread's, reused): shaped like ``like``."""
+        return self.buffers.take(("ws", key), like.shape, dtype or like.dtype)
 
     def open(self, path: str) -> CheckpointReader:
         return self.stack.enter_context(CheckpointReader(path))
@@ -197,37 +232,68 @@ class _Engine:
                     break
 
     # ---- reading ---------------------------------------------------------------------------------
-    def _read(self, reader: CheckpointReader, name: str, slot: object, span: tuple[int, int] | None = None) -> torch.Tensor:
-        """Tensor ``name`` of ``reader`` in the compute dtype on the device, in ``slot``'s reused buffer.
+    def _read(self, reader: CheckpointReader, name: str, slot: object, span: Span = None,
+              index: torch.Tensor | None = None, whole: bool = True) -> torch.Tensor:
+        """Tensor ``name`` of ``reader`` (its rows ``span``, or its flat entries ``index``) in the compute
+        dtype on the device, in ``slot``'s reused buffer (this thread's).
 
         The mapped bytes are converted straight into the buffer (one pass, no fresh allocation: page
-        faults of new buffers cost more than the conversion itself), then dropped from this process.
+        faults of new buffers cost more than the conversion itself). A whole-tensor read drops the
+        mapped pages from this process at once; row blocks leave that to the caller (``release``).
         """
         src = reader.view(name)
         if span is not None:  # a row block (a chunk, or the base's rows of a longer embedding)
             src = src[span[0]:span[1]]
+        if index is not None:
+            src = src.reshape(-1)[index]
         if src.is_floating_point():
             x = self.buffers.take(slot, src.shape, self.compute)
             x.copy_(src)
         else:
             x = src.to(self.device, copy=True)
-        reader.release(name)
+        del src
+        if whole:
+            reader.release(name)
+        if self.check_inputs and index is None:
+            self._check_finite(reader, name, span, x)
+        return x
+
+    def _check_finite(self, reader: CheckpointReader, name: str, span: Span, x: torch.Tensor) -> None:
         key = (id(reader), name, span)
         if key not in self.checked and x.is_floating_point():
             # A sum is NaN/Inf if any entry is (or on overflow; then the exact test decides): ~30x cheaper.
             if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
                 raise MergelineError(f"{reader.file(name)}: tensor {name!r} contains NaN or Inf")
             self.checked.add(key)
-        return x
 
-    def inputs_for(self, item: _Item, span: tuple[int, int] | None = None) -> TensorInputs:
-        """What the method sees for one tensor (or the row block ``span`` of it).
+    def _check_output(self, item: _Item, span: Span, result: torch.Tensor) -> None:
+        """For methods whose output is non-finite whenever an input is: the output decides, and only a
+        non-finite output sends us to the inputs, to name the one that holds the NaN/Inf (a finite
+        input that overflowed is written as it is, as before)."""
+        if bool(torch.isfinite(result.sum())) or bool(torch.isfinite(result).all()):
+            return
+        if span is None and item.cut:
+            span = (0, item.out.shape[0])
+        readers = ([self.base] if self.base is not None else []) + [r for r in self.readers if r is not self.base]
+        for reader in readers:
+            x = self._read(reader, item.name, "nonfinite", span, whole=False)
+            self.checked.discard((id(reader), item.name, span))
+            self._check_finite(reader, item.name, span, x)
 
-        Its tensors live in reused buffers: they are valid during the method call only.
+    def inputs_for(self, item: _Item, span: Span = None, block: int | None = None,
+                   index: torch.Tensor | None = None) -> TensorInputs:
+        """What the method sees for one tensor (or the row block ``span`` of it, number ``block``; or
+        its flat entries ``index``).
+
+        Its tensors live in this thread's reused buffers: they are valid during the method call only.
         """
         if span is None and item.cut:
             span = (0, item.out.shape[0])
-        base = self._read(self.base, item.name, "base", span) if self.base is not None else None
+        whole = block is None and index is None
+        if index is not None:
+            span = None
+        read = lambda reader, slot: self._read(reader, item.name, slot, span, index, whole)  # noqa: E731
+        base = read(self.base, "base") if self.base is not None else None
         kind = self.method_cls.kind
         tensors = []
         for k, reader in enumerate(self.readers):
@@ -235,29 +301,43 @@ class _Engine:
                 x = self.buffers.take(("model", k), base.shape, base.dtype)
                 x.copy_(base) if kind == "weights" else x.zero_()
             else:
-                x = self._read(reader, item.name, ("model", k), span)
+                x = read(reader, ("model", k))
                 if reader.is_task_vector and kind == "weights":
                     x.add_(base)
                 elif not reader.is_task_vector and kind == "delta":
                     x.sub_(base)
             tensors.append(x)
         model_inputs = {
-            key: [self._aux(getattr(mp, key, None), item.name, (key, k), span) for k, mp in enumerate(item.model_params)]
+            key: [self._aux(getattr(mp, key, None), item.name, (key, k), span, index, whole)
+                  for k, mp in enumerate(item.model_params)]
             for key in self.method_cls.model_inputs
         }
         global_inputs = {
-            key: self._aux(getattr(item.params, key, None), item.name, key, span) for key in self.method_cls.global_inputs
+            key: self._aux(getattr(item.params, key, None), item.name, key, span, index, whole)
+            for key in self.method_cls.global_inputs
         }
         return TensorInputs(
             name=item.name, base=base, tensors=tensors, model_index=list(self.inputs), params=item.params,
             model_params=item.model_params, layer=item.layer, model_inputs=model_inputs, global_inputs=global_inputs,
+            block=block, workspace=self.workspace,
         )
 
-    def _aux(self, path: Any, name: str, slot: object, span: tuple[int, int] | None) -> torch.Tensor | None:
+    def _aux(self, path: Any, name: str, slot: object, span: Span, index: torch.Tensor | None,
+             whole: bool) -> torch.Tensor | None:
         if path is None:
             return None
         reader = self.aux[str(path)]
-        return self._read(reader, name, ("aux", slot), span) if name in reader else None
+        return self._read(reader, name, ("aux", slot), span, index, whole) if name in reader else None
+
+    def _all_readers(self) -> list[CheckpointReader]:
+        readers = [self.base] if self.base is not None else []
+        readers += [r for r in self.readers if r is not self.base]
+        return readers + list(self.aux.values())
+
+    def _release(self, item: _Item, rows: Span = None) -> None:
+        for reader in self._all_readers():
+            if item.name in reader:
+                reader.release(item.name, rows)
 
     # ---- the passes ------------------------------------------------------------------------------
     def statistics(self, method: MergeMethod, items: list[_Item]) -> None:
@@ -268,18 +348,22 @@ class _Engine:
                 method.accumulate(self.inputs_for(item), p)
             method.finalize_statistics(p)
 
-    def _spans(self, item: _Item) -> list[tuple[int, int] | None]:
-        """Row blocks of a large tensor for a row-separable method (memory: a chunk, not a tensor)."""
+    def _layout(self, item: _Item) -> tuple[list[Span], list[list[int]]]:
+        """Row blocks of a tensor (row-separable methods), and the chunks (lists of consecutive blocks)
+        handed to the writer one at a time."""
         shape = item.out.shape
-        if not self.row_separable or len(shape) < 1 or math.prod(shape) <= CHUNK_ELEMENTS:
-            return [None]
-        step = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
-        return [(r, min(r + step, shape[0])) for r in range(0, shape[0], step)]
+        numel = math.prod(shape)
+        if len(shape) == 0 or numel <= self.block_elements:
+            return [None], [[0]]
+        row = max(1, math.prod(shape[1:]))
+        block_rows = max(1, self.block_elements // row)
+        chunk_rows = max(block_rows, CHUNK_ELEMENTS // row // block_rows * block_rows)
+        spans: list[Span] = [(r, min(r + block_rows, shape[0])) for r in range(0, shape[0], block_rows)]
+        per_chunk = chunk_rows // block_rows
+        chunks = [list(range(c, min(c + per_chunk, len(spans)))) for c in range(0, len(spans), per_chunk)]
+        return spans, chunks
 
-    def _merge_block(self, method: MergeMethod, item: _Item, span: tuple[int, int] | None) -> torch.Tensor:
-        inputs = self.inputs_for(item, span)
-        result = method.merge_tensor(inputs)
-        expected = item.out.shape if span is None else (span[1] - span[0], *item.out.shape[1:])
+    def _finish(self, item: _Item, result: torch.Tensor, inputs: TensorInputs, expected: Sequence[int]) -> torch.Tensor:
         if tuple(result.shape) != tuple(expected):
             raise RuntimeError(f"{self.method_cls.name} returned shape {tuple(result.shape)} for {item.name!r}")
         if self.method_cls.kind == "delta":
@@ -287,35 +371,117 @@ class _Engine:
             # θ = θ_base + Δ, in place: the method's result is the engine's to reuse
             # (float addition commutes, so this equals mergekit's base + Δ bit for bit).
             result = result.add_(inputs.base) if result.dtype == self.compute else inputs.base + result
-        if result.dtype == item.out.dtype and result.device.type == "cpu":
-            return result
-        out = self.out_buffers.take("out", result.shape, item.out.dtype)
-        return out.copy_(result)
+        return result
 
-    def merged(self, method: MergeMethod, items: list[_Item]) -> Iterator[tuple[_Item, Iterator[torch.Tensor]]]:
-        """Yield (item, its output as consecutive row blocks) in plan order.
+    def _merge_block(self, method: MergeMethod, item: _Item, spans: list[Span], b: int, out: torch.Tensor) -> None:
+        """Merge row block ``b`` into ``out`` (its place in the output chunk); runs in a pool thread."""
+        span = spans[b]
+        inputs = self.inputs_for(item, span, block=b)
+        expected = item.out.shape if span is None else (span[1] - span[0], *item.out.shape[1:])
+        result = self._finish(item, method.merge_tensor(inputs), inputs, expected)
+        if not self.check_inputs:
+            self._check_output(item, span, result)
+        out.copy_(result, non_blocking=out.is_pinned())
 
-        Blocks are produced lazily as the writer consumes them, so only one is in memory at a time.
+    def _rows(self, method: MergeMethod, item: _Item, pool: ThreadPoolExecutor, sink: AsyncSink,
+              keep: list[torch.Tensor] | None) -> None:
+        """One tensor of a row-separable method: statistics (if the method wants them), then chunks."""
+        spans, chunks = self._layout(item)
+        numel = math.prod(item.out.shape)
+
+        def rows_of(chunk: list[int]) -> tuple[int, int]:
+            first, last = spans[chunk[0]], spans[chunk[-1]]
+            return (0, item.out.shape[0] if item.out.shape else 1) if first is None else (first[0], last[1])  # type: ignore[index]
+
+        index = method.tensor_sample(item.name, numel)
+        sample = None if index is None else [t.clone() for t in self.inputs_for(item, index=index).tensors]
+        if method.begin_tensor(item.name, numel, list(self.inputs), item.model_params, sample):
+            done = False
+            while not done:
+                observations: list[Any] = []
+                for chunk in chunks:
+                    observations += pool.map(lambda b: method.observe_block(self.inputs_for(item, spans[b], block=b)), chunk)
+                    self._release(item, rows_of(chunk) if spans[0] is not None else None)
+                done = method.end_observation(item.name, observations)
+        sink.begin(item.name)
+        for chunk in chunks:
+            r0, r1 = rows_of(chunk)
+            shape = item.out.shape if spans[0] is None else (r1 - r0, *item.out.shape[1:])
+            out, give_back = self.ring.take(shape, item.out.dtype)
+
+            def run(b: int, out: torch.Tensor = out, r0: int = r0) -> None:
+                span = spans[b]
+                view = out if span is None else out[span[0] - r0:span[1] - r0]
+                self._merge_block(method, item, spans, b, view)
+
+            list(pool.map(run, chunk))
+            self._release(item, (r0, r1) if spans[0] is not None else None)
+            event = None
+            if self.device.type == "cuda":
+                event = torch.cuda.Event()
+                event.record()
+            if keep is not None:
+                if event is not None:
+                    event.synchronize()
+                keep.append(out.clone())
+            sink.block(out, give_back, event)
+        sink.end()
+        method.finish_tensor(item.name)
+        self._release(item)
+
+    def _whole(self, method: MergeMethod, item: _Item, sink: AsyncSink, keep: list[torch.Tensor] | None) -> None:
+        """One tensor of a method that needs it whole."""
+        inputs = self.inputs_for(item)
+        result = self._finish(item, method.merge_tensor(inputs), inputs, item.out.shape)
+        if not self.check_inputs:
+            self._check_output(item, None, result)
+        out, give_back = self.ring.take(item.out.shape, item.out.dtype)
+        out.copy_(result)
+        if keep is not None:
+            keep.append(out.clone())
+        sink.begin(item.name)
+        sink.block(out, give_back)
+        sink.end()
+
+    def write_all(self, method: MergeMethod, items: list[_Item], writer: ShardedWriter) -> None:
+        """Merge every tensor in plan order and stream it to ``writer`` (through the writer thread).
+
         A tied alias reuses its first tensor's result.
         """
         aliased = {it.alias_of for it in items if it.alias_of}
         kept: dict[str, list[torch.Tensor]] = {}
         step = max(1, len(items) // 10)
-
-        def blocks(item: _Item) -> Iterator[torch.Tensor]:
-            if item.alias_of is not None:
-                yield from kept.pop(item.alias_of)
-                return
-            for span in self._spans(item) if item.floating else [None]:
-                out = self._merge_block(method, item, span) if item.floating else self.ref.get(item.name)
-                if item.name in aliased:
-                    kept.setdefault(item.name, []).append(out.clone())
-                yield out
-
-        for k, item in enumerate(items):
-            yield item, blocks(item)
-            if (k + 1) % step == 0 or k + 1 == len(items):
-                self.progress(f"merged {k + 1}/{len(items)} tensors")
+        sink = AsyncSink(writer)
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mergeline-merge",
+                                  initializer=single_threaded_torch if self.device.type == "cpu" else None)
+        threads = torch.get_num_threads()
+        if self.row_separable and self.device.type == "cpu":
+            single_threaded_torch()  # this thread's share (samples, cut-offs) runs beside the pool's
+        try:
+            for k, item in enumerate(items):
+                keep = kept.setdefault(item.name, []) if item.name in aliased else None
+                if item.alias_of is not None:
+                    sink.begin(item.name)
+                    for block in kept.pop(item.alias_of):
+                        sink.block(block)
+                    sink.end()
+                elif not item.floating:
+                    sink.begin(item.name)
+                    sink.block(self.ref.get(item.name))
+                    sink.end()
+                elif self.row_separable:
+                    self._rows(method, item, pool, sink, keep)
+                else:
+                    self._whole(method, item, sink, keep)
+                if (k + 1) % step == 0 or k + 1 == len(items):
+                    self.progress(f"merged {k + 1}/{len(items)} tensors")
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            torch.set_num_threads(threads)  # the pool threads' setting is also torch's global default
 
 
 def run_merge(
@@ -339,6 +505,7 @@ def run_merge(
         if first is None:
             raise MergelineError(f"{engine.ref.path}: has no floating-point tensor to merge")
         method = engine.method_cls(first.params, first.model_params)
+        engine.use(method)
         engine.progress(
             f"{config.merge_method}: {len(items)} tensors, {len(engine.readers)} model(s), "
             f"{engine.compute} on {engine.device}"
@@ -351,8 +518,7 @@ def run_merge(
         with atomic_dir(out_dir) as tmp:
             writer = ShardedWriter(tmp, [it.out for it in items], max_shard_bytes)
             try:
-                for item, blocks in engine.merged(method, items):
-                    writer.add_blocks(item.name, blocks)
+                engine.write_all(method, items, writer)
                 hashes = writer.close()
             except BaseException:
                 writer.abort()

@@ -1,9 +1,12 @@
-"""Helpers of the merge engine (``mergeline.merge``): the compute device, the reusable buffer pool,
-and the resolved config and report written beside a merged model."""
+"""Helpers of the merge engine (``mergeline.merge``): the compute device, the reusable buffer pool, the
+output buffer ring and writer thread, and the resolved config and report written beside a merged model."""
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +83,98 @@ def build_report(config: MergeConfig, engine: Any, method: Any, items: list[Any]
         "weight_sha256": hashes,
         "seconds": round(seconds, 3),
     }
+
+
+class OutputRing:
+    """A few reusable output buffers handed to the writer thread and given back once written.
+
+    ``take`` blocks while every buffer is still being written, which bounds memory to ``size``
+    buffers (each grown to the largest block asked of it). On CUDA the buffers are pinned, so the
+    device-to-host copy of a result can run asynchronously.
+    """
+
+    def __init__(self, size: int = 2, pin: bool = False) -> None:
+        self._free: queue.Queue[int] = queue.Queue()
+        self._flat: dict[int, torch.Tensor] = {}
+        self._pin = pin
+        for slot in range(size):
+            self._free.put(slot)
+
+    def take(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, Callable[[], None]]:
+        slot = self._free.get()
+        nbytes = max(1, math.prod(shape) * dtype.itemsize)
+        flat = self._flat.get(slot)
+        if flat is None or flat.numel() < nbytes:
+            flat = self._flat[slot] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self._pin)
+        view = flat[: math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+        return view, lambda: self._free.put(slot)
+
+
+class AsyncSink:
+    """The writer thread: writes (and hashes) tensors while the next ones are being merged.
+
+    Messages keep the plan's order: ``begin(name)``, ``block(tensor, done)`` …, ``end()``. ``done`` is
+    called once the block's bytes are written (or dropped after an error), to give its buffer back; an
+    ``event`` (CUDA) is waited for before the bytes are read. The first error of the writer is raised
+    in the caller's thread at its next message or at ``close``.
+    """
+
+    def __init__(self, writer: Any, depth: int = 3) -> None:
+        self._writer = writer
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mergeline-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            message = self._queue.get()
+            if message is None:
+                return
+            kind, payload, done, event = message
+            try:
+                if self.error is None:
+                    if event is not None:
+                        event.synchronize()
+                    getattr(self._writer, kind)(*payload)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self.error = exc
+            finally:
+                if done is not None:
+                    done()
+
+    def _put(self, kind: str, payload: tuple, done: Callable[[], None] | None = None, event: Any = None) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put((kind, payload, done, event))
+
+    def begin(self, name: str) -> None:
+        self._put("begin", (name,))
+
+    def block(self, tensor: torch.Tensor, done: Callable[[], None] | None = None, event: Any = None) -> None:
+        self._put("write", (tensor,), done, event)
+
+    def end(self) -> None:
+        self._put("end", ())
+
+    def close(self) -> None:
+        """Wait until everything is written; raise the writer's error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        self.error = self.error or RuntimeError("aborted")
+        self._queue.put(None)
+        self._thread.join()
+
+
+def single_threaded_torch() -> None:
+    """Pool-thread initializer: torch ops of this thread run on it alone (the pool is the parallelism).
+
+    Intra-op threads would split every small block across cores and wait at a barrier for the slowest;
+    on a shared machine that wait dominates. OpenMP's thread count is per calling thread, so this
+    leaves the caller's threads alone (``run_merge`` restores torch's global setting at the end).
+    """
+    torch.set_num_threads(1)

@@ -185,17 +185,25 @@ class CheckpointReader:
         count = spec.nbytes // spec.dtype.itemsize
         return torch.frombuffer(mapped, dtype=spec.dtype, count=count, offset=self._offsets[name]).view(spec.shape)
 
-    def release(self, name: str) -> None:
-        """Drop the mapped pages of ``name`` from this process (they stay in the page cache).
+    def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
+        """Drop the mapped pages of ``name`` (or of its rows ``rows``) from this process (they stay in
+        the page cache).
 
         Touched pages of a mapping count in the process's resident memory; without this a merge would
-        look as large as all its inputs. A later ``view`` simply maps them again.
+        look as large as all its inputs. A later ``view`` simply maps them again. With ``rows``, only
+        the pages wholly inside those rows are dropped (another thread may be reading the rows beside).
         """
         mapped = self._maps.get(self._files.get(name))  # type: ignore[arg-type]
         if mapped is None or not hasattr(mapped, "madvise"):
             return
-        start = self._offsets[name] - self._offsets[name] % mmap.PAGESIZE
-        end = min(len(mapped), self._offsets[name] + self._specs[name].nbytes)
+        spec, offset = self._specs[name], self._offsets[name]
+        page = mmap.PAGESIZE
+        if rows is None:
+            start, end = offset - offset % page, min(len(mapped), offset + spec.nbytes)
+        else:
+            row_bytes = spec.nbytes // max(1, spec.shape[0]) if spec.shape else spec.nbytes
+            first, last = offset + rows[0] * row_bytes, offset + rows[1] * row_bytes
+            start, end = -(-first // page) * page, min(len(mapped), last - last % page)
         if end > start:
             mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 
@@ -252,6 +260,7 @@ class ShardedWriter:
         self._handle: BinaryIO | None = None
         self._digest: Any = None
         self._hashes: dict[str, str] = {}
+        self._written = 0
         self.total_bytes = sum(spec.nbytes for spec in specs)
 
     def _open_shard(self, shard: int) -> None:
@@ -286,6 +295,13 @@ class ShardedWriter:
 
     def add_blocks(self, name: str, blocks: Iterable[torch.Tensor]) -> None:
         """Write the next tensor of the plan as consecutive row blocks (their concatenation is the tensor)."""
+        self.begin(name)
+        for block in blocks:
+            self.write(block)
+        self.end()
+
+    def begin(self, name: str) -> None:
+        """Start the next tensor of the plan; its bytes follow through :meth:`write`, then :meth:`end`."""
         if self._next >= len(self._order):
             raise RuntimeError(f"ShardedWriter: {name!r} added after the last planned tensor")
         shard, spec = self._order[self._next]
@@ -293,18 +309,24 @@ class ShardedWriter:
             raise RuntimeError(f"ShardedWriter: expected {spec.name}, got {name}")
         if self._handle is None or (self._next > 0 and self._order[self._next - 1][0] != shard):
             self._open_shard(shard)
+        self._written = 0
+
+    def write(self, block: torch.Tensor) -> None:
+        """The next row block of the tensor begun last (a CPU tensor of its planned dtype)."""
+        spec = self._order[self._next][1]
+        if block.dtype != spec.dtype or tuple(block.shape[1:]) != spec.shape[1:]:
+            raise RuntimeError(f"ShardedWriter: block of {spec.name} is {tuple(block.shape)} {block.dtype}, "
+                               f"planned {spec.shape} {spec.dtype}")
         assert self._handle is not None
-        written = 0
-        for block in blocks:
-            if block.dtype != spec.dtype or tuple(block.shape[1:]) != spec.shape[1:]:
-                raise RuntimeError(f"ShardedWriter: block of {name} is {tuple(block.shape)} {block.dtype}, "
-                                   f"planned {spec.shape} {spec.dtype}")
-            data = block.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-            self._digest.update(data)
-            self._handle.write(memoryview(data))
-            written += data.nbytes
-        if written != spec.nbytes:
-            raise RuntimeError(f"ShardedWriter: {name} got {written} bytes, planned {spec.nbytes}")
+        data = block.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._digest.update(data)
+        self._handle.write(memoryview(data))
+        self._written += data.nbytes
+
+    def end(self) -> None:
+        spec = self._order[self._next][1]
+        if self._written != spec.nbytes:
+            raise RuntimeError(f"ShardedWriter: {spec.name} got {self._written} bytes, planned {spec.nbytes}")
         self._next += 1
 
     def close(self) -> dict[str, str]:

@@ -34,7 +34,8 @@ class TaskArithmeticFamily(MergeMethod):
         deltas = [self.sparsify(delta, i, inputs) for i, delta in enumerate(inputs.tensors)]
         weights = [float(mp.weight) for mp in inputs.model_params]
         p = inputs.params
-        return combine(deltas, weights, self.consensus(p), bool(p.normalize), float(p.lambda_))
+        return combine(deltas, weights, self.consensus(p), bool(p.normalize), float(p.lambda_),
+                       scratch=inputs.scratch)
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {

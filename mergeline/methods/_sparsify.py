@@ -12,7 +12,7 @@ argsort, so results agree exactly only when magnitudes at the cut-off are distin
 from __future__ import annotations
 
 import hashlib
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -148,43 +148,58 @@ def combine(
     consensus: Literal["sum", "count"] | None,
     normalize: bool,
     lam: float,
+    masks: Sequence[torch.Tensor | None] | None = None,
+    scratch: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The merge step of mergekit's task-arithmetic family (METHODS §7.1 steps 3-5).
 
-    u_i = w_i δ_i.  With consensus: s = +1 where Σ_i u_i ≥ 0 ("sum"; "count" uses Σ_i sign(u_i)) else −1,
+    u_i = w_i δ_i (times the trim mask m_i when ``masks`` gives one: δ_i ⊙ m_i as mergekit's sparsifier).
+    With consensus: s = +1 where Σ_i u_i ≥ 0 ("sum"; "count" uses Σ_i sign(u_i)) else −1,
     a_i = [sign(u_i) = s] (zeros never agree), Δ = Σ_i a_i u_i, D = Σ_i a_i w_i (0 → 1).
     Without: Δ = Σ_i u_i, D = Σ_i w_i (|D| < 1e-8 → 1).  If normalize: Δ ← Δ / D.  Returns λ·Δ.
-    """
-    # Model by model through one scratch buffer: memory is a few tensors, not T stacked copies, and
-    # the inputs are left untouched. Additions run in model order, as a sum over a stacked first
-    # dimension would, and u_i = w_i·δ_i is rounded exactly as there.
-    scratch = torch.empty_like(deltas[0])
 
-    def scaled(i: int) -> torch.Tensor:
-        return torch.mul(deltas[i], weights[i], out=scratch)
+    ``scratch(key, like, dtype=None)`` supplies reusable buffers (default: fresh ones); the inputs are
+    left untouched. Masks multiply (NaN·0 stays NaN), so a NaN/Inf input always reaches the output.
+    """
+    # Model by model through scratch buffers: memory is a few tensors, not T stacked copies. Additions
+    # run in model order, as a sum over a stacked first dimension would, and u_i = w_i·δ_i is rounded
+    # exactly as there.
+    buf = scratch or (lambda key, like, dtype=None: torch.empty_like(like, dtype=dtype))
+    first = deltas[0]
+
+    def scaled(i: int, key: object) -> torch.Tensor:
+        u = torch.mul(deltas[i], weights[i], out=buf(key, first))
+        if masks is not None and masks[i] is not None:
+            u.mul_(masks[i])
+        return u
 
     if consensus is None:
-        mixed = scaled(0).clone()
+        mixed = scaled(0, "mixed")
         for i in range(1, len(deltas)):
-            mixed.add_(scaled(i))
+            mixed.add_(scaled(i, "u"))
         divisor: torch.Tensor | float = float(sum(weights))
         if abs(divisor) < 1e-8:
             divisor = 1.0
     else:
-        votes = torch.zeros_like(scratch)
-        for i in range(len(deltas)):
-            votes.add_(scaled(i) if consensus == "sum" else scaled(i).sign_())
-        positive = votes >= 0  # elected sign +1 (a zero vote counts as +), else −1
-        mixed = votes.zero_()
-        divisor = torch.zeros_like(scratch) if normalize else 1.0
-        for i, w in enumerate(weights):
-            u = scaled(i)
-            agree = torch.where(positive, u > 0, u < 0)  # sign(u_i) = s; zeros never agree
+        us = [scaled(i, ("u", i)) for i in range(len(deltas))]
+        sign = buf("sign", first)
+        votes = buf("votes", first)
+        for i, u in enumerate(us):
+            term = u if consensus == "sum" else torch.sign(u, out=sign)
+            votes.copy_(term) if i == 0 else votes.add_(term)
+        # elected sign s = +1 where the vote is ≥ 0 (a zero vote counts as +), else −1
+        elected = torch.ge(votes, 0, out=buf("positive", first, torch.bool))
+        elected = torch.mul(elected, 2, out=votes).sub_(1)
+        agree = buf("agree", first, torch.bool)
+        mixed = buf("mixed", first).zero_()
+        divisor = buf("divisor", first).zero_() if normalize else 1.0
+        for u, w in zip(us, weights):
+            torch.eq(torch.sign(u, out=sign), elected, out=agree)  # sign(u_i) = s; zeros never agree
             mixed.add_(u.mul_(agree))
             if normalize:
-                divisor.add_(agree.to(u.dtype), alpha=w)
+                divisor.add_(agree, alpha=w)
         if normalize:
-            divisor[divisor == 0] = 1
+            divisor.masked_fill_(divisor == 0, 1)
     if normalize:
         mixed.div_(divisor)
     if lam != 1:

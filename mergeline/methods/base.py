@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -44,6 +44,10 @@ class TensorInputs:
     ``params`` / ``model_params`` are resolved for *this* tensor (mergekit gradients and filters
     already applied), so methods must read per-tensor values from here, not from ``self.params``.
     ``layer`` is the transformer block index from ``mergeline.layers.layer_index`` (None: outside blocks).
+    ``block`` is the index of this row block within the tensor (flat order) when the engine hands a
+    row-separable method one block at a time; None means the whole tensor. ``workspace(key, like,
+    dtype=None)`` returns a reusable scratch tensor shaped like ``like`` (valid during this call only);
+    None means allocate.
     """
 
     name: str
@@ -55,6 +59,14 @@ class TensorInputs:
     layer: int | None = None
     model_inputs: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
     global_inputs: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    block: int | None = None
+    workspace: Callable[..., torch.Tensor] | None = None
+
+    def scratch(self, key: object, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A scratch tensor shaped like ``like`` (from ``workspace`` when the engine gives one)."""
+        if self.workspace is not None:
+            return self.workspace(key, like, dtype)
+        return torch.empty_like(like, dtype=dtype)
 
 
 class MergeMethod(ABC):
@@ -69,6 +81,11 @@ class MergeMethod(ABC):
       model_inputs: names of per-model parameters that are checkpoint paths (loaded as tensor sets).
       global_inputs: names of global parameters that are checkpoint paths.
       min_models / max_models: how many ``models`` the method accepts.
+      row_separable: each output element depends only on the same element of the inputs (given the
+        per-tensor statistics below, if any), so the engine may merge a tensor in row blocks, in
+        parallel, in any order. May be a property of the instance.
+      nonfinite_propagates: a NaN/Inf in any input makes the output non-finite at some element, so
+        the engine checks the output alone and inspects the inputs only when the output is not finite.
     """
 
     name: ClassVar[str]
@@ -81,6 +98,8 @@ class MergeMethod(ABC):
     global_inputs: ClassVar[tuple[str, ...]] = ()
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
+    row_separable: ClassVar[bool] = False
+    nonfinite_propagates: ClassVar[bool] = False
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         self.params = params
@@ -100,6 +119,32 @@ class MergeMethod(ABC):
 
     def finalize_statistics(self, pass_index: int) -> None:  # pragma: no cover
         """Called once after statistics pass ``pass_index`` has seen every tensor."""
+
+    # ---- optional per-tensor statistics (row-separable methods) ---------------------------
+    # For a row-separable method whose blocks need a tensor-wide quantity (TIES: each model's
+    # magnitude cut-off). Per tensor the engine calls: tensor_sample; begin_tensor (with the sampled
+    # inputs); if that returns True, observe_block on every row block (any thread, any order: it must
+    # only return what it saw) and end_observation with the observations in block order, repeated
+    # while that returns False; then merge_tensor per block; then finish_tensor.
+    def tensor_sample(self, name: str, numel: int) -> torch.Tensor | None:
+        """Flat indices of entries the method wants to see before the blocks (None: none)."""
+        return None
+
+    def begin_tensor(self, name: str, numel: int, model_index: list[int], model_params: list[ModelParameters],
+                     sample: list[torch.Tensor] | None) -> bool:
+        """Start tensor ``name`` (``sample``: each input's entries at ``tensor_sample``'s indices, as the
+        method will see them: task vectors for kind "delta"); True when its blocks must be observed."""
+        return False
+
+    def observe_block(self, inputs: TensorInputs) -> Any:  # pragma: no cover
+        """Statistics of one row block (``inputs.block``); called concurrently, must not mutate state."""
+
+    def end_observation(self, name: str, observations: list[Any]) -> bool:  # pragma: no cover
+        """Combine the blocks' observations (block order); False asks for another observation pass."""
+        return True
+
+    def finish_tensor(self, name: str) -> None:
+        """Tensor ``name`` is merged: drop its per-tensor state."""
 
     # ---- the merge -----------------------------------------------------------------------
     @abstractmethod

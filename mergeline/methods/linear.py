@@ -34,6 +34,7 @@ class Linear(MergeMethod):
     requires_base = False
     Parameters = LinearParameters
     PerModel = WeightedModel
+    row_separable = True
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         first = inputs.tensors[0]

@@ -28,3 +28,7 @@ class TaskArithmetic(TaskArithmeticFamily):
     paper = "arXiv:2212.04089"
     Parameters = TaskArithmeticParameters
     PerModel = WeightedModel
+    row_separable = True
+    # sub, multiply and add only: a NaN stays NaN and an Inf gives ±Inf or NaN (Inf − Inf, 0·Inf), so a
+    # non-finite input always leaves a non-finite output element; the engine checks the output alone.
+    nonfinite_propagates = True

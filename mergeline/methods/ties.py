@@ -13,6 +13,11 @@ entries (tie rule: at equal magnitude the lowest flat index is kept; see ``_spar
 keeps its top density share over the **whole model** (official TIES code), found exactly with two
 streaming statistics passes (``_global_topk``); there, every entry equal to the k-th largest magnitude is
 kept.  ``rescale: true`` rescales each trimmed vector to its original L1 norm (mergekit option).
+
+Per-tensor trim without rescale is row-separable (``_row_trim``): per tensor and model a statistics pass
+over the row blocks finds the cut-off magnitude and how many entries equal to it each block keeps, then
+the engine merges the tensor in row blocks (memory: a few blocks, not one float32 copy per model).
+A NaN/Inf input reaches the output (masks multiply), so the engine checks the output alone.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from mergeline.errors import MergelineError
 from mergeline.methods import register
 from mergeline.methods._fields import Consensus, SparseModel, TaskArithmeticFamilyParameters
 from mergeline.methods._global_topk import GlobalTopK
+from mergeline.methods import _row_trim
 from mergeline.methods._gta import TaskArithmeticFamily
-from mergeline.methods._sparsify import apply_mask, keep_count, magnitude_mask
+from mergeline.methods._sparsify import apply_mask, combine, keep_count, magnitude_mask
 from mergeline.methods.base import MethodParameters, ModelParameters, TensorInputs
 
 
@@ -51,6 +57,7 @@ class Ties(TaskArithmeticFamily):
     Parameters = TiesParameters
     PerModel = SparseModel
     uses_consensus = True
+    nonfinite_propagates = True
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         super().__init__(params, model_params)
@@ -58,6 +65,89 @@ class Ties(TaskArithmeticFamily):
         self._density: dict[int, float] = {}
         self._kept: dict[int, int] = {}
         self._total: dict[int, int] = {}
+        # per tensor: one trim state per input position (None: density 1, nothing trimmed)
+        self._trims: dict[str, list[_row_trim.TrimState | None]] = {}
+        self._trim_models: dict[str, tuple[list[int], int]] = {}
+
+    @property
+    def row_separable(self) -> bool:  # type: ignore[override]
+        return self._global is None and not self.params.rescale
+
+    # ---- per-tensor statistics of the row-separable trim ----------------------------------
+    def tensor_sample(self, name: str, numel: int) -> torch.Tensor | None:
+        return _row_trim.sample_indices(numel)
+
+    def begin_tensor(self, name: str, numel: int, model_index: list[int], model_params: list[ModelParameters],
+                     sample: list[torch.Tensor] | None) -> bool:
+        states: list[_row_trim.TrimState | None] = []
+        for i, mp in enumerate(model_params):
+            k = keep_count(float(mp.density), numel)
+            if k >= numel:
+                states.append(None)
+                continue
+            picked = None if sample is None else sample[i].abs()
+            lo, hi = _row_trim.band_from_sample(picked, k, numel)
+            states.append(_row_trim.TrimState(k, numel, lo, hi))
+        self._trims[name] = states
+        self._trim_models[name] = (list(model_index), numel)
+        return any(st is not None for st in states)
+
+    def observe_block(self, inputs: TensorInputs) -> list[_row_trim.Observation | None]:
+        out: list[_row_trim.Observation | None] = []
+        for delta, st in zip(inputs.tensors, self._trims[inputs.name]):
+            if st is None:
+                out.append(None)
+                continue
+            magnitudes = torch.abs(delta, out=inputs.scratch("magnitude", delta))
+            out.append(_row_trim.observe(magnitudes, st.lo, st.hi))
+        return out
+
+    def end_observation(self, name: str, observations: list[list[_row_trim.Observation | None]]) -> bool:
+        done = True
+        for i, st in enumerate(self._trims[name]):
+            if st is not None and st.result is None:
+                if not _row_trim.resolve(st, [obs[i] for obs in observations]):  # type: ignore[misc]
+                    done = False
+        return done
+
+    def finish_tensor(self, name: str) -> None:
+        states = self._trims.pop(name, None)
+        models, numel = self._trim_models.pop(name, ([], 0))
+        for model, st in zip(models, states or []):
+            self._kept[model] = self._kept.get(model, 0) + (numel if st is None or st.result is None else st.result.kept)
+            self._total[model] = self._total.get(model, 0) + numel
+
+    def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
+        if not self.row_separable:
+            return super().merge_tensor(inputs)
+        if inputs.name not in self._trims:  # a whole tensor without the engine's statistics: do them here
+            self._statistics_of_whole(inputs)
+        block = inputs.block or 0
+        masks: list[torch.Tensor | None] = []
+        for position, (delta, st) in enumerate(zip(inputs.tensors, self._trims[inputs.name])):
+            if st is None:
+                masks.append(None)
+                continue
+            assert st.result is not None
+            magnitudes = torch.abs(delta, out=inputs.scratch("magnitude", delta))
+            out = inputs.scratch(("mask", position), delta, torch.bool)
+            masks.append(_row_trim.block_mask(magnitudes, st.result, block, out=out))
+        weights = [float(mp.weight) for mp in inputs.model_params]
+        p = inputs.params
+        if inputs.block is None:
+            self.finish_tensor(inputs.name)
+        return combine(inputs.tensors, weights, self.consensus(p), bool(p.normalize), float(p.lambda_),
+                       masks=masks, scratch=inputs.scratch)
+
+    def _statistics_of_whole(self, inputs: TensorInputs) -> None:
+        numel = inputs.tensors[0].numel()
+        index = self.tensor_sample(inputs.name, numel)
+        sample = None if index is None else [t.reshape(-1)[index] for t in inputs.tensors]
+        whole = TensorInputs(inputs.name, None, inputs.tensors, inputs.model_index, inputs.params,
+                             inputs.model_params, block=0)
+        if self.begin_tensor(inputs.name, numel, inputs.model_index, inputs.model_params, sample):
+            while not self.end_observation(inputs.name, [self.observe_block(whole)]):
+                pass
 
     def statistics_passes(self) -> int:
         return GlobalTopK.passes if self._global is not None else 0

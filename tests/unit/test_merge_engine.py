@@ -95,8 +95,9 @@ def test_one_model_lambda_one_returns_the_finetune(models: dict[str, Path], tmp_
 
 
 def test_streams_tensor_by_tensor(models: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
-    """Memory is a few tensors, not whole models: at most one mapped view is alive at a time, and
-    tensor data lives in one reused buffer per input (base, each model) plus one for the output."""
+    """Memory is a few tensors, not whole models: at most one mapped view is alive per thread, and
+    tensor data lives in one reused buffer per input (base, each model) plus the method's reused
+    workspace; nothing else is allocated per tensor."""
     from mergeline import merge_support
 
     alive: list[weakref.ref] = []
@@ -119,8 +120,9 @@ def test_streams_tensor_by_tensor(models: dict[str, Path], tmp_path: Path, monke
     monkeypatch.setattr(merge_support.Buffers, "take", recording_take)
     cfg = _config("ties", models, [("a", {"weight": 1.0, "density": 0.5}), ("b", {"weight": 1.0, "density": 0.5})])
     run_merge(cfg, tmp_path / "out")
-    assert 1 <= peak <= 2
-    assert {slot for slot, _ in slots} == {"base", ("model", 0), ("model", 1)}  # float32 in, float32 out: no copy
+    assert 1 <= peak <= 4
+    inputs = {slot for slot, _ in slots if not (isinstance(slot, tuple) and slot[0] == "ws")}
+    assert inputs == {"base", ("model", 0), ("model", 1)}
 
 
 def test_task_vector_folder_as_model(models: dict[str, Path], tmp_path: Path) -> None:
@@ -292,11 +294,12 @@ def test_row_blocks_give_the_same_result(tmp_path: Path, monkeypatch) -> None:
     blocks: list[int] = []
     original = merge._Engine._merge_block
 
-    def recording(self, method, item, span):
-        blocks.append(span is not None)
-        return original(self, method, item, span)
+    def recording(self, method, item, spans, b, out):
+        blocks.append(spans[b] is not None)
+        return original(self, method, item, spans, b, out)
 
-    monkeypatch.setattr(merge, "CHUNK_ELEMENTS", 20)
+    monkeypatch.setattr(merge, "BLOCK_ELEMENTS", 20)
+    monkeypatch.setattr(merge, "CHUNK_ELEMENTS", 50)
     monkeypatch.setattr(merge._Engine, "_merge_block", recording)
     result = run_merge(cfg, tmp_path / "blocks")
     assert sum(blocks) > 20 and result.report["tensors"]["tied"]

@@ -1,0 +1,167 @@
+"""Row-separable per-tensor magnitude trim (TIES ``trim_scope: tensor``): statistics, then row blocks.
+
+Keeping exactly the k largest |δ| of a tensor (ties at the cut-off: lowest flat index first) looks like a
+whole-tensor operation, but it only needs, per tensor and model, the k-th largest magnitude ``cut`` and
+how many entries equal to ``cut`` each row block may keep. Those come from one statistics pass over the
+tensor's row blocks in flat order:
+
+1. a fixed-seed sample of |δ| (``SAMPLE`` entries) brackets ``cut`` in a closed band [lo, hi];
+2. every block reports how many magnitudes lie above ``hi``, how many equal ``hi`` and ``lo``, and the
+   magnitudes strictly inside the band (a few percent of the entries), in flat order. Counting the
+   ends instead of keeping them matters for bfloat16 task vectors: there one magnitude often holds
+   15% of a tensor's entries, and ``lo == hi``;
+3. ``cut`` is the (k − above)-th largest of the band; the ``k − #{|δ| > cut}`` entries equal to ``cut``
+   that are kept are the first ones in flat order, so each block's share follows from the per-block
+   counts of entries equal to ``cut``.
+
+If the band misses (the sample was unlucky, or NaN made it meaningless), the statistics pass runs again
+with a band that surely holds ``cut`` ([hi, ∞] or [0, lo]): exact in every case, never a sort.
+Tensors of at most ``SMALL`` entries use the band [0, ∞] (all magnitudes) directly.
+
+The merge pass then trims each block with :func:`block_mask`: ``|δ| > cut``, plus the block's share
+of entries equal to ``cut`` (all, none, or the first ``keep`` of them by a cumulative count).
+NaN magnitudes compare false everywhere, so they are never counted or kept; the caller's output keeps
+them visible (δ·mask keeps NaN), which is how a NaN input is detected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+SAMPLE = 1 << 16
+SMALL = 1 << 20
+_INF = float("inf")
+
+
+def sample_indices(numel: int) -> torch.Tensor | None:
+    """Flat indices of the magnitude sample of a tensor of ``numel`` entries (None: no sample needed)."""
+    if numel <= SMALL:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(numel, (SAMPLE,), generator=generator)
+
+
+def band_from_sample(sample: torch.Tensor | None, k: int, numel: int) -> tuple[float, float]:
+    """A closed band [lo, hi] of magnitudes that holds the k-th largest with high probability."""
+    if sample is None or k >= numel:
+        return 0.0, _INF
+    ordered = torch.sort(sample.reshape(-1).float().cpu()).values
+    count = ordered.numel()
+    q = 1.0 - k / numel  # the answer sits at quantile q
+    margin = 6.0 * math.sqrt(q * (1 - q) / count) + 2.0 / count
+    lo = float(ordered[max(0, math.floor((q - margin) * (count - 1)))])
+    hi = float(ordered[min(count - 1, math.ceil((q + margin) * (count - 1)))])
+    if not (lo == lo and hi == hi):  # NaN in the sample: fall back to every magnitude
+        return 0.0, _INF
+    return lo, hi
+
+
+@dataclass
+class Observation:
+    """What one row block tells the statistics about one model's magnitudes, for the band [lo, hi]:
+    how many lie above hi, how many equal hi and lo, and the values strictly inside (flat order)."""
+
+    above: int
+    at_hi: int
+    at_lo: int
+    inner: torch.Tensor  # on the CPU
+
+
+def observe(magnitudes: torch.Tensor, lo: float, hi: float) -> Observation:
+    flat = magnitudes.reshape(-1)
+    if lo <= 0.0 and hi == _INF:  # every magnitude (NaN aside) is inside
+        return Observation(0, 0, 0, flat[flat >= 0].to("cpu", copy=True))
+    above = int((flat > hi).sum())
+    at_hi = int((flat == hi).sum())
+    if lo == hi:  # bf16 task vectors: often one magnitude holds the whole band
+        return Observation(above, at_hi, 0, flat.new_empty(0, device="cpu"))
+    at_lo = int((flat == lo).sum())
+    inner = flat[(flat > lo) & (flat < hi)].to("cpu", copy=True)
+    return Observation(above, at_hi, at_lo, inner)
+
+
+@dataclass
+class Cut:
+    """The trim of one (tensor, model): keep |δ| > value, plus ``keep[b]`` of block b's entries == value
+    (of ``equal[b]``); ``kept`` entries in all."""
+
+    value: float
+    keep: list[int]
+    equal: list[int]
+    kept: int
+
+
+@dataclass
+class TrimState:
+    """Statistics of one (tensor, model) in progress."""
+
+    k: int
+    numel: int
+    lo: float
+    hi: float
+    tries: int = 0
+    result: Cut | None = field(default=None)
+
+
+def resolve(state: TrimState, observations: list[Observation]) -> bool:
+    """Fix ``state.result`` from the blocks' observations (flat order). False: observe again (new band)."""
+    k = state.k
+    blocks = len(observations)
+    if k <= 0:
+        state.result = Cut(_INF, [0] * blocks, [0] * blocks, 0)
+        return True
+    above = sum(o.above for o in observations)
+    at_hi = sum(o.at_hi for o in observations)
+    at_lo = sum(o.at_lo for o in observations) if state.lo != state.hi else 0
+    inner = torch.cat([o.inner for o in observations]) if observations else torch.empty(0)
+    everything = state.lo <= 0.0 and state.hi == _INF
+    need = k - above  # the answer is the need-th largest of: at_hi × hi, the inner values, at_lo × lo
+    if not 1 <= need <= at_hi + inner.numel() + at_lo and not everything:
+        state.tries += 1
+        if state.tries >= 2:
+            state.lo, state.hi = 0.0, _INF
+        elif need < 1:
+            state.lo, state.hi = state.hi, _INF
+        else:
+            state.lo, state.hi = 0.0, state.lo
+        return False
+    if need <= at_hi:
+        cut = state.hi
+        equal = [o.at_hi for o in observations]
+        greater = above
+    elif need <= at_hi + inner.numel():
+        cut = float(torch.kthvalue(inner, inner.numel() - (need - at_hi) + 1).values)
+        equal = [int((o.inner == cut).sum()) for o in observations]
+        greater = above + at_hi + int((inner > cut).sum())
+    elif need <= at_hi + inner.numel() + at_lo:
+        cut = state.lo
+        equal = [o.at_lo for o in observations]
+        greater = above + at_hi + inner.numel()
+    else:  # every magnitude, and fewer non-NaN ones than k: keep them all (NaN shows in the output)
+        cut = -_INF
+        equal = [0] * blocks
+        greater = inner.numel()
+    ties = max(0, k - greater)
+    keep = []
+    for count in equal:
+        take = min(ties, count)
+        keep.append(take)
+        ties -= take
+    state.result = Cut(cut, keep, equal, greater + sum(keep))
+    return True
+
+
+def block_mask(magnitudes: torch.Tensor, cut: Cut, block: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask of the kept entries of row block ``block`` (``magnitudes`` = its |δ|)."""
+    keep, equal = cut.keep[block], cut.equal[block]
+    if keep == equal:
+        return torch.ge(magnitudes, cut.value, out=out)
+    if keep == 0:
+        return torch.gt(magnitudes, cut.value, out=out)
+    at = magnitudes == cut.value
+    flat = at.reshape(-1)
+    flat &= torch.cumsum(flat, dim=0) <= keep
+    return torch.gt(magnitudes, cut.value, out=out).logical_or_(at)
