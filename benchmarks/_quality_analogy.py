@@ -20,10 +20,10 @@ from typing import Any
 
 from _quality_data import ANALOGY_SETS, analogy_splits
 from _quality_params import QualityParams, only_tasks, with_finetune
-from _quality_steps import call_stage, evaluate, merge_and_evaluate, merge_variant, prune, variant, write_dataset
+from _quality_steps import (
+    block, decide, evaluate, extract_vector, finetune, merge_and_evaluate, release, variant, write_dataset,
+)
 from mergeline.data.common import Sizes
-from tasks import finetune as finetune_tasks
-from tasks._stage import RunHandle
 
 TARGET = "analogy-sent-other"
 SOURCE = "analogy-sent-air"
@@ -37,7 +37,7 @@ def _config(base: dict[str, Any], vectors: dict[str, dict[str, Any]], weights: d
             "parameters": {"lambda": lam}}
 
 
-def run_analogy(params: dict[str, Any], quality: QualityParams, run: RunHandle, records: dict[str, Any]
+def run_analogy(params: dict[str, Any], quality: QualityParams, run: Any, records: dict[str, Any]
                 ) -> dict[str, Any]:
     q = quality.analogy
     root, work, base = Path(run.root), params["work_dir"], records["base"]
@@ -48,9 +48,9 @@ def run_analogy(params: dict[str, Any], quality: QualityParams, run: RunHandle, 
     ft_params = with_finetune(params, q.finetune, "quality.analogy")
     vectors = {}
     for name in ANALOGY_SETS:
-        ck = call_stage(finetune_tasks.finetune, [f"{work}/checkpoints/{name}"], run, ft_params, name, "full", base,
-                        data)
-        vectors[name] = call_stage(finetune_tasks.extract_vector, [f"{work}/vectors/{name}"], run, ft_params, base, ck)
+        ck = finetune(ft_params, run, name, "full", base, data)
+        vectors[name] = extract_vector(ft_params, run, base, ck)
+        release(run, ck, vectors[name])  # only its vector is used
 
     sub = only_tasks(params, [TARGET])
     candidates: dict[str, list[tuple[dict[str, Any], dict[str, float]]]] = {
@@ -72,12 +72,13 @@ def run_analogy(params: dict[str, Any], quality: QualityParams, run: RunHandle, 
             ev = merge_and_evaluate(sub, run, spec, _config(base, vectors, weights, spec["lambda"]), "validation",
                                     data, quality.prune_merged)
             scored.append((ev["metrics"][TARGET], -spec["lambda"], spec["name"], spec, weights))
-        _, _, _, spec, weights = max(scored, key=lambda s: s[:3])
-        merged = merge_variant(sub, run, spec, _config(base, vectors, weights, spec["lambda"]))
-        test = evaluate(sub, run, spec["name"], merged, "test", data)["metrics"]
-        if quality.prune_merged:
-            prune(run, merged)
-        mu = weights.get(LM_B)
-        rows[kind] = {"target": test[TARGET], "control": test[control],
-                      "setting": f"λ={spec['lambda']:g}" + (f", μ={mu:g}" if mu is not None else "")}
+        with block():  # the choice needs every validation point
+            decide()
+            _, _, _, spec, weights = max(scored, key=lambda s: s[:3])
+            test = merge_and_evaluate(sub, run, spec, _config(base, vectors, weights, spec["lambda"]), "test", data,
+                                      quality.prune_merged)
+            decide(test)
+            mu = weights.get(LM_B)
+            rows[kind] = {"target": test["metrics"][TARGET], "control": test["metrics"][control],
+                          "setting": f"λ={spec['lambda']:g}" + (f", μ={mu:g}" if mu is not None else "")}
     return {"rows": rows, "chance": 1.0 / 3.0}

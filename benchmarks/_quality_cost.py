@@ -12,7 +12,8 @@ deleted afterwards; nothing the pipeline cached is touched.
                  layer similarities are the merge's statistics pass, so they count as merge time)
     merge        the chosen variant of the method (``merge``)
 
-``inner s`` is the stage's own timing (no interpreter start-up); ``wall s`` is the whole process.
+``inner s`` is the stage's own timing (no interpreter start-up); ``wall s`` is the whole process;
+``peak GPU GB`` is ``torch.cuda.max_memory_allocated`` in that process (on a CUDA device).
 """
 
 from __future__ import annotations
@@ -51,7 +52,14 @@ def _child(spec_file: str) -> None:
             compute_importance(ctx, task, spec["base"], checkpoint, vector, spec["data"])
     else:
         _talos_masks(ctx, spec)
-    print(MARK + json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+    seconds = time.perf_counter() - start
+    peak = None
+    if str(spec["device"]).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / GB
+    print(MARK + json.dumps({"seconds": seconds, "cuda_peak_gb": peak}), flush=True)
 
 
 def _talos_masks(ctx: Any, spec: dict[str, Any]) -> None:
@@ -74,13 +82,14 @@ def _measure(spec: dict[str, Any], scratch: Path) -> dict[str, float | str | Non
     spec_file.write_text(json.dumps(dict(spec, scratch=str(scratch / "work")), default=str))
     log = scratch.parent / f"{scratch.name}.log"
     measured = run_measured([sys.executable, str(Path(__file__).resolve()), str(spec_file)], log)
-    inner = None
+    inner = peak = None
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith(MARK):
-            inner = json.loads(line[len(MARK):])["seconds"]
+            mark = json.loads(line[len(MARK):])
+            inner, peak = mark["seconds"], mark.get("cuda_peak_gb")
     shutil.rmtree(scratch, ignore_errors=True)
     return {"wall_s": measured.seconds, "inner_s": inner, "peak_rss_gb": measured.max_rss / GB,
-            "error": measured.error}
+            "peak_gpu_gb": peak, "error": measured.error}
 
 
 def measure_costs(params: dict[str, Any], run: Any, records: dict[str, Any], out: Path,

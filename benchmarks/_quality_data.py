@@ -18,6 +18,7 @@ no sentiment label.
 from __future__ import annotations
 
 import csv
+import functools
 import random
 import re
 from collections.abc import Iterator
@@ -66,6 +67,7 @@ def _instruct_record(row: int, text: str, rng: random.Random) -> dict:
             "choices": choices, "label": choices.index(f" {answer}")}
 
 
+@functools.lru_cache(maxsize=8)  # --direct re-runs the experiments' code many times
 def instruct_splits(sizes: Sizes, seed: int) -> dict[str, list[dict]]:
     """The instruction-format set: ``{train, validation, test}`` records."""
     rng = task_rng("quality-instruct", seed)
@@ -75,6 +77,7 @@ def instruct_splits(sizes: Sizes, seed: int) -> dict[str, list[dict]]:
     return sequential_splits([_instruct_record(row, text, rng) for row, text in picked], sizes)
 
 
+@functools.lru_cache(maxsize=8)
 def analogy_splits(sizes: Sizes, seed: int) -> dict[str, dict[str, list[dict]]]:
     """The four analogy sets (``ANALOGY_SETS``): sentiment sets get every split, LM sets train + validation."""
     rng = task_rng("quality-analogy", seed)

@@ -7,7 +7,7 @@ model, θ_inst = θ_base fine-tuned on a generic instruction-format set (``_qual
 experts = θ_inst fine-tuned on each task. ι = θ_inst − θ_base is therefore a small formatting
 vector, not a real instruction-tuning vector, which LATA's layer similarities then measure.
 
-Stages, all through the pipeline's Prefect tasks: fine-tune ``instruct`` from the base, fine-tune
+Stages, all through ``_quality_steps`` (the pipeline's Prefect tasks, or ``--direct``): fine-tune ``instruct`` from the base, fine-tune
 ``<task>-lata`` from θ_inst, extract τ_t = θ_t − θ_inst, merge ``lata`` onto θ_inst with
 ``pretrained_model`` = θ_base for every (options, λ), evaluate. Normalized accuracy divides by the
 experts' single-task accuracy; control drift is against the original base, like every other row.
@@ -23,12 +23,11 @@ from typing import Any
 from _quality_data import instruct_splits
 from _quality_params import QualityParams, with_finetune
 from _quality_steps import (
-    call_stage, context, evaluate, merge_and_evaluate, merge_variant, own_accuracies, prune, variant, write_dataset,
+    block, context, decide, evaluate, extract_vector, finetune, merge_and_evaluate, own_accuracies, release, variant,
+    write_dataset,
 )
 from mergeline.data.common import Sizes
 from mergeline.stages.evaluate import select_best, summarize
-from tasks import finetune as finetune_tasks
-from tasks._stage import RunHandle
 
 INSTRUCT = "instruct"
 
@@ -38,8 +37,12 @@ def _name(options: dict[str, Any], lam: float) -> str:
     return f"lata_{options.get('scheme', 'threshold')}" + (f"_{detail}" if detail else "") + f"_l{lam:g}"
 
 
-def run_lata(params: dict[str, Any], quality: QualityParams, run: RunHandle, records: dict[str, Any]) -> dict[str, Any]:
-    """Build θ_inst and the experts, sweep LATA on validation, report the best variant on test."""
+def run_lata(params: dict[str, Any], quality: QualityParams, run: Any, records: dict[str, Any]
+             ) -> dict[str, Any] | None:
+    """Build θ_inst and the experts, sweep LATA on validation, report the best variant on test.
+
+    ``None`` only while the direct backend still has steps to compute (see ``_quality_steps.block``).
+    """
     q = quality.lata
     root, work, ctx = Path(run.root), params["work_dir"], context(params, run)
     tasks, base = params["tasks"], records["base"]
@@ -49,17 +52,15 @@ def run_lata(params: dict[str, Any], quality: QualityParams, run: RunHandle, rec
     data["tasks"][INSTRUCT] = write_dataset(root, params["data_dir"], INSTRUCT,
                                             instruct_splits(sizes, params["data"]["seed"]))
     inst_params = with_finetune(params, q.instruct.finetune, "quality.lata.instruct")
-    inst = call_stage(finetune_tasks.finetune, [f"{work}/checkpoints/{INSTRUCT}"], run, inst_params, INSTRUCT,
-                      "full", base, data)
-    experts = {t: call_stage(finetune_tasks.finetune, [f"{work}/checkpoints/{t}-lata"], run, params, t, "lata",
-                             inst, data) for t in tasks}
-    vectors = {t: call_stage(finetune_tasks.extract_vector, [f"{work}/vectors/{t}-lata"], run, params, inst, ck)
-               for t, ck in experts.items()}
+    inst = finetune(inst_params, run, INSTRUCT, "full", base, data)
+    experts = {t: finetune(params, run, t, "lata", inst, data) for t in tasks}
+    vectors = {t: extract_vector(params, run, inst, ck) for t, ck in experts.items()}
 
     reference = {INSTRUCT: {s: evaluate(params, run, INSTRUCT, inst, s, data) for s in ("validation", "test")}}
     for t, ck in experts.items():
         reference[f"single-{t}-lata"] = {s: evaluate(params, run, f"single-{t}-lata", ck, s, data)
                                          for s in ("validation", "test")}
+        release(run, ck, vectors[t], reference[f"single-{t}-lata"])  # θ_inst stays: it is LATA's base
     base_eval = records["reference"]["base"]
 
     def row(evaluation: dict[str, Any], split: str) -> dict[str, float]:
@@ -78,13 +79,21 @@ def run_lata(params: dict[str, Any], quality: QualityParams, run: RunHandle, rec
         specs[spec["name"]], configs[spec["name"]] = spec, config
         validation[spec["name"]] = merge_and_evaluate(params, run, spec, config, "validation", data,
                                                       quality.prune_merged)
-    rows = {name: row(ev, "validation") for name, ev in validation.items()}
-    best = select_best(rows, specs)["best_per_method"]["lata"]
-    merged = merge_variant(params, run, specs[best], configs[best])
-    test = row(evaluate(params, run, best, merged, "test", data), "test")
-    report = (merged.get("report") or {}).get("method") or {}  # the merge method's own report
-    if quality.prune_merged:
-        prune(run, merged)
+    result = None
+    with block():
+        decide(reference)
+        rows = {name: row(ev, "validation") for name, ev in validation.items()}
+        best = select_best(rows, specs)["best_per_method"]["lata"]
+        scored = merge_and_evaluate(params, run, specs[best], configs[best], "test", data, quality.prune_merged)
+        decide(scored)
+        result = _result(best, specs, configs, rows, row(scored, "test"), scored, reference, inst, tasks, params)
+    return result
+
+
+def _result(best: str, specs: dict[str, Any], configs: dict[str, Any], rows: dict[str, Any], test: dict[str, Any],
+            scored: dict[str, Any], reference: dict[str, Any], inst: dict[str, Any], tasks: list[str],
+            params: dict[str, Any]) -> dict[str, Any]:
+    report = (scored["merge"].get("report") or {}).get("method") or {}  # the merge method's own report
     weights = report.get("layer_weights") or {}
     return {
         "variant": best, "lambda": specs[best]["lambda"], "options": specs[best]["options"],

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from _quality_params import QualityParams, only_tasks
-from _quality_steps import chance, context, evaluate, merge_and_evaluate, merge_variant, prune, variant
+from _quality_steps import block, chance, context, decide, merge_and_evaluate, variant
 from mergeline.stages.merge import _SHORT, merge_config
-from tasks._stage import RunHandle
 
 
-def negation_config(params: dict[str, Any], run: RunHandle, spec: dict[str, Any], records: dict[str, Any]
+def negation_config(params: dict[str, Any], run: Any, spec: dict[str, Any], records: dict[str, Any]
                     ) -> dict[str, Any]:
     """The pipeline's merge config of ``spec`` over the single task of ``params``, with weight −1."""
     config = merge_config(context(params, run), spec, records["base"], records["vectors"], records["importance"])
@@ -38,7 +37,7 @@ def pick(points: list[dict[str, Any]], control_floor: float) -> tuple[dict[str, 
     return min(ok, key=lambda p: (p["target"], abs(p["lambda"]), p["name"])), True
 
 
-def run_negation(params: dict[str, Any], quality: QualityParams, run: RunHandle, records: dict[str, Any]
+def run_negation(params: dict[str, Any], quality: QualityParams, run: Any, records: dict[str, Any]
                  ) -> dict[str, Any]:
     """Per task and method: the validation sweep, the chosen λ and its test target/control accuracy."""
     q = quality.negation
@@ -64,15 +63,17 @@ def run_negation(params: dict[str, Any], quality: QualityParams, run: RunHandle,
                                         data, quality.prune_merged)
                 points.append({"name": name, "lambda": lam, "density": density,
                                "target": ev["metrics"][task], "control": ev["metrics"][control]})
-            chosen, met = pick(points, floor)
-            spec = specs[chosen["name"]]
-            merged = merge_variant(sub, run, spec, negation_config(sub, run, spec, records))
-            test = evaluate(sub, run, spec["name"], merged, "test", data)["metrics"]
-            if quality.prune_merged:
-                prune(run, merged)
-            entry["methods"][method] = {
-                "variant": chosen["name"], "lambda": chosen["lambda"], "density": chosen["density"],
-                "control_rule_met": met, "target": test[task], "control": test[control], "sweep": points,
-            }
+            with block():  # the choice needs every point (and the base's control accuracy)
+                decide(base["validation"])
+                chosen, met = pick(points, floor)
+                spec = specs[chosen["name"]]
+                test = merge_and_evaluate(sub, run, spec, negation_config(sub, run, spec, records), "test", data,
+                                          quality.prune_merged)
+                decide(test)
+                entry["methods"][method] = {
+                    "variant": chosen["name"], "lambda": chosen["lambda"], "density": chosen["density"],
+                    "control_rule_met": met, "target": test["metrics"][task], "control": test["metrics"][control],
+                    "sweep": points,
+                }
         out[task] = entry
     return out

@@ -1,33 +1,110 @@
-"""Steps the quality experiments share: merge-then-evaluate one variant through the pipeline's Prefect
-tasks (same caching, same MLflow nesting), extra datasets in the pipeline's data-record shape, chance.
+"""Steps the quality experiments share, behind one of two backends, plus extra datasets and chance.
 
-Every merge and evaluation goes through ``tasks.merge.merge_variant`` and ``tasks.evaluate.evaluate``,
-so an unchanged re-run is a cache hit. With ``prune`` a merged model is deleted once evaluated; a
-later re-run then merges it again (the cache is refreshed when its output is gone).
+Backends (``use_backend``; the experiments call only the functions of this module):
+
+``PipelineBackend`` (default, ``quality.py`` without ``--direct``): every fine-tune, vector, merge and
+evaluation is the pipeline's Prefect task (``tasks.*``, run through ``flows.pipeline._call``), so
+the same caching and MLflow nesting as ``mergeline run``; an unchanged re-run is a cache hit.
+
+``DirectBackend`` (``_quality_direct``, ``quality.py --direct``): the same library stage functions
+(``mergeline.stages.*``) without Prefect or MLflow, executed in parallel worker processes by a
+planner that re-runs the experiments' code until every step is computed. Steps whose results are
+not computed yet return *pending* placeholders; ``block``/``decide`` keep a choice (the best λ, the
+negation point) from ever being made on a placeholder.
+
+With ``prune`` a merged model is deleted once evaluated; a later re-run then merges it again (the
+pipeline cache is refreshed when its output is gone). ``release`` deletes a checkpoint folder
+once the steps that read it are done (direct backend only: the pipeline backend keeps its cache).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flows.pipeline import _call as call_stage
 from mergeline.data.records import dump_records, load_records
 from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import sha256_file
 from mergeline.params import ExperimentParams
 from mergeline.stages.common import StageContext, rel
-from tasks import evaluate as evaluate_tasks
-from tasks import merge as merge_tasks
-from tasks._stage import RunHandle
 
-__all__ = ["call_stage", "context", "merge_variant", "evaluate", "merge_and_evaluate", "prune", "write_dataset",
+__all__ = ["use_backend", "backend", "context", "finetune", "extract_vector", "merge_variant", "evaluate",
+           "merge_and_evaluate", "prune", "release", "block", "decide", "Pending", "is_pending", "write_dataset",
            "chance", "variant", "own_accuracies"]
 
 
-def context(params: dict[str, Any], run: RunHandle) -> StageContext:
+class Pending(Exception):
+    """Raised by ``decide`` (direct backend) when a choice would rest on results not computed yet."""
+
+
+class PipelineBackend:
+    """The pipeline's Prefect tasks (cached by input hash, one nested MLflow run per stage)."""
+
+    name = "pipeline"
+
+    def finetune(self, params: dict[str, Any], run: Any, task: str, mode: str, base: dict[str, Any],
+                 data: dict[str, Any], output: str) -> dict[str, Any]:
+        from flows.pipeline import _call
+        from tasks import finetune as finetune_tasks
+
+        return _call(finetune_tasks.finetune, [output], run, params, task, mode, base, data)
+
+    def extract_vector(self, params: dict[str, Any], run: Any, base: dict[str, Any], checkpoint: dict[str, Any],
+                       output: str) -> dict[str, Any]:
+        from flows.pipeline import _call
+        from tasks import finetune as finetune_tasks
+
+        return _call(finetune_tasks.extract_vector, [output], run, params, base, checkpoint)
+
+    def merge_variant(self, params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any]
+                      ) -> dict[str, Any]:
+        from flows.pipeline import _call
+        from tasks import merge as merge_tasks
+
+        out = f"{params['work_dir']}/merged/{spec['name']}"
+        return _call(merge_tasks.merge_variant, [out], run, params, spec, config)
+
+    def evaluate(self, params: dict[str, Any], run: Any, name: str, model: dict[str, Any], split: str,
+                 data: dict[str, Any]) -> dict[str, Any]:
+        from tasks import evaluate as evaluate_tasks
+
+        return evaluate_tasks.evaluate(params, name, model, split, data, run=run)
+
+    def merge_and_evaluate(self, params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any],
+                           split: str, data: dict[str, Any], prune_after: bool) -> dict[str, Any]:
+        merged = self.merge_variant(params, run, spec, config)
+        evaluation = dict(self.evaluate(params, run, spec["name"], merged, split, data))
+        evaluation["merge"] = {"seconds": merged.get("seconds"), "report": merged.get("report") or {}}
+        if prune_after:
+            prune(run, merged)
+        return evaluation
+
+    def release(self, run: Any, record: dict[str, Any], *readers: Any) -> None:
+        """Kept: the Prefect cache of the stages that read it would otherwise re-run them."""
+
+    def pending_seen(self) -> int:
+        return 0
+
+
+_BACKEND: Any = PipelineBackend()
+
+
+def use_backend(new: Any) -> Any:
+    """Make ``new`` the backend of every step; returns the previous one."""
+    global _BACKEND
+    old, _BACKEND = _BACKEND, new
+    return old
+
+
+def backend() -> Any:
+    return _BACKEND
+
+
+def context(params: dict[str, Any], run: Any) -> StageContext:
     return StageContext(ExperimentParams.model_validate(params), Path(run.root), run.device)
 
 
@@ -37,47 +114,100 @@ def variant(name: str, method: str, lam: float, density: float | None = None,
     return {"name": name, "method": method, "lambda": lam, "density": density, "options": dict(options or {})}
 
 
-def merge_variant(params: dict[str, Any], run: RunHandle, spec: dict[str, Any], config: dict[str, Any]
+def finetune(params: dict[str, Any], run: Any, task: str, mode: str, base: dict[str, Any], data: dict[str, Any]
+             ) -> dict[str, Any]:
+    """Stage ``fine-tune`` of ``task`` from the model ``base`` (output ``checkpoints/<task>[-<mode>]``)."""
+    from mergeline.stages.train import checkpoint_name
+
+    output = f"{params['work_dir']}/checkpoints/{checkpoint_name(task, mode)}"
+    return _BACKEND.finetune(params, run, task, mode, base, data, output)
+
+
+def extract_vector(params: dict[str, Any], run: Any, base: dict[str, Any], checkpoint: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """Stage ``extract-vector``: τ = checkpoint − base (output ``vectors/<task>[-<mode>]``)."""
+    from mergeline.stages.train import checkpoint_name
+
+    output = f"{params['work_dir']}/vectors/{checkpoint_name(checkpoint['task'], checkpoint['mode'])}"
+    return _BACKEND.extract_vector(params, run, base, checkpoint, output)
+
+
+def merge_variant(params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any]
                   ) -> dict[str, Any]:
-    out = f"{params['work_dir']}/merged/{spec['name']}"
-    return call_stage(merge_tasks.merge_variant, [out], run, params, spec, config)
+    return _BACKEND.merge_variant(params, run, spec, config)
 
 
-def evaluate(params: dict[str, Any], run: RunHandle, name: str, model: dict[str, Any], split: str,
+def evaluate(params: dict[str, Any], run: Any, name: str, model: dict[str, Any], split: str,
              data: dict[str, Any]) -> dict[str, Any]:
     """Accuracy of ``model`` on ``split`` of ``params['tasks']`` and the control set."""
-    return evaluate_tasks.evaluate(params, name, model, split, data, run=run)
+    return _BACKEND.evaluate(params, run, name, model, split, data)
 
 
-def merge_and_evaluate(params: dict[str, Any], run: RunHandle, spec: dict[str, Any], config: dict[str, Any],
+def merge_and_evaluate(params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any],
                        split: str, data: dict[str, Any], prune_after: bool) -> dict[str, Any]:
-    """Merge ``spec`` and score it on ``split``; returns the evaluation record (plus the merge report)."""
-    merged = merge_variant(params, run, spec, config)
-    evaluation = dict(evaluate(params, run, spec["name"], merged, split, data))
-    evaluation["merge"] = {"seconds": merged.get("seconds"), "report": merged.get("report") or {}}
-    if prune_after:
-        prune(run, merged)
-    return evaluation
+    """Merge ``spec`` and score it on ``split``; returns the evaluation record plus ``merge`` (seconds, report)."""
+    return _BACKEND.merge_and_evaluate(params, run, spec, config, split, data, prune_after)
 
 
-def prune(run: RunHandle, record: dict[str, Any]) -> None:
+def prune(run: Any, record: dict[str, Any]) -> None:
     """Delete a merged model folder (only ever one under a work_dir's ``merged/``)."""
     path = Path(run.root) / record["path"]
     if path.parent.name == "merged" and path.is_dir():
         shutil.rmtree(path)
 
 
+def release(run: Any, record: dict[str, Any], *readers: Any) -> None:
+    """Delete the checkpoint folder of ``record`` once every record in ``readers`` is computed (direct only)."""
+    _BACKEND.release(run, record, *readers)
+
+
+def is_pending(obj: Any) -> bool:
+    """True when ``obj`` holds a placeholder of the direct backend (its paths start with ``PENDING``)."""
+    return "PENDING" in json.dumps(obj, default=str)
+
+
+@contextmanager
+def block() -> Iterator[None]:
+    """A stretch of experiment code that ends in a choice; skipped (direct backend) while its inputs are pending.
+
+    With the pipeline backend every step returns real results and this does nothing.
+    """
+    start = _BACKEND.pending_seen()
+    mark = getattr(_BACKEND, "open_block", None)
+    token = mark(start) if mark else None
+    try:
+        yield
+    except Pending:
+        pass
+    finally:
+        close = getattr(_BACKEND, "close_block", None)
+        if close:
+            close(token)
+
+
+def decide(*inputs: Any) -> None:
+    """Before a choice: raise ``Pending`` if a step of the enclosing ``block`` or any of ``inputs`` is pending."""
+    check = getattr(_BACKEND, "decide", None)
+    if check is not None:
+        check(*inputs)
+
+
 def write_dataset(root: Path, data_dir: str, name: str, splits: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Write ``data_dir/<name>/<split>.jsonl`` atomically; return the data record entry of that task.
 
     The entry has the shape of ``prepare_data``'s (``{split: {"path", "sha256"}}``), so the pipeline's
-    fine-tune and evaluate stages read it like any packaged task. Files are re-validated on read.
+    fine-tune and evaluate stages read it like any packaged task. Files are re-validated on read. An
+    existing folder with the same files is left alone (the direct backend calls this on every pass).
     """
     folder = root / data_dir / name
-    with atomic_dir(folder) as tmp:
-        for split, records in splits.items():
-            (tmp / f"{split}.jsonl").write_bytes(dump_records(records))
-        (tmp / "meta.json").write_text(json.dumps({"task": name, "counts": {s: len(r) for s, r in splits.items()}}))
+    blobs = {split: dump_records(records) for split, records in splits.items()}
+    same = folder.is_dir() and all((folder / f"{s}.jsonl").is_file() and (folder / f"{s}.jsonl").read_bytes() == b
+                                   for s, b in blobs.items())
+    if not same:
+        with atomic_dir(folder) as tmp:
+            for split, blob in blobs.items():
+                (tmp / f"{split}.jsonl").write_bytes(blob)
+            (tmp / "meta.json").write_text(json.dumps({"task": name, "counts": {s: len(r) for s, r in splits.items()}}))
     entry = {}
     for split in splits:
         path = folder / f"{split}.jsonl"

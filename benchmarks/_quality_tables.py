@@ -134,6 +134,7 @@ def cost_table(results: list[dict[str, Any]]) -> str:
     present = [r["cost"] for r in results if r.get("cost")]
     if not present:
         return "(cost not measured)"
+    gpu = any((e.get("merge") or {}).get("peak_gpu_gb") is not None for c in present for e in c.values())
     body = []
     for method in ORDER:
         entries = [c[method] for c in present if method in c]
@@ -142,11 +143,19 @@ def cost_table(results: list[dict[str, Any]]) -> str:
         imp = [e["importance"] for e in entries if e.get("importance")]
         merge = [e["merge"] for e in entries]
         stage = {"sta": "Taylor importance, all tasks", "talos": "sensitivity masks, all tasks"}.get(method, "none")
-        body.append([LABELS[method], stage, fmt([i["wall_s"] for i in imp]), fmt([i["peak_rss_gb"] for i in imp]),
-                     fmt([m["wall_s"] for m in merge]), fmt([m["inner_s"] for m in merge]),
-                     fmt([m["peak_rss_gb"] for m in merge])])
-    return _table(["method", "importance stage", "importance wall s", "importance peak RSS GB", "merge wall s",
-                   "merge inner s", "merge peak RSS GB"], body)
+        row = [LABELS[method], stage, fmt([i["wall_s"] for i in imp]), fmt([i["peak_rss_gb"] for i in imp]),
+               fmt([m["wall_s"] for m in merge]), fmt([m["inner_s"] for m in merge]),
+               fmt([m["peak_rss_gb"] for m in merge])]
+        if gpu:
+            row[4:4] = [fmt([i.get("peak_gpu_gb") for i in imp])]
+            row.append(fmt([m.get("peak_gpu_gb") for m in merge]))
+        body.append(row + [str(len(entries))])
+    header = ["method", "importance stage", "importance wall s", "importance peak RSS GB", "merge wall s",
+              "merge inner s", "merge peak RSS GB"]
+    if gpu:
+        header[4:4] = ["importance peak GPU GB"]
+        header.append("merge peak GPU GB")
+    return _table(header + ["seeds"], body)
 
 
 def verdicts(results: list[dict[str, Any]]) -> list[str]:

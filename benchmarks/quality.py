@@ -19,6 +19,13 @@ mean ± sample standard deviation over the seeds. Sizes (examples, steps, grids)
 file: ``params/quality.yaml`` (real model, full grids: a GPU run), ``params/quality-cpu.yaml`` (the
 reduced size run on a 2-core CPU), ``params/quality-tiny.yaml`` (tiny random Llama, CI only).
 
+``--direct`` (for a GPU machine without Prefect or MLflow, ``_quality_direct``): the same stage
+library functions without Prefect or MLflow, in ``--workers`` parallel processes on one device; it
+writes the same per-seed JSON (``<out>/seed<N>/quality.json``, copied to ``--export``) and stops
+starting new steps at ``--deadline`` seconds. Afterwards, where MLflow is installed,
+``--report-only`` renders the tables and plots from those JSON files and logs them to the params'
+MLflow experiment (one run per seed and a summary run; ``--no-mlflow`` skips that).
+
 Errors: a bad params file, unknown task or method, missing base model: ``error: <one line>``, exit 2,
 before any heavy work.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -35,11 +43,9 @@ from typing import Any
 from mergeline.commands._pipeline_env import configure_pipeline_env
 from mergeline.env import configure_offline_defaults
 
-# Before Prefect is imported: it reads its settings (server start-up timeout, home) at import time.
+# Before Prefect is imported (only on the pipeline path): it reads its settings at import time.
 configure_offline_defaults()
 configure_pipeline_env(Path.cwd())
-
-from prefect import flow  # noqa: E402
 
 from _quality_params import QualityParams, load_quality, seed_params  # noqa: E402
 from _quality_steps import own_accuracies, prune  # noqa: E402
@@ -160,9 +166,10 @@ def report(results: list[dict[str, Any]], params_file: str, pipeline: dict[str, 
     return "\n".join(head) + "\n\n" + "\n\n".join(body) + "\n"
 
 
-def render_saved(params_file: str, seeds: list[int], out: Path, pipeline: dict[str, Any], quality: QualityParams
-                 ) -> str:
-    """Tables and plots from the per-seed JSON files a (possibly unfinished) run left in ``out``."""
+def render_saved(params_file: str, seeds: list[int], out: Path, pipeline: dict[str, Any], quality: QualityParams,
+                 mlflow_log: bool = False) -> str:
+    """Tables and plots from the per-seed JSON files a (possibly unfinished) run left in ``out``;
+    with ``mlflow_log``, also one MLflow run per seed and a summary run in the params' experiment."""
     from _quality_plots import make_plots
     from mergeline.errors import MergelineError
 
@@ -173,13 +180,83 @@ def render_saved(params_file: str, seeds: list[int], out: Path, pipeline: dict[s
     text = report(results, params_file, pipeline, quality)
     (out / "quality.md").write_text(text)
     (out / "quality.json").write_text(json.dumps(results, indent=1, default=str))
-    make_plots(results, out / "plots")
+    plots = make_plots(results, out / "plots")
+    if mlflow_log:
+        log_saved(results, params_file, pipeline, quality, out, plots)
     return text
 
 
-@flow(name="mergeline-quality", log_prints=True)
-def quality_flow(params_file: str, seeds: list[int], out: str, root: str, only: list[str] | None = None
-                 ) -> dict[str, Any]:
+def result_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of one seed's result, as flat MLflow metric names."""
+    metrics: dict[str, float] = {}
+    for method, entry in result["addition"]["methods"].items():
+        for key in ("norm_acc/mean", "acc/mean", "acc/control"):
+            if key in entry["test"]:
+                metrics[f"addition.{method}.{key.replace('/', '.')}"] = entry["test"][key]
+    if result.get("lata"):
+        metrics["addition.lata.norm_acc.mean"] = result["lata"]["test"]["norm_acc/mean"]
+        metrics["addition.lata.acc.mean"] = result["lata"]["test"]["acc/mean"]
+    for task, entry in (result.get("negation") or {}).items():
+        for method, chosen in entry["methods"].items():
+            metrics[f"negation.{task}.{method}.target"] = chosen["target"]
+            metrics[f"negation.{task}.{method}.control"] = chosen["control"]
+            metrics[f"negation.{task}.{method}.lambda"] = chosen["lambda"]
+    for row, entry in ((result.get("analogy") or {}).get("rows") or {}).items():
+        metrics[f"analogy.{row}.target"] = entry["target"]
+    for method, entry in (result.get("cost") or {}).items():
+        metrics[f"cost.{method}.merge_wall_s"] = entry["merge"]["wall_s"]
+        if entry.get("importance"):
+            metrics[f"cost.{method}.importance_wall_s"] = entry["importance"]["wall_s"]
+    return metrics
+
+
+def log_saved(results: list[dict[str, Any]], params_file: str, pipeline: dict[str, Any], quality: QualityParams,
+              out: Path, plots: list[Path]) -> None:
+    """Log saved results to MLflow: a run ``quality:seed<N>`` per seed (params, metrics, its JSON) and a run
+    ``quality:summary`` (tables, all results, plots), all in the params' experiment."""
+    import mlflow
+
+    from flows.experiment_run import git_commit
+    from mergeline.tracking import configure_tracking, log_params_flat
+
+    configure_tracking(experiment=pipeline["experiment"])
+    commit, dirty = git_commit(Path.cwd())
+    tags = {"mergeline.benchmark": "quality", "mergeline.params_file": params_file,
+            "mergeline.logged_from": "report-only", "mergeline.git_commit": commit,
+            "mergeline.git_dirty": str(dirty)}
+    out_arg = str(out)
+    for result in results:
+        seed = result["seed"]
+        with mlflow.start_run(run_name=f"quality:seed{seed}"):
+            mlflow.set_tags(dict(tags, **{"mergeline.seed": str(seed),
+                                          "mergeline.backend": result.get("backend", "pipeline")}))
+            log_params_flat(seed_params(pipeline, quality, seed, out_arg))
+            mlflow.log_metrics(result_metrics(result))
+            mlflow.log_artifact(str(out / f"seed{seed}" / "quality.json"))
+    with mlflow.start_run(run_name="quality:summary"):
+        mlflow.set_tags(dict(tags, **{"mergeline.seeds": " ".join(str(r["seed"]) for r in results)}))
+        mlflow.log_artifact(str(out / "quality.md"))
+        mlflow.log_artifact(str(out / "quality.json"))
+        for plot in plots:
+            mlflow.log_artifact(str(plot), artifact_path="plots")
+        for r in results:
+            mlflow.log_metrics({k: v for k, v in result_metrics(r).items() if k.startswith("addition.")}, step=r["seed"])
+
+
+def quality_flow(**kwargs: Any) -> dict[str, Any]:
+    """``_quality_flow`` as a Prefect flow run (Prefect is imported here, not by ``--direct``)."""
+    from prefect import flow
+
+    return flow(name="mergeline-quality", log_prints=True)(_quality_flow)(**kwargs)
+
+
+def _restrict(quality: QualityParams, only: list[str] | None) -> None:
+    for extra in EXTRAS if only is not None else ():
+        getattr(quality, extra).enabled = getattr(quality, extra).enabled and extra in only
+
+
+def _quality_flow(params_file: str, seeds: list[int], out: str, root: str, only: list[str] | None = None
+                  ) -> dict[str, Any]:
     """Every seed through the pipeline, then the tables, plots and the MLflow summary run.
 
     ``only``: run addition plus just these of ``EXTRAS`` (the rest are reported as not run).
@@ -190,8 +267,7 @@ def quality_flow(params_file: str, seeds: list[int], out: str, root: str, only: 
     from mergeline.tracking import configure_tracking
 
     pipeline, quality = load_quality(params_file)
-    for extra in EXTRAS if only is not None else ():
-        getattr(quality, extra).enabled = getattr(quality, extra).enabled and extra in only
+    _restrict(quality, only)
     root_path, out_path = Path(root), Path(out)
     configure_tracking(experiment=pipeline["experiment"])
     results = [run_seed(seed_params(pipeline, quality, seed, out), quality, seed, root_path, out_path) for seed in seeds]
@@ -220,7 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=EXTRAS, default=None,
                         help="addition plus only these experiments (cached stages are reused by a later full run)")
     parser.add_argument("--report-only", action="store_true",
-                        help="only re-render the tables and plots from <out>/seed<N>/quality.json (runs nothing)")
+                        help="only re-render the tables and plots from <out>/seed<N>/quality.json (runs nothing) "
+                             "and log them to MLflow")
+    parser.add_argument("--no-mlflow", action="store_true", help="with --report-only: do not log to MLflow")
+    parser.add_argument("--direct", action="store_true",
+                        help="no Prefect/MLflow: stage library functions on a pool of worker processes")
+    parser.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)),
+                        help="--direct: parallel worker processes")
+    parser.add_argument("--threads", type=int, default=1, help="--direct: torch CPU threads per worker")
+    parser.add_argument("--deadline", type=float, default=float("inf"),
+                        help="--direct: start no step after this many seconds; cost only in the time left")
+    parser.add_argument("--export", help="--direct: also copy each seed's JSON and the step timings here")
     args = parser.parse_args(argv)
 
     from mergeline.errors import MergelineError
@@ -242,14 +328,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.report_only:
         try:
-            print(render_saved(args.params, args.seeds, out, pipeline, quality), flush=True)
+            print(render_saved(args.params, args.seeds, out, pipeline, quality, not args.no_mlflow), flush=True)
         except MergelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
     out.mkdir(parents=True, exist_ok=True)
+    if args.direct:
+        return run_direct_mode(args, pipeline, quality, out, out_arg, root)
     result = quality_flow(params_file=args.params, seeds=args.seeds, out=out_arg, root=str(root), only=args.only)
     print(result["report"], flush=True)  # plain stdout, not through the Prefect logger
+    return 0
+
+
+def run_direct_mode(args: argparse.Namespace, pipeline: dict[str, Any], quality: QualityParams, out: Path,
+                    out_arg: str, root: Path) -> int:
+    """``--direct``: every seed on the worker pool; prints the tables of the seeds that finished."""
+    from _quality_direct import run_direct
+
+    _restrict(quality, args.only)
+    export = Path(args.export).resolve() if args.export else None
+    results = run_direct(pipeline, quality, args.seeds, out, out_arg, root, seed_params=seed_params,
+                         addition_result=addition_result, stage_seconds=stage_seconds, workers=args.workers,
+                         threads=args.threads, deadline=args.deadline, export=export,
+                         log=lambda line: print(line, flush=True))
+    if not results:
+        print("error: no seed finished its addition experiment (see the log above)", file=sys.stderr)
+        return 1
+    print(render_saved(args.params, [r["seed"] for r in results], out, pipeline, quality), flush=True)
     return 0
 
 
