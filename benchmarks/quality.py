@@ -40,8 +40,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mergeline.commands._pipeline_env import configure_pipeline_env
-from mergeline.env import configure_offline_defaults
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the checkout's mergeline/flows/tasks, also where the package is not installed
+    sys.path.insert(1, str(ROOT))
+
+from mergeline.commands._pipeline_env import configure_pipeline_env  # noqa: E402
+from mergeline.env import configure_offline_defaults  # noqa: E402
 
 # Before Prefect is imported (only on the pipeline path): it reads its settings at import time.
 configure_offline_defaults()
