@@ -7,8 +7,8 @@
 Runs the library functions the pipeline's Prefect tasks wrap, in the order of
 ``flows.pipeline.run_stages``: prepare-data, import-base, fine-tune (full and TaLoS per task),
 extract-vector, compute-importance (STA) and the vector diagnostics, merge (every planned variant),
-evaluate (lm-eval: base and single-task models on validation and test, merged variants on
-validation, the best variant per method on test). Outputs go to a fresh ``--root`` folder
+evaluate (lm-eval, with the pipeline's own plan ``mergeline.stages.evaluate.evaluate_experiment``: the
+base and the single-task models, every merged variant on validation, each method's best on test). Outputs go to a fresh ``--root`` folder
 (deleted and rebuilt on each run; a folder this script did not make is refused), so every stage
 computes instead of hitting a cache. On CUDA, fine-tune uses the stage's bf16 autocast when the GPU
 supports it; the CUDA context is started by the environment probe before the clock runs, so no
@@ -108,7 +108,7 @@ def logprob_evaluate(ctx: Any, name: str, model_path: str, split: str, data: dic
 
 def run(ctx: Any, clock: Clock, evaluate: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """The stages of ``flows.pipeline.run_stages`` in the same order, each call timed."""
-    from mergeline.stages.evaluate import select_best, summarize
+    from mergeline.stages.evaluate import evaluate_experiment
     from mergeline.stages.importance import compute_importance, vector_diagnostics
     from mergeline.stages.merge import merge_config, merge_variant, plan_variants
     from mergeline.stages.prepare import import_base, prepare_data
@@ -149,32 +149,19 @@ def run(ctx: Any, clock: Clock, evaluate: Callable[..., dict[str, Any]]) -> dict
         with clock("merge", name):
             merged[name] = merge_variant(ctx, variant, merge_config(ctx, variant, base, vectors, importance))
 
-    def ev(name: str, model: dict[str, Any], split: str) -> dict[str, Any]:
+    def ev(name: str, model: dict[str, Any], split: str, sets: list[str]) -> dict[str, Any]:
         with clock(f"evaluate[{split}]", name):
-            return evaluate(ctx, name, model["path"], split, data)
+            return evaluate(ctx, name, model["path"], split, data, sets)
 
+    # the pipeline's own evaluation plan (which models on which splits and sets), not a copy of it
+    outcome = evaluate_experiment(ctx, base, checkpoints, merged, variants, ev)
+    reference, selection = outcome["reference"], outcome["selection"]
     splits = ("validation", "test")
-    reference = {"base": {s: ev("base", base, s) for s in splits}}
-    for key, ck in checkpoints.items():
-        label = f"single-{key.replace(':', '-')}"
-        reference[label] = {s: ev(label, ck, s) for s in splits}
-    validation = {name: ev(name, rec, "validation") for name, rec in merged.items()}
-
-    def rows_for(evals: dict[str, dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
-        rows = {}
-        for name, evaluation in evals.items():
-            mode = "talos" if variants[name]["method"] == "talos" else "full"
-            singles = {t: reference[f"single-{t}-{mode}"][split] for t in p.tasks}
-            rows[name] = summarize(ctx, evaluation, reference["base"][split], singles)
-        return rows
-
-    selection = select_best(rows_for(validation, "validation"), variants)
-    test = {name: ev(name, merged[name], "test") for name in selection["ranking"]}
     return {
         "n_variants": len(variants),
         "selection": selection,
         "base_metrics": {s: reference["base"][s]["metrics"] for s in splits},
-        "test_rows": rows_for(test, "test"),
+        "test_rows": outcome["test_rows"],
         "finetune_dtype": sorted({str(ck["meta"]["finetune"].get("dtype", "float32")) for ck in checkpoints.values()}),
         # where a fine-tune's time goes (TaLoS mask search, steps, save), as the library reports it
         "finetune_detail": {key: {k: round(v, 3) for k, v in ck["meta"].items()

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from flows.report import results_table
 from mergeline.params import load_params
 from mergeline.stages.common import StageContext, resolve_device
-from mergeline.stages.evaluate import evaluation_sets, select_best, summarize
+from mergeline.stages.evaluate import evaluate_experiment
 from mergeline.stages.merge import merge_config, plan_variants
 from mergeline.stages.train import checkpoint_name
 from tasks import evaluate as evaluate_tasks
@@ -94,30 +94,10 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
     if stop_after == 5:
         return records
 
-    def ev(name: str, model: dict[str, Any], split: str, role: str, task: str | None = None) -> dict[str, Any]:
-        sets = evaluation_sets(ctx, role, split, task)
+    def ev(name: str, model: dict[str, Any], split: str, sets: list[str]) -> dict[str, Any]:
         return evaluate_tasks.evaluate(params, name, model, split, data, run=run, sets=sets)
 
-    splits = ("validation", "test")
-    reference = {"base": {s: ev("base", base, s, "base") for s in splits}}
-    for key, ck in checkpoints.items():
-        label = f"single-{key.replace(':', '-')}"
-        reference[label] = {s: ev(label, ck, s, "single", ck["task"]) for s in splits}
-    validation = {name: ev(name, rec, "validation", "variant") for name, rec in merged.items()}
-
-    def rows_for(evals: dict[str, dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
-        rows = {}
-        for name, evaluation in evals.items():
-            mode = "talos" if variants[name]["method"] == "talos" else "full"
-            singles = {t: reference[f"single-{t}-{mode}"][split] for t in p.tasks}
-            rows[name] = summarize(ctx, evaluation, reference["base"][split], singles)
-        return rows
-
-    validation_rows = rows_for(validation, "validation")
-    selection = select_best(validation_rows, variants)
-    test = {name: ev(name, merged[name], "test", "variant") for name in selection["ranking"]}
-    records.update(reference=reference, validation_rows=validation_rows, test_rows=rows_for(test, "test"),
-                   selection=selection)
+    records.update(evaluate_experiment(ctx, base, checkpoints, merged, variants, ev))
     return records
 
 

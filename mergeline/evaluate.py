@@ -83,6 +83,20 @@ def write_task_yamls(tasks: Mapping[str, Path], folder: Path, cache_dir: Path) -
 
 
 @contextmanager
+def _without_env_report():
+    """Skip lm-eval's per-call environment report: it shells out to collect_env (pip, nvidia-smi, ...), ~1.4 s
+    per call on a 2-core CPU, and the pipeline records its environment in MLflow once per run anyway."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+    evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
+@contextmanager
 def _preserved_state(model):
     """Restore global RNGs and the model's training flag: lm-eval seeds globally and calls eval()."""
     import numpy as np
@@ -125,7 +139,7 @@ def evaluate_model(
     from lm_eval.tasks import TaskManager
 
     model = model.to(device)
-    with tempfile.TemporaryDirectory(prefix="mergeline-eval-") as tmp, _preserved_state(model):
+    with tempfile.TemporaryDirectory(prefix="mergeline-eval-") as tmp, _preserved_state(model), _without_env_report():
         include, cache = Path(tmp) / "tasks", Path(tmp) / "datasets-cache"
         include.mkdir()
         names = write_task_yamls({k: Path(v) for k, v in tasks.items()}, include, cache)

@@ -120,6 +120,9 @@ class EvaluateParams(_Strict):
     validation_control: bool = Field(
         True, description="score merged variants on the control set's validation split too (selection does not "
         "use it; the test split always includes it)")
+    select_by: Literal["norm_acc/mean", "acc/mean"] = Field(
+        "norm_acc/mean", description="validation score that picks each method's best variant and the champion; "
+        "with acc/mean the single-task models are scored on test only")
 
 
 class RegisterParams(_Strict):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mergeline.stages.common import StageContext, timed
+
+SPLITS = ("validation", "test")
+# (result name, model record with "path", split, sets) -> the record of :func:`evaluate`
+EvaluateFn = Callable[[str, dict[str, Any], str, list[str]], dict[str, Any]]
 
 
 def evaluation_sets(ctx: StageContext, role: str, split: str, task: str | None = None) -> list[str]:
@@ -46,7 +51,7 @@ def evaluate(ctx: StageContext, name: str, model_path: str, split: str, data: di
 
 
 def summarize(ctx: StageContext, evaluation: dict[str, Any], base: dict[str, Any],
-              singles: dict[str, dict[str, Any]]) -> dict[str, float]:
+              singles: dict[str, dict[str, Any]] | None) -> dict[str, float]:
     """Per-task accuracy, normalized accuracy (÷ the single-task model of the same mode), control drift
     (when the evaluation has the control set)."""
     p = ctx.params
@@ -55,28 +60,69 @@ def summarize(ctx: StageContext, evaluation: dict[str, Any], base: dict[str, Any
     norm = []
     for task in p.tasks:
         row[f"acc/{task}"] = acc[task]
-        reference = singles[task]["metrics"][task]
-        row[f"norm_acc/{task}"] = acc[task] / reference if reference > 0 else 0.0
-        norm.append(row[f"norm_acc/{task}"])
+        if singles is not None:
+            reference = singles[task]["metrics"][task]
+            row[f"norm_acc/{task}"] = acc[task] / reference if reference > 0 else 0.0
+            norm.append(row[f"norm_acc/{task}"])
     row["acc/mean"] = sum(acc[t] for t in p.tasks) / len(p.tasks)
-    row["norm_acc/mean"] = sum(norm) / len(norm)
+    if norm:
+        row["norm_acc/mean"] = sum(norm) / len(norm)
     if p.control in acc:  # validation may skip it (evaluate.validation_control)
         row["acc/control"] = acc[p.control]
         row["control_drift"] = acc[p.control] - base["metrics"][p.control]
     return row
 
 
-def select_best(rows: dict[str, dict[str, float]], variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Best variant per method on validation mean normalized accuracy, then the overall ranking.
+def select_best(rows: dict[str, dict[str, float]], variants: dict[str, dict[str, Any]],
+                by: str = "norm_acc/mean") -> dict[str, Any]:
+    """Best variant per method on the validation score ``by``, then the overall ranking.
 
     Ties go to the smaller |λ| (the smaller edit), then to the name, so the choice is deterministic.
     """
+    def key(name: str) -> tuple[float, float, str]:
+        return (-rows[name][by], abs(variants[name]["lambda"]), name)
+
     best: dict[str, str] = {}
-    for name, row in rows.items():
+    for name in rows:
         method = variants[name]["method"]
-        key = (row["norm_acc/mean"], -abs(variants[name]["lambda"]), name)
-        current = best.get(method)
-        if current is None or key > (rows[current]["norm_acc/mean"], -abs(variants[current]["lambda"]), current):
+        if method not in best or key(name) < key(best[method]):
             best[method] = name
-    ranking = sorted(best.values(), key=lambda n: (-rows[n]["norm_acc/mean"], abs(variants[n]["lambda"]), n))
-    return {"best_per_method": best, "ranking": ranking}
+    return {"best_per_method": best, "ranking": sorted(best.values(), key=key), "by": by}
+
+
+def evaluate_experiment(ctx: StageContext, base: dict[str, Any], checkpoints: dict[str, dict[str, Any]],
+                        merged: dict[str, dict[str, Any]], variants: dict[str, dict[str, Any]],
+                        ev: EvaluateFn) -> dict[str, Any]:
+    """The evaluation plan of one experiment, with ``ev`` scoring one model (a Prefect task or a plain call).
+
+    The base on both splits; each single-task model (``checkpoints``, keys ``task:mode``) on test, and
+    on validation too when selection uses normalized accuracy; every merged variant on validation;
+    each method's best variant on test. Returns ``reference``, ``validation_rows``, ``test_rows`` and
+    ``selection``.
+    """
+    p = ctx.params
+    by = p.evaluate.select_by
+    reference = {"base": {s: ev("base", base, s, evaluation_sets(ctx, "base", s)) for s in SPLITS}}
+    single_splits = SPLITS if by.startswith("norm_acc") else ("test",)
+    for key, ck in checkpoints.items():
+        label = f"single-{key.replace(':', '-')}"
+        reference[label] = {s: ev(label, ck, s, evaluation_sets(ctx, "single", s, ck["task"])) for s in single_splits}
+
+    def rows_for(evals: dict[str, dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
+        rows = {}
+        for name, evaluation in evals.items():
+            mode = "talos" if variants[name]["method"] == "talos" else "full"
+            labels = [f"single-{t}-{mode}" for t in p.tasks]
+            singles = ({t: reference[lb][split] for t, lb in zip(p.tasks, labels)}
+                       if all(split in reference.get(lb, {}) for lb in labels) else None)
+            rows[name] = summarize(ctx, evaluation, reference["base"][split], singles)
+        return rows
+
+    validation = {name: ev(name, rec, "validation", evaluation_sets(ctx, "variant", "validation"))
+                  for name, rec in merged.items()}
+    validation_rows = rows_for(validation, "validation")
+    selection = select_best(validation_rows, variants, by)
+    test = {name: ev(name, merged[name], "test", evaluation_sets(ctx, "variant", "test"))
+            for name in selection["ranking"]}
+    return {"reference": reference, "validation_rows": validation_rows, "test_rows": rows_for(test, "test"),
+            "selection": selection}

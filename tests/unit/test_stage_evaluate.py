@@ -8,7 +8,7 @@ import pytest
 
 from mergeline.params import load_params
 from mergeline.stages.common import StageContext
-from mergeline.stages.evaluate import evaluation_sets, select_best, summarize
+from mergeline.stages.evaluate import evaluate_experiment, evaluation_sets, select_best, summarize
 
 PARAMS = Path(__file__).resolve().parents[2] / "params" / "default.yaml"
 
@@ -49,6 +49,8 @@ def test_summarize_normalizes_by_each_single_and_skips_a_missing_control() -> No
     assert row["control_drift"] == pytest.approx(-0.25)
     without = summarize(ctx, {"metrics": {"news": 0.6, "sentiment": 0.5}}, base, singles)
     assert "control_drift" not in without and without["norm_acc/mean"] == pytest.approx(0.875)
+    unnormalized = summarize(ctx, {"metrics": {"news": 0.6, "sentiment": 0.5}}, base, None)
+    assert "norm_acc/mean" not in unnormalized and unnormalized["acc/mean"] == pytest.approx(0.55)
 
 
 def test_select_best_prefers_higher_norm_then_smaller_lambda() -> None:
@@ -59,3 +61,30 @@ def test_select_best_prefers_higher_norm_then_smaller_lambda() -> None:
     chosen = select_best(rows, variants)
     assert chosen["best_per_method"] == {"task_arithmetic": "ta_b", "ties": "ties_a"}
     assert chosen["ranking"] == ["ties_a", "ta_b"]
+    rows["ta_a"]["acc/mean"], rows["ta_b"]["acc/mean"], rows["ties_a"]["acc/mean"] = 0.7, 0.6, 0.5
+    by_acc = select_best(rows, variants, by="acc/mean")
+    assert by_acc["ranking"] == ["ta_a", "ties_a"] and by_acc["by"] == "acc/mean"
+
+
+def test_evaluation_plan_scores_singles_on_test_only_when_selecting_by_accuracy() -> None:
+    calls: list[tuple[str, str, tuple[str, ...]]] = []
+    accuracy = {"base": 0.25, "single-news-full": 0.75, "single-sentiment-full": 0.5, "ta_a": 0.5, "ta_b": 0.75}
+
+    def ev(name: str, model: dict, split: str, sets: list[str]) -> dict:
+        calls.append((name, split, tuple(sets)))
+        return {"metrics": {s: accuracy[name] for s in sets}}
+
+    ctx = context("evaluate.singles=own", "evaluate.validation_control=false", "evaluate.select_by=acc/mean")
+    checkpoints = {"news:full": {"task": "news"}, "sentiment:full": {"task": "sentiment"}}
+    variants = {"ta_a": {"method": "task_arithmetic", "lambda": 1.0},
+                "ta_b": {"method": "task_arithmetic", "lambda": 0.5}}
+    out = evaluate_experiment(ctx, {}, checkpoints, {"ta_a": {}, "ta_b": {}}, variants, ev)
+    assert ("single-news-full", "test", ("news",)) in calls
+    assert not any(name.startswith("single") and split == "validation" for name, split, _ in calls)
+    assert ("ta_a", "validation", ("news", "sentiment")) in calls
+    assert out["selection"]["ranking"] == ["ta_b"]
+    assert [c for c in calls if c[1] == "test" and c[0].startswith("ta")] == [("ta_b", "test", ("news", "sentiment", "control"))]
+    row = out["test_rows"]["ta_b"]
+    assert row["norm_acc/news"] == pytest.approx(1.0) and row["norm_acc/sentiment"] == pytest.approx(1.5)
+    assert row["control_drift"] == pytest.approx(0.5)
+    assert "norm_acc/mean" not in out["validation_rows"]["ta_a"]
