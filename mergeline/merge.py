@@ -58,6 +58,7 @@ from mergeline.merge_support import (
     OutputRing,
     build_report,
     dtype_name,
+    limit_malloc_arenas,
     resolve_device,
     resolved_config,
     single_threaded_torch,
@@ -394,7 +395,10 @@ class _Engine:
             return (0, item.out.shape[0] if item.out.shape else 1) if first is None else (first[0], last[1])  # type: ignore[index]
 
         index = method.tensor_sample(item.name, numel)
-        sample = None if index is None else [t.clone() for t in self.inputs_for(item, index=index).tensors]
+        sample = None
+        if index is not None:
+            sample = [t.clone() for t in self.inputs_for(item, index=index).tensors]
+            self._release(item)  # the gather touched pages all over the tensor
         if method.begin_tensor(item.name, numel, list(self.inputs), item.model_params, sample):
             done = False
             while not done:
@@ -451,6 +455,7 @@ class _Engine:
         aliased = {it.alias_of for it in items if it.alias_of}
         kept: dict[str, list[torch.Tensor]] = {}
         step = max(1, len(items) // 10)
+        limit_malloc_arenas()
         sink = AsyncSink(writer)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mergeline-merge",
                                   initializer=single_threaded_torch if self.device.type == "cpu" else None)

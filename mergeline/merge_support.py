@@ -170,6 +170,30 @@ class AsyncSink:
         self._thread.join()
 
 
+_ARENAS_LIMITED = False
+
+
+def limit_malloc_arenas() -> None:
+    """Let every thread of this process allocate from one glibc malloc arena (M_ARENA_MAX = 1).
+
+    Pool threads make short-lived tensors (counts, tie masks, band values); with glibc's default of one
+    arena per thread each arena keeps its own high-water mark, which at 0.1B parameters tripled the
+    merge's anonymous memory (TIES: 0.93 GB against 0.40 GB with one arena). Allocations are a few per
+    row block, so the shared arena's lock costs nothing measurable. Only future arenas are affected;
+    a no-op off glibc.
+    """
+    global _ARENAS_LIMITED
+    if _ARENAS_LIMITED:
+        return
+    _ARENAS_LIMITED = True
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def single_threaded_torch() -> None:
     """Pool-thread initializer: torch ops of this thread run on it alone (the pool is the parallelism).
 

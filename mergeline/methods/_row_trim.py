@@ -70,16 +70,30 @@ class Observation:
     inner: torch.Tensor  # on the CPU
 
 
-def observe(magnitudes: torch.Tensor, lo: float, hi: float) -> Observation:
+def _count(flat: torch.Tensor, value: float, scratch: torch.Tensor) -> tuple[int, int]:
+    """(#entries > value, #entries == value), with float ops only (comparisons to bool are several times
+    slower on the CPU): d = sign(x − value) is exact (x − value is 0 only when x == value), and
+    Σd = #> − #<, Σ|d| = #> + #<."""
+    d = torch.sub(flat, value, out=scratch).sign_()
+    signed = float(d.sum(dtype=torch.float64))
+    total = float(d.abs_().sum(dtype=torch.float64))
+    if signed != signed or total != total:  # NaN (sign of NaN is NaN on some devices): the output shows it
+        return 0, 0
+    return round((total + signed) / 2), flat.numel() - round(total)
+
+
+def observe(magnitudes: torch.Tensor, lo: float, hi: float, scratch: torch.Tensor | None = None) -> Observation:
     flat = magnitudes.reshape(-1)
+    scratch = torch.empty_like(flat) if scratch is None else scratch.reshape(-1)
     if lo <= 0.0 and hi == _INF:  # every magnitude (NaN aside) is inside
         return Observation(0, 0, 0, flat[flat >= 0].to("cpu", copy=True))
-    above = int((flat > hi).sum())
-    at_hi = int((flat == hi).sum())
+    above, at_hi = _count(flat, hi, scratch)
     if lo == hi:  # bf16 task vectors: often one magnitude holds the whole band
         return Observation(above, at_hi, 0, flat.new_empty(0, device="cpu"))
-    at_lo = int((flat == lo).sum())
-    inner = flat[(flat > lo) & (flat < hi)].to("cpu", copy=True)
+    above_lo, at_lo = _count(flat, lo, scratch)
+    inner = flat.new_empty(0, device="cpu")
+    if above_lo > above + at_hi:  # something strictly inside: pull it out
+        inner = flat[(flat > lo) & (flat < hi)].to("cpu", copy=True)
     return Observation(above, at_hi, at_lo, inner)
 
 
@@ -155,13 +169,19 @@ def resolve(state: TrimState, observations: list[Observation]) -> bool:
 
 
 def block_mask(magnitudes: torch.Tensor, cut: Cut, block: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean mask of the kept entries of row block ``block`` (``magnitudes`` = its |δ|)."""
+    """Float 0/1 mask of the kept entries of row block ``block`` (``magnitudes`` = its |δ|).
+
+    [x > t] = max(sign(x − t), 0) with float ops (exact: x − t is 0 only when x == t); [x ≥ cut] is
+    [x > t] for t the float32 just below ``cut``.
+    """
     keep, equal = cut.keep[block], cut.equal[block]
-    if keep == equal:
-        return torch.ge(magnitudes, cut.value, out=out)
-    if keep == 0:
-        return torch.gt(magnitudes, cut.value, out=out)
+    out = torch.empty_like(magnitudes) if out is None else out
+    if keep == 0 or keep == equal:
+        threshold = cut.value
+        if keep == equal > 0:  # every entry equal to the cut-off is kept here: x ≥ cut
+            threshold = float(torch.nextafter(torch.tensor(cut.value), torch.tensor(-_INF)))
+        return torch.sub(magnitudes, threshold, out=out).sign_().clamp_min_(0)
     at = magnitudes == cut.value
     flat = at.reshape(-1)
     flat &= torch.cumsum(flat, dim=0) <= keep
-    return torch.gt(magnitudes, cut.value, out=out).logical_or_(at)
+    return out.copy_((magnitudes > cut.value) | at)

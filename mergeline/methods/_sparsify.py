@@ -182,22 +182,22 @@ def combine(
             divisor = 1.0
     else:
         us = [scaled(i, ("u", i)) for i in range(len(deltas))]
-        sign = buf("sign", first)
         votes = buf("votes", first)
         for i, u in enumerate(us):
-            term = u if consensus == "sum" else torch.sign(u, out=sign)
+            term = u if consensus == "sum" else torch.sign(u, out=buf("sign", first))
             votes.copy_(term) if i == 0 else votes.add_(term)
-        # elected sign s = +1 where the vote is ≥ 0 (a zero vote counts as +), else −1
-        elected = torch.ge(votes, 0, out=buf("positive", first, torch.bool))
-        elected = torch.mul(elected, 2, out=votes).sub_(1)
-        agree = buf("agree", first, torch.bool)
+        # elected sign s = +1 where the vote is ≥ 0 (a zero vote counts as +), else −1: sign(sign(v) + ½).
+        # Float ops throughout: comparisons to bool and bool masks are several times slower on the CPU.
+        elected = torch.sign(votes, out=buf("elected", first)).add_(0.5).sign_()
+        agree = buf("agree", first)
         mixed = buf("mixed", first).zero_()
         divisor = buf("divisor", first).zero_() if normalize else 1.0
         for u, w in zip(us, weights):
-            torch.eq(torch.sign(u, out=sign), elected, out=agree)  # sign(u_i) = s; zeros never agree
+            # a_i = [sign(u_i) = s] = max(sign(u_i)·s, 0): zeros never agree
+            torch.sign(u, out=agree).mul_(elected).clamp_min_(0)
             mixed.add_(u.mul_(agree))
             if normalize:
-                divisor.add_(agree, alpha=w)
+                divisor.add_(agree, alpha=w)  # w·a is exact (a ∈ {0, 1}), so fused or not it rounds once
         if normalize:
             divisor.masked_fill_(divisor == 0, 1)
     if normalize:

@@ -99,7 +99,7 @@ class Ties(TaskArithmeticFamily):
                 out.append(None)
                 continue
             magnitudes = torch.abs(delta, out=inputs.scratch("magnitude", delta))
-            out.append(_row_trim.observe(magnitudes, st.lo, st.hi))
+            out.append(_row_trim.observe(magnitudes, st.lo, st.hi, inputs.scratch("count", delta)))
         return out
 
     def end_observation(self, name: str, observations: list[list[_row_trim.Observation | None]]) -> bool:
@@ -130,7 +130,7 @@ class Ties(TaskArithmeticFamily):
                 continue
             assert st.result is not None
             magnitudes = torch.abs(delta, out=inputs.scratch("magnitude", delta))
-            out = inputs.scratch(("mask", position), delta, torch.bool)
+            out = inputs.scratch(("mask", position), delta)
             masks.append(_row_trim.block_mask(magnitudes, st.result, block, out=out))
         weights = [float(mp.weight) for mp in inputs.model_params]
         p = inputs.params

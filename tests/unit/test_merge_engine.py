@@ -312,3 +312,41 @@ def test_output_over_an_input_refused(models: dict[str, Path]) -> None:
     with pytest.raises(MergelineError, match="is one of the input models"):
         run_merge(_config("task_arithmetic", models, [("a", {"weight": 1.0})]), models["a"])
     assert (models["a"] / "model.safetensors.index.json").exists()
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_nonfinite_inputs_named_when_only_the_output_is_checked(models: dict[str, Path], tmp_path: Path, method: str) -> None:
+    """TA and TIES check NaN/Inf on their output; a NaN, or Infs of opposite sign in two models (which a
+    sum turns into NaN rather than cancelling), still fail with the one-line error naming the tensor."""
+    name = "model.layers.2.mlp.up_proj.weight"
+    a, b = load_tensors(models["a"]), load_tensors(models["b"])
+    a[name][3, 1], b[name][3, 1] = float("inf"), float("-inf")
+    models["a"], models["b"] = write_checkpoint(tmp_path / "pa", a), write_checkpoint(tmp_path / "pb", b)
+    params = {"weight": 0.5, **({"density": 0.5} if method == "ties" else {})}
+    with pytest.raises(MergelineError, match=rf"pa/model.safetensors: tensor '{name}' contains NaN or Inf"):
+        run_merge(_config(method, models, [("a", params), ("b", params)]), tmp_path / "out")
+    a[name][3, 1] = float("nan")
+    models["a"] = write_checkpoint(tmp_path / "pn", a)
+    with pytest.raises(MergelineError, match=rf"pn/model.safetensors: tensor '{name}' contains NaN or Inf"):
+        run_merge(_config(method, models, [("a", params)]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ties_row_blocks_equal_whole_tensors(tmp_path: Path, monkeypatch) -> None:
+    """TIES in row blocks (per-tensor cut-off and tie budget from the statistics pass) is bit-identical
+    to trimming whole tensors, also on bf16 inputs with many ties at the cut-off."""
+    from mergeline import merge
+
+    base = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in _model(0, vocab=40).items()}
+    models = {"base": write_checkpoint(tmp_path / "base", base),
+              "a": write_checkpoint(tmp_path / "a", _finetuned(base, 1, scale=0.02)),
+              "b": write_checkpoint(tmp_path / "b", _finetuned(base, 2, scale=0.02))}
+    cfg = _config("ties", models, [("a", {"weight": 0.6, "density": 0.3}), ("b", {"weight": 1.0, "density": 0.5})])
+    monkeypatch.setattr(merge, "BLOCK_ELEMENTS", 1 << 30)
+    run_merge(cfg, tmp_path / "whole")
+    monkeypatch.setattr(merge, "BLOCK_ELEMENTS", 16)
+    monkeypatch.setattr(merge, "CHUNK_ELEMENTS", 40)
+    result = run_merge(cfg, tmp_path / "blocks")
+    whole, blocks = load_tensors(tmp_path / "whole"), load_tensors(tmp_path / "blocks")
+    assert all(torch.equal(whole[n], blocks[n]) for n in whole)
+    assert result.report["method"]["kept_fraction"] == pytest.approx({"0": 0.3, "1": 0.5}, abs=0.02)

@@ -1,0 +1,87 @@
+"""Row-separable TIES trim (``_row_trim``): hand-computed cut-offs and tie budgets, and row blocks that
+give exactly the whole-tensor trim (exactly k kept, ties at the cut-off lowest flat index first)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mergeline.methods import _row_trim as rt
+from mergeline.methods._sparsify import combine, magnitude_mask
+
+
+def _trim(magnitudes: torch.Tensor, k: int, blocks: list[slice], band: tuple[float, float] | None = None) -> torch.Tensor:
+    """The engine's flow on a 1-D tensor: observe every block, resolve (again if asked), mask the blocks."""
+    n = magnitudes.numel()
+    lo, hi = band or rt.band_from_sample(None, k, n)
+    state = rt.TrimState(k, n, lo, hi)
+    while not rt.resolve(state, [rt.observe(magnitudes[b], state.lo, state.hi) for b in blocks]):
+        pass
+    assert state.result is not None and state.result.kept == k
+    return torch.cat([rt.block_mask(magnitudes[b], state.result, i) for i, b in enumerate(blocks)])
+
+
+def test_cut_and_tie_budget_by_hand() -> None:
+    # |δ| = [1, 3, 2, 2, 2, 0.5], k = 3: 3 is above the cut-off 2; two of the three 2s are kept,
+    # the first two in flat order (indices 2 and 3), split over the blocks [0:3] and [3:6].
+    a = torch.tensor([1.0, 3.0, 2.0, 2.0, 2.0, 0.5])
+    state = rt.TrimState(3, 6, 0.0, float("inf"))
+    assert rt.resolve(state, [rt.observe(a[:3], 0.0, float("inf")), rt.observe(a[3:], 0.0, float("inf"))])
+    cut = state.result
+    assert cut is not None and cut.value == 2.0 and cut.equal == [1, 2] and cut.keep == [1, 1] and cut.kept == 3
+    assert rt.block_mask(a[:3], cut, 0).tolist() == [0, 1, 1]
+    assert rt.block_mask(a[3:], cut, 1).tolist() == [1, 0, 0]
+
+
+def test_band_counts_its_ends_and_keeps_only_the_inside() -> None:
+    a = torch.tensor([5.0, 2.0, 3.0, 2.0, 4.0, 1.0, 4.0])
+    obs = rt.observe(a, 2.0, 4.0)
+    assert (obs.above, obs.at_hi, obs.at_lo, obs.inner.tolist()) == (1, 2, 2, [3.0])
+    assert rt.observe(a, 2.0, 2.0).at_hi == 2  # lo == hi (bf16 task vectors): counts only
+
+
+@pytest.mark.parametrize("band", [(0.0, float("inf")), (2.0, 2.0), (0.1, 0.2), (4.0, 9.0), (2.0, 3.0)])
+def test_a_missed_band_is_retried_and_stays_exact(band: tuple[float, float]) -> None:
+    a = torch.tensor([1.0, 3.0, 2.0, 2.0, 2.0, 0.5, 4.0, 2.0])
+    mask = _trim(a, 4, [slice(0, 3), slice(3, 5), slice(5, 8)], band)
+    assert mask.bool().tolist() == magnitude_mask(a, 0.5).tolist()  # 4, 3, then the first two 2s
+
+
+@pytest.mark.parametrize("block", [1, 7, 1000, 20_000])
+def test_row_blocks_equal_whole_tensor_trim_on_bf16_ties(block: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    base = (torch.randn(20_000, generator=g) * 0.02).to(torch.bfloat16)
+    tuned = (base.float() + torch.randn(20_000, generator=g) * 4e-4).to(torch.bfloat16)
+    a = (tuned.float() - base.float()).abs()
+    for density in (0.1, 0.5, 0.93):
+        k = int(density * a.numel())
+        blocks = [slice(s, s + block) for s in range(0, a.numel(), block)]
+        for band in (None, rt.band_from_sample(a[torch.randint(a.numel(), (4096,), generator=g)], k, a.numel())):
+            assert torch.equal(_trim(a, k, blocks, band).bool(), magnitude_mask(a, density))
+
+
+def test_sampled_band_on_a_large_tensor_is_exact() -> None:
+    a = torch.randn(1_500_000, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16).float().abs()
+    k = 600_000
+    index = rt.sample_indices(a.numel())
+    assert index is not None
+    lo, hi = rt.band_from_sample(a[index], k, a.numel())
+    blocks = [slice(s, s + 131_072) for s in range(0, a.numel(), 131_072)]
+    assert torch.equal(_trim(a, k, blocks, (lo, hi)).bool(), magnitude_mask(a, k / a.numel()))
+
+
+def test_nan_magnitudes_are_never_counted_and_nan_reaches_the_output() -> None:
+    delta = torch.tensor([1.0, float("nan"), -2.0, 0.5])
+    a = delta.abs()
+    mask = _trim(a, 2, [slice(0, 2), slice(2, 4)])
+    assert mask.tolist()[0] == 1 and mask.tolist()[2] == 1
+    out = combine([delta, torch.tensor([1.0, 1.0, 1.0, 1.0])], [1.0, 1.0], "sum", True, 1.0,
+                  masks=[mask, None])
+    assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2, 3]]).all()
+
+
+def test_combine_float_masks_match_the_bool_rule() -> None:
+    # METHODS §10 TIES vector (w = 1, density 0.7): τ1 → [1, −2, 0], τ2 → [−3, 1, 0] → [−3, −2, 0].
+    t1, t2 = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-3.0, 1.0, 0.5])
+    masks = [magnitude_mask(t, 0.7).float() for t in (t1, t2)]
+    assert combine([t1, t2], [1.0, 1.0], "sum", True, 1.0, masks=masks).tolist() == [-3.0, -2.0, 0.0]
