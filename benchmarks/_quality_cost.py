@@ -118,4 +118,5 @@ def measure_costs(params: dict[str, Any], run: Any, records: dict[str, Any], out
 
 
 if __name__ == "__main__":
+    sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the checkout, where mergeline is not installed
     _child(sys.argv[1])

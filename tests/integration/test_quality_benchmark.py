@@ -9,6 +9,7 @@ check the tables' rows, columns and ranges, the plots, MLflow's runs and the cac
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -169,3 +170,62 @@ def test_bad_input_fails_fast_with_one_line(tmp_path: Path) -> None:
     result = _run(tmp_path, REPO / "params" / "quality-tiny.yaml", "--seeds", "0", "0", timeout=300)
     assert result.returncode == 2 and "duplicate seeds" in result.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """``--direct`` (no Prefect, no MLflow: the GPU path) on seed 0 with negation, run twice, then
+    ``--report-only`` logging the saved JSON to MLflow."""
+    base = session_dir() / "quality-tiny-base"
+    if not (base / "config.json").exists():
+        build_tiny_llama(base, seed=0)
+    root = tmp_path_factory.mktemp("quality-direct")
+    params = yaml.safe_load((REPO / "params" / "quality-tiny.yaml").read_text())
+    params["base_model"] = str(base)
+    path = root / "quality.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    args = ("--seeds", "0", "--only", "negation", "--direct", "--workers", "2", "--export", str(root / "export"))
+    first = _run(root, path, *args)
+    assert first.returncode == 0, first.stderr[-4000:] + first.stdout[-4000:]
+    steps_first = json.loads((root / "out" / "direct-steps.json").read_text())
+    second = _run(root, path, *args)
+    assert second.returncode == 0, second.stderr[-4000:]
+    steps_second = json.loads((root / "out" / "direct-steps.json").read_text())
+    report = _run(root, path, "--seeds", "0", "--report-only")
+    assert report.returncode == 0, report.stderr[-4000:]
+    return {"root": root, "first": steps_first, "second": steps_second, "stdout": first.stdout,
+            "report": (root / "out" / "quality.md").read_text()}
+
+
+def test_direct_mode_writes_the_same_tables_without_prefect(direct: dict[str, object]) -> None:
+    root = Path(direct["root"])  # type: ignore[arg-type]
+    result = json.loads((root / "out" / "seed0" / "quality.json").read_text())
+    assert result["backend"] == "direct" and "negation" in result and "lata" not in result
+    assert json.loads((root / "export" / "seed0.json").read_text()) == result
+    _, rows = _table(_section(str(direct["report"]), "1."))
+    assert [r["method"] for r in rows][3:] == METHOD_ROWS
+    _, rows = _table(_section(str(direct["report"]), "2."))
+    assert [(r["task"], r["method"]) for r in rows] == [("news", "TA"), ("news", "STA"), ("news", "TaLoS + TA")]
+    first = direct["first"]
+    assert first["status"] == "done" and not first["failed"]  # type: ignore[index]
+    kinds = {t["kind"] for t in first["timings"]}  # type: ignore[index]
+    assert {"finetune", "extract_vector", "compute_importance", "evaluate", "merge_evaluate"} <= kinds
+    assert direct["second"]["timings"] == []  # type: ignore[index]  # the re-run computed nothing
+    assert not list((root / "out" / "seed0" / "work" / "merged").glob("*"))  # merges deleted once scored
+    assert not (root / ".prefect").exists() or not any((root / ".prefect").rglob("*.db"))  # no Prefect server
+
+
+def test_report_only_logs_the_saved_results_to_mlflow(direct: dict[str, object]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    root = Path(direct["root"])  # type: ignore[arg-type]
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mergeline-quality-tiny")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert {"quality:seed0", "quality:summary"} <= set(runs)
+    seed = runs["quality:seed0"]
+    assert seed.data.tags["mergeline.backend"] == "direct"
+    assert "addition.task_arithmetic.norm_acc.mean" in seed.data.metrics
+    assert "negation.news.task_arithmetic.target" in seed.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(runs["quality:summary"].info.run_id)}
+    assert {"quality.md", "quality.json", "plots"} <= artifacts
