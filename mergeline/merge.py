@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from mergeline.merge_support import (
     Buffers,
     OutputRing,
     build_report,
+    cuda_worker,
     dtype_name,
     limit_malloc_arenas,
     resolve_device,
@@ -74,9 +76,13 @@ EMBEDDING_SUFFIXES = (
 HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight")
 # Row-separable methods merge a tensor in row blocks of about BLOCK_ELEMENTS entries on the CPU (every
 # pass of the method over a block then stays in cache), spread over a pool of threads, and hand the
-# writer thread output chunks of about CHUNK_ELEMENTS entries (on CUDA a block is a chunk).
+# writer thread output chunks of about CHUNK_ELEMENTS entries. On CUDA, blocks of CUDA_BLOCK_ELEMENTS go
+# through CUDA_WORKERS threads, each with its own stream: staging copy of the mapped bytes into pinned
+# memory, asynchronous transfer of the stored dtype, conversion and merge on the GPU, transfer back.
 BLOCK_ELEMENTS = 1 << 17
 CHUNK_ELEMENTS = 1 << 24
+CUDA_BLOCK_ELEMENTS = 1 << 20
+CUDA_WORKERS = 8
 # Methods whose output element depends only on the same element of the inputs (so row blocks give the
 # same result as whole tensors), besides those that declare ``row_separable = True`` themselves.
 ROW_SEPARABLE = ("task_arithmetic", "linear")
@@ -122,9 +128,11 @@ class _Engine:
         self.row_separable = False  # set by use(method)
         self.check_inputs = True
         self._local = threading.local()  # per-thread buffers: pool threads merge blocks side by side
-        self.workers = 1 if device.type == "cuda" else max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
-        self.block_elements = CHUNK_ELEMENTS if device.type == "cuda" else BLOCK_ELEMENTS
-        self.ring = OutputRing(2, pin=device.type == "cuda")
+        cuda = device.type == "cuda"
+        cores = os.cpu_count() or 1
+        self.workers = max(1, min(CUDA_WORKERS, cores) if cuda else min(torch.get_num_threads(), cores))
+        self.block_elements = CUDA_BLOCK_ELEMENTS if cuda else BLOCK_ELEMENTS
+        self.ring = OutputRing(3 if cuda else 2, pin=cuda)
 
     def use(self, method: MergeMethod) -> None:
         """How to run ``method``: in row blocks or whole tensors; NaN/Inf checked on inputs or output."""
@@ -137,6 +145,19 @@ class _Engine:
         if "buffers" not in local:
             local["buffers"] = Buffers(self.device)
         return local["buffers"]
+
+    @property
+    def staging(self) -> Buffers:
+        """This thread's pinned host buffers (CUDA): the mapped bytes are copied here, then transferred."""
+        local = self._local.__dict__
+        if "staging" not in local:
+            local["staging"] = Buffers(torch.device("cpu"), pin=True)
+        return local["staging"]
+
+    def _sync(self) -> None:
+        """On CUDA, wait for this thread's stream: its staging and output buffers may then be reused."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def workspace(self, key: object, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Scratch for a method's block (this thread's, reused): shaped like ``like``."""
@@ -247,7 +268,17 @@ class _Engine:
             src = src[span[0]:span[1]]
         if index is not None:
             src = src.reshape(-1)[index]
-        if src.is_floating_point():
+        if src.is_floating_point() and self.device.type == "cuda":
+            # The stored bytes cross the bus as they are (bf16: half of float32's), asynchronously from
+            # pinned memory, and are converted on the GPU.
+            host = self.staging.take(slot, src.shape, src.dtype)
+            host.copy_(src)
+            x = self.buffers.take(slot, src.shape, self.compute)
+            raw = x if src.dtype == self.compute else self.buffers.take(("raw", slot), src.shape, src.dtype)
+            raw.copy_(host, non_blocking=True)
+            if raw is not x:
+                x.copy_(raw)
+        elif src.is_floating_point():
             x = self.buffers.take(slot, src.shape, self.compute)
             x.copy_(src)
         else:
@@ -347,6 +378,7 @@ class _Engine:
             self.progress(f"statistics pass {p + 1}/{method.statistics_passes()} over {len(work)} tensors")
             for item in work:
                 method.accumulate(self.inputs_for(item), p)
+                self._sync()  # the next read may reuse this one's pinned staging buffers
             method.finalize_statistics(p)
 
     def _layout(self, item: _Item) -> tuple[list[Span], list[list[int]]]:
@@ -383,6 +415,13 @@ class _Engine:
         if not self.check_inputs:
             self._check_output(item, span, result)
         out.copy_(result, non_blocking=out.is_pinned())
+        self._sync()
+
+    def _observe(self, method: MergeMethod, item: _Item, spans: list[Span], b: int) -> Any:
+        """Statistics of row block ``b``; runs in a pool thread."""
+        seen = method.observe_block(self.inputs_for(item, spans[b], block=b))
+        self._sync()
+        return seen
 
     def _rows(self, method: MergeMethod, item: _Item, pool: ThreadPoolExecutor, sink: AsyncSink,
               keep: list[torch.Tensor] | None) -> None:
@@ -398,13 +437,14 @@ class _Engine:
         sample = None
         if index is not None:
             sample = [t.clone() for t in self.inputs_for(item, index=index).tensors]
+            self._sync()
             self._release(item)  # the gather touched pages all over the tensor
         if method.begin_tensor(item.name, numel, list(self.inputs), item.model_params, sample):
             done = False
             while not done:
                 observations: list[Any] = []
                 for chunk in chunks:
-                    observations += pool.map(lambda b: method.observe_block(self.inputs_for(item, spans[b], block=b)), chunk)
+                    observations += pool.map(lambda b: self._observe(method, item, spans, b), chunk)
                     self._release(item, rows_of(chunk) if spans[0] is not None else None)
                 done = method.end_observation(item.name, observations)
         sink.begin(item.name)
@@ -418,17 +458,11 @@ class _Engine:
                 view = out if span is None else out[span[0] - r0:span[1] - r0]
                 self._merge_block(method, item, spans, b, view)
 
-            list(pool.map(run, chunk))
+            list(pool.map(run, chunk))  # each block's transfer back is complete when its task returns
             self._release(item, (r0, r1) if spans[0] is not None else None)
-            event = None
-            if self.device.type == "cuda":
-                event = torch.cuda.Event()
-                event.record()
             if keep is not None:
-                if event is not None:
-                    event.synchronize()
                 keep.append(out.clone())
-            sink.block(out, give_back, event)
+            sink.block(out, give_back)
         sink.end()
         method.finish_tensor(item.name)
         self._release(item)
@@ -437,6 +471,7 @@ class _Engine:
         """One tensor of a method that needs it whole."""
         inputs = self.inputs_for(item)
         result = self._finish(item, method.merge_tensor(inputs), inputs, item.out.shape)
+        self._sync()
         if not self.check_inputs:
             self._check_output(item, None, result)
         out, give_back = self.ring.take(item.out.shape, item.out.dtype)
@@ -456,9 +491,13 @@ class _Engine:
         kept: dict[str, list[torch.Tensor]] = {}
         step = max(1, len(items) // 10)
         limit_malloc_arenas()
+        # No more threads than the largest tensor has blocks: each holds its own block buffers.
+        largest = max((math.prod(it.out.shape) for it in items if it.floating), default=0)
+        workers = max(1, min(self.workers, -(-largest // self.block_elements)))
         sink = AsyncSink(writer)
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mergeline-merge",
-                                  initializer=single_threaded_torch if self.device.type == "cpu" else None)
+        cuda = self.device.type == "cuda"
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="mergeline-merge",
+                                  initializer=partial(cuda_worker, self.device) if cuda else single_threaded_torch)
         threads = torch.get_num_threads()
         if self.row_separable and self.device.type == "cpu":
             single_threaded_torch()  # this thread's share (samples, cut-offs) runs beside the pool's

@@ -36,15 +36,17 @@ class Buffers:
     anyway, and most tensors reuse pages that are already mapped.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, pin: bool = False) -> None:
         self.device = device
+        self.pin = pin  # page-locked host memory (staging for asynchronous host-to-device copies)
         self._flat: dict[tuple[object, torch.dtype], torch.Tensor] = {}
 
     def take(self, slot: object, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
         n = math.prod(shape)
         flat = self._flat.get((slot, dtype))
         if flat is None or flat.numel() < n:
-            flat = self._flat[(slot, dtype)] = torch.empty(max(n, 1), dtype=dtype, device=self.device)
+            flat = self._flat[(slot, dtype)] = torch.empty(max(n, 1), dtype=dtype, device=self.device,
+                                                           pin_memory=self.pin)
         return flat[:n].view(shape)
 
 
@@ -192,6 +194,13 @@ def limit_malloc_arenas() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
+
+
+def cuda_worker(device: torch.device) -> None:
+    """Pool-thread initializer on CUDA: host-side copies on this thread alone, and a stream of its own,
+    so one thread's staging copy, transfers and kernels overlap with the others'."""
+    torch.set_num_threads(1)
+    torch.cuda.set_stream(torch.cuda.Stream(device))
 
 
 def single_threaded_torch() -> None:
