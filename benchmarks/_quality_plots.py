@@ -19,6 +19,11 @@ from _quality_tables import LABELS
 from mergeline.plots import plot_layer_heatmap, plot_sweep
 
 
+def _int_layers(matrix: dict[str, dict[Any, float]]) -> dict[str, dict[int, float]]:
+    """Layer keys as ints again (a JSON round trip makes them strings, which the heat map does not find)."""
+    return {task: {int(layer): float(v) for layer, v in row.items()} for task, row in matrix.items()}
+
+
 def _average(curves_per_seed: list[dict[str, dict[float, float]]]) -> dict[str, list[tuple[float, float]]]:
     merged: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for curves in curves_per_seed:
@@ -59,10 +64,10 @@ def make_plots(results: list[dict[str, Any]], folder: Path) -> list[Path]:
                                   title="Addition: validation mean normalized accuracy vs density"))
     lata = next((r["lata"] for r in results if r.get("lata") and r["lata"].get("layer_weights")), None)
     if lata:
-        written.append(plot_layer_heatmap(lata["layer_weights"], folder / "lata_layer_weights.png",
+        written.append(plot_layer_heatmap(_int_layers(lata["layer_weights"]), folder / "lata_layer_weights.png",
                                           f"LATA layer weights ({lata['variant']})"))
         if lata.get("similarity"):
-            written.append(plot_layer_heatmap(lata["similarity"], folder / "lata_similarity.png",
+            written.append(plot_layer_heatmap(_int_layers(lata["similarity"]), folder / "lata_similarity.png",
                                               "LATA: cos(task layer, instruction layer)"))
     written += _negation_plots(results, folder)
     return written
