@@ -83,7 +83,7 @@ def build_lineage(params: ExperimentParams, params_file: str, records: dict[str,
                     **{f"validation/{k}": v for k, v in records["validation_rows"][variant].items()}},
         code=code_info(root), dvc=dvc_info(root), prefect=PrefectInfo(flow_run_id=_flow_run_id()),
         mlflow=MlflowInfo(parent_run_id=run.parent_run_id, stage_run_ids=stage_runs),
-        params=params_info(root / params_file, params.model_dump(mode="json", by_alias=True)),
+        params=params_info(root / params_file, params.model_dump(mode="json", by_alias=True), root),
         weights=merged["weights"],
     )
 

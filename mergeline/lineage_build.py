@@ -111,9 +111,16 @@ def dvc_info(root: str | os.PathLike[str] = ".") -> DvcInfo:
     return DvcInfo(lock_sha256=sha256_file(lock) if lock.is_file() else None)
 
 
-def params_info(path: str | os.PathLike[str], resolved: dict[str, Any] | None = None) -> ParamsInfo:
-    """The params file's hash and its resolved values (the file's YAML unless ``resolved`` is given)."""
+def params_info(path: str | os.PathLike[str], resolved: dict[str, Any] | None = None,
+                root: str | os.PathLike[str] | None = None) -> ParamsInfo:
+    """The params file's hash and its resolved values (the file's YAML unless ``resolved`` is given).
+
+    Under ``root`` the path is recorded relative to it, so a lineage stays valid in another checkout.
+    """
     p = Path(path)
     if resolved is None:
         resolved = yaml.safe_load(p.read_text()) or {}
-    return ParamsInfo(path=str(path), sha256=sha256_file(p), resolved=resolved)
+    shown = p
+    if root is not None and p.resolve().is_relative_to(Path(root).resolve()):
+        shown = p.resolve().relative_to(Path(root).resolve())
+    return ParamsInfo(path=str(shown), sha256=sha256_file(p), resolved=resolved)
