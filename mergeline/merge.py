@@ -436,9 +436,7 @@ class _Engine:
         index = method.tensor_sample(item.name, numel)
         sample = None
         if index is not None:
-            sample = [t.clone() for t in self.inputs_for(item, index=index).tensors]
-            self._sync()
-            self._release(item)  # the gather touched pages all over the tensor
+            sample = self._sample(item, index, chunks, spans)
         if method.begin_tensor(item.name, numel, list(self.inputs), item.model_params, sample):
             done = False
             while not done:
@@ -466,6 +464,22 @@ class _Engine:
         sink.end()
         method.finish_tensor(item.name)
         self._release(item)
+
+    def _sample(self, item: _Item, index: torch.Tensor, chunks: list[list[int]], spans: list[Span]) -> list[torch.Tensor]:
+        """Each input's entries at the flat positions ``index`` (order irrelevant), gathered chunk by
+        chunk: random positions touch nearly every page of a tensor, and dropping the pages after each
+        chunk keeps the mapped bytes to a chunk's, not the whole tensor's of every input."""
+        index, _ = torch.sort(index)
+        row = max(1, math.prod(item.out.shape[1:])) if item.out.shape else 1
+        bounds = [spans[chunk[-1]][1] * row for chunk in chunks[:-1] if spans[chunk[-1]] is not None]
+        cuts = torch.searchsorted(index, torch.tensor(bounds, dtype=index.dtype)).tolist() if bounds else []
+        parts: list[list[torch.Tensor]] = []
+        for start, stop in zip([0, *cuts], [*cuts, index.numel()]):
+            if stop > start:
+                parts.append([t.clone() for t in self.inputs_for(item, index=index[start:stop]).tensors])
+                self._sync()
+                self._release(item)
+        return [torch.cat([part[i] for part in parts]) for i in range(len(parts[0]))]
 
     def _whole(self, method: MergeMethod, item: _Item, sink: AsyncSink, keep: list[torch.Tensor] | None) -> None:
         """One tensor of a method that needs it whole."""

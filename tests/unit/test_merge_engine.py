@@ -344,6 +344,10 @@ def test_ties_row_blocks_equal_whole_tensors(tmp_path: Path, monkeypatch) -> Non
     cfg = _config("ties", models, [("a", {"weight": 0.6, "density": 0.3}), ("b", {"weight": 1.0, "density": 0.5})])
     monkeypatch.setattr(merge, "BLOCK_ELEMENTS", 1 << 30)
     run_merge(cfg, tmp_path / "whole")
+    from mergeline.methods import _row_trim
+
+    monkeypatch.setattr(_row_trim, "SMALL", 50)  # sampled bands, gathered chunk by chunk
+    monkeypatch.setattr(_row_trim, "SAMPLE", 64)
     monkeypatch.setattr(merge, "BLOCK_ELEMENTS", 16)
     monkeypatch.setattr(merge, "CHUNK_ELEMENTS", 40)
     result = run_merge(cfg, tmp_path / "blocks")
