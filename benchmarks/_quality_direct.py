@@ -6,7 +6,8 @@ work (fp32 safetensors written and read back, lm-eval's set-up), so one process 
 Here a pool of worker processes runs the steps side by side on one GPU.
 
 How: the experiments' code (``_quality_lata``, ``_quality_negation``, ``_quality_analogy`` and
-``run_stages`` below, a copy of ``flows.pipeline.run_stages`` step for step) is run again and again
+``run_stages`` below: ``flows.pipeline.run_stages``'s stages with the pipeline's own evaluation plan,
+``evaluate_experiment``) is run again and again
 by a planner. Each step (fine-tune, extract-vector, compute-importance, vector diagnostics,
 evaluate, merge + evaluate) is the same ``mergeline.stages`` function the pipeline's Prefect task
 wraps. A step whose result is cached (``<out>/.direct-cache/<key>.json``) returns it; a step whose
@@ -321,16 +322,12 @@ def execute(unit: dict[str, Any]) -> dict[str, Any]:
 def run_stages(params: dict[str, Any], run: DirectRun, b: DirectBackend, shared: Path) -> dict[str, Any]:
     """``flows.pipeline.run_stages`` up to evaluation, step for step, on the direct backend.
 
-    Records have the pipeline's shape, except ``merged[name]``: path, seconds and report of the merge
-    (the model itself is deleted right after its validation score).
+    The evaluation plan is the pipeline's own (``mergeline.stages.evaluate.evaluate_experiment``);
+    only its scoring function differs: a merged variant is merged, scored and deleted in one step.
+    Records have the pipeline's shape, except ``merged[name]``: path, seconds and report of the merge.
     """
-    from mergeline.stages.evaluate import select_best, summarize
+    from mergeline.stages.evaluate import SPLITS, evaluate_experiment, evaluation_sets
     from mergeline.stages.merge import merge_config, plan_variants
-
-    try:
-        from mergeline.stages.evaluate import evaluation_sets
-    except ImportError:  # a library without per-role evaluation sets: every set, as before
-        evaluation_sets = None
 
     ctx = steps.context(params, run)
     p = ctx.params
@@ -349,43 +346,34 @@ def run_stages(params: dict[str, Any], run: DirectRun, b: DirectBackend, shared:
 
     variants = {v["name"]: v for v in plan_variants(ctx)}
     configs = {name: merge_config(ctx, v, base, vectors, importance) for name, v in variants.items()}
-
-    def sets(role: str, split: str, task: str | None = None) -> list[str] | None:
-        return None if evaluation_sets is None else evaluation_sets(ctx, role, split, task)
-
-    splits = ("validation", "test")
-    reference = {"base": {s: b.evaluate(params, run, "base", base, s, data, sets("base", s)) for s in splits}}
-    for key, ck in checkpoints.items():
-        label = f"single-{key.replace(':', '-')}"
-        reference[label] = {s: b.evaluate(params, run, label, ck, s, data, sets("single", s, ck["task"]))
-                            for s in splits}
-        if ck["mode"] == "talos":  # full checkpoints stay: STA importance (and its cost) reads them
-            steps.release(run, ck, vectors[key], reference[label])
-    records["reference"] = reference
-    validation = {name: b.merge_and_evaluate(params, run, v, configs[name], "validation", data, True,
-                                             sets("variant", "validation")) for name, v in variants.items()}
-    merged = {name: {"path": f"{p.work_dir}/merged/{name}", "seconds": ev["merge"]["seconds"],
-                     "report": ev["merge"]["report"]} for name, ev in validation.items()}
+    to_merge = {name: {"variant": v, "config": configs[name]} for name, v in variants.items()}
+    merged = {name: {"path": f"{p.work_dir}/merged/{name}"} for name in variants}
     records.update(variants=variants, configs=configs, merged=merged)
+    seen: list[dict[str, Any]] = []
 
-    def rows_for(evals: dict[str, dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
-        rows = {}
-        for name, evaluation in evals.items():
-            mode = "talos" if variants[name]["method"] == "talos" else "full"
-            singles = {t: reference[f"single-{t}-{mode}"][split] for t in p.tasks}
-            rows[name] = summarize(ctx, evaluation, reference["base"][split], singles)
-        return rows
+    def ev(name: str, model: dict[str, Any], split: str, sets: list[str] | None) -> dict[str, Any]:
+        if "config" not in model:  # the base or a single-task checkpoint
+            result = b.evaluate(params, run, name, model, split, data, sets)
+        else:
+            if split == "test":  # a method's best variant: chosen on validation scores, all computed?
+                steps.decide(seen)
+            result = b.merge_and_evaluate(params, run, model["variant"], model["config"], split, data, True, sets)
+            if split == "validation":
+                merged[name].update(seconds=result["merge"]["seconds"], report=result["merge"]["report"])
+        seen.append(result)
+        return result
 
+    # the base's scores first, as the plan scores them (the same steps): negation needs them while
+    # the addition is still being computed
+    records["reference"] = {"base": {s: b.evaluate(params, run, "base", base, s, data,
+                                                   evaluation_sets(ctx, "base", s)) for s in SPLITS}}
     with steps.block():
-        steps.decide(reference, validation)
-        validation_rows = rows_for(validation, "validation")
-        selection = select_best(validation_rows, variants)
-        test = {name: b.merge_and_evaluate(params, run, variants[name], configs[name], "test", data, True,
-                                           sets("variant", "test")) for name in selection["ranking"]}
-        steps.decide(test)
-        for name, ev in test.items():  # the reports of the merges that were scored on test
-            merged[name] = dict(merged[name], seconds_test=ev["merge"]["seconds"])
-        records.update(validation_rows=validation_rows, test_rows=rows_for(test, "test"), selection=selection)
+        evaluation = evaluate_experiment(ctx, base, checkpoints, to_merge, variants, ev)
+        steps.decide(seen)
+        records.update(evaluation)
+        for key, ck in checkpoints.items():  # full checkpoints stay: STA importance (and its cost) reads them
+            if ck["mode"] == "talos":
+                steps.release(run, ck, vectors[key])
     return records
 
 
