@@ -65,7 +65,9 @@ def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[P
     root, _ = finished_project
     ok = run_cli(root, "lineage", "mergeline-tiny@champion", "--verify")
     assert ok.returncode == 0, ok.stderr
-    vector = root / "data/work/vectors/news/task_vector.safetensors"
+    # the champion's own first task vector (a TaLoS champion names the news-talos vector, not news)
+    lineage = json.loads(run_cli(root, "lineage", "mergeline-tiny@champion", "--format", "json").stdout)
+    vector = root / lineage["tasks"][0]["vector"]["path"] / "task_vector.safetensors"
     original = vector.read_bytes()
     flipped = bytearray(original)
     flipped[-1] ^= 0xFF
