@@ -7,6 +7,15 @@ never by model size: readers are lazy (:class:`CheckpointReader`), the writer st
 place in its shard (:class:`ShardedWriter`). Methods with global statistics get their statistics passes
 (each re-reads the inputs) before the merge pass.
 
+Row-separable methods (TA, linear, per-tensor TIES) are merged in row blocks: cache-sized on the CPU,
+spread over one thread per core (torch single-threaded in each), 2^20 entries on 8 threads with their
+own streams on CUDA (stored bytes staged in pinned memory, converted on the GPU). A method may ask for a
+per-tensor statistics pass over the same blocks first (TIES: each model's cut-off magnitude and tie
+budget; ``MergeMethod.begin_tensor``). A writer thread hashes and writes each output chunk while the
+next is merged. Memory: a few blocks per thread, two or three output chunks, the mapped pages of one
+chunk of each input. Methods that declare ``nonfinite_propagates`` (TA, TIES) are checked for NaN/Inf
+on their output only; the inputs are inspected when the output is not finite, to name the tensor.
+
 Per tensor (the reference names are the base's; the first input's for a method without base):
 - non-float tensors (position ids, counters) are copied from the base;
 - ``kind == "delta"``: model i gives δ_i = θ_i − θ_base (a task-vector folder gives δ_i directly), the
