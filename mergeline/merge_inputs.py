@@ -1,0 +1,256 @@
+"""Planning and reading a merge's inputs: the half of the engine (``mergeline.merge``) that knows the files.
+
+Planning checks everything that can be checked without tensor data (every model has every tensor of
+the reference with its shape, task vectors have a base, per-tensor parameters resolve, auxiliary inputs
+open, tied embeddings are found); reading converts mapped bytes into the thread's reused buffers in the
+compute dtype on the device, checks inputs for NaN/Inf where the method needs it, and builds the
+:class:`TensorInputs` a method sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mergeline.config import ParameterResolver, same_path
+from mergeline.errors import MergelineError
+from mergeline.io.safetensors_io import CheckpointReader, TensorSpec
+from mergeline.layers import layer_index
+from mergeline.methods import MethodParameters, ModelParameters, TensorInputs
+
+# Vocabulary-indexed tensors (rows = tokens): the only ones whose row count may differ from the base's.
+EMBEDDING_SUFFIXES = (
+    "embed_tokens.weight", "wte.weight", "word_embeddings.weight", "shared.weight", "lm_head.weight",
+    "embed_out.weight",
+)
+HEAD_SUFFIXES = ("lm_head.weight", "embed_out.weight")
+Span = tuple[int, int] | None
+
+
+@dataclass
+class PlanItem:
+    """The plan for one output tensor."""
+
+    name: str
+    out: TensorSpec
+    layer: int | None
+    floating: bool
+    params: MethodParameters | None = None
+    model_params: list[ModelParameters] = field(default_factory=list)
+    cut: bool = False  # some model's rows are cut to the base's
+    alias_of: str | None = None  # tied: same data as this earlier tensor
+
+
+class MergeInputs:
+    """Mixed into the engine, which provides ``config``, ``device``, ``method_cls``, ``compute``,
+    ``out_dtype``, ``aux``, ``checked``, ``check_inputs``, ``buffers``, ``staging``, ``workspace`` and
+    ``open``."""
+
+    # ---- planning: everything that can be checked without reading tensor data -------------------
+    def plan(self) -> list[PlanItem]:
+        cfg = self.config
+        self.base = self.open(cfg.base_model) if cfg.base_model else None
+        if self.base is not None and self.base.is_task_vector:
+            raise MergelineError(f"base_model {cfg.base_model}: is a task vector; the base must be a model")
+        names = {m.model for m in cfg.models}
+        readers = {path: self.open(path) for path in names if not same_path(path, cfg.base_model)}
+        resolver = ParameterResolver(cfg, self._num_layers())
+        self.inputs = resolver.inputs
+        self.readers = [
+            self.base if same_path(cfg.models[i].model, cfg.base_model) else readers[cfg.models[i].model]
+            for i in self.inputs
+        ]
+        for i, reader in zip(self.inputs, self.readers):
+            if reader.is_task_vector and self.base is None:
+                raise MergelineError(f"models[{i}] ({reader.path}): a task vector needs base_model")
+        self.ref = self.base or self.readers[0]
+        items = []
+        for name in self.ref.names():
+            spec = self.ref.spec(name)
+            floating = spec.dtype.is_floating_point
+            out = TensorSpec(name, spec.shape, (self.out_dtype or spec.dtype) if floating else spec.dtype)
+            item = PlanItem(name, out, layer_index(name), floating)
+            if floating:
+                item.cut = self._check_models(name, spec)
+                item.params, item.model_params = resolver.resolve(name, item.layer)
+                self._open_aux(item)
+            items.append(item)
+        self._tie(items)
+        return items
+
+    def _num_layers(self) -> int | None:
+        ref = self.base or CheckpointReader(self.config.models[0].model)
+        layers = [layer_index(n) for n in ref.names()]
+        found = [layer for layer in layers if layer is not None]
+        return max(found) + 1 if found else None
+
+    def _check_models(self, name: str, spec: TensorSpec) -> bool:
+        """Every input has tensor ``name`` with the reference's shape; True when rows must be cut."""
+        cut = False
+        for i, reader in zip(self.inputs, self.readers):
+            where = f"models[{i}] ({reader.path})"
+            if name not in reader:
+                raise MergelineError(f"{where}: has no tensor {name!r} (architecture mismatch with the base?)")
+            other = reader.spec(name)
+            if not other.dtype.is_floating_point:
+                raise MergelineError(f"{where}: tensor {name!r} is {other.dtype}, the base's is {spec.dtype}")
+            if other.shape == spec.shape:
+                continue
+            if self._can_cut(name, other.shape, spec.shape):
+                cut = True
+                continue
+            raise MergelineError(
+                f"{where}: tensor {name!r} has shape {list(other.shape)}, the base has {list(spec.shape)}"
+            )
+        return cut
+
+    def _can_cut(self, name: str, shape: tuple[int, ...], ref: tuple[int, ...]) -> bool:
+        return (
+            self.method_cls.kind == "delta" and name.endswith(EMBEDDING_SUFFIXES) and len(shape) == len(ref)
+            and shape[0] > ref[0] and shape[1:] == ref[1:]
+        )
+
+    def _open_aux(self, item: PlanItem) -> None:
+        paths = [getattr(item.params, key, None) for key in self.method_cls.global_inputs]
+        for key in self.method_cls.model_inputs:
+            paths += [getattr(mp, key, None) for mp in item.model_params]
+        for path in paths:
+            if path is not None and str(path) not in self.aux:
+                self.aux[str(path)] = self.open(str(path))
+
+    def _tie(self, items: list[PlanItem]) -> None:
+        """Mark an LM head that holds exactly the embedding's data (in base and every model) as its alias."""
+        readers = [r for r in [self.base, *self.readers] if r is not None]
+        heads = [it for it in items if it.floating and it.name.endswith(HEAD_SUFFIXES)]
+        embeds = [it for it in items if it.floating and it.name.endswith(EMBEDDING_SUFFIXES) and it not in heads]
+        order = {it.name: k for k, it in enumerate(items)}
+        for head in heads:
+            for emb in embeds:
+                if emb.out != TensorSpec(emb.name, head.out.shape, head.out.dtype):
+                    continue
+                if all(torch.equal(r.get(head.name), r.get(emb.name)) for r in readers):
+                    first, second = sorted((head, emb), key=lambda it: order[it.name])
+                    second.alias_of = first.name
+                    break
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def _read(self, reader: CheckpointReader, name: str, slot: object, span: Span = None,
+              index: torch.Tensor | None = None, whole: bool = True) -> torch.Tensor:
+        """Tensor ``name`` of ``reader`` (its rows ``span``, or its flat entries ``index``) in the compute
+        dtype on the device, in ``slot``'s reused buffer (this thread's).
+
+        The mapped bytes are converted straight into the buffer (one pass, no fresh allocation: page
+        faults of new buffers cost more than the conversion itself). A whole-tensor read drops the
+        mapped pages from this process at once; row blocks leave that to the caller (``release``).
+        """
+        src = reader.view(name)
+        if span is not None:  # a row block (a chunk, or the base's rows of a longer embedding)
+            src = src[span[0]:span[1]]
+        if index is not None:
+            src = src.reshape(-1)[index]
+        if src.is_floating_point() and self.device.type == "cuda":
+            # The stored bytes cross the bus as they are (bf16: half of float32's), asynchronously from
+            # pinned memory, and are converted on the GPU.
+            host = self.staging.take(slot, src.shape, src.dtype)
+            host.copy_(src)
+            x = self.buffers.take(slot, src.shape, self.compute)
+            raw = x if src.dtype == self.compute else self.buffers.take(("raw", slot), src.shape, src.dtype)
+            raw.copy_(host, non_blocking=True)
+            if raw is not x:
+                x.copy_(raw)
+        elif src.is_floating_point():
+            x = self.buffers.take(slot, src.shape, self.compute)
+            x.copy_(src)
+        else:
+            x = src.to(self.device, copy=True)
+        del src
+        if whole:
+            reader.release(name)
+        if self.check_inputs and index is None:
+            self._check_finite(reader, name, span, x)
+        return x
+
+    def _check_finite(self, reader: CheckpointReader, name: str, span: Span, x: torch.Tensor) -> None:
+        key = (id(reader), name, span)
+        if key not in self.checked and x.is_floating_point():
+            # A sum is NaN/Inf if any entry is (or on overflow; then the exact test decides): ~30x cheaper.
+            if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+                raise MergelineError(f"{reader.file(name)}: tensor {name!r} contains NaN or Inf")
+            self.checked.add(key)
+
+    def _check_output(self, item: PlanItem, span: Span, result: torch.Tensor) -> None:
+        """For methods whose output is non-finite whenever an input is: the output decides, and only a
+        non-finite output sends us to the inputs, to name the one that holds the NaN/Inf (a finite
+        input that overflowed is written as it is, as before)."""
+        if bool(torch.isfinite(result.sum())) or bool(torch.isfinite(result).all()):
+            return
+        if span is None and item.cut:
+            span = (0, item.out.shape[0])
+        readers = ([self.base] if self.base is not None else []) + [r for r in self.readers if r is not self.base]
+        for reader in readers:
+            x = self._read(reader, item.name, "nonfinite", span, whole=False)
+            self.checked.discard((id(reader), item.name, span))
+            self._check_finite(reader, item.name, span, x)
+
+    def inputs_for(self, item: PlanItem, span: Span = None, block: int | None = None,
+                   index: torch.Tensor | None = None) -> TensorInputs:
+        """What the method sees for one tensor (or the row block ``span`` of it, number ``block``; or
+        its flat entries ``index``).
+
+        Its tensors live in this thread's reused buffers: they are valid during the method call only.
+        """
+        if span is None and item.cut:
+            span = (0, item.out.shape[0])
+        whole = block is None and index is None
+        if index is not None:
+            span = None
+        read = lambda reader, slot: self._read(reader, item.name, slot, span, index, whole)  # noqa: E731
+        base = read(self.base, "base") if self.base is not None else None
+        kind = self.method_cls.kind
+        tensors = []
+        for k, reader in enumerate(self.readers):
+            if reader is self.base:
+                x = self.buffers.take(("model", k), base.shape, base.dtype)
+                x.copy_(base) if kind == "weights" else x.zero_()
+            else:
+                x = read(reader, ("model", k))
+                if reader.is_task_vector and kind == "weights":
+                    x.add_(base)
+                elif not reader.is_task_vector and kind == "delta":
+                    x.sub_(base)
+            tensors.append(x)
+        model_inputs = {
+            key: [self._aux(getattr(mp, key, None), item.name, (key, k), span, index, whole)
+                  for k, mp in enumerate(item.model_params)]
+            for key in self.method_cls.model_inputs
+        }
+        global_inputs = {
+            key: self._aux(getattr(item.params, key, None), item.name, key, span, index, whole)
+            for key in self.method_cls.global_inputs
+        }
+        return TensorInputs(
+            name=item.name, base=base, tensors=tensors, model_index=list(self.inputs), params=item.params,
+            model_params=item.model_params, layer=item.layer, model_inputs=model_inputs, global_inputs=global_inputs,
+            block=block, workspace=self.workspace,
+        )
+
+    def _aux(self, path: Any, name: str, slot: object, span: Span, index: torch.Tensor | None,
+             whole: bool) -> torch.Tensor | None:
+        if path is None:
+            return None
+        reader = self.aux[str(path)]
+        return self._read(reader, name, ("aux", slot), span, index, whole) if name in reader else None
+
+    def _all_readers(self) -> list[CheckpointReader]:
+        readers = [self.base] if self.base is not None else []
+        readers += [r for r in self.readers if r is not self.base]
+        return readers + list(self.aux.values())
+
+    def _release(self, item: PlanItem, rows: Span = None) -> None:
+        for reader in self._all_readers():
+            if item.name in reader:
+                reader.release(item.name, rows)
+
+    # ---- the passes ------------------------------------------------------------------------------
