@@ -27,27 +27,27 @@ analogy checkpoints are deleted once their vectors and scores exist (disk); no M
 here (``quality.py --report-only`` logs the JSON to MLflow afterwards); ``prune_work`` is ignored.
 Cost (``_quality_cost``) runs after the parallel part, alone on the machine, one seed after another
 while the ``--deadline`` allows.
+
+Modules: this one plans and drives the pool; ``_quality_backend`` turns steps into cached units;
+``_quality_worker`` is what each pool process runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
-import os
-import shutil
 import sys
 import time
-import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import _quality_steps as steps
-from _quality_steps import Pending, is_pending
+from _quality_backend import DirectBackend, DirectRun
+from _quality_worker import init_worker, write_json, execute
+from _quality_steps import Pending
 
 HERE = Path(__file__).resolve().parent
 # rough cost of each kind of step, to start the long ones first
@@ -56,266 +56,6 @@ WEIGHT = {"finetune": 10, "compute_importance": 8, "merge_evaluate": 5, "extract
 
 
 COST_GUESS_S = 150.0  # one seed's cost measurements on an H100, before one has been timed
-
-
-@dataclass(frozen=True)
-class DirectRun:
-    """What the experiments read of a run handle (``tasks._stage.RunHandle`` without Prefect)."""
-
-    root: str
-    device: str
-    parent_run_id: str | None = None
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-class DirectBackend:
-    """Steps of ``_quality_steps`` as cached units; uncomputed ones are collected for the worker pool."""
-
-    name = "direct"
-
-    def __init__(self, root: Path, device: str, cache: Path) -> None:
-        self.root, self.device, self.cache = root, device, cache
-        cache.mkdir(parents=True, exist_ok=True)
-        self.runnable: dict[str, dict[str, Any]] = {}
-        self.inflight: set[str] = set()
-        self.failed: dict[str, str] = {}
-        self.pending = 0
-        self.blocks: list[int] = []
-        self.hashes: dict[str, str] = {}
-
-    # --- the planner's bookkeeping
-    def pending_seen(self) -> int:
-        return self.pending
-
-    def open_block(self, start: int) -> int:
-        self.blocks.append(start)
-        return len(self.blocks)
-
-    def close_block(self, token: int | None) -> None:
-        if token is not None:
-            del self.blocks[token - 1:]
-
-    def decide(self, *inputs: Any) -> None:
-        if (self.blocks and self.pending > self.blocks[-1]) or (inputs and is_pending(inputs)):
-            raise Pending()
-
-    def _learn(self, record: Any) -> None:
-        if isinstance(record, dict) and isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str):
-            self.hashes[record["path"]] = record["sha256"]
-
-    def unit(self, kind: str, label: str, params: dict[str, Any], args: dict[str, Any],
-             placeholder: dict[str, Any]) -> dict[str, Any]:
-        """The cached result of a step, else a placeholder (and the step queued when its inputs exist)."""
-        blob = json.dumps(args, sort_keys=True, default=str)
-        if "PENDING" in blob:
-            self.pending += 1
-            return placeholder
-        deps = sorted({self.hashes[s] for s in _strings(args, str(self.root)) if s in self.hashes})
-        key = _hash([kind, params, args, deps])
-        cached = self.cache / f"{key}.json"
-        if cached.is_file():
-            record = json.loads(cached.read_text())
-            self._learn(record)
-            return record
-        self.pending += 1
-        if key not in self.failed and key not in self.inflight:
-            self.runnable[key] = {"key": key, "kind": kind, "label": label, "params": params, "args": args,
-                                  "root": str(self.root), "device": self.device, "cache": str(self.cache)}
-        return placeholder
-
-    # --- the steps (same signatures as _quality_steps.PipelineBackend)
-    def finetune(self, params: dict[str, Any], run: Any, task: str, mode: str, base: dict[str, Any],
-                 data: dict[str, Any], output: str) -> dict[str, Any]:
-        holder = {"task": task, "mode": mode, "path": f"PENDING/{output}", "sha256": "PENDING", "meta": {}}
-        return self.unit("finetune", f"{_seed(params)}fine-tune {task}-{mode}", params,
-                         {"task": task, "mode": mode, "base": base, "data": data}, holder)
-
-    def extract_vector(self, params: dict[str, Any], run: Any, base: dict[str, Any], checkpoint: dict[str, Any],
-                       output: str) -> dict[str, Any]:
-        holder = {"task": checkpoint["task"], "mode": checkpoint["mode"], "path": f"PENDING/{output}",
-                  "sha256": "PENDING", "meta": {}}
-        return self.unit("extract_vector", f"{_seed(params)}vector {checkpoint['task']}-{checkpoint['mode']}",
-                         params, {"base": base, "checkpoint": checkpoint}, holder)
-
-    def compute_importance(self, params: dict[str, Any], task: str, base: dict[str, Any], checkpoint: dict[str, Any],
-                           vector: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        holder = {"task": task, "path": f"PENDING/{params['work_dir']}/importance/{task}/sta.safetensors",
-                  "sha256": "PENDING"}
-        return self.unit("compute_importance", f"{_seed(params)}importance {task}", params,
-                         {"task": task, "base": base, "checkpoint": checkpoint, "vector": vector, "data": data}, holder)
-
-    def vector_diagnostics(self, params: dict[str, Any], vectors: dict[str, Any]) -> dict[str, Any]:
-        return self.unit("vector_diagnostics", f"{_seed(params)}vector diagnostics", params, {"vectors": vectors},
-                         {"path": "PENDING", "summary": {}})
-
-    def _eval_holder(self, params: dict[str, Any], name: str, split: str, sets: list[str] | None) -> dict[str, Any]:
-        names = sets if sets is not None else [*params["tasks"], params["control"]]
-        return {"name": name, "split": split, "status": "PENDING", "metrics": {t: 0.0 for t in names}, "raw": {},
-                "merge": {"seconds": None, "report": {}}}
-
-    def evaluate(self, params: dict[str, Any], run: Any, name: str, model: dict[str, Any], split: str,
-                 data: dict[str, Any], sets: list[str] | None = None) -> dict[str, Any]:
-        return self.unit("evaluate", f"{_seed(params)}evaluate {name} {split}", params,
-                         {"name": name, "model": model, "split": split, "data": data, "sets": sets},
-                         self._eval_holder(params, name, split, sets))
-
-    def merge_and_evaluate(self, params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any],
-                           split: str, data: dict[str, Any], prune_after: bool = True,
-                           sets: list[str] | None = None) -> dict[str, Any]:
-        # always pruned: 3 seeds × ~130 merged models of 0.54 GB do not fit the disk
-        return self.unit("merge_evaluate", f"{_seed(params)}merge+evaluate {spec['name']} {split}", params,
-                         {"spec": spec, "config": config, "split": split, "data": data, "sets": sets},
-                         self._eval_holder(params, spec["name"], split, sets))
-
-    def merge_variant(self, params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any]
-                      ) -> dict[str, Any]:
-        raise NotImplementedError("direct backend: merges are evaluated in the same step (merge_and_evaluate)")
-
-    def release(self, run: Any, record: dict[str, Any], *readers: Any) -> None:
-        if is_pending([record, readers]):
-            return
-        path = Path(run.root) / record["path"]
-        if path.parent.name == "checkpoints" and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-
-    # --- steps run here, in the planner's process, once
-    def prepare_data(self, params: dict[str, Any], run: Any) -> dict[str, Any]:
-        from mergeline.stages.prepare import prepare_data
-
-        key = _hash(["prepare_data", {k: params[k] for k in ("data", "tasks", "control", "data_dir")}])
-        cached = self.cache / f"{key}.json"
-        if cached.is_file() and all((self.root / s["path"]).is_file() for t in json.loads(cached.read_text())["tasks"].values()
-                                    for s in t.values()):
-            return json.loads(cached.read_text())
-        record = prepare_data(steps.context(params, run))
-        _write_json(cached, record)
-        return record
-
-    def import_base(self, params: dict[str, Any], run: Any, shared: Path) -> dict[str, Any]:
-        """The base model imported once into ``shared/base`` for every seed (the import is seed-free)."""
-        from mergeline.stages.prepare import import_base
-
-        key = _hash(["import_base", params["base_model"], str(shared)])
-        cached = self.cache / f"{key}.json"
-        if cached.is_file():
-            record = json.loads(cached.read_text())
-            if (self.root / record["path"]).is_dir():
-                self._learn(record)
-                return record
-        from mergeline.stages.common import rel
-
-        shared_rel = rel(shared, self.root)
-        record = import_base(steps.context(dict(params, work_dir=shared_rel), run))
-        _write_json(cached, record)
-        self._learn(record)
-        return record
-
-
-def _strings(obj: Any, root: str) -> Iterator[str]:
-    """Every string leaf of ``obj``, absolute paths under ``root`` also made relative (as records hold them)."""
-    if isinstance(obj, str):
-        yield obj
-        if obj.startswith(root + "/"):
-            yield obj[len(root) + 1:]
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _strings(value, root)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _strings(value, root)
-
-
-def _seed(params: dict[str, Any]) -> str:
-    return f"[seed {params['data']['seed']}] "
-
-
-# ------------------------------------------------------------------------------------------ workers
-def _init_worker(paths: list[str], threads: int, logs: str) -> None:
-    Path(logs).mkdir(parents=True, exist_ok=True)
-    with open(Path(logs) / f"worker-{os.getpid()}.log", "ab", buffering=0) as handle:  # lm-eval's chatter
-        os.dup2(handle.fileno(), 1)
-        os.dup2(handle.fileno(), 2)
-    for path in reversed(paths):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    from mergeline.env import configure_offline_defaults
-
-    configure_offline_defaults()
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
-    torch.set_num_threads(threads)
-    import lm_eval  # noqa: F401  (import once per worker, not per step)
-    import mergeline.stages.evaluate  # noqa: F401
-    import mergeline.stages.merge  # noqa: F401
-    import mergeline.stages.train  # noqa: F401
-
-
-def _evaluate(ctx: Any, name: str, model_path: str, split: str, data: dict[str, Any], sets: list[str] | None
-              ) -> dict[str, Any]:
-    from mergeline.stages.evaluate import evaluate
-
-    return evaluate(ctx, name, model_path, split, data) if sets is None else \
-        evaluate(ctx, name, model_path, split, data, sets)
-
-
-def execute(unit: dict[str, Any]) -> dict[str, Any]:
-    """Run one step in a worker; write its record to the cache; return timing (or the error)."""
-    start = time.perf_counter()
-    try:
-        from mergeline.params import ExperimentParams
-        from mergeline.stages import importance, merge, train
-        from mergeline.stages.common import StageContext
-
-        ctx = StageContext(ExperimentParams.model_validate(unit["params"]), Path(unit["root"]), unit["device"])
-        kind, a = unit["kind"], unit["args"]
-        if kind == "finetune":
-            record = train.finetune(ctx, a["task"], a["mode"], a["base"], a["data"])
-        elif kind == "extract_vector":
-            record = train.extract_vector(ctx, a["base"], a["checkpoint"])
-        elif kind == "compute_importance":
-            record = importance.compute_importance(ctx, a["task"], a["base"], a["checkpoint"], a["vector"], a["data"])
-        elif kind == "vector_diagnostics":
-            record = importance.vector_diagnostics(ctx, a["vectors"])
-        elif kind == "evaluate":
-            record = _evaluate(ctx, a["name"], a["model"]["path"], a["split"], a["data"], a["sets"])
-        elif kind == "merge_evaluate":
-            merged = merge.merge_variant(ctx, a["spec"], a["config"])
-            record = dict(_evaluate(ctx, a["spec"]["name"], merged["path"], a["split"], a["data"], a["sets"]))
-            record["merge"] = {"seconds": merged.get("seconds"), "report": merged.get("report") or {}}
-            path = Path(unit["root"]) / merged["path"]
-            if path.parent.name == "merged":
-                shutil.rmtree(path, ignore_errors=True)
-        else:
-            raise ValueError(f"unknown step kind {kind!r}")
-        _write_json(Path(unit["cache"]) / f"{unit['key']}.json", record)
-        outcome: dict[str, Any] = {"error": None}
-    except Exception:  # reported by the planner; the step is not retried in this run
-        outcome = {"error": traceback.format_exc()[-3000:]}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            outcome["cuda_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-    except Exception:
-        pass
-    return dict(outcome, key=unit["key"], kind=unit["kind"], label=unit["label"], pid=os.getpid(),
-                seconds=round(time.perf_counter() - start, 3))
 
 
 # ------------------------------------------------------------------------------------- the pipeline part
@@ -432,7 +172,7 @@ def run_direct(pipeline: dict[str, Any], quality: Any, seeds: list[int], out: Pa
     written: dict[int, dict[str, Any]] = {}
     final_records: dict[int, dict[str, Any]] = {}
     paths = [str(HERE), str(root)] + [p for p in sys.path if p]
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker,
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=init_worker,
                                initargs=(paths, threads, str(out / "workers")))
     futures: dict[Future, dict[str, Any]] = {}
     passes = 0
@@ -493,10 +233,10 @@ def run_direct(pipeline: dict[str, Any], quality: Any, seeds: list[int], out: Pa
             plan()  # write what the finished steps completed
     finally:
         pool.shutdown(wait=status != "deadline", cancel_futures=True)
-        _write_json(out / "direct-steps.json", {"timings": timings, "failed": b.failed, "passes": passes,
+        write_json(out / "direct-steps.json", {"timings": timings, "failed": b.failed, "passes": passes,
                                                 "seconds": elapsed(), "status": status, "workers": workers})
         if export:
-            _write_json(export / "direct-steps.json", {"timings": timings, "failed": b.failed, "passes": passes,
+            write_json(export / "direct-steps.json", {"timings": timings, "failed": b.failed, "passes": passes,
                                                        "seconds": elapsed(), "status": status, "workers": workers})
     _summarise(timings, log)
     if status == "done" and quality.cost.enabled:
@@ -523,9 +263,9 @@ def _save(out: Path, export: Path | None, seed: int, result: dict[str, Any]) -> 
         earlier = json.loads(path.read_text()).get("cost")
         if earlier:
             result["cost"] = earlier
-    _write_json(path, result)
+    write_json(path, result)
     if export:
-        _write_json(export / f"seed{seed}.json", result)
+        write_json(export / f"seed{seed}.json", result)
 
 
 def _summarise(timings: list[dict[str, Any]], log: Callable[[str], None]) -> None:

@@ -6,7 +6,7 @@ Backends (``use_backend``; the experiments call only the functions of this modul
 evaluation is the pipeline's Prefect task (``tasks.*``, run through ``flows.pipeline._call``), so
 the same caching and MLflow nesting as ``mergeline run``; an unchanged re-run is a cache hit.
 
-``DirectBackend`` (``_quality_direct``, ``quality.py --direct``): the same library stage functions
+``DirectBackend`` (``_quality_backend``, ``quality.py --direct``): the same library stage functions
 (``mergeline.stages.*``) without Prefect or MLflow, executed in parallel worker processes by a
 planner that re-runs the experiments' code until every step is computed. Steps whose results are
 not computed yet return *pending* placeholders; ``block``/``decide`` keep a choice (the best λ, the
