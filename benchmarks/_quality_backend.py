@@ -131,10 +131,6 @@ class DirectBackend:
                          {"spec": spec, "config": config, "split": split, "data": data, "sets": sets},
                          self._eval_holder(params, spec["name"], split, sets))
 
-    def merge_variant(self, params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any]
-                      ) -> dict[str, Any]:
-        raise NotImplementedError("direct backend: merges are evaluated in the same step (merge_and_evaluate)")
-
     def release(self, run: Any, record: dict[str, Any], *readers: Any) -> None:
         if is_pending([record, readers]):
             return

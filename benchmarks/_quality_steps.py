@@ -32,7 +32,7 @@ from mergeline.io.hashing import sha256_file
 from mergeline.params import ExperimentParams
 from mergeline.stages.common import StageContext, rel
 
-__all__ = ["use_backend", "backend", "context", "finetune", "extract_vector", "merge_variant", "evaluate",
+__all__ = ["use_backend", "backend", "context", "finetune", "extract_vector", "evaluate",
            "merge_and_evaluate", "prune", "release", "block", "decide", "Pending", "is_pending", "write_dataset",
            "chance", "variant", "own_accuracies"]
 
@@ -130,11 +130,6 @@ def extract_vector(params: dict[str, Any], run: Any, base: dict[str, Any], check
 
     output = f"{params['work_dir']}/vectors/{checkpoint_name(checkpoint['task'], checkpoint['mode'])}"
     return _BACKEND.extract_vector(params, run, base, checkpoint, output)
-
-
-def merge_variant(params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any]
-                  ) -> dict[str, Any]:
-    return _BACKEND.merge_variant(params, run, spec, config)
 
 
 def evaluate(params: dict[str, Any], run: Any, name: str, model: dict[str, Any], split: str,

@@ -49,20 +49,13 @@ def init_worker(paths: list[str], threads: int, logs: str) -> None:
     import mergeline.stages.train  # noqa: F401
 
 
-def _evaluate(ctx: Any, name: str, model_path: str, split: str, data: dict[str, Any], sets: list[str] | None
-              ) -> dict[str, Any]:
-    from mergeline.stages.evaluate import evaluate
-
-    return evaluate(ctx, name, model_path, split, data) if sets is None else \
-        evaluate(ctx, name, model_path, split, data, sets)
-
-
 def execute(unit: dict[str, Any]) -> dict[str, Any]:
     """Run one step in a worker; write its record to the cache; return timing (or the error)."""
     start = time.perf_counter()
     try:
         from mergeline.params import ExperimentParams
         from mergeline.stages import importance, merge, train
+        from mergeline.stages.evaluate import evaluate
         from mergeline.stages.common import StageContext
 
         ctx = StageContext(ExperimentParams.model_validate(unit["params"]), Path(unit["root"]), unit["device"])
@@ -76,10 +69,10 @@ def execute(unit: dict[str, Any]) -> dict[str, Any]:
         elif kind == "vector_diagnostics":
             record = importance.vector_diagnostics(ctx, a["vectors"])
         elif kind == "evaluate":
-            record = _evaluate(ctx, a["name"], a["model"]["path"], a["split"], a["data"], a["sets"])
+            record = evaluate(ctx, a["name"], a["model"]["path"], a["split"], a["data"], a["sets"])
         elif kind == "merge_evaluate":
             merged = merge.merge_variant(ctx, a["spec"], a["config"])
-            record = dict(_evaluate(ctx, a["spec"]["name"], merged["path"], a["split"], a["data"], a["sets"]))
+            record = dict(evaluate(ctx, a["spec"]["name"], merged["path"], a["split"], a["data"], a["sets"]))
             record["merge"] = {"seconds": merged.get("seconds"), "report": merged.get("report") or {}}
             path = Path(unit["root"]) / merged["path"]
             if path.parent.name == "merged":

@@ -121,6 +121,6 @@ def params_info(path: str | os.PathLike[str], resolved: dict[str, Any] | None = 
     if resolved is None:
         resolved = yaml.safe_load(p.read_text()) or {}
     shown = p
-    if root is not None and p.resolve().is_relative_to(Path(root).resolve()):
-        shown = p.resolve().relative_to(Path(root).resolve())
+    if root is not None and p.resolve().is_relative_to(top := Path(root).resolve()):
+        shown = p.resolve().relative_to(top)
     return ParamsInfo(path=str(shown), sha256=sha256_file(p), resolved=resolved)

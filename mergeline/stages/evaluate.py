@@ -36,13 +36,13 @@ def evaluate(ctx: StageContext, name: str, model_path: str, split: str, data: di
     """Accuracy of one model folder on ``split`` of ``sets`` (default: every task and the control set)."""
     from mergeline.evaluate import evaluate_model, load_causal_lm
 
-    chosen = sets if sets is not None else [*ctx.params.tasks, ctx.params.control]
-    sets = {t: ctx.root / data["tasks"][t][split]["path"] for t in chosen}
+    chosen = sets if sets is not None else evaluation_sets(ctx, "base", split)
+    files = {t: ctx.root / data["tasks"][t][split]["path"] for t in chosen}
     ctx.say(f"evaluate[{split}]: {name}")
     record: dict[str, Any] = {"name": name, "split": split}
     with timed(record):
         model, tokenizer = load_causal_lm(ctx.root / model_path, ctx.device)
-        metrics = evaluate_model(model, tokenizer, sets, batch_size=ctx.params.evaluate.batch_size,
+        metrics = evaluate_model(model, tokenizer, files, batch_size=ctx.params.evaluate.batch_size,
                                  device=ctx.device, max_length=ctx.params.evaluate.max_length)
         del model
     record["metrics"] = {t: m["acc"] for t, m in metrics.items()}
@@ -112,9 +112,8 @@ def evaluate_experiment(ctx: StageContext, base: dict[str, Any], checkpoints: di
         rows = {}
         for name, evaluation in evals.items():
             mode = "talos" if variants[name]["method"] == "talos" else "full"
-            labels = [f"single-{t}-{mode}" for t in p.tasks]
-            singles = ({t: reference[lb][split] for t, lb in zip(p.tasks, labels)}
-                       if all(split in reference.get(lb, {}) for lb in labels) else None)
+            singles = ({t: reference[f"single-{t}-{mode}"][split] for t in p.tasks}
+                       if split in single_splits else None)
             rows[name] = summarize(ctx, evaluation, reference["base"][split], singles)
         return rows
 

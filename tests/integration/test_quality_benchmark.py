@@ -56,14 +56,20 @@ def _mean(cell: str) -> float:
     return float(cell.split(" ± ")[0])
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def _tiny_params() -> dict[str, object]:
+    """params/quality-tiny.yaml pointed at the session's tiny Llama (built on first use)."""
     base = session_dir() / "quality-tiny-base"
     if not (base / "config.json").exists():
         build_tiny_llama(base, seed=0)
-    root = tmp_path_factory.mktemp("quality")
     params = yaml.safe_load((REPO / "params" / "quality-tiny.yaml").read_text())
     params["base_model"] = str(base)
+    return params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("quality")
+    params = _tiny_params()
     first = root / "quality.yaml"
     first.write_text(yaml.safe_dump(params, sort_keys=False))
     addition = _run(root, first, "--seeds", "0", "1", "--only")
@@ -176,12 +182,8 @@ def test_bad_input_fails_fast_with_one_line(tmp_path: Path) -> None:
 def direct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """``--direct`` (no Prefect, no MLflow: the GPU path) on seed 0 with negation, run twice, then
     ``--report-only`` logging the saved JSON to MLflow."""
-    base = session_dir() / "quality-tiny-base"
-    if not (base / "config.json").exists():
-        build_tiny_llama(base, seed=0)
     root = tmp_path_factory.mktemp("quality-direct")
-    params = yaml.safe_load((REPO / "params" / "quality-tiny.yaml").read_text())
-    params["base_model"] = str(base)
+    params = _tiny_params()
     path = root / "quality.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     args = ("--seeds", "0", "--only", "negation", "--direct", "--workers", "2", "--export", str(root / "export"))
