@@ -18,6 +18,14 @@ def autocast_dtype(device: str) -> str:
     return "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
 
 
+def finetune_settings(ctx: StageContext, mode: str) -> dict[str, Any]:
+    """The ``finetune:`` params for one fine-tune; a TaLoS fine-tune takes ``talos.lr`` when it is set."""
+    settings = ctx.params.finetune.model_dump()
+    if mode == "talos" and ctx.params.talos.lr is not None:
+        settings["lr"] = ctx.params.talos.lr
+    return settings
+
+
 def finetune(ctx: StageContext, task: str, mode: str, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune the base on one task, fully (``full``) or on a TaLoS mask (``talos``)."""
     from mergeline.finetune import FinetuneConfig, TalosConfig, finetune_checkpoint
@@ -26,9 +34,7 @@ def finetune(ctx: StageContext, task: str, mode: str, base: dict[str, Any], data
     p = ctx.params
     splits = data["tasks"][task]
     out = ctx.work / "checkpoints" / checkpoint_name(task, mode)
-    settings = p.finetune.model_dump()
-    if mode == "talos" and p.talos.lr is not None:
-        settings["lr"] = p.talos.lr
+    settings = finetune_settings(ctx, mode)
     cfg = FinetuneConfig(**settings, dtype=autocast_dtype(ctx.device))
     talos = None
     if mode == "talos":

@@ -64,9 +64,13 @@ def test_metrics_match_direct_log_likelihood(setup):
     model, tok, files = setup
     state = torch.get_rng_state()
     py_state = random.getstate()
+    import lm_eval.evaluator
+
+    env_report = lm_eval.evaluator.add_env_info
     model.train()
     results = evaluate_model(model, tok, files, batch_size=4)
     assert model.training, "the caller's train/eval mode must be restored"
+    assert lm_eval.evaluator.add_env_info is env_report, "lm-eval's env report must be restored after the call"
     model.eval()
     assert set(results) == set(files)
     for name, path in files.items():

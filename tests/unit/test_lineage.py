@@ -22,7 +22,7 @@ from mergeline.lineage import (
     version_tags,
 )
 from mergeline.io.hashing import sha256_dir
-from mergeline.lineage_build import describe, md5_file, weight_files
+from mergeline.lineage_build import describe, md5_file, params_info, weight_files
 from mergeline.lineage_render import render_json, render_mermaid, render_text
 
 
@@ -150,3 +150,14 @@ def test_mermaid_routes_held_out_splits_to_evaluation(tmp_path: Path) -> None:
     assert "data_task0_validation --> ft_task0" not in graph
     # Summary metrics come first in the small evaluation node.
     assert graph.index("test/norm_acc/mean") < graph.index("test/acc/task0")
+
+
+def test_params_path_is_recorded_relative_to_the_project_root(tmp_path: Path) -> None:
+    params = tmp_path / "params" / "default.yaml"
+    params.parent.mkdir()
+    params.write_text("experiment: x\n")
+    assert params_info(params, root=tmp_path).path == "params/default.yaml"
+    assert params_info(params).path == str(params)  # no root: as given
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere.yaml"
+    outside.write_text("experiment: y\n")
+    assert params_info(outside, root=tmp_path).path == str(outside)

@@ -88,3 +88,12 @@ def test_evaluation_plan_scores_singles_on_test_only_when_selecting_by_accuracy(
     assert row["norm_acc/news"] == pytest.approx(1.0) and row["norm_acc/sentiment"] == pytest.approx(1.5)
     assert row["control_drift"] == pytest.approx(0.5)
     assert "norm_acc/mean" not in out["validation_rows"]["ta_a"]
+
+
+def test_talos_fine_tune_takes_its_own_learning_rate() -> None:
+    from mergeline.stages.train import finetune_settings
+
+    ctx = context("finetune.lr=0.0001", "talos.lr=0.002")
+    assert finetune_settings(ctx, "full")["lr"] == pytest.approx(1e-4)
+    assert finetune_settings(ctx, "talos")["lr"] == pytest.approx(2e-3)
+    assert finetune_settings(context("finetune.lr=0.0001", "talos.lr=null"), "talos")["lr"] == pytest.approx(1e-4)
