@@ -103,8 +103,11 @@ def test_killed_run_resumes_from_last_finished_stage(tiny_base: Path, tmp_path: 
     proc = subprocess.Popen([*MERGELINE, "run", "--params", "params.yaml"], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = root / "data/work/checkpoints/news/model.safetensors"
+    # the next fine-tune's output: once it exists, Prefect has persisted the first one's result too
+    # (the checkpoint folder is renamed into place a moment before its task result is written)
+    following = root / "data/work/checkpoints/news-talos/model.safetensors"
     deadline = time.monotonic() + 600
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not following.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert first.exists(), "the first fine-tune never finished"
     os.killpg(proc.pid, signal.SIGKILL)
