@@ -7,14 +7,15 @@ never by model size: readers are lazy (:class:`CheckpointReader`), the writer st
 place in its shard (:class:`ShardedWriter`). Methods with global statistics get their statistics passes
 (each re-reads the inputs) before the merge pass.
 
-Row-separable methods (TA, linear, per-tensor TIES) are merged in row blocks: cache-sized on the CPU,
-spread over one thread per core (torch single-threaded in each), 2^20 entries on 8 threads with their
-own streams on CUDA (stored bytes staged in pinned memory, converted on the GPU). A method may ask for a
-per-tensor statistics pass over the same blocks first (TIES: each model's cut-off magnitude and tie
-budget; ``MergeMethod.begin_tensor``). A writer thread hashes and writes each output chunk while the
-next is merged. Memory: a few blocks per thread, two or three output chunks, the mapped pages of one
-chunk of each input. Methods that declare ``nonfinite_propagates`` (TA, TIES) are checked for NaN/Inf
-on their output only; the inputs are inspected when the output is not finite, to name the tensor.
+On the CPU, row-separable methods (TA, linear, per-tensor TIES) are merged in cache-sized row blocks
+spread over one thread per core (torch single-threaded in each). A method may ask for a per-tensor
+statistics pass over the same blocks first (TIES: each model's cut-off magnitude and tie budget;
+``MergeMethod.begin_tensor``). Memory: a few blocks per thread, two output chunks, the mapped pages of
+one chunk of each input. On CUDA every method gets whole tensors, read ahead with positioned reads
+and merged on the GPU without waiting for it (``mergeline.merge_prefetch``). A writer thread hashes and
+writes each output chunk while the next is merged. Methods that declare ``nonfinite_propagates`` (TA,
+TIES) are checked for NaN/Inf on their output only; the inputs are inspected when the output is not
+finite, to name the tensor.
 
 Per tensor (the reference names are the base's; the first input's for a method without base):
 - non-float tensors (position ids, counters) are copied from the base;
@@ -44,7 +45,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,12 @@ from mergeline.io.safetensors_io import (
     copy_model_files,
 )
 from mergeline.merge_inputs import MergeInputs, PlanItem, Span
+from mergeline.merge_prefetch import PrefetchedTensors, PrefetchFeed, prefetches
 from mergeline.merge_support import (
     AsyncSink,
     Buffers,
     OutputRing,
     build_report,
-    cuda_worker,
     dtype_name,
     limit_malloc_arenas,
     resolve_device,
@@ -78,13 +78,9 @@ from mergeline.methods import MergeMethod, TensorInputs
 Progress = Callable[[str], None]
 # Row-separable methods merge a tensor in row blocks of about BLOCK_ELEMENTS entries on the CPU (every
 # pass of the method over a block then stays in cache), spread over a pool of threads, and hand the
-# writer thread output chunks of about CHUNK_ELEMENTS entries. On CUDA, blocks of CUDA_BLOCK_ELEMENTS go
-# through CUDA_WORKERS threads, each with its own stream: staging copy of the mapped bytes into pinned
-# memory, asynchronous transfer of the stored dtype, conversion and merge on the GPU, transfer back.
+# writer thread output chunks of about CHUNK_ELEMENTS entries.
 BLOCK_ELEMENTS = 1 << 17
 CHUNK_ELEMENTS = 1 << 24
-CUDA_BLOCK_ELEMENTS = 1 << 20
-CUDA_WORKERS = 8
 # Methods whose output element depends only on the same element of the inputs (so row blocks give the
 # same result as whole tensors), besides those that declare ``row_separable = True`` themselves.
 ROW_SEPARABLE = ("task_arithmetic", "linear")
@@ -99,7 +95,7 @@ class MergeResult:
     weight_sha256: dict[str, str]
 
 
-class _Engine(MergeInputs):
+class _Engine(MergeInputs, PrefetchedTensors):
     """One merge: the open readers, the plan (:class:`MergeInputs`), and the tensor loop."""
 
     def __init__(self, config: MergeConfig, device: torch.device, progress: Progress | None) -> None:
@@ -115,11 +111,11 @@ class _Engine(MergeInputs):
         self.row_separable = False  # set by use(method)
         self.check_inputs = True
         self._local = threading.local()  # per-thread buffers: pool threads merge blocks side by side
-        cuda = device.type == "cuda"
-        cores = os.cpu_count() or 1
-        self.workers = max(1, min(CUDA_WORKERS, cores) if cuda else min(torch.get_num_threads(), cores))
-        self.block_elements = CUDA_BLOCK_ELEMENTS if cuda else BLOCK_ELEMENTS
-        self.ring = OutputRing(3 if cuda else 2, pin=cuda)
+        self._prefetched: dict[tuple[int, str, Span], torch.Tensor] = {}  # the GPU loop's current inputs
+        self.prefetch = prefetches(device)
+        self.workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+        self.block_elements = BLOCK_ELEMENTS
+        self.ring = OutputRing(3 if self.prefetch else 2, pin=device.type == "cuda")
 
     def use(self, method: MergeMethod) -> None:
         """How to run ``method``: in row blocks or whole tensors; NaN/Inf checked on inputs or output."""
@@ -290,11 +286,12 @@ class _Engine(MergeInputs):
         largest = max((math.prod(it.out.shape) for it in items if it.floating), default=0)
         workers = max(1, min(self.workers, -(-largest // self.block_elements)))
         sink = AsyncSink(writer)
-        cuda = self.device.type == "cuda"
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="mergeline-merge",
-                                  initializer=partial(cuda_worker, self.device) if cuda else single_threaded_torch)
+        feed = PrefetchFeed(self, items) if self.prefetch else None
+        rows = self.row_separable and feed is None
+        pool = ThreadPoolExecutor(workers if rows else 1, thread_name_prefix="mergeline-merge",
+                                  initializer=single_threaded_torch)
         threads = torch.get_num_threads()
-        if self.row_separable and self.device.type == "cpu":
+        if rows:
             single_threaded_torch()  # this thread's share (samples, cut-offs) runs beside the pool's
         try:
             for k, item in enumerate(items):
@@ -308,18 +305,24 @@ class _Engine(MergeInputs):
                     sink.begin(item.name)
                     sink.block(self.ref.get(item.name))
                     sink.end()
-                elif self.row_separable:
+                elif feed is not None:
+                    self._whole_prefetched(method, item, sink, keep, feed)
+                elif rows:
                     self._rows(method, item, pool, sink, keep)
                 else:
                     self._whole(method, item, sink, keep)
                 if (k + 1) % step == 0 or k + 1 == len(items):
                     self.progress(f"merged {k + 1}/{len(items)} tensors")
+            if feed is not None:
+                feed.check_pending()
             sink.close()
         except BaseException:
             sink.abort()
             raise
         finally:
             pool.shutdown(wait=True)
+            if feed is not None:
+                feed.close()
             torch.set_num_threads(threads)  # the pool threads' setting is also torch's global default
 
 

@@ -45,8 +45,8 @@ class PlanItem:
 
 class MergeInputs:
     """Mixed into the engine, which provides ``config``, ``device``, ``method_cls``, ``compute``,
-    ``out_dtype``, ``aux``, ``checked``, ``check_inputs``, ``buffers``, ``staging``, ``workspace`` and
-    ``open``."""
+    ``out_dtype``, ``aux``, ``checked``, ``check_inputs``, ``buffers``, ``staging``, ``workspace``,
+    ``open`` and ``_prefetched`` (inputs already on the device, by (reader id, name, rows))."""
 
     # ---- planning: everything that can be checked without reading tensor data -------------------
     def plan(self) -> list[PlanItem]:
@@ -145,6 +145,14 @@ class MergeInputs:
         faults of new buffers cost more than the conversion itself). A whole-tensor read drops the
         mapped pages from this process at once; row blocks leave that to the caller (``release``).
         """
+        fetched = self._prefetched.get((id(reader), name, span)) if index is None else None
+        if fetched is not None:  # already on the device, in the stored dtype (the GPU loop)
+            x = fetched if fetched.dtype == self.compute else self.buffers.take(slot, fetched.shape, self.compute)
+            if x is not fetched:
+                x.copy_(fetched)
+            if self.check_inputs:
+                self._check_finite(reader, name, span, x)
+            return x
         src = reader.view(name)
         if span is not None:  # a row block (a chunk, or the base's rows of a longer embedding)
             src = src[span[0]:span[1]]
@@ -186,6 +194,10 @@ class MergeInputs:
         input that overflowed is written as it is, as before)."""
         if bool(torch.isfinite(result.sum())) or bool(torch.isfinite(result).all()):
             return
+        self._blame_nonfinite(item, span)
+
+    def _blame_nonfinite(self, item: PlanItem, span: Span) -> None:
+        """Raise naming the input of ``item`` that holds a NaN/Inf; return if none does."""
         if span is None and item.cut:
             span = (0, item.out.shape[0])
         readers = ([self.base] if self.base is not None else []) + [r for r in self.readers if r is not self.base]

@@ -196,13 +196,6 @@ def limit_malloc_arenas() -> None:
         pass
 
 
-def cuda_worker(device: torch.device) -> None:
-    """Pool-thread initializer on CUDA: host-side copies on this thread alone, and a stream of its own,
-    so one thread's staging copy, transfers and kernels overlap with the others'."""
-    torch.set_num_threads(1)
-    torch.cuda.set_stream(torch.cuda.Stream(device))
-
-
 def single_threaded_torch() -> None:
     """Pool-thread initializer: torch ops of this thread run on it alone (the pool is the parallelism).
 

@@ -24,6 +24,8 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit; anything larger is a corrupt length field
 
 
