@@ -76,6 +76,10 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     cut = kth_largest(flat, k)
     above = flat > cut
     at_cut = flat == cut
+    if flat.is_cuda:
+        # No round trip to the host: the tie budget stays on the device, where the cumsum is cheap.
+        at_cut &= torch.cumsum(at_cut, dim=0) <= k - above.sum()
+        return (above | at_cut).reshape(scores.shape)
     need = k - int(above.sum())
     if int(at_cut.sum()) > need:
         # Ties at the cut-off: the first `need` of them in flat order (cumsum only on this rare path).

@@ -33,7 +33,7 @@ from mergeline.methods._fields import Consensus, SparseModel, TaskArithmeticFami
 from mergeline.methods._global_topk import GlobalTopK
 from mergeline.methods import _row_trim
 from mergeline.methods._gta import TaskArithmeticFamily
-from mergeline.methods._sparsify import apply_mask, combine, keep_count, magnitude_mask
+from mergeline.methods._sparsify import apply_mask, combine, keep_count, magnitude_mask, topk_mask
 from mergeline.methods.base import MethodParameters, ModelParameters, TensorInputs
 
 
@@ -120,6 +120,8 @@ class Ties(TaskArithmeticFamily):
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         if not self.row_separable:
             return super().merge_tensor(inputs)
+        if inputs.name not in self._trims and inputs.tensors[0].is_cuda:
+            return self._merge_whole_on_gpu(inputs)
         if inputs.name not in self._trims:  # a whole tensor without the engine's statistics: do them here
             self._statistics_of_whole(inputs)
         block = inputs.block or 0
@@ -138,6 +140,20 @@ class Ties(TaskArithmeticFamily):
             self.finish_tensor(inputs.name)
         return combine(inputs.tensors, weights, self.consensus(p), bool(p.normalize), float(p.lambda_),
                        masks=masks, scratch=inputs.scratch)
+
+    def _merge_whole_on_gpu(self, inputs: TensorInputs) -> torch.Tensor:
+        """A whole tensor on the GPU: exact top-k masks (same tie rule) without a host round trip; the
+        kept count is k by construction, so the report needs no readback either."""
+        masks: list[torch.Tensor | None] = []
+        numel = inputs.tensors[0].numel()
+        for delta, model, mp in zip(inputs.tensors, inputs.model_index, inputs.model_params):
+            k = keep_count(float(mp.density), numel)
+            masks.append(None if k >= numel else topk_mask(torch.abs(delta, out=inputs.scratch("magnitude", delta)), k))
+            self._kept[model] = self._kept.get(model, 0) + min(k, numel)
+            self._total[model] = self._total.get(model, 0) + numel
+        p = inputs.params
+        return combine(inputs.tensors, [float(mp.weight) for mp in inputs.model_params], self.consensus(p),
+                       bool(p.normalize), float(p.lambda_), masks=masks, scratch=inputs.scratch)
 
     def _statistics_of_whole(self, inputs: TensorInputs) -> None:
         numel = inputs.tensors[0].numel()

@@ -1,4 +1,5 @@
-"""The merge engine on CUDA: same result as on CPU, bf16 kept, GPU memory bounded by tensors, CLI path.
+"""The merge engine on CUDA: same result as on CPU (bit for bit in bf16), GPU memory bounded by the
+prefetch window and a few tensors, CLI path.
 
 Marked ``gpu`` and skipped where CUDA is absent (CI has none); run on the lent GPU with
 ``python -m pytest -m gpu tests/integration/test_merge_cuda.py``. Models: a base and two ~1M-parameter
@@ -20,6 +21,7 @@ from safetensors import safe_open
 
 from mergeline.config import load_merge_config
 from mergeline.merge import run_merge
+from tests.merge_fixtures import write_checkpoint
 
 pytestmark = [
     pytest.mark.gpu,
@@ -78,22 +80,53 @@ def test_cuda_merge_equals_cpu_merge(tmp_path: Path, method: str) -> None:
     assert any(not torch.equal(cuda[n], base[n]) for n in base)
 
 
-def test_cuda_merge_keeps_bf16_and_bounds_gpu_memory(tmp_path: Path) -> None:
-    models = _model_set(tmp_path / "models", "bfloat16")
-    config = load_merge_config(_config(models, "ties", tmp_path / "ties.yaml"))
+def _many_small_tensors(root: Path) -> tuple[Path, list[Path], int]:
+    """A base and two bf16 fine-tunes of 48 tensors of 256 x 256: a model is many times its largest
+    tensor, so holding a model on the GPU would show in the peak."""
+    g = torch.Generator().manual_seed(0)
+    base = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(256, 256, generator=g).to(torch.bfloat16)
+            for i in range(48)}
+    folders = [write_checkpoint(root / "base", base, shards=3)]
+    for seed in (1, 2):
+        g.manual_seed(seed)
+        ft = {n: (t.float() + 0.01 * torch.randn(t.shape, generator=g)).to(torch.bfloat16) for n, t in base.items()}
+        folders.append(write_checkpoint(root / f"ft{seed}", ft, shards=2))
+    return folders[0], folders[1:], 256 * 256 * 4
+
+
+def test_cuda_merge_keeps_bf16_and_bounds_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mergeline import merge_prefetch
+
+    base, finetunes, largest_fp32 = _many_small_tensors(tmp_path / "models")
+    monkeypatch.setattr(merge_prefetch, "PREFETCH_BYTES", 4 * largest_fp32)
+    entries = [{"model": str(ft), "parameters": {"weight": 0.5, "density": 0.4}} for ft in finetunes]
+    (tmp_path / "ties.yaml").write_text(yaml.safe_dump({"merge_method": "ties", "base_model": str(base),
+                                                         "models": entries}))
+    config = load_merge_config(tmp_path / "ties.yaml")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
     run_merge(config, tmp_path / "out", device="cuda")
     peak = torch.cuda.max_memory_allocated() - start
     merged = _tensors(tmp_path / "out")
-    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
-    # Streaming: the GPU holds a few tensors (in float32) at a time, never a whole model (the engine
-    # runs no more threads than the largest tensor has row blocks, so this tiny model gets one).
-    one_model_fp32 = models.shape.num_params() * 4
-    largest_fp32 = max(t.numel() for t in merged.values()) * 4
-    assert 0 < peak < one_model_fp32, (peak, one_model_fp32, largest_fp32)
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16} and len(merged) == 48
+    # Streaming: the bytes fetched ahead (the window, plus one tensor of each input) and one tensor's
+    # compute buffers (each input in float32, TIES's per-model terms and masks, votes, sums), never
+    # a model: one model in float32 is 48 tensors.
+    one_model_fp32 = 48 * largest_fp32
+    assert 0 < peak <= merge_prefetch.PREFETCH_BYTES + 20 * largest_fp32 < one_model_fp32, (peak, largest_fp32)
     assert torch.cuda.memory_allocated() - start <= largest_fp32  # nothing left behind on the GPU
+
+
+def test_cuda_ties_bf16_is_bit_equal_to_cpu(tmp_path: Path) -> None:
+    """bf16 task vectors tie at the cut-off a lot: the GPU's whole-tensor top-k keeps the same entries
+    (lowest index first) as the CPU's row blocks, and reports the same kept fractions."""
+    models = _model_set(tmp_path / "models", "bfloat16")
+    config = load_merge_config(_config(models, "ties", tmp_path / "ties.yaml"))
+    cpu = run_merge(config, tmp_path / "cpu", device="cpu")
+    gpu = run_merge(config, tmp_path / "cuda", device="cuda")
+    assert gpu.weight_sha256 == cpu.weight_sha256
+    assert gpu.report["method"]["kept_fraction"] == cpu.report["method"]["kept_fraction"]
 
 
 def test_cli_merge_on_cuda(tmp_path: Path) -> None:
