@@ -121,7 +121,7 @@ class AsyncSink:
     in the caller's thread at its next message or at ``close``.
     """
 
-    def __init__(self, writer: Any, depth: int = 3) -> None:
+    def __init__(self, writer: Any, depth: int = 16) -> None:
         self._writer = writer
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None

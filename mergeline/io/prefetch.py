@@ -24,7 +24,7 @@ import torch
 from mergeline.errors import MergelineError
 from mergeline.io.safetensors_io import CheckpointReader
 
-PIECE_BYTES = 8 << 20
+PIECE_BYTES = 32 << 20
 
 
 @dataclass
