@@ -147,7 +147,9 @@ class MergeInputs:
         """
         fetched = self._prefetched.get((id(reader), name, span)) if index is None else None
         if fetched is not None:  # already on the device, in the stored dtype (the GPU loop)
-            x = fetched if fetched.dtype == self.compute else self.buffers.take(slot, fetched.shape, self.compute)
+            # (non-float inputs, e.g. TaLoS's bool masks, keep their dtype, as below)
+            same = fetched.dtype == self.compute or not fetched.is_floating_point()
+            x = fetched if same else self.buffers.take(slot, fetched.shape, self.compute)
             if x is not fetched:
                 x.copy_(fetched)
             if self.check_inputs:

@@ -239,7 +239,13 @@ def test_base_as_task_vector_refused(models: dict[str, Path], tmp_path: Path) ->
         run_merge(_config("task_arithmetic", models, [("a", {"weight": 1.0})]), tmp_path / "out")
 
 
-def test_per_model_and_global_input_checkpoints_reach_the_method(models: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("gpu_loop", [False, True], ids=["cpu-engine", "gpu-loop-on-cpu"])
+def test_per_model_and_global_input_checkpoints_reach_the_method(models: dict[str, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, gpu_loop: bool) -> None:
+    if gpu_loop:  # the GPU engine's loop (inputs fetched ahead, auxiliary checkpoints too), run on the CPU
+        from mergeline import merge_prefetch
+
+        monkeypatch.setattr(merge_prefetch, "PREFETCH_DEVICES", ("cpu", "cuda"))
     base, a = load_tensors(models["base"]), load_tensors(models["a"])
     floats = {k: v for k, v in base.items() if v.is_floating_point()}
     # STA importance = flat position, so a per-tensor top-50% keeps exactly the second half of each tensor.
