@@ -130,6 +130,7 @@ class Bench:
                                  shard_bytes=int(a.shard_gb * GB), device=a.device)
         files = [f for m in models.all_models for f in model_files(m)]
         out, logs = self.workdir / "out", self.workdir / "logs" / tag
+        logs.mkdir(parents=True, exist_ok=True)  # every tool writes its config and log here
         print(f"[{tag}] warming the page cache ({sum(f.stat().st_size for f in files) / GB:.2f} GB)")
         result = SizeResult(models, read_files(files))
         self.results.append(result)
