@@ -40,7 +40,7 @@ def _config(base: dict[str, Any], vectors: dict[str, dict[str, Any]], weights: d
 def run_analogy(params: dict[str, Any], quality: QualityParams, run: Any, records: dict[str, Any]
                 ) -> dict[str, Any]:
     q = quality.analogy
-    root, work, base = Path(run.root), params["work_dir"], records["base"]
+    root, base = Path(run.root), records["base"]
     data = copy.deepcopy(records["data"])
     print(f"analogy: building {', '.join(ANALOGY_SETS)}")
     for name, splits in analogy_splits(Sizes(q.n_train, q.n_validation, q.n_test), params["data"]["seed"]).items():

@@ -44,7 +44,7 @@ def run_lata(params: dict[str, Any], quality: QualityParams, run: Any, records: 
     ``None`` only while the direct backend still has steps to compute (see ``_quality_steps.block``).
     """
     q = quality.lata
-    root, work, ctx = Path(run.root), params["work_dir"], context(params, run)
+    root, ctx = Path(run.root), context(params, run)
     tasks, base = params["tasks"], records["base"]
     data = copy.deepcopy(records["data"])
     sizes = Sizes(q.instruct.n_train, q.instruct.n_validation, q.instruct.n_test)

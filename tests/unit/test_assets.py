@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from mergeline.assets import STAMP, import_base_model, read_import_meta
+from mergeline.assets import import_base_model, read_import_meta
 from mergeline.errors import MergelineError
 from mergeline.io.hashing import sha256_dir
 from tests.lm_fixtures import build_tiny_bert, build_tiny_llama
