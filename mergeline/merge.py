@@ -12,8 +12,8 @@ spread over one thread per core (torch single-threaded in each). A method may as
 statistics pass over the same blocks first (TIES: each model's cut-off magnitude and tie budget;
 ``MergeMethod.begin_tensor``). Memory: a few blocks per thread, two output chunks, the mapped pages of
 one chunk of each input. On CUDA every method gets whole tensors, read ahead with positioned reads
-and merged on the GPU without waiting for it (``mergeline.merge_prefetch``). A writer thread hashes and
-writes each output chunk while the next is merged. Methods that declare ``nonfinite_propagates`` (TA,
+and merged on the GPU without waiting for it (``mergeline.merge_prefetch``). A writer thread writes
+each output chunk while the next is merged, and a thread per shard hashes what it flushed. Methods that declare ``nonfinite_propagates`` (TA,
 TIES) are checked for NaN/Inf on their output only; the inputs are inspected when the output is not
 finite, to name the tensor.
 

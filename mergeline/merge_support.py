@@ -113,7 +113,8 @@ class OutputRing:
 
 
 class AsyncSink:
-    """The writer thread: writes (and hashes) tensors while the next ones are being merged.
+    """The writer thread: writes tensors while the next ones are being merged (the writer's hash
+    threads trail it, see ``ShardedWriter``).
 
     Messages keep the plan's order: ``begin(name)``, ``block(tensor, done)`` …, ``end()``. ``done`` is
     called once the block's bytes are written (or dropped after an error), to give its buffer back; an
