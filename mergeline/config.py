@@ -1,6 +1,6 @@
 """Merge configs in mergekit's YAML schema, and per-tensor resolution of their parameters.
 
-Schema (mergekit 0.1.5, ``models:`` form)::
+Schema (mergekit 0.1.5; ``models:`` form, or ``slices:`` below)::
 
     merge_method: ties
     base_model: path/to/base
@@ -12,50 +12,49 @@ Schema (mergekit 0.1.5, ``models:`` form)::
           weight: [{filter: self_attn, value: 0.5}, {value: 1.0}]   # filter list
     parameters: {lambda: 1.0, normalize: true}
     dtype: float32            # compute dtype (default float32)
-    out_dtype: bfloat16       # default: each tensor keeps the base's dtype
-    tokenizer_source: base    # only "base" (or absent) is supported
+    out_dtype: bfloat16       # default: ``dtype`` when given (mergekit), else each tensor keeps the base's
+    tokenizer_source: union   # base | union | a model path (or a ``tokenizer: {source: ...}`` block)
+    chat_template: auto       # auto | Jinja text
     seed: 0                   # mergeline: seed of random methods (DARE), passed as their ``seed``
 
-Parameter values follow mergekit's ``evaluate_setting``: a scalar; a *gradient* (list of numbers)
-interpolated piecewise-linearly at ``t = layer / (num_layers − 1)`` (t = 0 outside transformer blocks,
-t = 1 when the model has one block), where a list of booleans/strings picks ``values[int(t·(n−1))]``;
-or a *filter list* ``[{filter, value}, ...]`` whose first entry with ``filter`` a substring of the
-tensor name (or no filter / ``*``) wins. Precedence, as in mergekit: a model's own ``parameters``, then
-the global ``parameters`` (so a global ``weight`` is every model's default); method-wide parameters
-come from the global ``parameters`` only. Values are validated by the method's pydantic
-``Parameters`` / ``PerModel`` models.
+``slices:`` (instead of ``models:``) stacks layer ranges: each output slice lists ``sources`` (``model``,
+``layer_range: [a, b)``, ``parameters``) of equal length, merged with ``merge_method`` (one source:
+passthrough / frankenmerge), with an optional per-slice ``base_model`` and ``parameters``; see
+``mergeline.slices`` for the planning. mergekit's ``modules:`` form and ``tokenizer.tokens`` are refused
+with one line naming the key.
+
+Parameter values follow mergekit's ``evaluate_setting`` (``mergeline.parameters``): a scalar, a
+*gradient* interpolated at ``t = layer / (num_layers − 1)`` (t = 0 outside transformer blocks, t = 1
+when the model has one block; in a slice, the layer's place in its slice), or a *filter list*.
+Precedence, as in mergekit: a model's own ``parameters``, then the slice's, then the global ones (so a
+global ``weight`` is every model's default); method-wide parameters come from the slice's and global
+``parameters`` only. Values are validated by the method's pydantic ``Parameters`` / ``PerModel`` models.
 
 Errors (MergelineError, one line): unreadable file or YAML, unknown key, unknown merge_method, unknown
 parameter (naming it and the method), missing or out-of-range value (naming parameter, model, tensor),
-unsupported dtype or tokenizer_source, wrong number of models, missing base_model.
+unsupported dtype or mergekit key, wrong number of models, missing base_model.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, model_validator
 
 from mergeline.errors import MergelineError
-from mergeline.methods import MergeMethod, MethodParameters, ModelParameters, get_method
-
-Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
-ScalarOrGradient = Union[Scalar, list[Scalar]]
-
-
-class ConditionalParameter(BaseModel):
-    """One entry of a filter list: ``value`` applies to tensors whose name contains ``filter``."""
-
-    model_config = ConfigDict(extra="forbid")
-    value: ScalarOrGradient
-    filter: str | None = None
-
-
-ParameterSetting = Union[ScalarOrGradient, ConditionalParameter, list[ConditionalParameter]]
+from mergeline.methods import MergeMethod, get_method
+from mergeline.parameters import (  # noqa: F401 - re-exported: callers import them from here
+    ConditionalParameter,
+    ParameterSetting,
+    ScopedResolver,
+    config_keys,
+    evaluate_setting,
+    known_keys,
+)
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -72,27 +71,93 @@ class InputModel(BaseModel):
     parameters: dict[str, ParameterSetting] | None = None
 
 
+class InputSlice(BaseModel):
+    """One source of an output slice: layers ``layer_range[0] .. layer_range[1] - 1`` of ``model``."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    layer_range: tuple[StrictInt, StrictInt]
+    parameters: dict[str, ParameterSetting] | None = None
+
+
+class OutputSlice(BaseModel):
+    """One entry of ``slices:``: its sources (equal layer counts) are merged layer by layer."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[InputSlice]
+    base_model: str | None = None
+    parameters: dict[str, ParameterSetting] | None = None
+    # mergekit 0.1.5 accepts it and never reads it; so do we, and the report says so.
+    residual_weight: float | None = None
+
+
+class TokenizerSettings(BaseModel):
+    """mergekit's ``tokenizer:`` block (``tokens`` is refused before validation)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = "union"
+    pad_to_multiple_of: StrictInt | None = None
+
+
+# Keys of mergekit 0.1.5's schema that mergeline does not implement: one line each, exit 2.
+UNSUPPORTED_KEYS = {
+    "modules": "mergekit's per-module form is not supported; use models: or slices:",
+    "tokenizer.tokens": "per-token embedding sources are not supported; use tokenizer_source (base, union or a model)",
+}
+
+
 class MergeConfig(BaseModel):
     """A merge config (mergekit's schema plus ``seed``). Paths are local folders or files."""
 
     model_config = ConfigDict(extra="forbid")
     merge_method: str
     base_model: str | None = None
-    models: list[InputModel]
+    models: list[InputModel] | None = None
+    slices: list[OutputSlice] | None = None
     parameters: dict[str, ParameterSetting] | None = None
-    dtype: str = "float32"
+    dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    tokenizer: TokenizerSettings | None = None
+    chat_template: str | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_input_form(self) -> MergeConfig:
+        if bool(self.models) == bool(self.slices):
+            raise ValueError("give exactly one of models: or slices: (non-empty)")
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise ValueError("give tokenizer_source or a tokenizer: block, not both")
+        return self
 
     def method_class(self) -> type[MergeMethod]:
         return get_method(self.merge_method)
 
     def compute_dtype(self) -> torch.dtype:
-        return _dtype("dtype", self.dtype)
+        """``dtype`` (default float32: mergekit computes in the inputs' own dtype, we in float32)."""
+        return _dtype("dtype", self.dtype or "float32")
 
     def output_dtype(self) -> torch.dtype | None:
-        return None if self.out_dtype is None else _dtype("out_dtype", self.out_dtype)
+        """mergekit's rule: ``out_dtype``, else ``dtype``; None (neither given): each tensor keeps the base's."""
+        name = self.out_dtype or self.dtype
+        return None if name is None else _dtype("out_dtype" if self.out_dtype else "dtype", name)
+
+    def tokenizer_choice(self) -> str | None:
+        """Where the output tokenizer comes from: "base", "union", a model path, or None (copied)."""
+        return self.tokenizer.source if self.tokenizer is not None else self.tokenizer_source
+
+    def all_models(self) -> list[str]:
+        """Every model path the config names (base, models or slice sources, slice bases), in order."""
+        paths = [self.base_model] if self.base_model else []
+        for entry in self.models or []:
+            paths.append(entry.model)
+        for piece in self.slices or []:
+            paths += ([piece.base_model] if piece.base_model else []) + [src.model for src in piece.sources]
+        out: list[str] = []
+        for path in paths:
+            if not any(same_path(path, seen) for seen in out):
+                out.append(path)
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
@@ -110,7 +175,18 @@ def _first_error(exc: ValidationError, where: str) -> MergelineError:
     loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return MergelineError(f"{where}: unknown key {loc!r}")
+    if not err["loc"]:  # a whole-config rule (model_validator)
+        return MergelineError(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return MergelineError(f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})")
+
+
+def refuse_unsupported(data: dict[str, Any], where: str) -> None:
+    """One line naming the first mergekit key mergeline does not implement (before schema validation)."""
+    tokenizer = data.get("tokenizer")
+    present = set(data) | ({"tokenizer.tokens"} if isinstance(tokenizer, dict) and "tokens" in tokenizer else set())
+    for key, why in UNSUPPORTED_KEYS.items():
+        if key in present:
+            raise MergelineError(f"{where}: {key}: not supported ({why})")
 
 
 def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
@@ -127,26 +203,13 @@ def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
         raise MergelineError(f"{path}: unreadable YAML{at}: {problem}") from None
     if not isinstance(data, dict):
         raise MergelineError(f"{path}: a merge config must be a YAML mapping")
+    refuse_unsupported(data, str(path))
     try:
         config = MergeConfig.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, str(path)) from None
     check_config(config)
     return config
-
-
-def _known(model: type[BaseModel]) -> str:
-    return ", ".join(sorted(info.alias or name for name, info in model.model_fields.items())) or "none"
-
-
-def _keys(model: type[BaseModel]) -> dict[str, str]:
-    """Config key → field name, for field names and aliases."""
-    keys = {}
-    for name, info in model.model_fields.items():
-        keys[name] = name
-        if info.alias:
-            keys[info.alias] = name
-    return keys
 
 
 def same_path(a: str, b: str | None) -> bool:
@@ -167,133 +230,62 @@ def input_indices(config: MergeConfig, method: type[MergeMethod]) -> list[int]:
 
 def check_config(config: MergeConfig) -> None:
     """Check a config against its method: known method, model count, base, parameter names, dtypes."""
+    from mergeline.slices import check_slices
+    from mergeline.tokenizer_merge import check_tokenizer_settings
+
     method = config.method_class()
     config.compute_dtype()
     config.output_dtype()
-    if config.tokenizer_source not in (None, "base"):
-        raise MergelineError(
-            f"tokenizer_source: only 'base' is supported (got {config.tokenizer_source!r})"
-        )
+    check_tokenizer_settings(config)
+    if config.slices:
+        check_slices(config, method)
+        return
+    assert config.models is not None
     if method.requires_base and not config.base_model:
         raise MergelineError(f"merge_method {method.name!r} needs base_model")
-    n = len(input_indices(config, method))
+    check_model_count(method, len(input_indices(config, method)), "")
+    check_parameter_keys(method, config.parameters, "parameters")
+    for i in input_indices(config, method):
+        check_model_keys(method, config.models[i].parameters, f"models[{i}] ({config.models[i].model})")
+
+
+def check_model_count(method: type[MergeMethod], n: int, where: str) -> None:
     if n < method.min_models or (method.max_models is not None and n > method.max_models):
         limit = method.min_models if method.max_models == method.min_models else (
             f"{method.min_models}..{method.max_models if method.max_models is not None else ''}"
         )
-        raise MergelineError(f"merge_method {method.name!r} takes {limit} model(s) besides the base, got {n}")
-    shared, per_model = _keys(method.Parameters), _keys(method.PerModel)
-    for key in config.parameters or {}:
+        raise MergelineError(f"{where}merge_method {method.name!r} takes {limit} model(s) besides the base, got {n}")
+
+
+def check_parameter_keys(method: type[MergeMethod], settings: dict[str, Any] | None, where: str) -> None:
+    """Keys of a shared ``parameters:`` block (method-wide or per-model defaults) must be the method's."""
+    shared, per_model = config_keys(method.Parameters), config_keys(method.PerModel)
+    for key in settings or {}:
         if key not in shared and key not in per_model:
-            known = f"{_known(method.Parameters)}; per model: {_known(method.PerModel)}"
-            raise MergelineError(f"parameters: unknown parameter {key!r} for merge_method {method.name!r} (known: {known})")
-    for i in input_indices(config, method):
-        for key in config.models[i].parameters or {}:
-            if key not in per_model:
-                known = _known(method.PerModel)
-                raise MergelineError(
-                    f"models[{i}] ({config.models[i].model}): unknown per-model parameter {key!r} "
-                    f"for merge_method {method.name!r} (known: {known})"
-                )
+            known = f"{known_keys(method.Parameters)}; per model: {known_keys(method.PerModel)}"
+            raise MergelineError(f"{where}: unknown parameter {key!r} for merge_method {method.name!r} (known: {known})")
 
 
-def _is_numeric(model: type[BaseModel], field: str | None) -> bool:
-    info = model.model_fields.get(field) if field else None
-    return info is not None and info.annotation in (int, float)
+def check_model_keys(method: type[MergeMethod], settings: dict[str, Any] | None, where: str) -> None:
+    per_model = config_keys(method.PerModel)
+    for key in settings or {}:
+        if key not in per_model:
+            raise MergelineError(
+                f"{where}: unknown per-model parameter {key!r} for merge_method {method.name!r} "
+                f"(known: {known_keys(method.PerModel)})"
+            )
 
 
-def evaluate_setting(setting: Any, tensor_name: str, t: float, numeric: bool) -> Any:
-    """mergekit's value of one parameter setting for ``tensor_name`` at layer fraction ``t`` (None: no match)."""
-    if isinstance(setting, ConditionalParameter):
-        setting = [setting]
-    if not isinstance(setting, list):
-        return setting
-    if not setting:
-        return None
-    if isinstance(setting[0], ConditionalParameter):
-        for cond in setting:
-            if cond.filter in (None, "*") or (tensor_name and cond.filter in tensor_name):
-                return evaluate_setting(cond.value, tensor_name, t, numeric)
-        return None
-    values = list(setting)
-    if numeric:  # YAML reads "1e-3" as a string; a numeric parameter interpolates it as a number
-        values = [float(v) if isinstance(v, str) and _floatable(v) else v for v in values]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return values[int(t * (len(values) - 1))]
-    scaled = t * (len(values) - 1)
-    i0 = int(scaled)
-    i1 = min(len(values) - 1, i0 + 1)
-    frac = scaled - i0
-    return (1 - frac) * values[i0] + frac * values[i1]
-
-
-def _floatable(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-class ParameterResolver:
-    """Resolves and validates a config's parameters for each tensor (gradients and filters applied).
-
-    ``inputs`` are the indices into ``config.models`` that the method receives; ``resolve`` returns the
-    method-wide parameters and one ``PerModel`` per input, in that order.
-    """
+class ParameterResolver(ScopedResolver):
+    """The resolver of a ``models:`` config: ``inputs`` are the indices into ``config.models`` that the
+    method receives; ``t`` comes from the tensor's layer (``layer_fraction``)."""
 
     def __init__(self, config: MergeConfig, num_layers: int | None) -> None:
-        self.config = config
-        self.method = config.method_class()
+        method = config.method_class()
+        models = config.models or []
+        inputs = input_indices(config, method) if config.models else []
+        self.setup(method, config.seed, [config.parameters],
+                   [[models[i].parameters, config.parameters] for i in inputs],
+                   [f"models[{i}] ({models[i].model})" for i in inputs])
+        self.inputs = inputs
         self.num_layers = num_layers
-        self.inputs = input_indices(config, self.method)
-        shared_keys, model_keys = _keys(self.method.Parameters), _keys(self.method.PerModel)
-        glob = dict(config.parameters or {})
-        if "seed" in shared_keys and "seed" not in glob:
-            glob["seed"] = config.seed
-        self._shared = {k: v for k, v in glob.items() if k in shared_keys}
-        self._model_defaults = {k: v for k, v in glob.items() if k in model_keys}
-        self._shared_fields = shared_keys
-        self._model_fields = model_keys
-
-    def layer_fraction(self, layer: int | None) -> float:
-        """mergekit's ``t``: 0 outside blocks, layer/(L−1) inside, 1 for a one-block model."""
-        if layer is None or not self.num_layers:
-            return 0.0
-        return layer / (self.num_layers - 1) if self.num_layers > 1 else 1.0
-
-    def _evaluate(self, settings: dict[str, Any], model: type[BaseModel], keys: dict[str, str],
-                  tensor_name: str, t: float) -> dict[str, Any]:
-        out = {}
-        for key, setting in settings.items():
-            value = evaluate_setting(setting, tensor_name, t, _is_numeric(model, keys.get(key)))
-            if value is not None:
-                out[key] = value
-        return out
-
-    def resolve(self, tensor_name: str, layer: int | None) -> tuple[MethodParameters, list[ModelParameters]]:
-        t = self.layer_fraction(layer)
-        what = f" for tensor {tensor_name!r}" if tensor_name else ""
-        values = self._evaluate(self._shared, self.method.Parameters, self._shared_fields, tensor_name, t)
-        try:
-            params = self.method.Parameters.model_validate(values)
-        except ValidationError as exc:
-            raise _param_error(exc, "parameters", what) from None
-        model_params = []
-        defaults = self._evaluate(self._model_defaults, self.method.PerModel, self._model_fields, tensor_name, t)
-        for i in self.inputs:
-            entry = self.config.models[i]
-            own = self._evaluate(entry.parameters or {}, self.method.PerModel, self._model_fields, tensor_name, t)
-            try:
-                model_params.append(self.method.PerModel.model_validate({**defaults, **own}))
-            except ValidationError as exc:
-                raise _param_error(exc, f"models[{i}] ({entry.model})", what) from None
-        return params, model_params
-
-
-def _param_error(exc: ValidationError, where: str, what: str) -> MergelineError:
-    err = exc.errors()[0]
-    name = ".".join(str(part) for part in err["loc"])
-    if err["type"] == "missing":
-        return MergelineError(f"{where}: parameter {name!r} is required{what}")
-    return MergelineError(f"{where}: parameter {name!r} = {err.get('input')!r}{what}: {err['msg']}")

@@ -29,3 +29,12 @@ def layer_index(name: str) -> int | None:
         if match:
             return int(match.group(1))
     return None
+
+
+def with_layer(name: str, index: int) -> str:
+    """``name`` with its block index replaced by ``index`` (a slice's output layer); unchanged outside blocks."""
+    for pattern in LAYER_PATTERNS:
+        match = pattern.search(name)
+        if match:
+            return f"{name[:match.start(1)]}{index}{name[match.end(1):]}"
+    return name

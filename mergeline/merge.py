@@ -58,9 +58,9 @@ from mergeline.io.safetensors_io import (
     DEFAULT_SHARD_BYTES,
     CheckpointReader,
     ShardedWriter,
-    copy_model_files,
 )
 from mergeline.merge_inputs import MergeInputs, PlanItem, Span
+from mergeline.merge_outputs import write_model_files
 from mergeline.merge_prefetch import PrefetchedTensors, PrefetchFeed, prefetches
 from mergeline.merge_support import (
     AsyncSink,
@@ -214,7 +214,7 @@ class _Engine(MergeInputs, PrefetchedTensors):
         sample = None
         if index is not None:
             sample = self._sample(item, index, chunks, spans)
-        if method.begin_tensor(item.name, numel, list(self.inputs), item.model_params, sample):
+        if method.begin_tensor(item.name, numel, list(item.group.inputs), item.model_params, sample):
             done = False
             while not done:
                 observations: list[Any] = []
@@ -303,8 +303,14 @@ class _Engine(MergeInputs, PrefetchedTensors):
                     sink.end()
                 elif not item.floating:
                     sink.begin(item.name)
-                    sink.block(self.ref.get(item.name))
+                    sink.block((item.group.base or item.group.readers[0]).get(item.name))
                     sink.end()
+                elif item.vocab:
+                    self._prefetched = self.vocab_inputs(item)
+                    try:
+                        self._whole(method, item, sink, keep)
+                    finally:
+                        self._prefetched = {}
                 elif feed is not None:
                     self._whole_prefetched(method, item, sink, keep, feed)
                 elif rows:
@@ -337,8 +343,7 @@ def run_merge(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     check_config(config)
-    inputs = [config.base_model, *(m.model for m in config.models)]
-    if any(p is not None and same_path(str(out_dir), p) for p in inputs):
+    if any(same_path(str(out_dir), p) for p in config.all_models()):
         raise MergelineError(f"--out {out_dir}: is one of the input models; choose another output folder")
     engine = _Engine(config, resolve_device(device), progress)
     with engine.stack:
@@ -347,9 +352,12 @@ def run_merge(
         if first is None:
             raise MergelineError(f"{engine.ref.path}: has no floating-point tensor to merge")
         method = engine.method_cls(first.params, first.model_params)
+        if config.slices and method.statistics_passes():
+            raise MergelineError(f"slices: merge_method {config.merge_method!r} (with these parameters) needs "
+                                 "whole-model statistics; not supported with slices (use models:)")
         engine.use(method)
         engine.progress(
-            f"{config.merge_method}: {len(items)} tensors, {len(engine.readers)} model(s), "
+            f"{config.merge_method}: {len(items)} tensors, {len(config.all_models())} model(s), "
             f"{engine.compute} on {engine.device}"
         )
         # Methods that draw from torch's global RNG stay reproducible, and the caller's RNG is untouched.
@@ -365,8 +373,7 @@ def run_merge(
             except BaseException:
                 writer.abort()
                 raise
-            source = engine.ref.model_dir
-            copied = copy_model_files(source, tmp, dtype_name(engine.out_dtype)) if source else []
+            copied = write_model_files(config, engine.ref.model_dir, tmp, dtype_name(engine.out_dtype), engine.vocab)
             report = build_report(config, engine, method, items, hashes, copied, time.perf_counter() - start)
             (tmp / "merge.yaml").write_text(resolved_config(config).to_yaml())
             (tmp / "merge_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

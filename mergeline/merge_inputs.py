@@ -10,6 +10,7 @@ compute dtype on the device, checks inputs for NaN/Inf where the method needs it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from mergeline.errors import MergelineError
 from mergeline.io.safetensors_io import CheckpointReader, TensorSpec
 from mergeline.layers import layer_index
 from mergeline.methods import MethodParameters, ModelParameters, TensorInputs
+from mergeline.slices import InputGroup, PlannedTensor, plan_slices
+from mergeline.tokenizer_merge import build_vocabulary, permute_embeddings
 
 # Vocabulary-indexed tensors (rows = tokens): the only ones whose row count may differ from the base's.
 EMBEDDING_SUFFIXES = (
@@ -41,6 +44,8 @@ class PlanItem:
     model_params: list[ModelParameters] = field(default_factory=list)
     cut: bool = False  # some model's rows are cut to the base's
     alias_of: str | None = None  # tied: same data as this earlier tensor
+    group: InputGroup = None  # type: ignore[assignment]  # the readers and resolver of this tensor
+    vocab: bool = False  # rows re-indexed to the output tokenizer's vocabulary before the merge
 
 
 class MergeInputs:
@@ -51,52 +56,81 @@ class MergeInputs:
     # ---- planning: everything that can be checked without reading tensor data -------------------
     def plan(self) -> list[PlanItem]:
         cfg = self.config
-        self.base = self.open(cfg.base_model) if cfg.base_model else None
+        self._opened: dict[Path, CheckpointReader] = {}
+        self.base = self.open_model(cfg.base_model) if cfg.base_model else None
         if self.base is not None and self.base.is_task_vector:
             raise MergelineError(f"base_model {cfg.base_model}: is a task vector; the base must be a model")
-        names = {m.model for m in cfg.models}
-        readers = {path: self.open(path) for path in names if not same_path(path, cfg.base_model)}
-        resolver = ParameterResolver(cfg, self._num_layers())
-        self.inputs = resolver.inputs
-        self.readers = [
-            self.base if same_path(cfg.models[i].model, cfg.base_model) else readers[cfg.models[i].model]
-            for i in self.inputs
-        ]
-        for i, reader in zip(self.inputs, self.readers):
-            if reader.is_task_vector and self.base is None:
-                raise MergelineError(f"models[{i}] ({reader.path}): a task vector needs base_model")
-        self.ref = self.base or self.readers[0]
+        planned = plan_slices(cfg, self.method_cls, self.open_model) if cfg.slices else self._plan_models()
+        self.vocab = build_vocabulary(cfg, cfg.all_models(), cfg.base_model)
+        groups = list({id(p.group): p.group for p in planned}.values())
+        for group in groups:
+            for k, reader in enumerate(group.readers):
+                if reader.is_task_vector and group.base is None:
+                    raise MergelineError(f"{self.where(group, k)}: a task vector needs base_model")
+        self.inputs, self.readers = groups[0].inputs, groups[0].readers  # the first group's, for the report
+        self.ref = self.base or groups[0].base or groups[0].readers[0]
         items = []
-        for name in self.ref.names():
-            spec = self.ref.spec(name)
+        for tensor in planned:
+            group = tensor.group
+            spec = (group.base or group.readers[0]).spec(tensor.name)
             floating = spec.dtype.is_floating_point
-            out = TensorSpec(name, spec.shape, (self.out_dtype or spec.dtype) if floating else spec.dtype)
-            item = PlanItem(name, out, layer_index(name), floating)
+            shape = spec.shape
+            vocab = floating and self.vocab is not None and tensor.name.endswith(EMBEDDING_SUFFIXES)
+            if vocab:
+                shape = (self.vocab.size, *spec.shape[1:])  # rows re-indexed to the output vocabulary
+            out = TensorSpec(tensor.name, shape, (self.out_dtype or spec.dtype) if floating else spec.dtype)
+            item = PlanItem(tensor.name, out, tensor.layer, floating, group=group, vocab=vocab)
             if floating:
-                item.cut = self._check_models(name, spec)
-                item.params, item.model_params = resolver.resolve(name, item.layer)
+                item.cut = self._check_models(item, spec)
+                item.params, item.model_params = group.resolver.resolve(tensor.name, tensor.layer, tensor.t,
+                                                                        tensor.input_names)
                 self._open_aux(item)
             items.append(item)
         self._tie(items)
         return items
 
+    def open_model(self, path: str) -> CheckpointReader:
+        """The one reader of model ``path`` (a model named twice, or as base and source, is opened once)."""
+        key = Path(path).resolve()
+        if key not in self._opened:
+            self._opened[key] = self.open(path)
+        return self._opened[key]
+
+    def _plan_models(self) -> list[PlannedTensor]:
+        """The ``models:`` form: one group of inputs for every tensor, named as in the base."""
+        cfg = self.config
+        assert cfg.models is not None
+        resolver = ParameterResolver(cfg, self._num_layers())
+        readers = [self.base if same_path(cfg.models[i].model, cfg.base_model) else self.open_model(cfg.models[i].model)
+                   for i in resolver.inputs]
+        order = [m.model for m in cfg.models] + ([cfg.base_model] if cfg.base_model else [])
+        group = InputGroup("", self.base, readers, resolver.inputs, resolver, [Path(p).resolve() for p in order])
+        return [PlannedTensor(name, group, layer_index(name), resolver.layer_fraction(layer_index(name)), [])
+                for name in (self.base or readers[0]).names()]
+
+    def where(self, group: InputGroup, k: int) -> str:
+        """``models[i] (path)`` or ``slices[i].sources[j] (path)``: input ``k`` of ``group``, for messages."""
+        index, path = group.inputs[k], group.readers[k].path
+        return f"{group.label}.sources[{index}] ({path})" if group.label else f"models[{index}] ({path})"
+
     def _num_layers(self) -> int | None:
-        ref = self.base or CheckpointReader(self.config.models[0].model)
+        ref = self.base or CheckpointReader(self.config.models[0].model)  # type: ignore[index]
         layers = [layer_index(n) for n in ref.names()]
         found = [layer for layer in layers if layer is not None]
         return max(found) + 1 if found else None
 
-    def _check_models(self, name: str, spec: TensorSpec) -> bool:
+    def _check_models(self, item: PlanItem, spec: TensorSpec) -> bool:
         """Every input has tensor ``name`` with the reference's shape; True when rows must be cut."""
         cut = False
-        for i, reader in zip(self.inputs, self.readers):
-            where = f"models[{i}] ({reader.path})"
+        name = item.name
+        for k, reader in enumerate(item.group.readers):
+            where = self.where(item.group, k)
             if name not in reader:
                 raise MergelineError(f"{where}: has no tensor {name!r} (architecture mismatch with the base?)")
             other = reader.spec(name)
             if not other.dtype.is_floating_point:
                 raise MergelineError(f"{where}: tensor {name!r} is {other.dtype}, the base's is {spec.dtype}")
-            if other.shape == spec.shape:
+            if other.shape == spec.shape or (item.vocab and other.shape[1:] == spec.shape[1:]):
                 continue
             if self._can_cut(name, other.shape, spec.shape):
                 cut = True
@@ -122,13 +156,14 @@ class MergeInputs:
 
     def _tie(self, items: list[PlanItem]) -> None:
         """Mark an LM head that holds exactly the embedding's data (in base and every model) as its alias."""
-        readers = [r for r in [self.base, *self.readers] if r is not None]
         heads = [it for it in items if it.floating and it.name.endswith(HEAD_SUFFIXES)]
         embeds = [it for it in items if it.floating and it.name.endswith(EMBEDDING_SUFFIXES) and it not in heads]
         order = {it.name: k for k, it in enumerate(items)}
         for head in heads:
+            readers = [r for r in [head.group.base, *head.group.readers] if r is not None]
             for emb in embeds:
-                if emb.out != TensorSpec(emb.name, head.out.shape, head.out.dtype):
+                # (slices: the embedding and the head may come from different slices' sources)
+                if emb.group is not head.group or emb.out != TensorSpec(emb.name, head.out.shape, head.out.dtype):
                     continue
                 if all(torch.equal(r.get(head.name), r.get(emb.name)) for r in readers):
                     first, second = sorted((head, emb), key=lambda it: order[it.name])
@@ -202,8 +237,7 @@ class MergeInputs:
         """Raise naming the input of ``item`` that holds a NaN/Inf; return if none does."""
         if span is None and item.cut:
             span = (0, item.out.shape[0])
-        readers = ([self.base] if self.base is not None else []) + [r for r in self.readers if r is not self.base]
-        for reader in readers:
+        for reader in self._all_readers(item, aux=False):
             x = self._read(reader, item.name, "nonfinite", span, whole=False)
             self.checked.discard((id(reader), item.name, span))
             self._check_finite(reader, item.name, span, x)
@@ -221,11 +255,12 @@ class MergeInputs:
         if index is not None:
             span = None
         read = lambda reader, slot: self._read(reader, item.name, slot, span, index, whole)  # noqa: E731
-        base = read(self.base, "base") if self.base is not None else None
+        group = item.group
+        base = read(group.base, "base") if group.base is not None else None
         kind = self.method_cls.kind
         tensors = []
-        for k, reader in enumerate(self.readers):
-            if reader is self.base:
+        for k, reader in enumerate(group.readers):
+            if reader is group.base:
                 x = self.buffers.take(("model", k), base.shape, base.dtype)
                 x.copy_(base) if kind == "weights" else x.zero_()
             else:
@@ -245,7 +280,7 @@ class MergeInputs:
             for key in self.method_cls.global_inputs
         }
         return TensorInputs(
-            name=item.name, base=base, tensors=tensors, model_index=list(self.inputs), params=item.params,
+            name=item.name, base=base, tensors=tensors, model_index=list(group.inputs), params=item.params,
             model_params=item.model_params, layer=item.layer, model_inputs=model_inputs, global_inputs=global_inputs,
             block=block, workspace=self.workspace,
         )
@@ -257,14 +292,25 @@ class MergeInputs:
         reader = self.aux[str(path)]
         return self._read(reader, name, ("aux", slot), span, index, whole) if name in reader else None
 
-    def _all_readers(self) -> list[CheckpointReader]:
-        readers = [self.base] if self.base is not None else []
-        readers += [r for r in self.readers if r is not self.base]
-        return readers + list(self.aux.values())
+    def _all_readers(self, item: PlanItem, aux: bool = True) -> list[Any]:
+        """The readers ``item`` is read from: its group's base and inputs (and the auxiliary files)."""
+        group = item.group
+        readers = [group.base] if group.base is not None else []
+        readers += [r for r in group.readers if r is not group.base]
+        return readers + (list(self.aux.values()) if aux else [])
 
     def _release(self, item: PlanItem, rows: Span = None) -> None:
-        for reader in self._all_readers():
+        for reader in self._all_readers(item):
             if item.name in reader:
                 reader.release(item.name, rows)
 
     # ---- the passes ------------------------------------------------------------------------------
+
+    def vocab_inputs(self, item: PlanItem) -> dict[tuple[int, str, Span], torch.Tensor]:
+        """``item``'s inputs re-indexed to the output vocabulary, keyed as ``_read`` looks them up."""
+        readers = {Path(r.path).resolve(): r for r in self._all_readers(item, aux=False)}
+        ordered = [(path, readers[path]) for path in item.group.order if path in readers]
+        tensors = [(path, self._read(reader, item.name, ("vocab", k))) for k, (path, reader) in enumerate(ordered)]
+        base = item.group.base
+        permuted = permute_embeddings(self.vocab, tensors, Path(base.path).resolve() if base is not None else None)
+        return {(id(reader), item.name, None): x for (_, reader), x in zip(ordered, permuted)}

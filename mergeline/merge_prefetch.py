@@ -41,7 +41,7 @@ class PrefetchFeed:
 
     def __init__(self, engine: Any, items: list[PlanItem]) -> None:
         self.engine = engine
-        self.work = [it for it in items if it.floating and it.alias_of is None]
+        self.work = [it for it in items if it.floating and it.alias_of is None and not it.vocab]
         self.loader = TensorPrefetcher(engine.device, PREFETCH_THREADS)
         self.next = 0
         self.ahead: dict[str, dict[tuple[int, str, Span], Fetched]] = {}
@@ -54,7 +54,7 @@ class PrefetchFeed:
         rows = (0, item.out.shape[0]) if item.cut else None
         fetched = {
             (id(reader), item.name, rows): self.loader.fetch(reader, item.name, rows)
-            for reader in self.engine._all_readers() if item.name in reader
+            for reader in self.engine._all_readers(item) if item.name in reader
         }
         self.ahead[item.name] = fetched
         self.bytes_ahead += sum(f.nbytes for f in fetched.values())

@@ -125,8 +125,8 @@ def test_unknown_parameters_and_method() -> None:
 def test_method_level_checks() -> None:
     with pytest.raises(MergelineError, match="needs base_model"):
         check_config(MergeConfig.model_validate({"merge_method": "ties", "models": [{"model": "a"}]}))
-    with pytest.raises(MergelineError, match="tokenizer_source: only 'base'"):
-        check_config(_config(tokenizer_source="union"))
+    with pytest.raises(MergelineError, match="chat_template: 'chatml' is neither 'auto' nor a Jinja template"):
+        check_config(_config(tokenizer_source="union", chat_template="chatml"))
     with pytest.raises(MergelineError, match="out_dtype: unsupported dtype 'int4'"):
         check_config(_config(out_dtype="int4"))
     two = [{"model": "a", "parameters": {}}, {"model": "b", "parameters": {}}]
@@ -151,7 +151,9 @@ def test_load_merge_config_round_trip(tmp_path: Path) -> None:
     [
         ("merge_method: ties\nmodels: [a\n", r"merge\.yaml: unreadable YAML at line \d+"),
         ("- just\n- a list\n", "must be a YAML mapping"),
-        ("merge_method: ties\nslices: []\nmodels: []\n", "unknown key 'slices'"),
+        ("merge_method: ties\nslices: []\nmodels: []\n", "give exactly one of models: or slices:"),
+        ("merge_method: ties\nmodules: {}\n", "modules: not supported"),
+        ("merge_method: ties\nmodels: [{model: a}]\ntokenizer: {tokens: {}}\n", "tokenizer.tokens: not supported"),
         ("base_model: b\nmodels: []\n", "merge_method: Field required"),
     ],
 )
