@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mergeline.config import MergeConfig
+from mergeline.config import MergeConfig, same_path
 from mergeline.errors import MergelineError
 
 
@@ -57,10 +57,13 @@ def dtype_name(dtype: torch.dtype | None) -> str | None:
 def resolved_config(config: MergeConfig) -> MergeConfig:
     """The config with absolute model paths, as written beside the merged model."""
     data = config.model_dump(mode="json")
-    if data.get("base_model"):
-        data["base_model"] = str(Path(data["base_model"]).resolve())
-    for entry in data["models"]:
-        entry["model"] = str(Path(entry["model"]).resolve())
+    entries = [data, *(data.get("models") or [])]
+    for piece in data.get("slices") or []:
+        entries += [piece, *piece["sources"]]
+    for entry in entries:
+        for key in ("base_model", "model"):
+            if entry.get(key):
+                entry[key] = str(Path(entry[key]).resolve())
     return MergeConfig.model_validate(data)
 
 
@@ -70,7 +73,15 @@ def build_report(config: MergeConfig, engine: Any, method: Any, items: list[Any]
         "merge_method": config.merge_method,
         "method": method.report(),
         "base_model": str(Path(config.base_model).resolve()) if config.base_model else None,
-        "models": [str(Path(config.models[i].model).resolve()) for i in engine.inputs],
+        "models": ([str(Path(config.models[i].model).resolve()) for i in engine.inputs] if config.models
+                   else [str(Path(p).resolve()) for p in config.all_models() if not same_path(p, config.base_model)]),
+        **({"slices": [[f"{src.model}[{src.layer_range[0]}:{src.layer_range[1]}]" for src in piece.sources]
+                       for piece in config.slices],
+            "ignored": [f"slices[{i}].residual_weight (mergekit 0.1.5 ignores it too)"
+                        for i, piece in enumerate(config.slices) if piece.residual_weight is not None]}
+           if config.slices else {}),
+        "tokenizer": None if engine.vocab is None else {"source": config.tokenizer_choice(),
+                                                         "vocab_size": engine.vocab.size},
         "compute_dtype": dtype_name(engine.compute),
         "out_dtype": dtype_name(engine.out_dtype) or "base",
         "device": str(engine.device),

@@ -215,6 +215,11 @@ def _group(config: MergeConfig, method: type[MergeMethod], index: int, piece: Ou
         readers.append(_renamed(raw, src.layer_range, offset, f"{where}.sources[{j}] ({src.model})")
                        if offset is not None else _outside_blocks(raw))
     base_index = next((j for j, src in enumerate(sources) if same_path(src.model, base_path)), None)
+    if method.requires_base and base_index is None:  # (only when ``keep`` cut it off: check_slices saw it)
+        raise MergelineError(
+            f"{where}: mergekit merges the tensors after the blocks from the first {keep} of the last slice's "
+            "sources (as many as slices[0] has); base_model is not among them: list it earlier"
+        )
     inputs = [j for j in _inputs(piece, base_path, method) if j < len(sources)]
     resolver = ScopedResolver.scoped(
         method, config.seed, [piece.parameters, config.parameters],

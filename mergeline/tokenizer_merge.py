@@ -3,8 +3,9 @@ it implies, as mergekit 0.1.5 builds them.
 
 - ``base``: the base's tokenizer (else the first model's) without tokens at ids ≥ its config's
   ``vocab_size`` (BPE only, as mergekit); ``union``: that tokenizer plus every token of the other
-  models' tokenizers (their ordinary tokens first, in model order, then their added tokens); a model
-  path: that model's tokenizer. A model whose tokenizer does not load counts as having the base's.
+  models' tokenizers (their ordinary tokens first, then their added tokens; models in config order,
+  each one's tokens by id: mergekit takes them in set and hash-map order, so its ids of the added tokens
+  can differ from run to run, while each token's row is the same); a model path: that model's tokenizer. A model whose tokenizer does not load counts as having the base's.
 - Every vocabulary-indexed tensor (embeddings, LM head) of every input is re-indexed to the output
   vocabulary before the merge (:func:`permute_embeddings`): a token the input has keeps its row;
   otherwise the row is the one model that has it, else the base's if the base is an input that has
@@ -103,7 +104,7 @@ def _union(base_tok: Any, toks: dict[Path, Any]) -> Any:
         size = _vocab_size(path) or tok.vocab_size
         specials = tok.added_tokens_decoder
         names = {info.content for info in specials.values()}
-        for t, i in tok.get_vocab().items():
+        for t, i in sorted(tok.get_vocab().items(), key=lambda item: item[1]):
             if i < size and t not in names:
                 ordinary.setdefault(t, None)
         for i, info in specials.items():

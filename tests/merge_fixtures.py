@@ -24,15 +24,16 @@ LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_att
 GPT2 = dict(n_embd=32, n_layer=2, n_head=2, vocab_size=80, n_positions=32, bos_token_id=0, eos_token_id=0)
 
 
-def tiny_base(kind: str, folder: Path, seed: int = 0, shard_kb: int | None = None) -> Path:
-    """Save a random tiny ``kind`` ("llama" or "gpt2") model to ``folder`` (float32 safetensors)."""
+def tiny_base(kind: str, folder: Path, seed: int = 0, shard_kb: int | None = None, **overrides: int) -> Path:
+    """Save a random tiny ``kind`` ("llama" or "gpt2") model to ``folder`` (float32 safetensors);
+    ``overrides`` change the config (e.g. ``num_hidden_layers=4``)."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**LLAMA, tie_word_embeddings=False))
+        model = LlamaForCausalLM(LlamaConfig(**{**LLAMA, **overrides}, tie_word_embeddings=False))
     elif kind == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(**GPT2))
+        model = GPT2LMHeadModel(GPT2Config(**{**GPT2, **overrides}))
     else:
         raise ValueError(kind)
     kwargs = {"max_shard_size": f"{shard_kb}KB"} if shard_kb else {}
@@ -81,3 +82,34 @@ def finetune(base: Path, folder: Path, seed: int, scale: float = 0.02, shards: i
         for name, t in load_tensors(base).items()
     }
     return write_checkpoint(folder, tensors, config_from=base, shards=shards)
+
+
+def save_word_tokenizer(folder: Path, tokens: list[str], chat_template: str | None = None) -> Path:
+    """A word-level fast tokenizer whose ids are the positions in ``tokens`` ("<unk>" and "</s>" special)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    if chat_template:
+        tok.chat_template = chat_template
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def with_vocabulary(base: Path, folder: Path, tokens: list[str], seed: int, order: list[int] | None = None) -> Path:
+    """A fine-tune of ``base`` whose tokenizer is ``tokens``: rows of the base's tokens (in ``order``, the
+    base id of each row) then one new random row per token beyond the base's vocabulary."""
+    tensors = load_tensors(finetune(base, folder, seed))
+    config = json.loads((base / "config.json").read_text())
+    vocab = config["vocab_size"]
+    gen = torch.Generator().manual_seed(seed + 100)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        rows = tensors[name][order] if order is not None else tensors[name]
+        extra = torch.randn(len(tokens) - vocab, rows.shape[1], generator=gen)
+        tensors[name] = torch.cat([rows, extra]).contiguous()
+    (folder / "model.safetensors").unlink()
+    write_checkpoint(folder, tensors)
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": len(tokens)}))
+    return save_word_tokenizer(folder, tokens)
