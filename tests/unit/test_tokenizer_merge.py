@@ -1,0 +1,49 @@
+"""Embedding rows re-indexed to the output vocabulary (mergekit's rules, on hand-made permutations),
+and mergekit's dtype rule for the output (out_dtype, else dtype, else each tensor's own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mergeline.config import MergeConfig
+from mergeline.tokenizer_merge import Vocabulary, permute_embeddings
+
+
+def test_rows_follow_tokens_donor_base_mean_zero_and_padding() -> None:
+    base, a, b = Path("/m/base"), Path("/m/a"), Path("/m/b")
+    vocab = {"t0": 0, "t1": 1, "only_a": 2, "ab": 3, "none": 4}
+    perms = {  # new id -> each model's own id (-1: the model lacks the token)
+        base: {0: 0, 1: 1, 2: -1, 3: -1, 4: -1},
+        a: {0: 1, 1: 0, 2: 2, 3: 3, 4: -1},  # t0 and t1 swapped in a
+        b: {0: 0, 1: 1, 2: -1, 3: 2, 4: -1},
+    }
+    v = Vocabulary(tokenizer=None, vocab=vocab, size=8, permutations=perms)
+    rows = {base: torch.tensor([[1.0], [2.0]]), a: torch.tensor([[20.0], [10.0], [30.0], [40.0]]),
+            b: torch.tensor([[100.0], [200.0], [300.0]])}
+    out = dict(zip((base, a, b), permute_embeddings(v, [(m, rows[m]) for m in (base, a, b)], base)))
+    # own rows where the model has the token; only_a: a's row everywhere; ab: mean of a and b (the base
+    # lacks it); none: zeros; ids 5..7: the mean of each model's 5 real rows.
+    assert out[base][:5, 0].tolist() == [1.0, 2.0, 30.0, 170.0, 0.0]
+    assert out[a][:5, 0].tolist() == [10.0, 20.0, 30.0, 40.0, 0.0]
+    assert out[b][:5, 0].tolist() == [100.0, 200.0, 30.0, 300.0, 0.0]
+    assert out[a][5:, 0].tolist() == [20.0] * 3 and out[base][7, 0].item() == torch.tensor(203.0 / 5).item()
+
+
+def test_base_row_preferred_over_the_mean() -> None:
+    base, a, b = Path("/m/base"), Path("/m/a"), Path("/m/b")
+    perms = {base: {0: 0}, a: {0: 0}, b: {0: -1}}
+    v = Vocabulary(tokenizer=None, vocab={"t": 0}, size=1, permutations=perms)
+    rows = [(base, torch.tensor([[1.0]])), (a, torch.tensor([[3.0]])), (b, torch.tensor([[5.0]]))]
+    assert permute_embeddings(v, rows, base)[2].item() == 1.0
+    assert permute_embeddings(v, rows, None)[2].item() == 2.0  # no base among the inputs: the mean
+
+
+def test_output_dtype_rule() -> None:
+    def cfg(**kw: str) -> MergeConfig:
+        return MergeConfig.model_validate({"merge_method": "linear", "models": [{"model": "a"}], **kw})
+
+    assert cfg().output_dtype() is None and cfg().compute_dtype() == torch.float32
+    assert cfg(dtype="bfloat16").output_dtype() == torch.bfloat16 == cfg(dtype="bfloat16").compute_dtype()
+    assert cfg(dtype="float32", out_dtype="float16").output_dtype() == torch.float16
