@@ -67,6 +67,9 @@ class MergeInputs:
             for k, reader in enumerate(group.readers):
                 if reader.is_task_vector and group.base is None:
                     raise MergelineError(f"{self.where(group, k)}: a task vector needs base_model")
+                if reader.is_task_vector and self.vocab is not None:
+                    raise MergelineError(f"{self.where(group, k)}: a task vector has no tokenizer to re-index its "
+                                         "embeddings by; tokenizer_source needs model folders")
         self.inputs, self.readers = groups[0].inputs, groups[0].readers  # the first group's, for the report
         self.ref = self.base or groups[0].base or groups[0].readers[0]
         items = []

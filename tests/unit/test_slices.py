@@ -125,3 +125,29 @@ def test_refused_slices_name_the_slice(models: dict[str, Path], tmp_path: Path, 
     with pytest.raises(MergelineError, match=message):
         run_merge(MergeConfig.model_validate(config), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_gpu_loop_writes_what_the_cpu_engine_writes(models: dict[str, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices and a re-indexed vocabulary through the GPU engine's loop (run on the CPU): the same bytes."""
+    from tests.merge_fixtures import save_word_tokenizer
+    from tests.unit.test_merge_prefetch import _use_gpu_loop
+
+    words = ["<unk>", "</s>"] + [f"w{i}" for i in range(8)]
+    save_word_tokenizer(models["base"], words)
+    save_word_tokenizer(models["a"], [words[1], words[0], *words[2:]])  # two ids swapped
+    config = _cfg("task_arithmetic", [
+        {"sources": [_src(models["a"], 1, 3, weight=[0.2, 0.9]), _src(models["base"], 1, 3)]},
+        {"sources": [_src(models["base"], 0, 4), _src(models["b"], 0, 4, weight=0.5)], "parameters": {"lambda": 0.8}},
+    ], base_model=str(models["base"]), tokenizer_source="union")
+    reference = run_merge(config, tmp_path / "cpu")
+    _use_gpu_loop(monkeypatch)
+    result = run_merge(config, tmp_path / "loop")
+    assert result.weight_sha256 == reference.weight_sha256
+    assert reference.report["tokenizer"] == {"source": "union", "vocab_size": 10}
+    out, a = load_tensors(tmp_path / "cpu"), load_tensors(models["a"])
+    base = load_tensors(models["base"])
+    # a's rows 0 and 1 hold its tokens "</s>" and "<unk>": re-indexed, its delta lands on the base's ids.
+    # (outside the blocks t = 0: a's weight is 0.2, the global lambda 1)
+    expected = base["model.embed_tokens.weight"][1] + 0.2 * (a["model.embed_tokens.weight"][0] - base["model.embed_tokens.weight"][1])
+    torch.testing.assert_close(out["model.embed_tokens.weight"][1], expected, rtol=0, atol=1e-6)
