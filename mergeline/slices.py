@@ -150,7 +150,7 @@ def check_slices(config: MergeConfig, method: type[MergeMethod]) -> None:
         has_base = base is not None and any(same_path(src.model, base) for src in piece.sources)
         if method.requires_base and not base:
             raise MergelineError(f"{where}: merge_method {method.name!r} needs base_model")
-        if method.requires_base and not has_base:
+        if _origin(method) and base and not has_base:
             raise MergelineError(
                 f"{where}: base_model {base} is not among the slice's sources "
                 "(mergekit merges a slice from its sources only: list it there with the same layer count)"
@@ -161,9 +161,15 @@ def check_slices(config: MergeConfig, method: type[MergeMethod]) -> None:
             check_model_keys(method, piece.sources[j].parameters, f"{where}.sources[{j}] ({piece.sources[j].model})")
 
 
+def _origin(method: type[MergeMethod]) -> bool:
+    """Whether a given base is the method's origin rather than one of its inputs (mergekit's "required"
+    and "optional" base policies; ``base_optional`` is declared by methods such as nuslerp)."""
+    return method.requires_base or bool(getattr(method, "base_optional", False))
+
+
 def _inputs(piece: OutputSlice, base: str | None, method: type[MergeMethod]) -> list[int]:
-    """Indices of the slice's sources the method receives (the base is none of them when required)."""
-    return [j for j, src in enumerate(piece.sources) if not (method.requires_base and same_path(src.model, base))]
+    """Indices of the slice's sources the method receives (the base is none of them when it is the origin)."""
+    return [j for j, src in enumerate(piece.sources) if not (_origin(method) and same_path(src.model, base))]
 
 
 def output_layers(config: MergeConfig) -> int:
@@ -215,7 +221,7 @@ def _group(config: MergeConfig, method: type[MergeMethod], index: int, piece: Ou
         readers.append(_renamed(raw, src.layer_range, offset, f"{where}.sources[{j}] ({src.model})")
                        if offset is not None else _outside_blocks(raw))
     base_index = next((j for j, src in enumerate(sources) if same_path(src.model, base_path)), None)
-    if method.requires_base and base_index is None:  # (only when ``keep`` cut it off: check_slices saw it)
+    if _origin(method) and base_path and base_index is None:  # (only when ``keep`` cut it off)
         raise MergelineError(
             f"{where}: mergekit merges the tensors after the blocks from the first {keep} of the last slice's "
             "sources (as many as slices[0] has); base_model is not among them: list it earlier"

@@ -197,3 +197,31 @@ models:
             assert not torch.equal(a[name][99], torch.zeros(64))
         else:
             assert torch.equal(a[name], b[name]), name
+
+
+def test_passthrough_frankenmerge_as_mergekit(zoo: dict[str, str], tmp_path: Path) -> None:
+    """mergekit's documented frankenmerge: passthrough over overlapping layer ranges of two models."""
+    from mergeline.methods import method_names
+
+    if "passthrough" not in method_names():
+        pytest.skip("the passthrough method is not registered in this tree")
+    text = f"""
+slices:
+  - sources:
+      - model: {zoo['a']}
+        layer_range: [0, 3]
+  - sources:
+      - model: {zoo['b']}
+        layer_range: [1, 4]
+        parameters:
+          scale:
+            - filter: o_proj
+              value: 0.0
+            - value: 1.0
+merge_method: passthrough
+dtype: float32
+"""
+    ours, theirs = _both(text, tmp_path)
+    _assert_bit_equal(ours, theirs)
+    assert not load_tensors(ours)["model.layers.4.self_attn.o_proj.weight"].any()
+    assert _config(ours)["num_hidden_layers"] == _config(theirs)["num_hidden_layers"] == 6
