@@ -9,7 +9,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "merge", help="merge models from a mergekit-style YAML config",
         description="Merge models tensor by tensor (streaming safetensors) as CONFIG says "
-                    "(mergekit's YAML schema: merge_method, base_model, models, parameters, dtype, out_dtype).")
+                    "(mergekit's YAML schema: merge_method, base_model, models or slices, parameters, dtype, "
+                    "out_dtype, tokenizer_source, chat_template).")
     parser.add_argument("config", help="merge config YAML")
     parser.add_argument("--out", required=True, help="output model folder (replaced atomically when complete)")
     parser.add_argument("--device", default="cpu", help="compute device: cpu (default) or cuda[:N]")

@@ -60,6 +60,16 @@ def _both(text: str, tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "ours", tmp_path / "mk"
 
 
+def _ta(zoo: dict[str, str]) -> str:
+    return f"merge_method: task_arithmetic\nbase_model: {zoo['base']}\ndtype: float32"
+
+
+def _bc_models(zoo: dict[str, str]) -> str:
+    """The models B and C (the vocabulary-changing fine-tunes) with their weights, as YAML."""
+    return f"models:\n  - model: {zoo['B']}\n    parameters: {{weight: 0.7}}\n" \
+           f"  - model: {zoo['C']}\n    parameters: {{weight: 0.4}}\n"
+
+
 def _config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
@@ -103,10 +113,7 @@ def test_per_slice_merges_gradients_and_filters_as_mergekit(zoo: dict[str, str],
     # Gradients run over each slice's own layers; a per-model filter matches the source's layer name
     # ("layers.2." is b's input layer 2 = output layer 3); slice parameters override the global ones;
     # the tensors after the blocks use the last slice's first two sources (b and the base).
-    text = f"""
-merge_method: task_arithmetic
-base_model: {zoo['base']}
-dtype: float32
+    text = _ta(zoo) + f"""
 parameters:
   lambda: 0.9
 slices:
@@ -145,17 +152,9 @@ slices:
 
 @pytest.mark.parametrize("source", ["base", "C"])
 def test_tokenizer_source_base_or_model_as_mergekit(zoo: dict[str, str], tmp_path: Path, source: str) -> None:
-    text = f"""
-merge_method: task_arithmetic
-base_model: {zoo['base']}
-dtype: float32
+    text = _ta(zoo) + f"""
 tokenizer_source: {zoo['C'] if source == 'C' else 'base'}
-models:
-  - model: {zoo['B']}
-    parameters: {{weight: 0.7}}
-  - model: {zoo['C']}
-    parameters: {{weight: 0.4}}
-"""
+""" + _bc_models(zoo)
     ours, theirs = _both(text, tmp_path)
     _assert_bit_equal(ours, theirs)
     vocab = transformers.AutoTokenizer.from_pretrained(str(ours)).get_vocab()
@@ -165,20 +164,12 @@ models:
 
 def test_union_tokenizer_padding_and_chat_template_as_mergekit(zoo: dict[str, str], tmp_path: Path) -> None:
     # x0, x1: in B and C, not the base (mean of their rows); x2: in B only (B's row); w4/w5: permuted in C.
-    text = f"""
-merge_method: task_arithmetic
-base_model: {zoo['base']}
-dtype: float32
+    text = _ta(zoo) + f"""
 tokenizer:
   source: union
   pad_to_multiple_of: 8
 chat_template: auto
-models:
-  - model: {zoo['B']}
-    parameters: {{weight: 0.7}}
-  - model: {zoo['C']}
-    parameters: {{weight: 0.4}}
-"""
+""" + _bc_models(zoo)
     ours, theirs = _both(text, tmp_path)
     tok_ours = transformers.AutoTokenizer.from_pretrained(str(ours))
     tok_mk = transformers.AutoTokenizer.from_pretrained(str(theirs))
