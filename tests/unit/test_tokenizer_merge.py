@@ -47,3 +47,24 @@ def test_output_dtype_rule() -> None:
     assert cfg().output_dtype() is None and cfg().compute_dtype() == torch.float32
     assert cfg(dtype="bfloat16").output_dtype() == torch.bfloat16 == cfg(dtype="bfloat16").compute_dtype()
     assert cfg(dtype="float32", out_dtype="float16").output_dtype() == torch.float16
+
+
+def test_base_tokenizer_beyond_vocab_size_must_be_bpe(tmp_path: Path) -> None:
+    """mergekit strips the base's tokens at ids ≥ its vocab_size, which it can do for BPE only."""
+    import json
+
+    import pytest
+
+    from mergeline.errors import MergelineError
+    from mergeline.tokenizer_merge import build_vocabulary
+    from tests.merge_fixtures import save_word_tokenizer
+
+    save_word_tokenizer(tmp_path, ["<unk>", "</s>", "a", "b"])
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 3}))
+    cfg = MergeConfig.model_validate({"merge_method": "linear", "models": [{"model": str(tmp_path)}],
+                                      "tokenizer_source": "base"})
+    with pytest.raises(MergelineError, match="tokenizer has ids beyond vocab_size and is WordLevel, not BPE"):
+        build_vocabulary(cfg, [str(tmp_path)], None)
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 4}))
+    vocab = build_vocabulary(cfg, [str(tmp_path)], None)
+    assert vocab is not None and vocab.size == 4 and vocab.permutations[tmp_path.resolve()] == {0: 0, 1: 1, 2: 2, 3: 3}
