@@ -106,7 +106,7 @@ slices:
     assert torch.equal(out["model.embed_tokens.weight"], a["model.embed_tokens.weight"].bfloat16())  # first slice
     assert torch.equal(out["lm_head.weight"], b["lm_head.weight"].bfloat16())  # last slice
     assert _config(ours)["num_hidden_layers"] == _config(theirs)["num_hidden_layers"] == 6
-    assert _config(ours)["dtype"] == "bfloat16"
+    assert _config(ours)["dtype"] == _config(theirs)["dtype"] == "bfloat16"
 
 
 def test_per_slice_merges_gradients_and_filters_as_mergekit(zoo: dict[str, str], tmp_path: Path) -> None:
