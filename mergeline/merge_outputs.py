@@ -1,7 +1,8 @@
 """The files a merged model needs besides its weights: config, generation config, tokenizer.
 
 As mergekit 0.1.5 writes them: the config of the base (else the first model) with its dtype entry set
-to the output dtype, its layer count set to the slices' total (``slices:``) and its vocabulary size to
+to the output dtype, its layer count set to the slices' total (``slices:``; a per-layer
+``layer_types`` list is stacked the same way, which mergekit does not do) and its vocabulary size to
 the output tokenizer's (``tokenizer_source``); the tokenizer copied from the same folder, or, when one
 was built (``tokenizer_source``) or a ``chat_template`` is set, saved by transformers.
 """
@@ -28,6 +29,7 @@ def write_model_files(config: MergeConfig, source: Path | None, out: Path, dtype
     updates: dict[str, Any] = {}
     if config.slices:
         updates["layers"] = output_layers(config)
+        updates["ranges"] = [piece.sources[0].layer_range for piece in config.slices]
     if vocab is not None:
         updates["vocab_size"] = vocab.size
     if updates and (out / "config.json").is_file():
@@ -48,6 +50,11 @@ def _update_config(path: Path, updates: dict[str, Any]) -> None:
         key = next((k for k in LAYER_COUNT_KEYS if k in data), None)
         if key is not None:
             data[key] = updates["layers"]
+        # Per-layer lists (Qwen3's, Gemma 3's ``layer_types``) follow the stacked ranges; mergekit leaves
+        # them as they were, and transformers then refuses the config (list length ≠ layer count).
+        types = data.get("layer_types")
+        if isinstance(types, list) and all(b <= len(types) for _, b in updates["ranges"]):
+            data["layer_types"] = [t for a, b in updates["ranges"] for t in types[a:b]]
     if "vocab_size" in updates:
         data["vocab_size"] = updates["vocab_size"]
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

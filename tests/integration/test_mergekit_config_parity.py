@@ -107,6 +107,8 @@ slices:
     assert torch.equal(out["lm_head.weight"], b["lm_head.weight"].bfloat16())  # last slice
     assert _config(ours)["num_hidden_layers"] == _config(theirs)["num_hidden_layers"] == 6
     assert _config(ours)["dtype"] == _config(theirs)["dtype"] == "bfloat16"
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(ours))  # a loadable 6-layer model
+    assert len(model.model.layers) == 6
 
 
 def test_per_slice_merges_gradients_and_filters_as_mergekit(zoo: dict[str, str], tmp_path: Path) -> None:

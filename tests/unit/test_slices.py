@@ -36,7 +36,8 @@ def models(tmp_path: Path) -> dict[str, Path]:
     out = {}
     for seed, name in enumerate(("base", "a", "b")):
         out[name] = write_checkpoint(tmp_path / name, _model(seed))
-        (out[name] / "config.json").write_text(json.dumps({"num_hidden_layers": LAYERS, "dtype": "float32"}))
+        (out[name] / "config.json").write_text(json.dumps({"num_hidden_layers": LAYERS, "dtype": "float32",
+                                                           "layer_types": ["full_attention", "sliding_attention"] * 2}))
     return out
 
 
@@ -77,7 +78,9 @@ def test_task_arithmetic_slices_by_hand(models: dict[str, Path], tmp_path: Path)
     assert torch.equal(out["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
     torch.testing.assert_close(out["model.norm.weight"], base["model.norm.weight"] + 0.5 * (b["model.norm.weight"] - base["model.norm.weight"]))
     assert len([n for n in out if n.endswith(q)]) == 5
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 5
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["num_hidden_layers"] == 5
+    assert written["layer_types"] == ["full_attention", "sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]  # [0, 2) + [1, 4)
 
 
 def test_frankenmerge_report_and_merge_yaml(models: dict[str, Path], tmp_path: Path) -> None:
