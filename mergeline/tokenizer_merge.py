@@ -5,7 +5,8 @@ it implies, as mergekit 0.1.5 builds them.
   ``vocab_size`` (BPE only, as mergekit); ``union``: that tokenizer plus every token of the other
   models' tokenizers (their ordinary tokens first, then their added tokens; models in config order,
   each one's tokens by id: mergekit takes them in set and hash-map order, so its ids of the added tokens
-  can differ from run to run, while each token's row is the same); a model path: that model's tokenizer. A model whose tokenizer does not load counts as having the base's.
+  can differ from run to run, while each token's row is the same); a model path: that model's
+  tokenizer. A model whose tokenizer does not load counts as having the base's.
 - Every vocabulary-indexed tensor (embeddings, LM head) of every input is re-indexed to the output
   vocabulary before the merge (:func:`permute_embeddings`): a token the input has keeps its row;
   otherwise the row is the one model that has it, else the base's if the base is an input that has

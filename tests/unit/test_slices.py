@@ -68,7 +68,11 @@ def test_task_arithmetic_slices_by_hand(models: dict[str, Path], tmp_path: Path)
     run_merge(_cfg("task_arithmetic", slices, base_model=str(models["base"])), tmp_path / "out")
     base, a, b, out = (load_tensors(p) for p in (models["base"], models["a"], models["b"], tmp_path / "out"))
     q, up = "self_attn.q_proj.weight", "mlp.up_proj.weight"
-    ta = lambda m, name, src, w: base[f"model.layers.{src}.{name}"] + w * (m[f"model.layers.{src}.{name}"] - base[f"model.layers.{src}.{name}"])  # noqa: E731
+
+    def ta(m: dict, name: str, src: int, w: float) -> torch.Tensor:
+        key = f"model.layers.{src}.{name}"
+        return base[key] + w * (m[key] - base[key])
+
     torch.testing.assert_close(out[f"model.layers.0.{up}"], ta(a, up, 0, 0.0), rtol=0, atol=0)
     torch.testing.assert_close(out[f"model.layers.1.{up}"], ta(a, up, 1, 1.0), rtol=0, atol=0)
     torch.testing.assert_close(out[f"model.layers.1.{q}"], ta(a, q, 1, 5.0), rtol=0, atol=1e-6)
@@ -76,11 +80,13 @@ def test_task_arithmetic_slices_by_hand(models: dict[str, Path], tmp_path: Path)
         torch.testing.assert_close(out[f"model.layers.{out_layer}.{q}"], ta(b, q, src_layer, 0.5), rtol=0, atol=1e-6)
     # Outside the blocks: embeddings from the first slice (a, w at t = 0: 0), the rest from the last (b, 0.5).
     assert torch.equal(out["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
-    torch.testing.assert_close(out["model.norm.weight"], base["model.norm.weight"] + 0.5 * (b["model.norm.weight"] - base["model.norm.weight"]))
+    norm = "model.norm.weight"
+    torch.testing.assert_close(out[norm], base[norm] + 0.5 * (b[norm] - base[norm]))
     assert len([n for n in out if n.endswith(q)]) == 5
     written = json.loads((tmp_path / "out" / "config.json").read_text())
     assert written["num_hidden_layers"] == 5
-    assert written["layer_types"] == ["full_attention", "sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]  # [0, 2) + [1, 4)
+    full, sliding = "full_attention", "sliding_attention"
+    assert written["layer_types"] == [full, sliding, sliding, full, sliding]  # layers [0, 2) + [1, 4)
 
 
 def test_frankenmerge_report_and_merge_yaml(models: dict[str, Path], tmp_path: Path) -> None:
