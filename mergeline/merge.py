@@ -154,7 +154,8 @@ class _Engine(MergeInputs, PrefetchedTensors):
         for p in range(method.statistics_passes()):
             self.progress(f"statistics pass {p + 1}/{method.statistics_passes()} over {len(work)} tensors")
             for item in work:
-                method.accumulate(self.inputs_for(item), p)
+                with self.vocab_prefetched(item):
+                    method.accumulate(self.inputs_for(item), p)
                 self._sync()  # the next read may reuse this one's pinned staging buffers
             method.finalize_statistics(p)
 
@@ -306,11 +307,8 @@ class _Engine(MergeInputs, PrefetchedTensors):
                     sink.block((item.group.base or item.group.readers[0]).get(item.name))
                     sink.end()
                 elif item.vocab:
-                    self._prefetched = self.vocab_inputs(item)
-                    try:
+                    with self.vocab_prefetched(item):
                         self._whole(method, item, sink, keep)
-                    finally:
-                        self._prefetched = {}
                 elif feed is not None:
                     self._whole_prefetched(method, item, sink, keep, feed)
                 elif rows:

@@ -9,6 +9,8 @@ compute dtype on the device, checks inputs for NaN/Inf where the method needs it
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,11 +311,20 @@ class MergeInputs:
 
     # ---- the passes ------------------------------------------------------------------------------
 
-    def vocab_inputs(self, item: PlanItem) -> dict[tuple[int, str, Span], torch.Tensor]:
-        """``item``'s inputs re-indexed to the output vocabulary, keyed as ``_read`` looks them up."""
+    @contextmanager
+    def vocab_prefetched(self, item: PlanItem) -> Iterator[None]:
+        """While inside, ``item``'s reads give its inputs re-indexed to the output vocabulary (a no-op
+        for other tensors): ``_read`` takes them as tensors already on the device."""
+        if not item.vocab:
+            yield
+            return
         readers = {Path(r.path).resolve(): r for r in self._all_readers(item, aux=False)}
         ordered = [(path, readers[path]) for path in item.group.order if path in readers]
         tensors = [(path, self._read(reader, item.name, ("vocab", k))) for k, (path, reader) in enumerate(ordered)]
         base = item.group.base
         permuted = permute_embeddings(self.vocab, tensors, Path(base.path).resolve() if base is not None else None)
-        return {(id(reader), item.name, None): x for (_, reader), x in zip(ordered, permuted)}
+        self._prefetched = {(id(reader), item.name, None): x for (_, reader), x in zip(ordered, permuted)}
+        try:
+            yield
+        finally:
+            self._prefetched = {}

@@ -68,3 +68,34 @@ def test_base_tokenizer_beyond_vocab_size_must_be_bpe(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 4}))
     vocab = build_vocabulary(cfg, [str(tmp_path)], None)
     assert vocab is not None and vocab.size == 4 and vocab.permutations[tmp_path.resolve()] == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def test_reindexing_makes_a_merge_independent_of_token_order(tmp_path: Path) -> None:
+    """A model whose tokenizer numbers two tokens the other way round (rows swapped with them) and has
+    one token more merges to the same output under tokenizer_source: base, also for a method with a
+    statistics pass (which must see the re-indexed rows too)."""
+    from mergeline.merge import run_merge
+    from tests.merge_fixtures import load_tensors, save_word_tokenizer, write_checkpoint
+    from tests.unit.test_slices import _model
+
+    words = ["<unk>", "</s>"] + [f"w{i}" for i in range(8)]
+    base, a = _model(0), _model(1)
+    vocab_rows = ("embed_tokens.weight", "lm_head.weight")
+    swapped = {k: torch.cat([v[[0, 1, 2, 4, 3, 5, 6, 7, 8, 9]], torch.ones(1, 4)]) if k.endswith(vocab_rows) else v
+               for k, v in a.items()}
+    folders = {}
+    for name, tensors, tokens in (("base", base, words), ("a", a, words),
+                                  ("swapped", swapped, words[:3] + [words[4], words[3]] + words[5:] + ["x"])):
+        folders[name] = save_word_tokenizer(write_checkpoint(tmp_path / name, tensors), tokens)
+    for method, extra in (("metagpt", {}), ("task_arithmetic", {"parameters": {"weight": 0.5}})):
+        outs = []
+        for model in ("a", "swapped"):
+            cfg = MergeConfig.model_validate({"merge_method": method, "base_model": str(folders["base"]),
+                                              "tokenizer_source": "base", "models": [
+                                                  {"model": str(folders[model]), **extra},
+                                                  {"model": str(folders["base"]), **extra}]})
+            run_merge(cfg, tmp_path / f"{method}-{model}")
+            outs.append(load_tensors(tmp_path / f"{method}-{model}"))
+        assert outs[0].keys() == outs[1].keys()
+        for name in outs[0]:
+            assert torch.equal(outs[0][name], outs[1][name]), (method, name)
