@@ -61,6 +61,12 @@ class Vocabulary:
     permutations: dict[Path, dict[int, int]]  # model folder (resolved) -> new id -> old id (-1: missing)
 
 
+def _why(exc: Exception) -> str:
+    """A loader failure in a few words (transformers' messages run to paragraphs)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}{'…' if len(text) > 160 else ''}"
+
+
 def _load(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -81,7 +87,7 @@ def _stripped(path: str) -> Any:
     try:
         tok = _load(path)
     except Exception as exc:  # noqa: BLE001 - any loader failure is a bad input here
-        raise MergelineError(f"{path}: cannot load its tokenizer ({type(exc).__name__})") from None
+        raise MergelineError(f"{path}: cannot load its tokenizer ({_why(exc)})") from None
     size = _vocab_size(path) or len(tok.get_vocab())
     unused = {t for t, i in tok.get_vocab().items() if i >= size}
     if not unused:
@@ -146,7 +152,7 @@ def build_vocabulary(config: MergeConfig, models: list[str], base: str | None) -
         try:
             out = _load(source)
         except Exception as exc:  # noqa: BLE001
-            raise MergelineError(f"tokenizer_source {source}: cannot load its tokenizer ({type(exc).__name__})") from None
+            raise MergelineError(f"tokenizer_source {source}: cannot load its tokenizer ({_why(exc)})") from None
     vocab = out.get_vocab()
     pad = config.tokenizer.pad_to_multiple_of if config.tokenizer is not None else None
     size = len(vocab) if not pad or len(vocab) % pad == 0 else (len(vocab) // pad + 1) * pad
@@ -210,7 +216,7 @@ def output_tokenizer(config: MergeConfig, donor: Path | None, vocab: Vocabulary 
         try:
             tok = _load(donor)
         except Exception as exc:  # noqa: BLE001
-            raise MergelineError(f"{donor}: cannot load its tokenizer to set chat_template ({type(exc).__name__})") from None
+            raise MergelineError(f"{donor}: cannot load its tokenizer to set chat_template ({_why(exc)})") from None
     template = config.chat_template
     if template == "auto":
         found = []
