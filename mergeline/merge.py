@@ -27,6 +27,12 @@ Per tensor (the reference names are the base's; the first input's for a method w
 Tied embeddings stored twice with identical data in the base and in every model (lm_head = embed) are
 merged once, counted once by statistics passes, and written under both names.
 
+``slices:`` (``mergeline.slices``): each output tensor belongs to a group of inputs (the ``models:``
+list, or one output slice) whose readers present the sources under output names (layer ``a + i`` of
+a source is output layer ``o + i``); the loop above is unchanged, tensor by tensor. With a
+``tokenizer_source`` the vocabulary-indexed tensors (embeddings, LM head) are read whole, re-indexed to
+the output tokenizer (``mergeline.tokenizer_merge``) and handed to the method as already-read inputs.
+
 Bad input (MergelineError, checked before anything is written where possible; the output folder is
 written through ``atomic_dir`` so a failure leaves nothing): missing/corrupt/pickle checkpoints, a
 tensor of the base missing from a model, a shape or dtype-kind mismatch (naming tensor and model; for

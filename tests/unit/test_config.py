@@ -166,3 +166,24 @@ def test_load_errors_are_one_line(tmp_path: Path, text: str, message: str) -> No
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(MergelineError, match="cannot read config"):
         load_merge_config(tmp_path / "absent.yaml")
+
+
+def test_scoped_resolver_three_scopes_and_input_names() -> None:
+    """Slices: a source's own parameters, then the slice's, then the global ones (first value wins, a
+    filter that matches nothing falls through); per-model filters see each input's own tensor name."""
+    from mergeline.config import ScopedResolver
+    from mergeline.methods import get_method
+
+    own = {"weight": [ConditionalParameter(filter="layers.7.", value=0.3)], "density": [0.2, 0.6]}
+    piece = {"weight": 0.5, "lambda": 0.7}
+    glob = {"weight": 0.9, "density": 0.1, "lambda": 0.2, "normalize": True}
+    resolver = ScopedResolver.scoped(get_method("ties"), 0, [piece, glob], [[own, piece, glob], [None, piece, glob]],
+                                     ["slices[0].sources[0] (a)", "slices[0].sources[1] (b)"])
+    params, (a, b) = resolver.resolve("model.layers.2.mlp.up_proj.weight", 2, t=0.5,
+                                      input_names=["model.layers.7.mlp.up_proj.weight", "model.layers.2.mlp.up_proj.weight"])
+    assert params.lambda_ == 0.7 and params.normalize is True
+    assert a.weight == 0.3 and a.density == pytest.approx(0.4)  # filter on a's layer 7; gradient at t = 1/2
+    assert b.weight == 0.5 and b.density == 0.1
+    _, (a, _) = resolver.resolve("model.layers.2.mlp.up_proj.weight", 2, t=0.0,
+                                 input_names=["model.layers.2.mlp.up_proj.weight"] * 2)
+    assert a.weight == 0.5 and a.density == pytest.approx(0.2)  # no filter match: the slice's weight
