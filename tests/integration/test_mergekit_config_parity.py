@@ -206,7 +206,7 @@ slices:
   - sources:
       - model: {zoo['b']}
         layer_range: [1, 4]
-        parameters: {scale: [{filter: o_proj, value: 0.0}, {value: 1.0}]}
+        parameters: {{scale: [{{filter: o_proj, value: 0.0}}, {{value: 1.0}}]}}
 merge_method: passthrough
 dtype: float32
 """
