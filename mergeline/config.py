@@ -20,8 +20,8 @@ Schema (mergekit 0.1.5; ``models:`` form, or ``slices:`` below)::
 ``slices:`` (instead of ``models:``) stacks layer ranges: each output slice lists ``sources`` (``model``,
 ``layer_range: [a, b)``, ``parameters``) of equal length, merged with ``merge_method`` (one source:
 passthrough / frankenmerge), with an optional per-slice ``base_model`` and ``parameters``; see
-``mergeline.slices`` for the planning. mergekit's ``modules:`` form and ``tokenizer.tokens`` are refused
-with one line naming the key.
+``mergeline.slices`` for the planning. mergekit's ``modules:`` form is refused with one line naming
+the key.
 
 Parameter values follow mergekit's ``evaluate_setting`` (``mergeline.parameters``): a scalar, a
 *gradient* interpolated at ``t = layer / (num_layers − 1)`` (t = 0 outside transformer blocks, t = 1
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -91,18 +91,48 @@ class OutputSlice(BaseModel):
     residual_weight: float | None = None
 
 
+class ModelToken(BaseModel):
+    """A token's embedding taken from another token of a model (by id or by token text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["model_token"]
+    model: str
+    token_id: StrictInt | None = None
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModelToken:
+        if (self.token_id is None) == (self.token is None):
+            raise ValueError("a model_token source takes exactly one of token_id and token")
+        return self
+
+
+class ZeroToken(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["zero"]
+
+
+class TokenSource(BaseModel):
+    """One entry of ``tokenizer.tokens``: where the token's embedding comes from; ``force`` uses it in
+    every model, even one that has the token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: ModelToken | ZeroToken | str
+    force: bool = False
+
+
 class TokenizerSettings(BaseModel):
-    """mergekit's ``tokenizer:`` block (``tokens`` is refused before validation)."""
+    """mergekit's ``tokenizer:`` block."""
 
     model_config = ConfigDict(extra="forbid")
     source: str = "union"
+    tokens: dict[str, TokenSource] | None = None
     pad_to_multiple_of: StrictInt | None = None
 
 
 # Keys of mergekit 0.1.5's schema that mergeline does not implement: one line each, exit 2.
 UNSUPPORTED_KEYS = {
     "modules": "mergekit's per-module form is not supported; use models: or slices:",
-    "tokenizer.tokens": "per-token embedding sources are not supported; use tokenizer_source (base, union or a model)",
 }
 
 
@@ -182,10 +212,8 @@ def _first_error(exc: ValidationError, where: str) -> MergelineError:
 
 def refuse_unsupported(data: dict[str, Any], where: str) -> None:
     """One line naming the first mergekit key mergeline does not implement (before schema validation)."""
-    tokenizer = data.get("tokenizer")
-    present = set(data) | ({"tokenizer.tokens"} if isinstance(tokenizer, dict) and "tokens" in tokenizer else set())
     for key, why in UNSUPPORTED_KEYS.items():
-        if key in present:
+        if key in data:
             raise MergelineError(f"{where}: {key}: not supported ({why})")
 
 

@@ -322,7 +322,8 @@ class MergeInputs:
         ordered = [(path, readers[path]) for path in item.group.order if path in readers]
         tensors = [(path, self._read(reader, item.name, ("vocab", k))) for k, (path, reader) in enumerate(ordered)]
         base = item.group.base
-        permuted = permute_embeddings(self.vocab, tensors, Path(base.path).resolve() if base is not None else None)
+        permuted = permute_embeddings(self.vocab, tensors, Path(base.path).resolve() if base is not None else None,
+                                      item.name)
         self._prefetched = {(id(reader), item.name, None): x for (_, reader), x in zip(ordered, permuted)}
         try:
             yield

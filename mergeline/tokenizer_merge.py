@@ -12,6 +12,10 @@ it implies, as mergekit 0.1.5 builds them.
   otherwise the row is the one model that has it, else the base's if the base is an input that has
   it, else the mean of the inputs that have it, else zeros. ``pad_to_multiple_of`` pads the vocabulary
   with rows equal to the mean of the real ones. ``config.json``'s ``vocab_size`` becomes the output's.
+- ``tokenizer.tokens``: tokens added to the output vocabulary if missing, each with its row's source
+  (``{kind: zero}``, ``{kind: model_token, model, token | token_id}``: another row of a model, or a
+  model path: that model's row of the token), used where a model lacks the token, or in every model
+  with ``force: true``.
 - ``chat_template``: ``auto`` (the most common template among the models' tokenizers) or Jinja text;
   mergekit's named templates (``chatml`` …) are its own files, not bundled here: one line, exit 2.
   A template with no ``tokenizer_source`` re-saves the base's tokenizer with it, as mergekit does.
@@ -22,13 +26,13 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mergeline.config import MergeConfig
+from mergeline.config import MergeConfig, ModelToken, TokenSource, ZeroToken
 from mergeline.errors import MergelineError
 
 TOKENIZER_FILES = (
@@ -59,6 +63,8 @@ class Vocabulary:
     vocab: dict[str, int]
     size: int
     permutations: dict[Path, dict[int, int]]  # model folder (resolved) -> new id -> old id (-1: missing)
+    tokens: dict[str, TokenSource] = field(default_factory=dict)  # ``tokenizer.tokens``
+    original: dict[Path, dict[str, int]] = field(default_factory=dict)  # each model's own vocabulary
 
 
 def _why(exc: Exception) -> str:
@@ -153,6 +159,10 @@ def build_vocabulary(config: MergeConfig, models: list[str], base: str | None) -
             out = _load(source)
         except Exception as exc:  # noqa: BLE001
             raise MergelineError(f"tokenizer_source {source}: cannot load its tokenizer ({_why(exc)})") from None
+    tokens = dict(config.tokenizer.tokens or {}) if config.tokenizer is not None else {}
+    for token in tokens:
+        if token not in out.get_vocab():
+            out.add_tokens(token)
     vocab = out.get_vocab()
     pad = config.tokenizer.pad_to_multiple_of if config.tokenizer is not None else None
     size = len(vocab) if not pad or len(vocab) % pad == 0 else (len(vocab) // pad + 1) * pad
@@ -162,22 +172,30 @@ def build_vocabulary(config: MergeConfig, models: list[str], base: str | None) -
         own = (toks.get(key) or base_tok).get_vocab()
         limit = _vocab_size(path) or len(own)
         permutations[key] = {i: (own[t] if t in own and own[t] < limit else -1) for t, i in vocab.items()}
-    return Vocabulary(out, vocab, size, permutations)
+    original = {key: tok.get_vocab() for key, tok in toks.items()}
+    return Vocabulary(out, vocab, size, permutations, tokens, original)
 
 
-def permute_embeddings(vocab: Vocabulary, tensors: list[tuple[Path, torch.Tensor]], base: Path | None) -> list[torch.Tensor]:
-    """Each input's vocabulary-indexed tensor (rows = tokens) re-indexed to the output vocabulary."""
+def permute_embeddings(vocab: Vocabulary, tensors: list[tuple[Path, torch.Tensor]], base: Path | None,
+                       name: str = "") -> list[torch.Tensor]:
+    """Each input's vocabulary-indexed tensor ``name`` (rows = tokens) re-indexed to the output vocabulary."""
     models = [path for path, _ in tensors]
     rows = dict(tensors)
     perms = [vocab.permutations[m] for m in models]
     shape = tensors[0][1].shape[1:]
     dtype, device = tensors[0][1].dtype, tensors[0][1].device
     defaults: dict[int, torch.Tensor] = {}
-    for i in vocab.vocab.values():
+    forced: set[int] = set()
+    for token, i in vocab.vocab.items():
+        chosen = vocab.tokens.get(token)
         present = [m for m, p in zip(models, perms) if p[i] >= 0]
-        if len(present) == len(models):
+        if chosen is not None and chosen.force:
+            forced.add(i)
+        elif len(present) == len(models):
             continue
-        if len(present) == 1:
+        if chosen is not None:
+            defaults[i] = _chosen_row(vocab, rows, token, i, chosen, name)
+        elif len(present) == 1:
             defaults[i] = rows[present[0]][vocab.permutations[present[0]][i]]
         elif not present:
             defaults[i] = torch.zeros(shape, dtype=dtype, device=device)
@@ -193,16 +211,40 @@ def permute_embeddings(vocab: Vocabulary, tensors: list[tuple[Path, torch.Tensor
     targets = torch.tensor(ids, dtype=torch.long, device=device)
     for m, p in zip(models, perms):
         new = torch.zeros((vocab.size, *shape), dtype=dtype, device=device)
-        sources = torch.tensor([p[i] for i in ids], dtype=torch.long, device=device)
+        sources = torch.tensor([-1 if i in forced else p[i] for i in ids], dtype=torch.long, device=device)
         have = sources >= 0
         new[targets[have]] = rows[m][sources[have]]  # one gather, not a copy per token (150k-token vocabularies)
         for i, row in defaults.items():
-            if p[i] < 0:
+            if p[i] < 0 or i in forced:
                 new[i] = row
         if vocab.size > len(vocab.vocab):
             new[len(vocab.vocab):] = torch.mean(new[: len(vocab.vocab)], dim=0)
         out.append(new)
     return out
+
+
+def _chosen_row(vocab: Vocabulary, rows: dict[Path, torch.Tensor], token: str, i: int, chosen: TokenSource,
+                name: str) -> torch.Tensor:
+    """The row ``tokenizer.tokens[token]`` names: zeros, another token's row, or the token's row in a model."""
+    where = f"tokenizer.tokens[{token!r}]"
+    if isinstance(chosen.source, ZeroToken):
+        first = next(iter(rows.values()))
+        return first.new_zeros(first.shape[1:])
+    model = Path(chosen.source.model if isinstance(chosen.source, ModelToken) else chosen.source).resolve()
+    if model not in rows:
+        raise MergelineError(f"{where}: takes its row from {model}, which is not an input of tensor {name!r}")
+    if isinstance(chosen.source, ModelToken):
+        index = chosen.source.token_id
+        if index is None:
+            index = vocab.original.get(model, {}).get(chosen.source.token or "", -1)
+            if index < 0:
+                raise MergelineError(f"{where}: token {chosen.source.token!r} is not in {model}'s tokenizer")
+        if not 0 <= index < rows[model].shape[0]:
+            raise MergelineError(f"{where}: token_id {index} is outside {model}'s {rows[model].shape[0]} rows")
+        return rows[model][index]
+    if vocab.permutations[model][i] < 0:
+        raise MergelineError(f"{where}: {model} has no token {token!r}")
+    return rows[model][vocab.permutations[model][i]]
 
 
 def output_tokenizer(config: MergeConfig, donor: Path | None, vocab: Vocabulary | None) -> Any:

@@ -159,8 +159,6 @@ def test_bad_input_one_line_exit_2_no_output(zoo: dict[str, Path], tmp_path: Pat
         ("merge_method: frankenmerge\nbase_model: b\nmodels: [{model: a}]\n", r"unknown merge_method 'frankenmerge'"),
         # mergekit 0.1.5 keys mergeline does not implement: named, never ignored
         ("merge_method: linear\nmodules: {decoder: {models: [{model: a}]}}\n", r"bad.yaml: modules: not supported"),
-        ("merge_method: linear\nmodels: [{model: a}]\ntokenizer: {source: union, tokens: {x: {source: a}}}\n",
-         r"bad.yaml: tokenizer.tokens: not supported"),
         ("merge_method: linear\nmodels: [{model: a}]\nchat_template: chatml\n", r"chat_template: 'chatml' is neither"),
     ],
 )

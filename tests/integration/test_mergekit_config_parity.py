@@ -165,18 +165,28 @@ tokenizer_source: {zoo['C'] if source == 'C' else 'base'}
 
 
 def test_union_tokenizer_padding_and_chat_template_as_mergekit(zoo: dict[str, str], tmp_path: Path) -> None:
-    # x0, x1: in B and C, not the base (mean of their rows); x2: in B only (B's row); w4/w5: permuted in C.
+    # x0: in B and C, not the base (mean of their rows); x2: in B only (B's row); w4/w5: permuted in C;
+    # tokens: <new> added (zeros), x1 forced to B's row of w3, w7 forced to C's row of it, everywhere.
     text = _ta(zoo) + f"""
 tokenizer:
   source: union
   pad_to_multiple_of: 8
+  tokens:
+    <new>:
+      source: {{kind: zero}}
+    x1:
+      source: {{kind: model_token, model: {zoo['B']}, token: w3}}
+      force: true
+    w7:
+      source: {zoo['C']}
+      force: true
 chat_template: auto
 """ + _bc_models(zoo)
     ours, theirs = _both(text, tmp_path)
     tok_ours = transformers.AutoTokenizer.from_pretrained(str(ours))
     tok_mk = transformers.AutoTokenizer.from_pretrained(str(theirs))
     ids_ours, ids_mk = tok_ours.get_vocab(), tok_mk.get_vocab()
-    assert ids_ours.keys() == ids_mk.keys() and len(ids_ours) == 99
+    assert ids_ours.keys() == ids_mk.keys() and len(ids_ours) == 100
     assert tok_ours.chat_template == tok_mk.chat_template == TEMPLATE
     assert _config(ours)["vocab_size"] == _config(theirs)["vocab_size"] == 104
     a, b = load_tensors(ours), load_tensors(theirs)
@@ -186,8 +196,11 @@ chat_template: auto
             assert a[name].shape == b[name].shape == (104, 64)
             assert all(torch.equal(a[name][ids_ours[t]], b[name][ids_mk[t]]) for t in ids_ours), name
             # Padding rows: the mean of the real rows, summed in each tool's row order (last bits may differ).
-            torch.testing.assert_close(a[name][99:], b[name][99:], rtol=0, atol=1e-7)
-            assert not torch.equal(a[name][99], torch.zeros(64))
+            torch.testing.assert_close(a[name][100:], b[name][100:], rtol=0, atol=1e-7)
+            assert not torch.equal(a[name][100], torch.zeros(64)) and not a[name][ids_ours["<new>"]].any()
+            # forced rows are the same in every input, so the merged row is the source row itself
+            assert torch.equal(a[name][ids_ours["x1"]], load_tensors(Path(zoo["B"]))[name][WORDS.index("w3")])
+            assert torch.equal(a[name][ids_ours["w7"]], load_tensors(Path(zoo["C"]))[name][WORDS.index("w7")])
         else:
             assert torch.equal(a[name], b[name]), name
 

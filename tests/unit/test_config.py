@@ -153,7 +153,8 @@ def test_load_merge_config_round_trip(tmp_path: Path) -> None:
         ("- just\n- a list\n", "must be a YAML mapping"),
         ("merge_method: ties\nslices: []\nmodels: []\n", "give exactly one of models: or slices:"),
         ("merge_method: ties\nmodules: {}\n", "modules: not supported"),
-        ("merge_method: ties\nmodels: [{model: a}]\ntokenizer: {tokens: {}}\n", "tokenizer.tokens: not supported"),
+        ("merge_method: ties\nmodels: [{model: a}]\ntokenizer: {tokens: {x: {source: {kind: model_token, model: a}}}}\n",
+         "a model_token source takes exactly one of token_id and token"),
         ("base_model: b\nmodels: []\n", "merge_method: Field required"),
     ],
 )

@@ -99,3 +99,24 @@ def test_reindexing_makes_a_merge_independent_of_token_order(tmp_path: Path) -> 
         assert outs[0].keys() == outs[1].keys()
         for name in outs[0]:
             assert torch.equal(outs[0][name], outs[1][name]), (method, name)
+
+
+def test_tokens_block_rows_by_hand() -> None:
+    import pytest
+
+    from mergeline.config import TokenSource
+    from mergeline.errors import MergelineError
+
+    base, a = Path("/m/base"), Path("/m/a")
+    perms = {base: {0: 0, 1: -1, 2: 1}, a: {0: 0, 1: 1, 2: 2}}
+    tokens = {"t0": TokenSource.model_validate({"source": {"kind": "model_token", "model": "/m/a", "token_id": 2},
+                                               "force": True}),
+              "t1": TokenSource.model_validate({"source": {"kind": "zero"}})}
+    v = Vocabulary(None, {"t0": 0, "t1": 1, "t2": 2}, 3, perms, tokens, {})
+    rows = [(base, torch.tensor([[1.0], [2.0]])), (a, torch.tensor([[10.0], [20.0], [30.0]]))]
+    out_base, out_a = permute_embeddings(v, rows, base)
+    assert out_base[:, 0].tolist() == [30.0, 0.0, 2.0]  # t0 forced to a's row 2; t1 (base lacks it): zeros
+    assert out_a[:, 0].tolist() == [30.0, 20.0, 30.0]  # forced everywhere; a has t1 itself
+    elsewhere = {"t1": TokenSource.model_validate({"source": "/m/other"})}
+    with pytest.raises(MergelineError, match=r"tokenizer.tokens\['t1'\]: takes its row from /m/other, which is not an input"):
+        permute_embeddings(Vocabulary(None, v.vocab, 3, perms, elsewhere, {}), rows, base, "lm_head.weight")
