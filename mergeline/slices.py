@@ -111,7 +111,8 @@ class InputGroup:
 
 @dataclass
 class PlannedTensor:
-    """One output tensor of a slices merge: its group, block index, gradient position, input names."""
+    """One output tensor: its group of inputs, block index, gradient position ``t`` and each input's own
+    name of it (empty in the ``models:`` form, where the names are the output's)."""
 
     name: str
     group: InputGroup
