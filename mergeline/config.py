@@ -32,6 +32,7 @@ unsupported dtype or tokenizer_source, wrong number of models, missing base_mode
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Union
@@ -41,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from mergeline.errors import MergelineError
+from mergeline.io.safe_read import load_yaml_file
 from mergeline.methods import MergeMethod, MethodParameters, ModelParameters, get_method
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
@@ -116,15 +118,7 @@ def _first_error(exc: ValidationError, where: str) -> MergelineError:
 def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
     """Read and validate a merge YAML (schema only; :func:`check_config` checks it against its method)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise MergelineError(f"{path}: cannot read config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise MergelineError(f"{path}: unreadable YAML{at}: {problem}") from None
+    data = load_yaml_file(path, "config")
     if not isinstance(data, dict):
         raise MergelineError(f"{path}: a merge config must be a YAML mapping")
     try:
@@ -168,6 +162,9 @@ def input_indices(config: MergeConfig, method: type[MergeMethod]) -> list[int]:
 def check_config(config: MergeConfig) -> None:
     """Check a config against its method: known method, model count, base, parameter names, dtypes."""
     method = config.method_class()
+    _check_finite("parameters", config.parameters)
+    for i, entry in enumerate(config.models):
+        _check_finite(f"models[{i}] ({entry.model}).parameters", entry.parameters)
     config.compute_dtype()
     config.output_dtype()
     if config.tokenizer_source not in (None, "base"):
@@ -195,6 +192,23 @@ def check_config(config: MergeConfig) -> None:
                     f"models[{i}] ({config.models[i].model}): unknown per-model parameter {key!r} "
                     f"for merge_method {method.name!r} (known: {known})"
                 )
+
+
+def _check_finite(where: str, setting: Any) -> None:
+    """Refuse NaN/Inf anywhere in a parameter setting (scalars, gradients, filter lists), up front:
+    a non-finite coefficient can only produce a non-finite model. Strings count when they read as
+    numbers ("1e400"), since numeric parameters interpolate them as floats."""
+    if isinstance(setting, ConditionalParameter):
+        _check_finite(where, setting.value)
+    elif isinstance(setting, dict):
+        for key, value in setting.items():
+            _check_finite(f"{where}.{key}", value)
+    elif isinstance(setting, list):
+        for value in setting:
+            _check_finite(where, value)
+    elif isinstance(setting, (float, str)) and not isinstance(setting, bool) and _floatable(str(setting)):
+        if not math.isfinite(float(setting)):
+            raise MergelineError(f"{where}: must be a finite number (got {setting!r})")
 
 
 def _is_numeric(model: type[BaseModel], field: str | None) -> bool:

@@ -17,7 +17,6 @@ Order of registration (a version never points at a missing or partial artifact):
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,12 +32,12 @@ from mergeline.io.atomic import atomic_file
 from mergeline.io.hashing import sha256_file
 from mergeline.lineage import Lineage, version_tags
 from mergeline.lineage_render import render_mermaid
+from mergeline.names import alias_problem, model_name_problem
 from mergeline.tracking.mlflow_setup import current_experiment_id
 
 MODEL_ARTIFACT_PATH = "model"
 LINEAGE_FILE = "lineage.json"
 MERMAID_FILE = "lineage.mmd"
-_ALIAS = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 def check_weights(model_dir: Path, weights: dict[str, str]) -> None:
@@ -60,9 +59,8 @@ def check_weights(model_dir: Path, weights: dict[str, str]) -> None:
 
 def _check_aliases(aliases: list[str]) -> None:
     for alias in aliases:
-        # Digits are reserved for versions in NAME@VERSION; v<digits> and latest are reserved by MLflow.
-        if not _ALIAS.fullmatch(alias) or alias.isdigit() or re.fullmatch(r"[vV]\d+", alias) or alias.lower() == "latest":
-            raise MergelineError(f"alias {alias!r}: use letters, digits, '_' or '-', not a version number or 'latest'")
+        if (problem := alias_problem(alias)) is not None:
+            raise MergelineError(f"alias {alias!r}: {problem}")
 
 
 def _local_path(uri: str) -> Path | None:
@@ -113,8 +111,8 @@ def register_merged_model(
     is missing, altered or unlisted, or an alias or the name is invalid.
     """
     model_dir = Path(model_dir)
-    if not name or "@" in name or "/" in name:
-        raise MergelineError(f"registered model name {name!r}: must be non-empty without '@' or '/'")
+    if (problem := model_name_problem(name)) is not None:
+        raise MergelineError(f"registered model name {name!r}: {problem}")
     _check_aliases(aliases)
     check_weights(model_dir, lineage.weights)
     client = MlflowClient()
