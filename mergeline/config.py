@@ -159,6 +159,29 @@ def input_indices(config: MergeConfig, method: type[MergeMethod]) -> list[int]:
     ]
 
 
+def input_paths(config: MergeConfig) -> list[str]:
+    """Every file or folder the merge reads: base, models, and parameters naming existing paths
+    (importance files, masks, ``pretrained_model``): what an output must never overwrite."""
+    found = [p for p in (config.base_model, *(m.model for m in config.models)) if p]
+
+    def walk(setting: Any) -> None:
+        if isinstance(setting, ConditionalParameter):
+            walk(setting.value)
+        elif isinstance(setting, dict):
+            for value in setting.values():
+                walk(value)
+        elif isinstance(setting, list):
+            for value in setting:
+                walk(value)
+        elif isinstance(setting, str) and setting and os.path.exists(setting):
+            found.append(setting)
+
+    walk(config.parameters)
+    for entry in config.models:
+        walk(entry.parameters)
+    return found
+
+
 def check_config(config: MergeConfig) -> None:
     """Check a config against its method: known method, model count, base, parameter names, dtypes."""
     method = config.method_class()
