@@ -39,7 +39,7 @@ from typing import Any, Union
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from mergeline.errors import MergelineError
 from mergeline.io.safe_read import load_yaml_file
@@ -85,7 +85,7 @@ class MergeConfig(BaseModel):
     dtype: str = "float32"
     out_dtype: str | None = None
     tokenizer_source: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of random methods (DARE)")
 
     def method_class(self) -> type[MergeMethod]:
         return get_method(self.merge_method)

@@ -75,7 +75,7 @@ def check_output_dir(target: str | os.PathLike[str], inputs: Iterable[str | os.P
         source = Path(item).resolve()
         if where == source or where.is_relative_to(source) or source.is_relative_to(where):
             raise MergelineError(
-                f"{target}: output would be, be inside or hold the input {item}; choose another output folder"
+                f"{target}: is, is inside or holds the input {item}; choose another output folder"
             )
     _check_replaceable(target, overwrite, flag)
     parent = where.parent
