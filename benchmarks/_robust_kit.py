@@ -72,7 +72,8 @@ def config(path: Path, models: dict[str, Path], method: str = "task_arithmetic",
     per = {"weight": 1.0, **(per_model or {})}
     data = {"merge_method": method, "base_model": str(models["base"]),
             "models": [{"model": str(models[k]), "parameters": dict(per)} for k in ("a", "b")],
-            "parameters": {"lambda": 0.5, **(parameters or {})}, **extra}
+            "parameters": {k: v for k, v in {"lambda": 0.5, **(parameters or {})}.items() if v is not None},
+            **extra}
     path.write_text(yaml.safe_dump(data))
     return path
 

@@ -185,10 +185,10 @@ def input_paths(config: MergeConfig) -> list[str]:
 def check_config(config: MergeConfig) -> None:
     """Check a config against its method: known method, model count, base, parameter names, dtypes."""
     method = config.method_class()
-    _check_finite("parameters", config.parameters)
+    largest = torch.finfo(config.compute_dtype()).max
+    _check_numbers("parameters", config.parameters, largest)
     for i, entry in enumerate(config.models):
-        _check_finite(f"models[{i}] ({entry.model}).parameters", entry.parameters)
-    config.compute_dtype()
+        _check_numbers(f"models[{i}] ({entry.model})", entry.parameters, largest)
     config.output_dtype()
     if config.tokenizer_source not in (None, "base"):
         raise MergelineError(
@@ -217,21 +217,26 @@ def check_config(config: MergeConfig) -> None:
                 )
 
 
-def _check_finite(where: str, setting: Any) -> None:
-    """Refuse NaN/Inf anywhere in a parameter setting (scalars, gradients, filter lists), up front:
-    a non-finite coefficient can only produce a non-finite model. Strings count when they read as
-    numbers ("1e400"), since numeric parameters interpolate them as floats."""
-    if isinstance(setting, ConditionalParameter):
-        _check_finite(where, setting.value)
-    elif isinstance(setting, dict):
-        for key, value in setting.items():
-            _check_finite(f"{where}.{key}", value)
-    elif isinstance(setting, list):
-        for value in setting:
-            _check_finite(where, value)
-    elif isinstance(setting, (float, str)) and not isinstance(setting, bool) and _floatable(str(setting)):
-        if not math.isfinite(float(setting)):
-            raise MergelineError(f"{where}: must be a finite number (got {setting!r})")
+def _check_numbers(where: str, settings: dict[str, Any] | None, largest: float) -> None:
+    """Refuse, up front, a parameter value that is NaN/Inf or beyond the compute dtype's range
+    (``largest``) anywhere in a setting (scalar, gradient, filter list): it can only produce a
+    non-finite model. Strings count when they read as numbers ("1e400")."""
+    def walk(key: str, setting: Any) -> None:
+        if isinstance(setting, ConditionalParameter):
+            walk(key, setting.value)
+        elif isinstance(setting, list):
+            for value in setting:
+                walk(key, value)
+        elif isinstance(setting, (float, int, str)) and not isinstance(setting, bool) and _floatable(str(setting)):
+            number = float(setting)
+            if not math.isfinite(number) or abs(number) > largest:
+                raise MergelineError(
+                    f"{where}: parameter {key!r} = {setting!r}: must be a finite number within ±{largest:.3g} "
+                    "(the compute dtype's range)"
+                )
+
+    for key, setting in (settings or {}).items():
+        walk(key, setting)
 
 
 def _is_numeric(model: type[BaseModel], field: str | None) -> bool:
