@@ -22,9 +22,9 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-for path in (str(HERE), str(HERE.parent)):  # the case modules import their siblings and mergeline
-    if path not in sys.path:
-        sys.path.insert(0, path)
+sys.path.insert(0, str(HERE))  # the case modules import their siblings
+if str(HERE.parent) not in sys.path:
+    sys.path.append(str(HERE.parent))  # mergeline, unless PYTHONPATH names another checkout (to compare)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from mergeline.env import configure_offline_defaults  # noqa: E402
