@@ -7,13 +7,11 @@ process. See ``benchmarks/robustness.py``.
 from __future__ import annotations
 
 import os
-import resource
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
 from _robust_case import Case
-from _robust_kit import cli, config, intact, outcome, refused, snapshot, temps_left, zoo
+from _robust_kit import cli, config, file_size_limit, intact, outcome, refused, snapshot, temps_left, zoo
 
 REFUSED = "exit 2, one line, intact, no temp left"
 
@@ -69,14 +67,8 @@ def _disk_full(folder: Path) -> str:
     """The output filesystem fills up mid-write (RLIMIT_FSIZE: writes past 2 KB fail with EFBIG)."""
     models = zoo(folder)
     cfg = config(folder / "merge.yaml", models)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, hard))
-    try:
+    with file_size_limit(2048):
         code, _, err = cli(["merge", str(cfg), "--out", str(folder / "out"), "--quiet"])
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
     written = "no output" if not (folder / "out").exists() else "output written"
     return f"{outcome(code, err)}, {written}, {temps_left(folder)}"
 

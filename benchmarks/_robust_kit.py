@@ -13,10 +13,11 @@ import io
 import json
 import os
 import resource
+import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -110,6 +111,20 @@ def cli_bounded(args: Sequence[str], cwd: Path, timeout: float = 60, memory: int
     except subprocess.TimeoutExpired:
         return -9, "", "timeout"
     return proc.returncode, proc.stdout, proc.stderr
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """A full disk, as far as this process can tell: writes past ``limit`` bytes per file fail with
+    EFBIG (RLIMIT_FSIZE, with SIGXFSZ ignored so the write returns an error instead of a kill)."""
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
 
 
 def outcome(code: int, err: str) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from _robust_case import Case
-from _robust_kit import ROOT, cli, intact, outcome, refused, snapshot, temps_left
+from _robust_kit import ROOT, cli, file_size_limit, intact, outcome, refused, snapshot, temps_left
 
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # tests.lineage_fixtures
@@ -158,14 +156,8 @@ def _disk_full(folder: Path) -> str:
     """The output filesystem fills up while the rebuilt model is written (RLIMIT_FSIZE: EFBIG)."""
     root, _ = project()
     args = ["reproduce", "tiny-merged@champion", "--out", str(folder / "out"), *_store_args()]
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
-    try:
+    with file_size_limit(4096):
         code, _, err = cli(args, cwd=folder)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
     written = "no output" if not (folder / "out").exists() else "output written"
     return f"{outcome(code, err)}, {written}, {temps_left(folder)}"
 
