@@ -91,6 +91,7 @@ CASES: list[Case] = [
     _bad("run", "methods", "merge.methods={}"),
     _bad("run", "gamma", "merge.methods.ties.options={gamma: .inf}"),
     _bad("run", "options", "merge.methods.ties.options={grid: [1, .nan]}"),
+    _bad("run", "bogus", "merge.methods.ties.options={bogus: 1}"),
     _bad("run", "model_name", "registry.model_name=a/b"),
     _bad("run", "model_name", "registry.model_name=a:b"),
     _bad("run", "model_name", "registry.model_name='  '"),

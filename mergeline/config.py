@@ -182,6 +182,16 @@ def input_paths(config: MergeConfig) -> list[str]:
     return found
 
 
+def check_parameter_names(method: type[MergeMethod], parameters: dict[str, Any], where: str) -> None:
+    """Every key of a config's global ``parameters`` (or a pipeline sweep's ``options``) must be a
+    parameter of ``method``, method-wide or per model."""
+    shared, per_model = _keys(method.Parameters), _keys(method.PerModel)
+    for key in parameters:
+        if key not in shared and key not in per_model:
+            known = f"{_known(method.Parameters)}; per model: {_known(method.PerModel)}"
+            raise MergelineError(f"{where}: unknown parameter {key!r} for merge_method {method.name!r} (known: {known})")
+
+
 def check_config(config: MergeConfig) -> None:
     """Check a config against its method: known method, model count, base, parameter names, dtypes."""
     method = config.method_class()
@@ -202,11 +212,8 @@ def check_config(config: MergeConfig) -> None:
             f"{method.min_models}..{method.max_models if method.max_models is not None else ''}"
         )
         raise MergelineError(f"merge_method {method.name!r} takes {limit} model(s) besides the base, got {n}")
-    shared, per_model = _keys(method.Parameters), _keys(method.PerModel)
-    for key in config.parameters or {}:
-        if key not in shared and key not in per_model:
-            known = f"{_known(method.Parameters)}; per model: {_known(method.PerModel)}"
-            raise MergelineError(f"parameters: unknown parameter {key!r} for merge_method {method.name!r} (known: {known})")
+    check_parameter_names(method, config.parameters or {}, "parameters")
+    per_model = _keys(method.PerModel)
     for i in input_indices(config, method):
         for key in config.models[i].parameters or {}:
             if key not in per_model:

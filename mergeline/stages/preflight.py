@@ -17,6 +17,7 @@ def preflight(params: ExperimentParams, root: Path) -> None:
     from mergeline.data import available_tasks, load_records
 
     _check_output_roots(params, root)
+    _check_method_options(params)
     known = set(available_tasks())
     for task in [*params.tasks, params.control]:
         if task not in known:
@@ -40,6 +41,16 @@ def _check_output_roots(params: ExperimentParams, root: Path) -> None:
             raise MergelineError(f"{key} {value!r}: is the project folder or holds it; give the outputs a folder of their own")
         if folder.exists() and not folder.is_dir():
             raise MergelineError(f"{key} {value!r}: {folder} exists and is not a folder")
+
+
+def _check_method_options(params: ExperimentParams) -> None:
+    """A sweep's ``options`` become merge parameters: an unknown one fails now, not at the merge stage."""
+    from mergeline.config import check_parameter_names
+    from mergeline.methods import get_method
+    from mergeline.params import PIPELINE_METHODS
+
+    for name, sweep in params.merge.methods.items():
+        check_parameter_names(get_method(PIPELINE_METHODS[name]), sweep.options, f"merge.methods.{name}.options")
 
 
 def _check_base_model(spec: str, root: Path) -> None:
