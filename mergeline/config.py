@@ -25,9 +25,11 @@ the global ``parameters`` (so a global ``weight`` is every model's default); met
 come from the global ``parameters`` only. Values are validated by the method's pydantic
 ``Parameters`` / ``PerModel`` models.
 
-Errors (MergelineError, one line): unreadable file or YAML, unknown key, unknown merge_method, unknown
-parameter (naming it and the method), missing or out-of-range value (naming parameter, model, tensor),
-unsupported dtype or tokenizer_source, wrong number of models, missing base_model.
+Errors (MergelineError, one line): unreadable file or YAML (not a regular file, not UTF-8, too large,
+aliases expanding without bound: ``mergeline.io.safe_read``), unknown key, unknown merge_method,
+unknown parameter (naming it and the method), missing or out-of-range value (naming parameter, model,
+tensor), a NaN/Inf value or one beyond the compute dtype's range anywhere in the parameters, a seed
+outside [0, 2**63), unsupported dtype or tokenizer_source, wrong number of models, missing base_model.
 """
 
 from __future__ import annotations

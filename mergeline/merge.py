@@ -32,8 +32,10 @@ Bad input (MergelineError, checked before anything is written where possible; th
 written through ``atomic_dir`` so a failure leaves nothing): missing/corrupt/pickle checkpoints, a
 tensor of the base missing from a model, a shape or dtype-kind mismatch (naming tensor and model; for
 delta methods an embedding/LM head with more rows than the base is cut to the base's rows, as mergekit's
-task-arithmetic family did), NaN/Inf in an input (naming tensor and file), bad parameters, CUDA asked
-for but not available.
+task-arithmetic family did), NaN/Inf in an input (naming tensor and file), a merged tensor that
+overflows to NaN/Inf (naming it), bad parameters, CUDA asked for but not available; an output folder
+that is, is inside or holds an input, or holds anything but a previous mergeline output
+(``check_output_dir``).
 """
 
 from __future__ import annotations
