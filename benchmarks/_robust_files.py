@@ -197,6 +197,7 @@ CASES: list[Case] = [
     _model_case("fine-tune is a FIFO named .safetensors", _replace_a(_fifo_model)),
     _model_case("fine-tune is a folder named .safetensors", _replace_a(lambda f: (f / "dir.safetensors").mkdir()
                                                                        or f / "dir.safetensors")),
+    _model_case("fine-tune is a JSON file, not a model", _replace_a(lambda f: (f / "x.json").write_text("{}") and f / "x.json")),
     _model_case("model.safetensors is a folder", lambda f, m: (_weights(m).unlink(), _weights(m).mkdir())),
     _model_case("model.safetensors is a FIFO", lambda f, m: (_weights(m).unlink(), os.mkfifo(_weights(m)))),
     _model_case("pickle checkpoint only", lambda f, m: (_weights(m).unlink(),

@@ -191,6 +191,7 @@ CASES: list[Case] = [
     _store("--tracking-uri: unknown scheme", lambda f: "bogus://nowhere"),
     _store("--root is /dev/zero", lambda f: project()[1], root=lambda f: "/dev/zero"),
     _store("--root does not exist", lambda f: project()[1], root=lambda f: str(f / "absent")),
+    _store("--root is a file", lambda f: project()[1], root=lambda f: (f / "r.txt").write_text("x") and str(f / "r.txt")),
     _reproduce("--out new folder (baseline)", "exit 0, intact, no temp left, no temp left", lambda f, r: f / "out"),
     _reproduce("--out is a folder of the user's files", "exit 2, one line, intact, no temp left, no temp left",
                _user, watch=lambda f, r: f / "mine"),

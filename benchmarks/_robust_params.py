@@ -111,6 +111,7 @@ CASES: list[Case] = [
     _bad("run", "work_dir", "work_dir=/"),
     _bad("run", "data_dir", "data_dir=.."),
     Case("run", "work_dir names an existing file", "exit 2, one line, names work_dir", _existing_file),
+    _bad("run", "base_model", "base_model=params.yaml"),
     _file("run", "params file is not UTF-8", _text(b"experiment: \xff\xfe\n")),
     _file("run", "params file is a billion-laughs alias bomb", _text(LAUGHS + "experiment: *i\n"), bounded=True),
     _file("run", "params file is /dev/zero", lambda f: Path("/dev/zero"), bounded=True),
