@@ -94,14 +94,18 @@ def _interrupted(folder: Path) -> str:
     return f"{seen}, {written}, {temps_left(folder)}"
 
 
-def _mid_write_error(folder: Path) -> str:
-    """A merge that fails on a tensor after others were written (λ overflows on one layer only)."""
-    models = zoo(folder)
-    cfg = config(folder / "merge.yaml", models, per_model={"weight": 1e3},
-                 parameters={"lambda": [{"filter": "layers.1.mlp", "value": 3e38}, {"value": 0.5}]})
-    code, _, err = cli(["merge", str(cfg), "--out", str(folder / "out"), "--quiet"])
-    written = "no output" if not (folder / "out").exists() else "output written"
-    return f"{outcome(code, err)}, {written}, {temps_left(folder)}"
+def _mid_write_error(out: str) -> Callable[[Path], str]:
+    """A merge into ``folder/out`` that fails on a tensor after others were written (λ overflows on
+    one layer only): no output, no temporary folder, and no parent folder made for it."""
+    def check(folder: Path) -> str:
+        models = zoo(folder)
+        cfg = config(folder / "merge.yaml", models, per_model={"weight": 1e3},
+                     parameters={"lambda": [{"filter": "layers.1.mlp", "value": 3e38}, {"value": 0.5}]})
+        code, _, err = cli(["merge", str(cfg), "--out", str(folder / out), "--quiet"])
+        top = folder / Path(out).parts[0]
+        written = "no output" if not top.exists() else "output written"
+        return f"{outcome(code, err)}, {written}, {temps_left(folder)}"
+    return check
 
 
 def _number_case(name: str, key: str, method: str = "task_arithmetic", parameters: dict | None = None,
@@ -147,7 +151,9 @@ CASES: list[Case] = [
     Case("merge", "disk full in the middle of writing", "exit 1, one line, no output, no temp left", _disk_full),
     Case("merge", "Ctrl-C in the middle of writing (library)", "interrupted, no output, no temp left", _interrupted),
     Case("merge", "error on a tensor after others were written", "exit 2, one line, no output, no temp left",
-         _mid_write_error),
+         _mid_write_error("out")),
+    Case("merge", "error mid-write, --out in new parent folders", "exit 2, one line, no output, no temp left",
+         _mid_write_error("new/deep/out")),
     # Numbers: nothing non-finite or absurd reaches a model.
     _number_case("lambda = 1e308 (beyond float32: all-Inf model on main)", "lambda", parameters={"lambda": 1e308}),
     _number_case("lambda = 1e300, dtype float64 (overflows to Inf)", "overflow", parameters={"lambda": 1e300},

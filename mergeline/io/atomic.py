@@ -88,15 +88,6 @@ def check_output_dir(target: str | os.PathLike[str], inputs: Iterable[str | os.P
     return target
 
 
-def _make_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing ancestors; return those created, deepest first."""
-    created = []
-    for missing in [p for p in (folder, *folder.parents) if not p.exists()]:
-        created.append(missing)
-    folder.mkdir(parents=True, exist_ok=True)
-    return created
-
-
 def _remove_created(created: list[Path]) -> None:
     for folder in created:
         try:
@@ -116,16 +107,22 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = True) -> Iterat
     """
     target = Path(os.path.abspath(target))  # "." has no name to put a sibling beside
     _check_replaceable(target, overwrite, None)
-    created = _make_parents(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # deepest first
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         yield tmp
         (tmp / MARKER).write_text(MARKER_TEXT)
         _check_replaceable(target, overwrite, None)  # the body took time: look again
         if target.exists():
             # Move the old output aside first so the rename below is a single atomic step.
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old)
+            try:
+                os.replace(target, old)
+            except BaseException:
+                old.rmdir()
+                raise
             try:
                 os.replace(tmp, target)
             except BaseException:
@@ -135,7 +132,8 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = True) -> Iterat
         else:
             os.replace(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         _remove_created(created)
         raise
 
