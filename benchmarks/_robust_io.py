@@ -108,6 +108,27 @@ def _mid_write_error(out: str) -> Callable[[Path], str]:
     return check
 
 
+def _stage_output(previous: bool) -> Callable[[Path], str]:
+    """What every stage writes its output through (``atomic_dir``), over a user's folder or over the
+    stage's own previous output."""
+    def check(folder: Path) -> str:
+        from mergeline.errors import MergelineError
+        from mergeline.io.atomic import MARKER, MARKER_TEXT, atomic_dir
+
+        target = _user_folder(folder, {})
+        if previous:
+            (target / MARKER).write_text(MARKER_TEXT)
+        before = snapshot(target)
+        try:
+            with atomic_dir(target) as tmp:
+                (tmp / "new.txt").write_text("new output")
+            seen = "replaced" if sorted(p.name for p in target.iterdir()) == [MARKER, "new.txt"] else "mixed"
+        except MergelineError:
+            seen = f"refused, {intact(before, target)}"
+        return f"{seen}, {temps_left(folder)}"
+    return check
+
+
 def _number_case(name: str, key: str, method: str = "task_arithmetic", parameters: dict | None = None,
                  per_model: dict | None = None, args: tuple[str, ...] = (), **extra: object) -> Case:
     """A merge with an absurd or non-finite number: refused with one line naming it, nothing written."""
@@ -148,6 +169,8 @@ CASES: list[Case] = [
               lambda f, m: Path("/sys") / f"mergeline-{os.getpid()}"),
     _out_case("--out needs missing parent folders", "exit 0, intact, no temp left", lambda f, m: f / "new" / "deep" / "out"),
     Case("merge", "--out is a previous mergeline output, --overwrite", "exit 0, replaced, no temp left", _overwrite_case),
+    Case("stage", "a stage output lands on a user's folder", "refused, intact, no temp left", _stage_output(False)),
+    Case("stage", "a stage output replaces its previous output", "replaced, no temp left", _stage_output(True)),
     Case("merge", "disk full in the middle of writing", "exit 1, one line, no output, no temp left", _disk_full),
     Case("merge", "Ctrl-C in the middle of writing (library)", "interrupted, no output, no temp left", _interrupted),
     Case("merge", "error on a tensor after others were written", "exit 2, one line, no output, no temp left",

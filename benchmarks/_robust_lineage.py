@@ -124,6 +124,23 @@ def _registered() -> Path:
     return model_artifact_dir(resolve_version("tiny-merged@champion"))
 
 
+def _merge_over_registry(folder: Path) -> str:
+    """``mergeline merge --out <the registry's copy of a model> --overwrite``."""
+    root, _ = project()
+    target = _registered()
+    before = snapshot(target)
+    (folder / "merge.yaml").write_text(json.dumps({**_absolute(root), "merge_method": "task_arithmetic"}))
+    code, _, err = cli(["merge", str(folder / "merge.yaml"), "--out", str(target), "--overwrite", "--quiet"])
+    return f"{outcome(code, err)}, {intact(before, target)}"
+
+
+def _absolute(root: Path) -> dict:
+    """The project's merge config with absolute paths."""
+    from tests.lineage_fixtures import _absolute as absolute, merge_config
+
+    return absolute(merge_config(), root)
+
+
 def _previous(folder: Path, root: Path) -> Path:
     code, _, err = cli(["reproduce", "tiny-merged@champion", "--out", str(folder / "again"), *_store_args()])
     assert code == 0, err
@@ -214,6 +231,8 @@ CASES: list[Case] = [
                _previous, overwrite=True),
     _reproduce("--out in an unwritable place (/sys)", "exit 1, one line, intact, no temp left, no temp left",
                lambda f, r: Path("/sys") / f"mergeline-{os.getpid()}"),
+    Case("merge", "--out is the registry's copy of a model, --overwrite", "exit 2, one line, intact",
+         _merge_over_registry),
     Case("reproduce", "disk full while writing the rebuild", "exit 1, one line, no output, no temp left", _disk_full),
     _edited("recorded lambda = 1e308", "lambda", lambda r: (r["merge"]["config"]["parameters"].update(
         {"lambda": 1e308}), r)[1]),

@@ -47,6 +47,9 @@ def _check_replaceable(target: Path, overwrite: bool, flag: str | None) -> None:
         raise MergelineError(f"{target}: exists and is not a folder; refusing to replace it")
     if not any(target.iterdir()):
         return
+    if (target / "lineage.json").is_file():
+        # A registered version's artifact folder (a copy of an output, marker included): the registry's.
+        raise MergelineError(f"{target}: holds a registered model's lineage.json; refusing to replace it")
     if not overwrite:
         hint = f"; pass {flag} to replace a previous mergeline output" if flag else ""
         raise MergelineError(f"{target}: output folder exists and is not empty{hint}")

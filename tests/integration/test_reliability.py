@@ -49,6 +49,7 @@ SUBSET = {
         "header nested 100,000 levels",
         "index names a shard outside the folder (../)",
         "base config.json is not JSON (out_dtype rewrites it)",
+        "--out is the registry's copy of a model, --overwrite",
     ],
     "run": [
         "finetune.weight_decay=.inf",
@@ -60,7 +61,7 @@ SUBSET = {
         "params file is not UTF-8",
         "params file is a folder",
     ],
-    "stage": ["finetune.weight_decay=.inf", "data_dir=."],
+    "stage": ["finetune.weight_decay=.inf", "data_dir=.", "a stage output lands on a user's folder"],
     "lineage": [
         "lineage.json is not JSON",
         "--tracking-uri: sqlite file that is a text file",
