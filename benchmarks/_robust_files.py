@@ -188,6 +188,8 @@ CASES: list[Case] = [
     _config_case("config is a folder", lambda f: f),
     _config_case("config nested 10,000 levels deep", _text("a: " + "[" * 10_000 + "]" * 10_000 + "\n")),
     _config_case("config is 9.5 MB of comments", _text(("#" * 99 + "\n") * 95_000)),
+    _config_case("config: a 90,000-item list where a name goes (error quotes it)",
+                 _text("merge_method: [" + "lol, " * 90_000 + "lol]\n")),
     _config_case("config is empty", _text("")),
     _config_case("config is a YAML list", _text("- merge_method: ties\n")),
     _config_case("config is not valid YAML", _text("merge_method: [ties\n")),
