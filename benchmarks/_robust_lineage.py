@@ -7,8 +7,10 @@ that damages a record registers a version of its own (its own model name) and da
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -30,6 +32,7 @@ def project() -> tuple[Path, str]:
     from tests.lineage_fixtures import MODEL_NAME, build_project
 
     root = Path(tempfile.mkdtemp(prefix="mergeline-robust-lineage-"))
+    atexit.register(shutil.rmtree, root, True)
     built = build_project(root)
     uri = configure_tracking(f"sqlite:///{root}/mlflow.db", "robust-lineage")
     register_merged_model(root / "merged", MODEL_NAME, built.lineage, ["champion"])
