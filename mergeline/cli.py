@@ -1,7 +1,8 @@
 """The ``mergeline`` command line: ``mergeline <command> ...`` (commands in mergeline/commands/).
 
 Exit codes (ARCHITECTURE.md): 0 success; 2 bad input (``MergelineError``: one ``error: ...`` line on
-stderr, or an argparse usage error); 1 any other failure (with its traceback).
+stderr, or an argparse usage error); 1 an environment fault (``OSError``: full disk, unwritable
+folder; ``MemoryError``), one line too; 1 any other failure (a bug: with its traceback).
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the environment (full disk, read-only or vanished folder): no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory", file=sys.stderr)
+        return 1
     except Exception:
         traceback.print_exc()
         return 1

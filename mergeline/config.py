@@ -30,27 +30,32 @@ Precedence, as in mergekit: a model's own ``parameters``, then the slice's, then
 global ``weight`` is every model's default); method-wide parameters come from the slice's and global
 ``parameters`` only. Values are validated by the method's pydantic ``Parameters`` / ``PerModel`` models.
 
-Errors (MergelineError, one line): unreadable file or YAML, unknown key, unknown merge_method, unknown
-parameter (naming it and the method), missing or out-of-range value (naming parameter, model, tensor),
-unsupported dtype or mergekit key, wrong number of models, missing base_model.
+Errors (MergelineError, one line): unreadable file or YAML (not a regular file, not UTF-8, too large,
+aliases expanding without bound: ``mergeline.io.safe_read``), unknown key, unknown merge_method,
+unknown parameter (naming it and the method), missing or out-of-range value (naming parameter, model,
+tensor), a NaN/Inf value or one beyond the compute dtype's range anywhere in the parameters, a seed
+outside [0, 2**63), unsupported dtype or mergekit key, wrong number of models, missing base_model.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from mergeline.errors import MergelineError
+from mergeline.io.safe_read import load_yaml_file
 from mergeline.methods import MergeMethod, get_method
 from mergeline.parameters import (  # noqa: F401 - re-exported: callers import them from here
     ConditionalParameter,
     ParameterSetting,
     ScopedResolver,
+    _floatable,
     config_keys,
     evaluate_setting,
     known_keys,
@@ -150,7 +155,7 @@ class MergeConfig(BaseModel):
     tokenizer_source: str | None = None
     tokenizer: TokenizerSettings | None = None
     chat_template: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of random methods (DARE)")
 
     @model_validator(mode="after")
     def _one_input_form(self) -> MergeConfig:
@@ -220,15 +225,7 @@ def refuse_unsupported(data: dict[str, Any], where: str) -> None:
 def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
     """Read and validate a merge YAML (schema only; :func:`check_config` checks it against its method)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise MergelineError(f"{path}: cannot read config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise MergelineError(f"{path}: unreadable YAML{at}: {problem}") from None
+    data = load_yaml_file(path, "config")
     if not isinstance(data, dict):
         raise MergelineError(f"{path}: a merge config must be a YAML mapping")
     refuse_unsupported(data, str(path))
@@ -256,13 +253,47 @@ def input_indices(config: MergeConfig, method: type[MergeMethod]) -> list[int]:
     ]
 
 
+def input_paths(config: MergeConfig) -> list[str]:
+    """Every file or folder the merge reads: base, models, and parameters naming existing paths
+    (importance files, masks, ``pretrained_model``): what an output must never overwrite."""
+    found = list(config.all_models())
+
+    def walk(setting: Any) -> None:
+        if isinstance(setting, ConditionalParameter):
+            walk(setting.value)
+        elif isinstance(setting, dict):
+            for value in setting.values():
+                walk(value)
+        elif isinstance(setting, list):
+            for value in setting:
+                walk(value)
+        elif isinstance(setting, str) and setting and os.path.exists(setting):
+            found.append(setting)
+
+    walk(config.parameters)
+    for entry in config.models or []:
+        walk(entry.parameters)
+    for piece in config.slices or []:
+        walk(piece.parameters)
+        for source in piece.sources:
+            walk(source.parameters)
+    return found
+
+
 def check_config(config: MergeConfig) -> None:
     """Check a config against its method: known method, model count, base, parameter names, dtypes."""
     from mergeline.slices import check_slices
     from mergeline.tokenizer_merge import check_tokenizer_settings
 
     method = config.method_class()
-    config.compute_dtype()
+    largest = torch.finfo(config.compute_dtype()).max
+    _check_numbers("parameters", config.parameters, largest)
+    for i, entry in enumerate(config.models or []):
+        _check_numbers(f"models[{i}] ({entry.model})", entry.parameters, largest)
+    for k, piece in enumerate(config.slices or []):
+        _check_numbers(f"slices[{k}]", piece.parameters, largest)
+        for i, source in enumerate(piece.sources):
+            _check_numbers(f"slices[{k}].sources[{i}] ({source.model})", source.parameters, largest)
     config.output_dtype()
     check_tokenizer_settings(config)
     if config.slices:
@@ -302,6 +333,28 @@ def check_model_keys(method: type[MergeMethod], settings: dict[str, Any] | None,
                 f"{where}: unknown per-model parameter {key!r} for merge_method {method.name!r} "
                 f"(known: {known_keys(method.PerModel)})"
             )
+
+
+def _check_numbers(where: str, settings: dict[str, Any] | None, largest: float) -> None:
+    """Refuse, up front, a parameter value that is NaN/Inf or beyond the compute dtype's range
+    (``largest``) anywhere in a setting (scalar, gradient, filter list): it can only produce a
+    non-finite model. Strings count when they read as numbers ("1e400")."""
+    def walk(key: str, setting: Any) -> None:
+        if isinstance(setting, ConditionalParameter):
+            walk(key, setting.value)
+        elif isinstance(setting, list):
+            for value in setting:
+                walk(key, value)
+        elif isinstance(setting, (float, int, str)) and not isinstance(setting, bool) and _floatable(str(setting)):
+            number = float(setting)
+            if not math.isfinite(number) or abs(number) > largest:
+                raise MergelineError(
+                    f"{where}: parameter {key!r} = {setting!r}: must be a finite number within ±{largest:.3g} "
+                    "(the compute dtype's range)"
+                )
+
+    for key, setting in (settings or {}).items():
+        walk(key, setting)
 
 
 class ParameterResolver(ScopedResolver):

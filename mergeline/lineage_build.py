@@ -12,10 +12,9 @@ import subprocess
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from mergeline.errors import MergelineError
 from mergeline.io.hashing import sha256_file
+from mergeline.io.safe_read import load_yaml_file
 from mergeline.lineage import Artifact, CodeInfo, DvcInfo, FileHash, ParamsInfo
 
 _CHUNK = 1 << 20
@@ -119,7 +118,7 @@ def params_info(path: str | os.PathLike[str], resolved: dict[str, Any] | None = 
     """
     p = Path(path)
     if resolved is None:
-        resolved = yaml.safe_load(p.read_text()) or {}
+        resolved = load_yaml_file(p, "params file") or {}
     shown = p
     if root is not None and p.resolve().is_relative_to(top := Path(root).resolve()):
         shown = p.resolve().relative_to(top)

@@ -13,9 +13,10 @@ statistics pass over the same blocks first (TIES: each model's cut-off magnitude
 ``MergeMethod.begin_tensor``). Memory: a few blocks per thread, two output chunks, the mapped pages of
 one chunk of each input. On CUDA every method gets whole tensors, read ahead with positioned reads
 and merged on the GPU without waiting for it (``mergeline.merge_prefetch``). A writer thread writes
-each output chunk while the next is merged, and a thread per shard hashes what it flushed. Methods that declare ``nonfinite_propagates`` (TA,
-TIES) are checked for NaN/Inf on their output only; the inputs are inspected when the output is not
-finite, to name the tensor.
+each output chunk while the next is merged, and a thread per shard hashes what it flushed. Every
+output is checked for NaN/Inf in the dtype it is written in (an overflow, λ = 1e308, is refused like a
+NaN input); methods that declare ``nonfinite_propagates`` (TA, TIES) skip the input checks, and the
+inputs are inspected only when the output is not finite, to name the tensor.
 
 Per tensor (the reference names are the base's; the first input's for a method without base):
 - non-float tensors (position ids, counters) are copied from the base;
@@ -37,8 +38,10 @@ Bad input (MergelineError, checked before anything is written where possible; th
 written through ``atomic_dir`` so a failure leaves nothing): missing/corrupt/pickle checkpoints, a
 tensor of the base missing from a model, a shape or dtype-kind mismatch (naming tensor and model; for
 delta methods an embedding/LM head with more rows than the base is cut to the base's rows, as mergekit's
-task-arithmetic family did), NaN/Inf in an input (naming tensor and file), bad parameters, CUDA asked
-for but not available.
+task-arithmetic family did), NaN/Inf in an input (naming tensor and file), a merged tensor that
+overflows to NaN/Inf (naming it), bad parameters, CUDA asked for but not available; an output folder
+that is, is inside or holds an input, or holds anything but a previous mergeline output
+(``check_output_dir``).
 """
 
 from __future__ import annotations
@@ -57,9 +60,9 @@ from typing import Any
 
 import torch
 
-from mergeline.config import MergeConfig, check_config, same_path
+from mergeline.config import MergeConfig, check_config, input_paths
 from mergeline.errors import MergelineError
-from mergeline.io.atomic import atomic_dir
+from mergeline.io.atomic import atomic_dir, check_output_dir
 from mergeline.io.safetensors_io import (
     DEFAULT_SHARD_BYTES,
     CheckpointReader,
@@ -196,10 +199,9 @@ class _Engine(MergeInputs, PrefetchedTensors):
         inputs = self.inputs_for(item, span, block=b)
         expected = item.out.shape if span is None else (span[1] - span[0], *item.out.shape[1:])
         result = self._finish(item, method.merge_tensor(inputs), inputs, expected)
-        if not self.check_inputs:
-            self._check_output(item, span, result)
         out.copy_(result, non_blocking=out.is_pinned())
         self._sync()
+        self._check_output(item, span, out)  # every method, in the dtype written: overflow is refused too
 
     def _observe(self, method: MergeMethod, item: PlanItem, spans: list[Span], b: int) -> Any:
         """Statistics of row block ``b``; runs in a pool thread."""
@@ -270,10 +272,9 @@ class _Engine(MergeInputs, PrefetchedTensors):
         inputs = self.inputs_for(item)
         result = self._finish(item, method.merge_tensor(inputs), inputs, item.out.shape)
         self._sync()
-        if not self.check_inputs:
-            self._check_output(item, None, result)
         out, give_back = self.ring.take(item.out.shape, item.out.dtype)
         out.copy_(result)
+        self._check_output(item, None, out)
         if keep is not None:
             keep.append(out.clone())
         sink.begin(item.name)
@@ -342,13 +343,17 @@ def run_merge(
     device: str = "cpu",
     progress: Progress | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = True,
 ) -> MergeResult:
-    """Merge per ``config`` into the model folder ``out_dir`` (HF layout + merge.yaml + merge_report.json)."""
+    """Merge per ``config`` into the model folder ``out_dir`` (HF layout + merge.yaml + merge_report.json).
+
+    ``out_dir`` must not be, be inside or hold an input, and an existing non-empty ``out_dir`` is
+    replaced only when ``overwrite`` and it is a previous mergeline output (``check_output_dir``).
+    """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     check_config(config)
-    if any(same_path(str(out_dir), p) for p in config.all_models()):
-        raise MergelineError(f"--out {out_dir}: is one of the input models; choose another output folder")
+    check_output_dir(out_dir, input_paths(config), overwrite=overwrite, flag=None)
     engine = _Engine(config, resolve_device(device), progress)
     with engine.stack:
         items = engine.plan()
@@ -369,7 +374,7 @@ def run_merge(
         engine.stack.enter_context(rng)
         torch.manual_seed(config.seed)
         engine.statistics(method, items)
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             writer = ShardedWriter(tmp, [it.out for it in items], max_shard_bytes)
             try:
                 engine.write_all(method, items, writer)

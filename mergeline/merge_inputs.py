@@ -231,21 +231,27 @@ class MergeInputs:
             self.checked.add(key)
 
     def _check_output(self, item: PlanItem, span: Span, result: torch.Tensor) -> None:
-        """For methods whose output is non-finite whenever an input is: the output decides, and only a
-        non-finite output sends us to the inputs, to name the one that holds the NaN/Inf (a finite
-        input that overflowed is written as it is, as before)."""
+        """The merged values as they are written (after the cast to the output dtype) must be finite.
+
+        Only a non-finite output sends us to the inputs, to name the one that holds the NaN/Inf; when
+        every input is finite, the coefficients overflowed (λ = 1e308, a float16 output of a huge
+        weight) and the merge is refused all the same: an Inf model is never written."""
         if bool(torch.isfinite(result.sum())) or bool(torch.isfinite(result).all()):
             return
         self._blame_nonfinite(item, span)
 
     def _blame_nonfinite(self, item: PlanItem, span: Span) -> None:
-        """Raise naming the input of ``item`` that holds a NaN/Inf; return if none does."""
+        """Raise naming the input of ``item`` that holds a NaN/Inf, or the overflow when none does."""
         if span is None and item.cut:
             span = (0, item.out.shape[0])
         for reader in self._all_readers(item, aux=False):
             x = self._read(reader, item.name, "nonfinite", span, whole=False)
             self.checked.discard((id(reader), item.name, span))
             self._check_finite(reader, item.name, span, x)
+        raise MergelineError(
+            f"tensor {item.name!r}: the merged values overflow to Inf/NaN in {item.out.dtype} although every "
+            "input is finite; check the coefficients (lambda, weight, t) and out_dtype"
+        )
 
     def inputs_for(self, item: PlanItem, span: Span = None, block: int | None = None,
                    index: torch.Tensor | None = None) -> TensorInputs:

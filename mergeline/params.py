@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mergeline.errors import MergelineError
+from mergeline.io.safe_read import load_yaml_file, load_yaml_text
+from mergeline.names import alias_problem, experiment_name_problem, model_name_problem
 
 # Methods the pipeline knows how to sweep; each maps to a merge_method of the merge library.
 PIPELINE_METHODS: dict[str, str] = {
@@ -29,15 +31,20 @@ PIPELINE_METHODS: dict[str, str] = {
 }
 
 
+# NaN/Inf are refused in every float field (weight_decay: .inf would pass ``ge=0``).
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+Seed = Annotated[int, Field(ge=0, lt=2**63, description="a seed: non-negative, below 2**63")]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
 
 class DataParams(_Strict):
     n_train: int = Field(64, ge=1, description="training examples per task")
     n_validation: int = Field(16, ge=1, description="validation examples per task (λ/sparsity selection)")
     n_test: int = Field(32, ge=1, description="test examples per task (reported numbers)")
-    seed: int = Field(0, description="seed of the split/sampling")
+    seed: Seed = Field(0, description="seed of the split/sampling")
 
 
 class FinetuneParams(_Strict):
@@ -47,7 +54,7 @@ class FinetuneParams(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_length: int = Field(64, ge=8, description="tokens per example (prompt + answer)")
     freeze_embeddings: bool = Field(True, description="freeze the (tied) embedding / LM head")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class TalosParams(_Strict):
@@ -86,19 +93,41 @@ class MethodSweep(_Strict):
     @field_validator("densities")
     @classmethod
     def _density_range(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and not values:
+            raise ValueError("needs at least one value (or leave densities out)")
         for value in values or []:
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"density={value} is out of range (0, 1]")
         return values
+
+    @field_validator("options")
+    @classmethod
+    def _finite_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        bad = _non_finite(options)
+        if bad is not None:
+            raise ValueError(f"{bad}: must be a finite number")
+        return options
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The dotted key of the first NaN/Inf inside ``value`` (dicts and lists), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(value)"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class MergeParams(_Strict):
     methods: dict[str, MethodSweep] = Field(default_factory=dict)
     # One-line experiments (`dvc exp run -S merge.lambda=0.5`): when set, every method uses this λ.
     lambda_: float | None = Field(None, alias="lambda", ge=-3.0, le=3.0)
-    seed: int = Field(0, description="seed of random sparsifiers (DARE)")
+    seed: Seed = Field(0, description="seed of random sparsifiers (DARE)")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(**STRICT, populate_by_name=True)
 
     @field_validator("methods")
     @classmethod
@@ -131,6 +160,17 @@ class RegisterParams(_Strict):
     candidate_alias: str = "candidate"
     candidates: int = Field(1, ge=0, description="runner-up variants registered as candidates")
 
+    @model_validator(mode="after")
+    def _valid_names(self) -> "RegisterParams":
+        if (problem := model_name_problem(self.model_name)) is not None:
+            raise ValueError(f"model_name {self.model_name!r}: {problem}")
+        for key in ("champion_alias", "candidate_alias"):
+            if (problem := alias_problem(getattr(self, key))) is not None:
+                raise ValueError(f"{key} {getattr(self, key)!r}: {problem}")
+        if self.champion_alias == self.candidate_alias:
+            raise ValueError(f"champion_alias and candidate_alias are both {self.champion_alias!r}")
+        return self
+
 
 class ExperimentParams(_Strict):
     experiment: str = Field("mergeline-demo", min_length=1, description="MLflow experiment name")
@@ -150,6 +190,8 @@ class ExperimentParams(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentParams":
+        if (problem := experiment_name_problem(self.experiment)) is not None:
+            raise ValueError(f"experiment: {problem}")
         if len(self.tasks) < 1:
             raise ValueError("tasks: needs at least one task")
         if len(set(self.tasks)) != len(self.tasks):
@@ -169,7 +211,7 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise MergelineError(f"--set {assignment!r}: expected key=value")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    value = load_yaml_text(raw, f"--set {assignment}") if raw else None
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -182,18 +224,13 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
 def _format_error(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"{source}: {where}: {first['msg']}"
+    return f"{source}: {where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentParams:
     """Read a params YAML (default ``params/default.yaml``), apply ``key=value`` overrides, validate."""
     path = Path(path or "params/default.yaml")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise MergelineError(f"{path}: params file not found") from None
-    except yaml.YAMLError as exc:
-        raise MergelineError(f"{path}: unreadable YAML ({exc.__class__.__name__})") from None
+    tree = load_yaml_file(path, "params file") or {}
     if not isinstance(tree, dict):
         raise MergelineError(f"{path}: expected a mapping at the top level")
     for assignment in overrides or []:

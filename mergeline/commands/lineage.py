@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 SPEC_HELP = "registered model: NAME (latest version), NAME@VERSION or NAME@ALIAS (e.g. mergeline-demo@champion)"
 
@@ -45,11 +46,14 @@ def open_version(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     Returns None for the lineage when ``lineage.json`` is gone (printed as missing on stderr).
     """
+    from mergeline.errors import MergelineError
     from mergeline.lineage_locate import find_repo_root
     from mergeline.tracking.mlflow_setup import use_store
     from mergeline.tracking.registry import load_lineage, resolve_version
 
     use_store(args.tracking_uri, must_exist=True)
+    if args.root is not None and not Path(args.root).is_dir():
+        raise MergelineError(f"--root {args.root}: not a folder")
     version = resolve_version(args.model)
     root = find_repo_root(args.root or ".")
     try:

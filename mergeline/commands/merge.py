@@ -12,20 +12,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "(mergekit's YAML schema: merge_method, base_model, models or slices, parameters, dtype, "
                     "out_dtype, tokenizer_source, chat_template).")
     parser.add_argument("config", help="merge config YAML")
-    parser.add_argument("--out", required=True, help="output model folder (replaced atomically when complete)")
+    parser.add_argument("--out", required=True,
+                        help="output model folder: new or empty (written atomically when complete)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out when it holds a previous mergeline output (never any other folder)")
     parser.add_argument("--device", default="cpu", help="compute device: cpu (default) or cuda[:N]")
     parser.add_argument("--shard-size", default="2GB", help="largest weight shard, e.g. 500MB, 2GB (default 2GB)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergeline.config import load_merge_config
+    from mergeline.config import input_paths, load_merge_config
+    from mergeline.io.atomic import check_output_dir
     from mergeline.io.safetensors_io import parse_size
     from mergeline.merge import run_merge
 
     config = load_merge_config(args.config)
+    check_output_dir(args.out, [args.config, *input_paths(config)], overwrite=args.overwrite)
     result = run_merge(
-        config, args.out, device=args.device, max_shard_bytes=parse_size(args.shard_size),
+        config, args.out, device=args.device, max_shard_bytes=parse_size(args.shard_size), overwrite=args.overwrite,
         progress=None if args.quiet else (lambda line: print(line, flush=True)),
     )
     print(f"merged model: {result.out_dir}")

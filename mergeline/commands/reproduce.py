@@ -25,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "weight file's sha256 against the registered version. Exit 0 identical, 1 different or "
                     "an input missing/altered, 2 unknown model.")
     parser.add_argument("model", metavar="NAME[@VERSION|@ALIAS]", help=SPEC_HELP)
-    parser.add_argument("--out", required=True, help="folder for the rebuilt model (replaced atomically)")
+    parser.add_argument("--out", required=True, help="folder for the rebuilt model: new or empty (written atomically)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out when it holds a previous mergeline output (never any other folder)")
     parser.add_argument("--device", default="cpu", help="compute device: cpu (default) or cuda[:N]")
     add_store_arguments(parser)
 
@@ -58,15 +60,19 @@ def _required_inputs(config: dict[str, Any]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from mergeline.config import MergeConfig
+    from mergeline.io.atomic import check_output_dir
     from mergeline.lineage_locate import recorded_path
     from mergeline.merge import run_merge
+    from mergeline.tracking.registry import _local_path
 
     version, lineage, root = open_version(args)
     if lineage is None:
         return 1
     label = version_label(version)
     index = {recorded_path(a.path, root).resolve(): a for _, a in lineage.artifacts()}
-    out = Path(args.out)
+    # Every lineage artifact is an input, and the registered copy of the model must survive too.
+    registered = _local_path(version.source)
+    out = check_output_dir(args.out, [*index, *([registered] if registered else [])], overwrite=args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".reproduce-inputs-", dir=out.parent))
     try:
@@ -80,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             print(f"reproduce: cannot rebuild {label}: {len(problems)} input(s) missing or altered", file=sys.stderr)
             return 1
-        result = run_merge(MergeConfig.model_validate(config), out, device=args.device,
+        result = run_merge(MergeConfig.model_validate(config), out, device=args.device, overwrite=args.overwrite,
                            progress=lambda line: print(line, flush=True))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -53,8 +53,50 @@ def read_header(path: Path) -> dict[str, TensorSpec]:
     return {name: spec for name, (spec, _) in _parse_header(path).items()}
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"duplicate key {duplicate!r}")
+    return dict(pairs)
+
+
+def _count(value: object) -> int:
+    """A JSON number that must be a non-negative integer (not a bool, not 2.5): a dimension or offset."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(value)
+    return value
+
+
+def _load_header(path: Path, raw: bytes) -> dict:
+    """The header JSON: UTF-8, a JSON object, no duplicate keys, string metadata (as safetensors says)."""
+    try:
+        text = raw.decode("utf-8")
+        if not text.startswith("{"):
+            raise MergelineError(f"{path}: corrupt safetensors header (does not start with '{{')")
+        header = json.loads(text, object_pairs_hook=_unique_keys)
+    except UnicodeDecodeError:
+        raise MergelineError(f"{path}: corrupt safetensors header (not UTF-8)") from None
+    except json.JSONDecodeError:
+        raise MergelineError(f"{path}: corrupt safetensors header (not valid JSON)") from None
+    except RecursionError:
+        raise MergelineError(f"{path}: corrupt safetensors header (nested too deeply)") from None
+    except ValueError as exc:
+        raise MergelineError(f"{path}: corrupt safetensors header ({exc})") from None
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise MergelineError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
+    return header
+
+
 def _parse_header(path: Path) -> dict[str, tuple[TensorSpec, int]]:
-    """Checked header of ``path``: name → (spec, absolute byte offset of its data), in file order."""
+    """Checked header of ``path``: name → (spec, absolute byte offset of its data), in file order.
+
+    Refused as the safetensors library refuses them: a header length beyond the file or 100 MiB; a
+    header that is not a UTF-8 JSON object (or repeats a key); an unknown dtype; a shape or offset
+    that is not a non-negative integer; byte ranges that overlap, leave gaps, do not match
+    shape × dtype size, or end before or after the data.
+    """
     size = path.stat().st_size
     if size < 8:
         raise MergelineError(f"{path}: truncated or corrupt safetensors file ({size} bytes)")
@@ -66,22 +108,16 @@ def _parse_header(path: Path) -> dict[str, tuple[TensorSpec, int]]:
             raise MergelineError(
                 f"{path}: truncated or corrupt safetensors file (header of {header_len} bytes, file of {size})"
             )
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise MergelineError(f"{path}: corrupt safetensors header (not valid JSON)") from None
-    if not isinstance(header, dict):
-        raise MergelineError(f"{path}: corrupt safetensors header (not a JSON object)")
+        header = _load_header(path, handle.read(header_len))
     data_len = size - 8 - header_len
-    specs: list[tuple[int, TensorSpec]] = []
-    end_max = 0
+    specs: list[tuple[int, int, TensorSpec]] = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            start, end = (int(o) for o in entry["data_offsets"])
+            shape = tuple(_count(d) for d in entry["shape"])
+            start, end = (_count(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise MergelineError(f"{path}: corrupt safetensors header entry for tensor {name!r}") from None
         spec = TensorSpec(name, shape, dtype)
@@ -89,10 +125,19 @@ def _parse_header(path: Path) -> dict[str, tuple[TensorSpec, int]]:
             raise MergelineError(
                 f"{path}: truncated safetensors file (tensor {name!r} ends at byte {end}, data holds {data_len})"
             )
-        if start < 0 or end - start != spec.nbytes:
-            raise MergelineError(f"{path}: corrupt safetensors header (bad offsets of tensor {name!r})")
-        end_max = max(end_max, end)
-        specs.append((start, spec))
-    if end_max != data_len:
-        raise MergelineError(f"{path}: corrupt safetensors file ({data_len - end_max} unexpected trailing bytes)")
-    return {spec.name: (spec, 8 + header_len + start) for start, spec in sorted(specs, key=lambda s: s[0])}
+        if end < start or end - start != spec.nbytes:
+            raise MergelineError(
+                f"{path}: corrupt safetensors header (bad offsets of tensor {name!r}: {end - start} bytes "
+                f"for {spec.nbytes} of shape {list(shape)} {entry['dtype']})"
+            )
+        specs.append((start, end, spec))
+    specs.sort(key=lambda s: (s[0], s[1]))
+    position = 0
+    for start, end, spec in specs:
+        if start != position:
+            what = "overlaps the tensor before it" if start < position else "leaves a gap before it"
+            raise MergelineError(f"{path}: corrupt safetensors header (tensor {spec.name!r} {what})")
+        position = end
+    if position != data_len:
+        raise MergelineError(f"{path}: corrupt safetensors file ({data_len - position} unexpected trailing bytes)")
+    return {spec.name: (spec, 8 + header_len + start) for start, _, spec in specs}

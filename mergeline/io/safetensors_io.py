@@ -102,6 +102,11 @@ class CheckpointReader:
             if p.suffix in PICKLE_SUFFIXES:
                 _refuse_pickle(p)
             raise MergelineError(f"{p}: not a safetensors file")
+        if not p.is_dir():
+            raise MergelineError(f"{p}: not a regular file or folder (a device or pipe); expected a model")
+        for name in (TASK_VECTOR_META, INDEX_FILE, SINGLE_FILE):
+            if (p / name).exists() and not (p / name).is_file():
+                raise MergelineError(f"{p / name}: not a regular file")
         if (p / TASK_VECTOR_META).exists():
             return self._task_vector(p)
         if (p / INDEX_FILE).exists():
@@ -115,26 +120,29 @@ class CheckpointReader:
 
     def _from_index(self, index: Path) -> list[tuple[Path, list[str] | None]]:
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             assert isinstance(weight_map, dict)
-        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        except (OSError, ValueError, KeyError, TypeError, AssertionError, RecursionError):
             raise MergelineError(f"{index}: unreadable safetensors index (no weight_map)") from None
         shards: dict[str, list[str]] = {}
         for name, shard in weight_map.items():
-            shards.setdefault(str(shard), []).append(name)
+            # A shard is a file beside the index: "../x" or "/etc/passwd" would read outside the model.
+            if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
+                raise MergelineError(f"{index}: tensor {name!r} names shard {shard!r}, which is not a file in this folder")
+            shards.setdefault(shard, []).append(name)
         result = []
         for shard, names in shards.items():
             file = index.parent / shard
-            if not file.is_file():
-                raise MergelineError(f"{index}: names shard {shard!r}, which is missing")
+            if not file.is_file() or not file.name.endswith(".safetensors"):
+                raise MergelineError(f"{index}: names shard {shard!r}, which is missing or not a .safetensors file")
             result.append((file, names))
         return result
 
     def _task_vector(self, folder: Path) -> list[tuple[Path, list[str] | None]]:
         meta_path = folder / TASK_VECTOR_META
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
             raise MergelineError(f"{meta_path}: unreadable task-vector metadata") from None
         if not isinstance(meta, dict) or meta.get("kind") != "task_vector":
             raise MergelineError(f"{meta_path}: not task-vector metadata (expected \"kind\": \"task_vector\")")
@@ -239,7 +247,11 @@ def copy_model_files(src: Path, dst: Path, dtype_name: str | None = None) -> lis
         if not source.is_file():
             continue
         if name == "config.json" and dtype_name:
-            config = json.loads(source.read_text())
+            try:
+                config = json.loads(source.read_text(encoding="utf-8"))
+                assert isinstance(config, dict)
+            except (ValueError, AssertionError, RecursionError):
+                raise MergelineError(f"{source}: not a JSON object; cannot set its dtype for out_dtype") from None
             for key in ("dtype", "torch_dtype"):
                 if key in config:
                     config[key] = dtype_name

@@ -1,7 +1,8 @@
 """Checks that run before any heavy work: a bad experiment fails in seconds with one line (exit 2).
 
-Covers what params validation cannot see: task names against the dataset builders, dataset files
-already on disk (empty or malformed), and whether the base model can be found and configured.
+Covers what params validation cannot see: output folders that would overlap the project, task names
+against the dataset builders, dataset files already on disk (empty or malformed), and whether the
+base model can be found and configured.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from mergeline.params import ExperimentParams
 def preflight(params: ExperimentParams, root: Path) -> None:
     from mergeline.data import available_tasks, load_records
 
+    _check_output_roots(params, root)
+    _check_method_options(params)
     known = set(available_tasks())
     for task in [*params.tasks, params.control]:
         if task not in known:
@@ -24,6 +27,30 @@ def preflight(params: ExperimentParams, root: Path) -> None:
         for split_file in sorted((data_dir / task).glob("*.jsonl")):
             load_records(split_file)  # raises MergelineError naming the file and line
     _check_base_model(params.base_model, root)
+
+
+def _check_output_roots(params: ExperimentParams, root: Path) -> None:
+    """``work_dir`` and ``data_dir`` hold stage outputs: each needs a folder of its own, never the
+    project folder or one above it (stage outputs then replace only previous mergeline outputs)."""
+    top = root.resolve()
+    for key in ("work_dir", "data_dir"):
+        value = getattr(params, key)
+        folder = root / value
+        where = folder.resolve()
+        if where == top or top.is_relative_to(where):
+            raise MergelineError(f"{key} {value!r}: is the project folder or holds it; give the outputs a folder of their own")
+        if folder.exists() and not folder.is_dir():
+            raise MergelineError(f"{key} {value!r}: {folder} exists and is not a folder")
+
+
+def _check_method_options(params: ExperimentParams) -> None:
+    """A sweep's ``options`` become merge parameters: an unknown one fails now, not at the merge stage."""
+    from mergeline.config import check_parameter_keys
+    from mergeline.methods import get_method
+    from mergeline.params import PIPELINE_METHODS
+
+    for name, sweep in params.merge.methods.items():
+        check_parameter_keys(get_method(PIPELINE_METHODS[name]), sweep.options, f"merge.methods.{name}.options")
 
 
 def _check_base_model(spec: str, root: Path) -> None:

@@ -54,12 +54,33 @@ def use_store(uri: str | None = None, must_exist: bool = False) -> str:
     (MLflow would silently create an empty store and then report every model as unknown).
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    if must_exist and uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():
-            raise MergelineError(f"{db}: no MLflow store here; run the pipeline first or set MLFLOW_TRACKING_URI")
+    if must_exist:
+        _check_existing_store(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+# Schemes MLflow's model registry accepts (a database URI may name its driver: postgresql+psycopg2).
+_REGISTRY_SCHEMES = ("", "file", "sqlite", "http", "https", "databricks", "databricks-uc", "uc",
+                     "postgresql", "mysql", "mssql")
+
+
+def _check_existing_store(uri: str) -> None:
+    """A store a read-only command can open: a bad one is one line (exit 2), not MLflow's traceback."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in _REGISTRY_SCHEMES:
+        raise MergelineError(f"{uri}: not an MLflow tracking URI (scheme {scheme!r}; use sqlite:///, http(s)://, ...)")
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.exists():
+            raise MergelineError(f"{db}: no MLflow store here; run the pipeline first or set MLFLOW_TRACKING_URI")
+        if not db.is_file():
+            raise MergelineError(f"{db}: not an SQLite file (a folder or device); not an MLflow store")
+        with open(db, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                raise MergelineError(f"{db}: not an SQLite database; not an MLflow store")
+    elif scheme in ("", "file") and not Path(urlparse(uri).path).is_dir():
+        raise MergelineError(f"{uri}: no MLflow file store (folder) here")
 
 
 def configure_tracking(uri: str | None = None, experiment: str = "mergeline") -> str:

@@ -17,7 +17,6 @@ Order of registration (a version never points at a missing or partial artifact):
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,18 +26,21 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
 
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_file
 from mergeline.io.hashing import sha256_file
+from mergeline.io.safe_read import read_text_file
 from mergeline.lineage import Lineage, version_tags
 from mergeline.lineage_render import render_mermaid
+from mergeline.names import alias_problem, model_name_problem
 from mergeline.tracking.mlflow_setup import current_experiment_id
 
 MODEL_ARTIFACT_PATH = "model"
 LINEAGE_FILE = "lineage.json"
 MERMAID_FILE = "lineage.mmd"
-_ALIAS = re.compile(r"[A-Za-z0-9_\-]+")
+LINEAGE_LIMIT = 64 * 2**20  # per-file hashes of large models stay far below this
 
 
 def check_weights(model_dir: Path, weights: dict[str, str]) -> None:
@@ -60,9 +62,8 @@ def check_weights(model_dir: Path, weights: dict[str, str]) -> None:
 
 def _check_aliases(aliases: list[str]) -> None:
     for alias in aliases:
-        # Digits are reserved for versions in NAME@VERSION; v<digits> and latest are reserved by MLflow.
-        if not _ALIAS.fullmatch(alias) or alias.isdigit() or re.fullmatch(r"[vV]\d+", alias) or alias.lower() == "latest":
-            raise MergelineError(f"alias {alias!r}: use letters, digits, '_' or '-', not a version number or 'latest'")
+        if (problem := alias_problem(alias)) is not None:
+            raise MergelineError(f"alias {alias!r}: {problem}")
 
 
 def _local_path(uri: str) -> Path | None:
@@ -113,8 +114,8 @@ def register_merged_model(
     is missing, altered or unlisted, or an alias or the name is invalid.
     """
     model_dir = Path(model_dir)
-    if not name or "@" in name or "/" in name:
-        raise MergelineError(f"registered model name {name!r}: must be non-empty without '@' or '/'")
+    if (problem := model_name_problem(name)) is not None:
+        raise MergelineError(f"registered model name {name!r}: {problem}")
     _check_aliases(aliases)
     check_weights(model_dir, lineage.weights)
     client = MlflowClient()
@@ -204,12 +205,24 @@ def load_lineage(version: ModelVersion) -> Lineage:
         path = local / LINEAGE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: lineage.json of {version.name} version {version.version} is missing")
-        return Lineage.model_validate_json(path.read_text())
+        return _parse_lineage(path)
     tmp = tempfile.mkdtemp(prefix="mergeline-lineage-")
     try:
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"{version.source}/{LINEAGE_FILE}", dst_path=tmp)
-        return Lineage.model_validate_json(Path(path).read_text())
+        return _parse_lineage(Path(path))
     except MlflowException as exc:
         raise FileNotFoundError(f"{version.source}/{LINEAGE_FILE}: cannot fetch lineage.json ({exc})") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _parse_lineage(path: Path) -> Lineage:
+    """``lineage.json`` read back: a record that is not UTF-8, not JSON or not the schema is bad input
+    (one line naming the file and the first field at fault), never a traceback."""
+    text = read_text_file(path, "lineage record", limit=LINEAGE_LIMIT)
+    try:
+        return Lineage.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise MergelineError(f"{path}: invalid lineage record: {where}: {first['msg']}") from None

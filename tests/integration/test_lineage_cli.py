@@ -105,7 +105,7 @@ def test_reproduce_detects_a_config_that_does_not_give_the_registered_weights(
     assert f"rebuilt weights differ from {MODEL_NAME} v{version} @tampered" in err
     flip_byte(project.root / "vectors/beta/task_vector.safetensors")
     try:
-        code, _, err = cli(project, capsys, "reproduce", SPEC, "--out", str(project.root / "wrong"))
+        code, _, err = cli(project, capsys, "reproduce", SPEC, "--out", str(project.root / "wrong"), "--overwrite")
     finally:
         flip_byte(project.root / "vectors/beta/task_vector.safetensors")
     assert code == 1 and "mismatch: vectors/beta/task_vector.safetensors" in err and "cannot rebuild" in err

@@ -11,6 +11,7 @@ from mergeline.data import available_tasks, build_task, load_records, task_split
 from mergeline.data import news, sentiment
 from mergeline.errors import MergelineError
 from mergeline.io.hashing import sha256_file
+from mergeline.io.atomic import MARKER
 
 SMALL = {"train": 10, "validation": 6, "test": 6}
 CONTROL_SMALL = {"validation": 6, "test": 6}
@@ -34,7 +35,7 @@ def test_registry_lists_the_contract_names():
 @pytest.mark.parametrize("task", ["news", "sentiment", "code", "docstring", "control"])
 def test_files_are_valid_and_match_meta(built, task):
     folder, meta = built[task]
-    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{s}.jsonl" for s in task_splits(task)] + ["meta.json"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{s}.jsonl" for s in task_splits(task)] + ["meta.json", MARKER])
     ids = {}
     for split in task_splits(task):
         records = load_records(folder / f"{split}.jsonl")

@@ -12,6 +12,7 @@ import torch
 
 from mergeline.config import MergeConfig, load_merge_config
 from mergeline.errors import MergelineError
+from mergeline.io.atomic import MARKER, MARKER_TEXT
 from mergeline.io.hashing import sha256_file
 from mergeline.io.safetensors_io import CheckpointReader
 from mergeline.merge import run_merge
@@ -218,9 +219,10 @@ def test_bad_inputs_leave_no_output(models: dict[str, Path], tmp_path: Path, dam
     damage(models, tmp_path)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("previous output")
+    (tmp_path / "out" / MARKER).write_text(MARKER_TEXT)  # a previous mergeline output: replaceable
     with pytest.raises(MergelineError, match=message):
         run_merge(_config("task_arithmetic", models, [("a", {"weight": 1.0})]), tmp_path / "out")
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]  # old output untouched
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "keep.txt"]  # old output untouched
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp folder left
 
 
@@ -315,7 +317,7 @@ def test_row_blocks_give_the_same_result(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_output_over_an_input_refused(models: dict[str, Path]) -> None:
-    with pytest.raises(MergelineError, match="is one of the input models"):
+    with pytest.raises(MergelineError, match="is, is inside or holds the input"):
         run_merge(_config("task_arithmetic", models, [("a", {"weight": 1.0})]), models["a"])
     assert (models["a"] / "model.safetensors.index.json").exists()
 
