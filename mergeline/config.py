@@ -244,12 +244,14 @@ def same_path(a: str, b: str | None) -> bool:
 def input_indices(config: MergeConfig, method: type[MergeMethod]) -> list[int]:
     """Indices of ``config.models`` the method receives as inputs.
 
-    A base model listed in ``models`` is not an input of a method that requires a base (it arrives as
-    ``base``; mergekit likewise gives it no weight); methods without a base treat it as any model.
+    A base model listed in ``models`` is not an input of a method that requires a base or takes an
+    optional one (it arrives as ``base``; mergekit likewise gives it no weight); other methods treat it
+    as any model.
     """
+    origin = method.requires_base or method.base_optional
     return [
         i for i, m in enumerate(config.models)
-        if not (method.requires_base and same_path(m.model, config.base_model))
+        if not (origin and same_path(m.model, config.base_model))
     ]
 
 
@@ -278,6 +280,17 @@ def input_paths(config: MergeConfig) -> list[str]:
         for source in piece.sources:
             walk(source.parameters)
     return found
+
+
+def with_base_input(config: MergeConfig) -> MergeConfig:
+    """For methods whose ``base_model`` is one more input (``base_is_input``: karcher, passthrough), the
+    config with the base appended to ``models`` when it is not listed, as mergekit plans it."""
+    method = config.method_class()
+    if not method.base_is_input or not config.base_model:
+        return config
+    if any(same_path(m.model, config.base_model) for m in config.models):
+        return config
+    return config.model_copy(update={"models": [*config.models, InputModel(model=config.base_model)]})
 
 
 def check_config(config: MergeConfig) -> None:

@@ -60,7 +60,7 @@ from typing import Any
 
 import torch
 
-from mergeline.config import MergeConfig, check_config, input_paths
+from mergeline.config import MergeConfig, check_config, input_paths, with_base_input
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir, check_output_dir
 from mergeline.io.safetensors_io import (
@@ -352,6 +352,7 @@ def run_merge(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    config = with_base_input(config)
     check_config(config)
     check_output_dir(out_dir, input_paths(config), overwrite=overwrite, flag=None)
     engine = _Engine(config, resolve_device(device), progress)

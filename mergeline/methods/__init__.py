@@ -27,6 +27,16 @@ _MODULES: tuple[str, ...] = (
     "sta",
     "lata",
     "talos",
+    "della",
+    "model_stock",
+    "sce",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "nearswap",
+    "arcee_fusion",
+    "passthrough",
+    "ram",
 )
 _loaded = False
 

@@ -77,6 +77,12 @@ class MergeMethod(ABC):
       paper: reference (arXiv id or URL) of the formula in the docstring.
       kind: "delta" (task-vector method) or "weights".
       requires_base: whether ``base_model`` must be given.
+      base_optional: (with ``requires_base = False``) a given ``base_model`` is the origin the method
+        measures from, never one of its inputs, even when listed among ``models`` (mergekit's
+        "optional" base: nuslerp, multislerp); without one the method works on the weights alone.
+      base_is_input: (with ``requires_base = False``) a given ``base_model`` is one more input,
+        appended after ``models`` when not listed there (mergekit's "ignored" base: karcher,
+        passthrough).
       Parameters / PerModel: pydantic models validating the config's parameters.
       model_inputs: names of per-model parameters that are checkpoint paths (loaded as tensor sets).
       global_inputs: names of global parameters that are checkpoint paths.
@@ -92,6 +98,8 @@ class MergeMethod(ABC):
     paper: ClassVar[str] = ""
     kind: ClassVar[Literal["delta", "weights"]] = "delta"
     requires_base: ClassVar[bool] = True
+    base_optional: ClassVar[bool] = False
+    base_is_input: ClassVar[bool] = False
     Parameters: ClassVar[type[MethodParameters]] = MethodParameters
     PerModel: ClassVar[type[ModelParameters]] = ModelParameters
     model_inputs: ClassVar[tuple[str, ...]] = ()

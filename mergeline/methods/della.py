@@ -1,0 +1,133 @@
+"""DELLA: Drop and rEscaLe via sampLing with mAgnitude (Deep, Bhardwaj, Poria, "DELLA-Merging: Reducing
+Interference in Model Merging through Magnitude-Based Sampling", arXiv 2406.11617).
+
+MAGPRUNE, per row of each task vector τ_t (a 1-D tensor is one row; rows run along dim 1): rank the
+n entries of the row by magnitude, r = 0 for the smallest, n − 1 for the largest, and keep entry j with
+
+    p_j = (d − ε) + 2ε · r_j / (n − 1)          m_j ~ Bernoulli(p_j),     τ̃_t = m ⊙ τ_t · s_t
+
+so small magnitudes survive with probability d − ε, large ones with d + ε (d = ``density``, ε =
+``epsilon``; 0 < d ± ε < 1 is required when d < 1). Then the task-arithmetic family's merge:
+
+    θ = θ0 + λ · disjoint_mean(elect(w_t τ̃_t))        (``della``: sign election, normalize: true)
+    θ = θ0 + λ Σ_t w_t τ̃_t                             (``della_linear``: normalize: false)
+
+Defaults follow mergekit 0.1.5 (``della`` / ``della_linear``): per-model ``weight`` (required),
+``density`` 1, ``epsilon`` 0.15; ``rescale: true`` with s_t = ‖τ_t‖₁ / ‖m ⊙ τ_t‖₁ (matches the L1 norm
+of each tensor; mergekit's choice, the paper divides each survivor by its p_j); ``lambda`` 1.
+
+Randomness, as ``dare``: model i's mask on tensor ``name`` is drawn by ``torch.bernoulli`` on a CPU
+generator seeded with sha256(seed, name, i), so a merge reproduces bit for bit on any device and in any
+tensor order. mergekit draws from torch's global RNG in its task-graph order instead, so whole merges
+agree in distribution, not bit for bit; given the same generator state the mask is the same
+(tests/unit/methods/test_method_della.py). Ties in magnitude are ranked by index (stable sort, the
+same on CPU and CUDA); mergekit's unstable argsort may order them differently, which only moves
+p_j by multiples of 2ε/(n − 1) among equal magnitudes. A row of one entry keeps it with p = d
+(mergekit fails there: 0/0).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, model_validator
+
+from mergeline.methods import register
+from mergeline.methods._fields import Consensus, SparseModel, TaskArithmeticFamilyParameters
+from mergeline.methods._gta import TaskArithmeticFamily
+from mergeline.methods._sparsify import apply_mask, tensor_seed
+from mergeline.methods.base import TensorInputs
+
+_RANK_CHUNK = 1 << 22  # entries ranked at once: bounds the sort's int64 indices to a few MB
+
+
+class DellaModel(SparseModel):
+    epsilon: float = Field(
+        0.15, ge=0.0, description="Half-width ε of the keep probabilities around density: p ∈ [d − ε, d + ε]."
+    )
+
+    @model_validator(mode="after")
+    def _probabilities_in_range(self) -> "DellaModel":
+        if self.density < 1.0 and not (0.0 < self.density - self.epsilon and self.density + self.epsilon < 1.0):
+            raise ValueError(
+                f"density ± epsilon must lie in (0, 1) (density {self.density}, epsilon {self.epsilon})"
+            )
+        return self
+
+
+class DellaLinearParameters(TaskArithmeticFamilyParameters):
+    rescale: bool = Field(True, description="Rescale each pruned task vector to its L1 norm (mergekit default: true).")
+    seed: int = Field(0, ge=0, description="Seed of the sampled masks (combined with tensor name and model index).")
+
+
+class DellaParameters(DellaLinearParameters):
+    normalize: bool = Field(True, description="Disjoint mean (true, mergekit default) or disjoint sum (false).")
+    consensus_method: Consensus = Field(
+        "sum", description="Sign election: 'sum' of weighted deltas (TIES) or 'count' of signs."
+    )
+
+
+def keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """p = (d − ε) + 2ε · rank/(n − 1) per row (dim 1) of ``delta``, in its dtype; same shape."""
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
+    n = rows.shape[1]
+    probs = torch.empty_like(rows)
+    if rows.numel() == 0:
+        return probs.reshape(delta.shape)
+    if n == 1:
+        return probs.fill_(density).reshape(delta.shape)
+    per_chunk = max(1, _RANK_CHUNK // max(1, rows[0].numel()))
+    for start in range(0, rows.shape[0], per_chunk):
+        part = rows[start:start + per_chunk]
+        order = torch.sort(part.abs(), dim=1, stable=True).indices  # (rows, n, …): position of each rank
+        shape = [1] * part.dim()
+        shape[1] = n
+        ranks = torch.arange(n, dtype=part.dtype, device=part.device).reshape(shape).expand_as(part)
+        out = probs[start:start + per_chunk]
+        out.scatter_(1, order, ranks)  # out[order[r]] = r: each entry's rank
+        del order
+        out.div_(n - 1).clamp_(0, 1).mul_(2).mul_(epsilon).add_(density - epsilon)
+    return probs.reshape(delta.shape)
+
+
+def magprune_mask(delta: torch.Tensor, density: float, epsilon: float, seed: int) -> torch.Tensor:
+    """MAGPRUNE's 0/1 mask (delta's dtype and device), drawn on a CPU generator seeded with ``seed``."""
+    probs = keep_probabilities(delta, density, epsilon)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.bernoulli(probs.cpu(), generator=generator).to(delta.device)
+
+
+class _Della(TaskArithmeticFamily):
+    paper = "arXiv:2406.11617"
+    PerModel = DellaModel
+
+    def sparsify(self, delta: torch.Tensor, position: int, inputs: TensorInputs) -> torch.Tensor:
+        mp = inputs.model_params[position]
+        if mp.density >= 1.0:
+            return delta
+        seed = tensor_seed(inputs.params.seed, inputs.name, inputs.model_index[position])
+        mask = magprune_mask(delta, float(mp.density), float(mp.epsilon), seed)
+        return apply_mask(delta, mask, "l1" if inputs.params.rescale else None)
+
+    def report(self) -> dict[str, Any]:
+        out = super().report()
+        out["seed"] = self.params.seed
+        return out
+
+
+@register
+class Della(_Della):
+    """θ = θ0 + λ · disjoint_mean(elect(w_t MAGPRUNE(τ_t)))."""
+
+    name = "della"
+    Parameters = DellaParameters
+    uses_consensus: ClassVar[bool] = True
+
+
+@register
+class DellaLinear(_Della):
+    """θ = θ0 + λ Σ_t w_t MAGPRUNE(τ_t)."""
+
+    name = "della_linear"
+    Parameters = DellaLinearParameters
