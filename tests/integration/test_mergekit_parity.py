@@ -3,10 +3,13 @@
 Deterministic methods (task_arithmetic, linear, slerp, ties, breadcrumbs, breadcrumbs_ties) must agree
 to 1e-6 (bit-equal in practice except linear, where mergekit's fused multiply-add rounds the last bit
 differently). Configs use per-layer gradients and filter lists, so parameter resolution is compared too.
-DARE draws its masks from torch's global RNG in mergekit's graph order; ours are seeded per tensor so a
-merge reproduces in any order. The masks cannot match, so DARE is compared statistically: each tensor's
-L1 norm (which ``rescale: true`` fixes exactly), and the kept fraction, which must be near ``density``
-for both.
+DARE and DELLA draw their masks from torch's global RNG in mergekit's graph order; ours are seeded per
+tensor so a merge reproduces in any order. The masks cannot match, so they are compared statistically:
+each tensor's L1 norm (which ``rescale: true`` fixes exactly), and the kept fraction, which must be near
+``density`` for both (for DELLA also near density ∓ ε/2 in the lower/upper magnitude half of each row).
+The other methods mergekit 0.1.5 registers (model_stock, sce, nuslerp, multislerp, karcher, nearswap,
+arcee_fusion, passthrough, ram, ramplus_tl) must be bit-equal (one config each, several for methods
+with options that change the code path).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         out[kind] = str(base)
         out[f"{kind}_a"] = str(finetune(base, root / f"{kind}_a", seed=1))
         out[f"{kind}_b"] = str(finetune(base, root / f"{kind}_b", seed=2, scale=0.05))
+    out["llama_c"] = str(finetune(Path(out["llama"]), root / "llama_c", seed=3, scale=0.03))
     return out
 
 
@@ -117,6 +121,74 @@ def test_dare_agrees_statistically(zoo: dict[str, str], tmp_path: Path, method: 
         assert not torch.equal(d_ours, d_mk) or b.numel() < 8  # different masks: RNGs are not matched
     for key, (nonzero, total) in kept.items():
         assert abs(nonzero / total - density) < 0.02, (key, nonzero / total)
+
+
+def _three(zoo: dict[str, str], method: str, weights: list | None = None, base: bool = True, **params) -> dict:
+    names = ["llama_a", "llama_b", "llama_c"]
+    models = [{"model": zoo[n], **({"parameters": {"weight": w}} if weights else {})}
+              for n, w in zip(names, weights or [None] * 3)]
+    config = {"merge_method": method, "dtype": "float32", "parameters": params, "models": models}
+    return dict(config, base_model=zoo["llama"]) if base else config
+
+
+def _one(zoo: dict[str, str], method: str, **params) -> dict:
+    return {"merge_method": method, "base_model": zoo["llama"], "dtype": "float32", "parameters": params,
+            "models": [{"model": zoo["llama_b"]}]}
+
+
+MERGEKIT_ONLY = {
+    "model_stock": lambda z: _three(z, "model_stock"),
+    "model_stock_filter_wise": lambda z: _three(z, "model_stock", filter_wise=True),
+    "sce": lambda z: _three(z, "sce", select_topk=0.5),
+    "nuslerp": lambda z: _two(z, "llama", "nuslerp", {"weight": 0.4}, {"weight": [0.2, 1.0]}),
+    "nuslerp_rows_no_base": lambda z: {**_two(z, "llama", "nuslerp", {"weight": 1.0}, {"weight": 0.5},
+                                              nuslerp_flatten=False, nuslerp_row_wise=True), "base_model": None},
+    "multislerp": lambda z: _three(z, "multislerp", [0.5, [0.2, 1.0], 0.3]),
+    "multislerp_no_base": lambda z: _three(z, "multislerp", [1.0, 2.0, 1.0], base=False, normalize_weights=True),
+    "karcher": lambda z: _three(z, "karcher", base=False, max_iter=20, tol=1e-7),
+    "karcher_base_is_input": lambda z: _three(z, "karcher"),
+    "nearswap": lambda z: _one(z, "nearswap", t=[0.01, 0.05]),
+    "arcee_fusion": lambda z: _one(z, "arcee_fusion"),
+    "passthrough": lambda z: {"merge_method": "passthrough", "dtype": "float32", "models": [
+        {"model": z["llama_a"], "parameters": {"scale": [{"filter": "o_proj", "value": 0.0}, {"value": 1.5}]}}]},
+    "ram": lambda z: _three(z, "ram", epsilon=0.02),
+    "ramplus_tl": lambda z: _three(z, "ramplus_tl", epsilon=0.02, r=0.5, alpha=0.8),
+}
+
+
+@pytest.mark.parametrize("case", list(MERGEKIT_ONLY))
+def test_other_mergekit_methods_equal_mergekit(zoo: dict[str, str], tmp_path: Path, case: str) -> None:
+    config = MERGEKIT_ONLY[case](zoo)
+    ours, theirs = _both({k: v for k, v in config.items() if v is not None}, tmp_path)
+    _assert_equal(ours, theirs)
+    base = load_tensors(Path(zoo["llama"]))
+    assert any(not torch.equal(ours[n], base[n]) for n in base)  # the merge moved something
+
+
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+def test_della_agrees_statistically(zoo: dict[str, str], tmp_path: Path, method: str) -> None:
+    density, epsilon = 0.5, 0.3
+    # As for DARE: model b's weight 0 leaves model a's rescaled MAGPRUNE delta alone in the output.
+    config = _two(zoo, "llama", method, {"weight": 1.0, "density": density, "epsilon": epsilon},
+                  {"weight": 0.0, "density": 0.6})
+    ours, theirs = _both(config, tmp_path)
+    base, model_a = load_tensors(Path(zoo["llama"])), load_tensors(Path(zoo["llama_a"]))
+    kept = {"ours": torch.zeros(3), "mk": torch.zeros(3)}  # (kept in lower half, kept in upper half, entries)
+    for name, b in base.items():
+        delta = model_a[name] - b
+        d_ours, d_mk = ours[name] - b, theirs[name] - b
+        torch.testing.assert_close(d_ours.abs().sum(), d_mk.abs().sum(), rtol=1e-4, atol=1e-6)
+        rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+        upper = rows.abs() >= rows.abs().median(dim=1, keepdim=True).values
+        for key, d in (("ours", d_ours), ("mk", d_mk)):
+            nonzero = d.reshape(rows.shape) != 0
+            kept[key] += torch.tensor([float((nonzero & ~upper).sum()), float((nonzero & upper).sum()),
+                                       float(d.numel())])
+    for key, (low, high, total) in kept.items():
+        assert abs((low + high) / total - density) < 0.01, key
+        # rank-linear keep probability: mean d − ε/2 over the lower half, d + ε/2 over the upper
+        assert abs(2 * low / total - (density - epsilon / 2)) < 0.02, (key, 2 * low / total)
+        assert abs(2 * high / total - (density + epsilon / 2)) < 0.02, (key, 2 * high / total)
 
 
 def test_parameter_resolution_equals_mergekit_evaluate_setting() -> None:
