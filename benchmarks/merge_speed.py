@@ -4,14 +4,16 @@
 
 Builds a base and N fine-tunes of a Llama-shaped model of about ``--params`` parameters offline
 (random weights, small independent per-model deltas, sharded safetensors; cached in ``--workdir``),
-then, in one run, for Task Arithmetic and TIES times each tool in its own process:
+then, in one run, for Task Arithmetic and TIES (and, with ``--methods``, DELLA and Model Stock) times
+each tool in its own process:
   - mergeline:  ``mergeline merge CONFIG --out DIR --device D``
   - mergekit:   ``mergekit-yaml CONFIG DIR [--cuda]`` (the same CONFIG; local absolute paths, offline)
   - read+write: ``_rw_baseline.py copy``: read every input tensor once, write one model (no arithmetic)
 and the bound "read the input bytes once" (``_rw_baseline.py read``). It prints one markdown table
 (also written to ``--table-out``) with wall time, peak RSS (and peak CUDA memory on ``--device cuda``),
 the ratios mergeline/mergekit and mergeline/read+write, mergeline's fraction of the read bound, and
-the max |mergeline - mergekit| over every output tensor. With non-float32 inputs it also runs a small
+the max |mergeline - mergekit| over every output tensor (DELLA samples its masks from different RNG
+streams in the two tools, so its outputs differ by design). With non-float32 inputs it also runs a small
 float32 set through both tools' Task Arithmetic, where the outputs must be equal.
 Times are the best of ``--repeat`` runs; inputs are read once beforehand so every run sees a warm
 page cache. Exit status 1 if any run failed or a comparison found a mismatch in names/shapes.
@@ -34,7 +36,7 @@ from _synthetic_models import ModelSet, build_model_set, model_files
 
 HERE = Path(__file__).resolve().parent
 GB = 1e9
-METHODS = {"TA": "task_arithmetic", "TIES": "ties"}
+METHODS = {"TA": "task_arithmetic", "TIES": "ties", "DELLA": "della", "MODEL_STOCK": "model_stock"}
 TOOLS = ("mergeline", "mergekit", "baseline")
 
 
@@ -43,10 +45,11 @@ def merge_config(models: ModelSet, method: str, density: float) -> dict:
     weight = round(1.0 / len(models.finetunes), 6)
     entries = []
     for ft in models.finetunes:
-        params: dict[str, float] = {"weight": weight}
-        if method == "ties":
+        # model_stock takes no per-model parameters (its ratio comes from the models' angles)
+        params: dict[str, float] = {} if method == "model_stock" else {"weight": weight}
+        if method in ("ties", "della"):
             params["density"] = density
-        entries.append({"model": str(ft), "parameters": params})
+        entries.append({"model": str(ft), **({"parameters": params} if params else {})})
     return {"merge_method": method, "base_model": str(models.base), "models": entries,
             "dtype": "float32", "out_dtype": models.dtype}
 
@@ -277,9 +280,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                    help="dtype of the stored models (the merge computes in float32 and writes this dtype)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where both tools compute")
-    p.add_argument("--methods", default="TA,TIES", help="comma-separated subset of TA,TIES")
+    p.add_argument("--methods", default="TA,TIES", help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of " + ",".join(TOOLS))
-    p.add_argument("--density", type=float, default=0.5, help="TIES density (fraction of each delta kept)")
+    p.add_argument("--density", type=float, default=0.5, help="TIES and DELLA density (fraction of each delta kept)")
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest is reported")
     p.add_argument("--shard-gb", type=float, default=1.0, help="max safetensors shard size of the inputs")
     p.add_argument("--check-params", type=float, default=0.02e9, help="size of the float32 exactness check")

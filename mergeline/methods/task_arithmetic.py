@@ -5,6 +5,7 @@
 Config (mergekit ``task_arithmetic``): per-model ``weight`` (required), global ``lambda`` (default 1),
 ``normalize`` (default **false**: a weighted *sum*, mergekit's behaviour; ``true`` divides by Σ_t w_t).
 The paper's form is ``weight: 1`` for every model and ``lambda: λ`` chosen on validation.
+A per-model ``density`` is accepted and ignored, as mergekit does (its task_arithmetic never sparsifies).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pydantic import Field
 from mergeline.methods import register
 from mergeline.methods._fields import TaskArithmeticFamilyParameters, WeightedModel
 from mergeline.methods._gta import TaskArithmeticFamily
+
+
+class TaskArithmeticModel(WeightedModel):
+    density: float = Field(1.0, description="Accepted for mergekit YAML compatibility; task_arithmetic keeps every entry.")
 
 
 class TaskArithmeticParameters(TaskArithmeticFamilyParameters):
@@ -27,7 +32,7 @@ class TaskArithmetic(TaskArithmeticFamily):
     name = "task_arithmetic"
     paper = "arXiv:2212.04089"
     Parameters = TaskArithmeticParameters
-    PerModel = WeightedModel
+    PerModel = TaskArithmeticModel
     row_separable = True
     # sub, multiply and add only: a NaN stays NaN and an Inf gives ±Inf or NaN (Inf − Inf, 0·Inf), so a
     # non-finite input always leaves a non-finite output element; the engine checks the output alone.
