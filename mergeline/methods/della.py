@@ -28,6 +28,7 @@ p_j by multiples of 2ε/(n − 1) among equal magnitudes. A row of one entry kee
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +40,7 @@ from mergeline.methods._gta import TaskArithmeticFamily
 from mergeline.methods._sparsify import apply_mask, tensor_seed
 from mergeline.methods.base import TensorInputs
 
-_RANK_CHUNK = 1 << 22  # entries ranked at once: bounds the sort's int64 indices to a few MB
+_RANK_CHUNK = 1 << 20  # entries ranked at once (per thread): bounds the sort's int64 indices to 8 MB
 
 
 class DellaModel(SparseModel):
@@ -68,8 +69,40 @@ class DellaParameters(DellaLinearParameters):
     )
 
 
+_SORT_KEY = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16,
+             torch.float16: torch.int16}
+_pool: ThreadPoolExecutor | None = None
+
+
+def _rank_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="mergeline-della")
+    return _pool
+
+
+def _rank_rows(rows: torch.Tensor, out: torch.Tensor, density: float, epsilon: float) -> None:
+    """``out`` = (d − ε) + 2ε · rank/(n − 1) for a block of rows (ranks along dim 1)."""
+    n = rows.shape[1]
+    magnitudes = rows.abs()
+    # |x| ≥ 0, so its IEEE bit pattern read as a signed integer orders like the value: a stable sort
+    # of the integers is the stable sort of the magnitudes, about 1.4x faster on the CPU.
+    key = _SORT_KEY.get(magnitudes.dtype)
+    order = torch.sort(magnitudes if key is None else magnitudes.view(key), dim=1, stable=True).indices
+    del magnitudes
+    shape = [1] * rows.dim()
+    shape[1] = n
+    ranks = torch.arange(n, dtype=rows.dtype, device=rows.device).reshape(shape).expand_as(rows)
+    out.scatter_(1, order, ranks)  # out[order[r]] = r: each entry's rank
+    del order
+    out.div_(n - 1).clamp_(0, 1).mul_(2).mul_(epsilon).add_(density - epsilon)
+
+
 def keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
-    """p = (d − ε) + 2ε · rank/(n − 1) per row (dim 1) of ``delta``, in its dtype; same shape."""
+    """p = (d − ε) + 2ε · rank/(n − 1) per row (dim 1) of ``delta``, in its dtype; same shape.
+
+    On the CPU, blocks of rows are ranked on a pool of threads (torch's sort runs on one core).
+    """
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
     n = rows.shape[1]
     probs = torch.empty_like(rows)
@@ -78,16 +111,13 @@ def keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> t
     if n == 1:
         return probs.fill_(density).reshape(delta.shape)
     per_chunk = max(1, _RANK_CHUNK // max(1, rows[0].numel()))
-    for start in range(0, rows.shape[0], per_chunk):
-        part = rows[start:start + per_chunk]
-        order = torch.sort(part.abs(), dim=1, stable=True).indices  # (rows, n, …): position of each rank
-        shape = [1] * part.dim()
-        shape[1] = n
-        ranks = torch.arange(n, dtype=part.dtype, device=part.device).reshape(shape).expand_as(part)
-        out = probs[start:start + per_chunk]
-        out.scatter_(1, order, ranks)  # out[order[r]] = r: each entry's rank
-        del order
-        out.div_(n - 1).clamp_(0, 1).mul_(2).mul_(epsilon).add_(density - epsilon)
+    starts = range(0, rows.shape[0], per_chunk)
+    work = lambda s: _rank_rows(rows[s:s + per_chunk], probs[s:s + per_chunk], density, epsilon)  # noqa: E731
+    if rows.is_cuda or len(starts) == 1:
+        for start in starts:
+            work(start)
+    else:
+        list(_rank_pool().map(work, starts))
     return probs.reshape(delta.shape)
 
 
