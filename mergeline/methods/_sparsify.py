@@ -128,21 +128,23 @@ def apply_mask(
     mask: torch.Tensor,
     rescale: RescaleMode | None = None,
     density: float = 1.0,
+    into_mask: bool = False,
 ) -> torch.Tensor:
     """δ ⊙ m, optionally rescaled.
 
     ``l1`` (mergekit): multiply by ‖δ‖₁ / ‖δ⊙m‖₁ (skipped when either norm is below 1e-7).
     ``inverse_density`` (DARE paper): multiply by 1 / density.
+    ``into_mask``: the result overwrites ``mask`` (a 0/1 tensor in δ's dtype), one tensor fewer.
     """
-    masked = delta * mask.to(delta.dtype)
+    masked = mask.mul_(delta) if into_mask else delta * mask.to(delta.dtype)
     if rescale == "l1":
         before = delta.abs().sum()
         after = masked.abs().sum()
         if before < _RESCALE_EPS or after < _RESCALE_EPS:
             return masked
-        return masked * (before / after)
+        return masked.mul_(before / after) if into_mask else masked * (before / after)
     if rescale == "inverse_density":
-        return masked / density
+        return masked.div_(density) if into_mask else masked / density
     return masked
 
 

@@ -123,9 +123,10 @@ def keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> t
 
 def magprune_mask(delta: torch.Tensor, density: float, epsilon: float, seed: int) -> torch.Tensor:
     """MAGPRUNE's 0/1 mask (delta's dtype and device), drawn on a CPU generator seeded with ``seed``."""
-    probs = keep_probabilities(delta, density, epsilon)
+    probs = keep_probabilities(delta, density, epsilon).cpu()
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.bernoulli(probs.cpu(), generator=generator).to(delta.device)
+    # in place (each entry's p is read before its draw is written): the draws of torch.bernoulli(probs)
+    return probs.bernoulli_(probs, generator=generator).to(delta.device)
 
 
 class _Della(TaskArithmeticFamily):
@@ -138,7 +139,7 @@ class _Della(TaskArithmeticFamily):
             return delta
         seed = tensor_seed(inputs.params.seed, inputs.name, inputs.model_index[position])
         mask = magprune_mask(delta, float(mp.density), float(mp.epsilon), seed)
-        return apply_mask(delta, mask, "l1" if inputs.params.rescale else None)
+        return apply_mask(delta, mask, "l1" if inputs.params.rescale else None, into_mask=True)
 
     def report(self) -> dict[str, Any]:
         out = super().report()
