@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from mergeline.methods import register
 from mergeline.methods._fields import Consensus, SparseModel, TaskArithmeticFamilyParameters
@@ -48,13 +48,13 @@ class DellaModel(SparseModel):
         0.15, ge=0.0, description="Half-width ε of the keep probabilities around density: p ∈ [d − ε, d + ε]."
     )
 
-    @model_validator(mode="after")
-    def _probabilities_in_range(self) -> "DellaModel":
-        if self.density < 1.0 and not (0.0 < self.density - self.epsilon and self.density + self.epsilon < 1.0):
-            raise ValueError(
-                f"density ± epsilon must lie in (0, 1) (density {self.density}, epsilon {self.epsilon})"
-            )
-        return self
+    @field_validator("epsilon")
+    @classmethod
+    def _probabilities_in_range(cls, epsilon: float, info: ValidationInfo) -> float:
+        density = info.data.get("density", 1.0)
+        if density < 1.0 and not (0.0 < density - epsilon and density + epsilon < 1.0):
+            raise ValueError(f"density ± epsilon must lie in (0, 1) (density {density})")
+        return epsilon
 
 
 class DellaLinearParameters(TaskArithmeticFamilyParameters):

@@ -72,7 +72,7 @@ def test_bad_della_epsilon_names_model_and_tensor(tmp_path: Path) -> None:
         "merge_method": "della", "base_model": str(models["base"]),
         "models": [{"model": str(models["a"]), "parameters": {
             "weight": 1.0, "density": 0.8, "epsilon": [{"filter": "mlp", "value": 0.3}, {"value": 0.1}]}}]})
-    with pytest.raises(MergelineError, match=r"models\[0\] \(.*/a\): .*for tensor 'model.layers.0.mlp.up_proj.weight'.*"
+    with pytest.raises(MergelineError, match=r"models\[0\] \(.*/a\): parameter 'epsilon' = 0.3 for tensor 'model.layers.0.mlp.up_proj.weight'.*"
                                              r"density ± epsilon must lie in \(0, 1\)"):
         run_merge(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
