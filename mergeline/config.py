@@ -286,7 +286,8 @@ def with_base_input(config: MergeConfig) -> MergeConfig:
     """For methods whose ``base_model`` is one more input (``base_is_input``: karcher, passthrough), the
     config with the base appended to ``models`` when it is not listed, as mergekit plans it."""
     method = config.method_class()
-    if not method.base_is_input or not config.base_model:
+    # (mergekit adds the base only to a ``models:`` list, never to explicit slices)
+    if not method.base_is_input or not config.base_model or not config.models:
         return config
     if any(same_path(m.model, config.base_model) for m in config.models):
         return config
