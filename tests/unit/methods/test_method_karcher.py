@@ -39,5 +39,5 @@ def test_base_model_is_one_more_input():
     assert with_base_input(listed) == listed
     passthrough = MergeConfig.model_validate({"merge_method": "passthrough", "base_model": "base",
                                               "models": [{"model": "a"}]})
-    with pytest.raises(MergelineError, match=r"'passthrough' takes 1 model\(s\) \(base_model counts as one\), got 2"):
+    with pytest.raises(MergelineError, match=r"'passthrough' takes 1 model\(s\).*, got 2"):
         check_config(with_base_input(passthrough))  # mergekit: passthrough takes one input
