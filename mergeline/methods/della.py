@@ -14,7 +14,8 @@ so small magnitudes survive with probability d − ε, large ones with d + ε (d
 
 Defaults follow mergekit 0.1.5 (``della`` / ``della_linear``): per-model ``weight`` (required),
 ``density`` 1, ``epsilon`` 0.15; ``rescale: true`` with s_t = ‖τ_t‖₁ / ‖m ⊙ τ_t‖₁ (matches the L1 norm
-of each tensor; mergekit's choice, the paper divides each survivor by its p_j); ``lambda`` 1.
+of each tensor; mergekit's choice; the paper's rescale is read as 1/p_j per survivor, unverified,
+../shared/METHODS.md §7.7); ``lambda`` 1.
 
 Randomness, as ``dare``: model i's mask on tensor ``name`` is drawn by ``torch.bernoulli`` on a CPU
 generator seeded with sha256(seed, name, i), so a merge reproduces bit for bit on any device and in any
