@@ -17,11 +17,11 @@ Defaults follow mergekit 0.1.5 (``della`` / ``della_linear``): per-model ``weigh
 of each tensor; mergekit's choice; the paper's rescale is read as 1/p_j per survivor, unverified,
 ../shared/METHODS.md §7.7); ``lambda`` 1.
 
-Randomness, as ``dare``: model i's mask on tensor ``name`` is drawn by ``torch.bernoulli`` on a CPU
-generator seeded with sha256(seed, name, i), so a merge reproduces bit for bit on any device and in any
-tensor order. mergekit draws from torch's global RNG in its task-graph order instead, so whole merges
+Randomness, as ``dare``: model i's mask on tensor ``name`` is drawn by ``torch.bernoulli`` on CPU
+generators seeded from sha256(seed, name, i) (one per 2²⁰ entries, drawn in parallel), so a merge
+reproduces bit for bit on any device and in any tensor order. mergekit draws from torch's global RNG in its task-graph order instead, so whole merges
 agree in distribution, not bit for bit; given the same generator state the mask is the same
-(tests/unit/methods/test_method_della.py). Ties in magnitude are ranked by index (stable sort, the
+(for tensors up to 2²⁰ entries; tests/unit/methods/test_method_della.py). Ties in magnitude are ranked by index (stable sort, the
 same on CPU and CUDA); mergekit's unstable argsort may order them differently, which only moves
 p_j by multiples of 2ε/(n − 1) among equal magnitudes. A row of one entry keeps it with p = d
 (mergekit fails there: 0/0).
@@ -29,6 +29,7 @@ p_j by multiples of 2ε/(n − 1) among equal magnitudes. A row of one entry kee
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -42,6 +43,7 @@ from mergeline.methods._sparsify import apply_mask, tensor_seed
 from mergeline.methods.base import TensorInputs
 
 _RANK_CHUNK = 1 << 20  # entries ranked at once (per thread): bounds the sort's int64 indices to 8 MB
+DRAW_CHUNK = 1 << 20  # entries of the mask drawn from one generator
 
 
 class DellaModel(SparseModel):
@@ -122,12 +124,37 @@ def keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> t
     return probs.reshape(delta.shape)
 
 
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The generator seed of draw chunk ``chunk`` of a mask seeded with ``seed`` (chunk 0: ``seed``)."""
+    if chunk == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}\x00{chunk}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def magprune_mask(delta: torch.Tensor, density: float, epsilon: float, seed: int) -> torch.Tensor:
-    """MAGPRUNE's 0/1 mask (delta's dtype and device), drawn on a CPU generator seeded with ``seed``."""
+    """MAGPRUNE's 0/1 mask (delta's dtype and device), drawn on CPU generators.
+
+    The flat mask is drawn in chunks of DRAW_CHUNK entries, chunk k from its own generator seeded with
+    ``chunk_seed(seed, k)``, side by side on the thread pool (one generator draws serially: ~15 ns an
+    entry). A tensor of at most DRAW_CHUNK entries is one draw of ``torch.bernoulli`` seeded with
+    ``seed``, the draw mergekit makes from the same generator state.
+    """
     probs = keep_probabilities(delta, density, epsilon).cpu()
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    # in place (each entry's p is read before its draw is written): the draws of torch.bernoulli(probs)
-    return probs.bernoulli_(probs, generator=generator).to(delta.device)
+    flat = probs.reshape(-1)
+
+    def draw(k: int) -> None:
+        part = flat[k * DRAW_CHUNK:(k + 1) * DRAW_CHUNK]
+        generator = torch.Generator(device="cpu").manual_seed(chunk_seed(seed, k))
+        # in place (each entry's p is read before its draw is written): torch.bernoulli(part)'s draws
+        part.bernoulli_(part, generator=generator)
+
+    chunks = range(-(-flat.numel() // DRAW_CHUNK))
+    if len(chunks) <= 1:
+        list(map(draw, chunks))
+    else:
+        list(_rank_pool().map(draw, chunks))
+    return probs.to(delta.device)
 
 
 class _Della(TaskArithmeticFamily):

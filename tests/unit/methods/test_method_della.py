@@ -68,3 +68,17 @@ def test_probabilities_outside_0_1_are_rejected(run_method, density, epsilon):
     with pytest.raises(ValueError, match="density ± epsilon must lie in"):
         run_method("della", {"w": [torch.ones(4)]}, model_params=[{"weight": 1, "density": density, "epsilon": epsilon}])
     run_method("della", {"w": [torch.ones(4)]}, model_params=[{"weight": 1, "density": 1.0, "epsilon": 0.15}])
+
+
+def test_large_masks_are_drawn_per_chunk_from_derived_seeds():
+    from mergeline.methods.della import DRAW_CHUNK, chunk_seed
+
+    x = torch.randn(3, DRAW_CHUNK // 2 + 7, generator=torch.Generator().manual_seed(4))  # 2 chunks, the last short
+    mask = magprune_mask(x, 0.5, 0.2, seed=11)
+    assert torch.equal(mask, magprune_mask(x, 0.5, 0.2, seed=11))
+    probs = keep_probabilities(x, 0.5, 0.2).reshape(-1)
+    for k in range(2):
+        part = probs[k * DRAW_CHUNK:(k + 1) * DRAW_CHUNK]
+        expected = torch.bernoulli(part, generator=torch.Generator().manual_seed(chunk_seed(11, k)))
+        assert torch.equal(mask.reshape(-1)[k * DRAW_CHUNK:(k + 1) * DRAW_CHUNK], expected), k
+    assert chunk_seed(11, 0) == 11 and chunk_seed(11, 1) != chunk_seed(12, 1)
