@@ -77,6 +77,9 @@ class ModelStock(MergeMethod):
     requires_base = True
     Parameters = ModelStockParameters
     min_models = 2
+    # a NaN/Inf input makes its offset's dot product NaN/Inf, so t and every output entry non-finite:
+    # the engine checks the output alone (inputs only to name the culprit)
+    nonfinite_propagates = True
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         assert inputs.base is not None

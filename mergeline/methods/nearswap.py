@@ -39,6 +39,8 @@ class NearSwap(MergeMethod):
     min_models = 1
     max_models = 1
     row_separable = True
+    # NaN stays NaN; an infinite |a − b| gives w = 0 and keeps a (Inf), an infinite b gives 0·Inf = NaN
+    nonfinite_propagates = True
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         a, (b,) = inputs.base, inputs.tensors

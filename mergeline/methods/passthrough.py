@@ -37,6 +37,7 @@ class Passthrough(MergeMethod):
     min_models = 1
     max_models = 1
     row_separable = True
+    nonfinite_propagates = True  # s·x keeps NaN/Inf (0·Inf = NaN)
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         (x,) = inputs.tensors

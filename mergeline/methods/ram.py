@@ -75,6 +75,8 @@ class Ram(_Ram):
     name = "ram"
     Parameters = RamParameters
     row_separable = True
+    # masks multiply (NaN·0 = NaN, Inf·0 = NaN): a non-finite task-vector entry reaches the output
+    nonfinite_propagates = True
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         return ram_merge(inputs.tensors, float(inputs.params.epsilon), [1.0] * len(inputs.tensors))

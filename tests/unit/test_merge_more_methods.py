@@ -76,3 +76,18 @@ def test_bad_della_epsilon_names_model_and_tensor(tmp_path: Path) -> None:
                                              r"density ± epsilon must lie in \(0, 1\)"):
         run_merge(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["model_stock", "nearswap", "passthrough", "ram"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_input_named_from_the_output_check(tmp_path: Path, method: str, value: float) -> None:
+    """These methods check their output only (``nonfinite_propagates``): a NaN/Inf in an input must
+    still come out as a non-finite output and be blamed on its file and tensor."""
+    models = _models(tmp_path, torch.float32)
+    name = "model.layers.1.mlp.up_proj.weight"
+    b = load_tensors(models["b"])
+    b[name][3, 2] = value
+    models["b"] = write_checkpoint(tmp_path / "poisoned", b)
+    with pytest.raises(MergelineError, match=rf"poisoned/model.safetensors: tensor '{name}' contains NaN or Inf"):
+        run_merge(_config(method, models), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
