@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mergeline.errors import MergelineError
 from mergeline.io.safe_read import load_yaml_file, load_yaml_text
 from mergeline.names import alias_problem, experiment_name_problem, model_name_problem
+from mergeline.task_params import TaskEntry, TaskParam, as_entry
 
 # Methods the pipeline knows how to sweep; each maps to a merge_method of the merge library.
 PIPELINE_METHODS: dict[str, str] = {
@@ -175,7 +176,9 @@ class RegisterParams(_Strict):
 class ExperimentParams(_Strict):
     experiment: str = Field("mergeline-demo", min_length=1, description="MLflow experiment name")
     base_model: str = Field("smollm2-135m-instruct", description="packaged model id, HF folder or hub id")
-    tasks: list[str] = Field(default_factory=lambda: ["news", "sentiment", "code"])
+    tasks: list[TaskParam] = Field(
+        default_factory=lambda: ["news", "sentiment", "code"],
+        description="built-in task names or task mappings (mergeline/task_params.py)")
     control: str = "control"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     work_dir: str = Field("data/work", description="stage outputs (git-ignored, DVC-tracked)")
@@ -194,13 +197,26 @@ class ExperimentParams(_Strict):
             raise ValueError(f"experiment: {problem}")
         if len(self.tasks) < 1:
             raise ValueError("tasks: needs at least one task")
-        if len(set(self.tasks)) != len(self.tasks):
+        names = self.task_names
+        if len(set(names)) != len(names):
             raise ValueError("tasks: duplicate task names")
-        if self.control in self.tasks:
+        if self.control in names:
             raise ValueError(f"control {self.control!r} must not be a training task")
         if "talos" in self.merge.methods and not self.talos.enabled:
             raise ValueError("merge.methods.talos needs talos.enabled: true")
         return self
+
+    @property
+    def task_entries(self) -> list[TaskEntry]:
+        """Every task as an entry of the one mechanism (a string is a built-in task)."""
+        return [as_entry(task) for task in self.tasks]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [entry.name for entry in self.task_entries]
+
+    def task_entry(self, name: str) -> TaskEntry:
+        return next(entry for entry in self.task_entries if entry.name == name)
 
     def sha256(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
@@ -223,7 +239,10 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
 
 def _format_error(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = list(first["loc"])
+    if len(loc) > 2 and loc[0] == "tasks" and loc[2] in ("task", "name"):
+        del loc[2]  # the tag of the tasks union (mergeline/task_params.py), not a key the user wrote
+    where = ".".join(str(p) for p in loc) or "(top level)"
     return f"{source}: {where}: {first['msg'].removeprefix('Value error, ')}"
 
 
