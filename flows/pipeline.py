@@ -57,8 +57,9 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
     if stop_after == 1:
         return records
 
-    modes = ["full"] + (["talos"] if p.talos.enabled else [])
-    jobs = [(task, mode) for task in p.tasks for mode in modes]
+    modes = ["full"] + (["talos"] if p.talos.enabled else []) + (["lora"] if p.lora.enabled else [])
+    trained = [e.name for e in p.task_entries if e.source == "finetune"]
+    jobs = [(task, mode) for task in trained for mode in modes]
     if fanout is not None:
         checkpoints = fanout.finetune_all(params, jobs, base, data)
     else:
@@ -67,19 +68,24 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
                                     run, params, task, mode, base, data)
             for task, mode in jobs
         }
+    checkpoints.update(_given_models(ctx, run, params, base, modes))
     records["checkpoints"] = checkpoints
     if stop_after == 2:
         return records
-    records["vectors"] = vectors = {key: _call(finetune_tasks.extract_vector, [f"{p.work_dir}/vectors/{checkpoint_name(*key.split(':'))}"],
-                          run, params, base, ck)
-               for key, ck in checkpoints.items()}
+    vectors: dict[str, Any] = {}
+    for key, ck in checkpoints.items():
+        # a given model stands for its task in every mode: one vector, listed under each
+        same = next((vectors[k] for k, other in checkpoints.items() if other is ck and k in vectors), None)
+        vectors[key] = same or _call(finetune_tasks.extract_vector,
+                                     [f"{p.work_dir}/vectors/{checkpoint_name(ck['task'], ck['mode'])}"], run, params, base, ck)
+    records["vectors"] = vectors
     if stop_after == 3:
         return records
     importance: dict[str, dict[str, Any]] = {}
     if "sta" in p.merge.methods:
         importance = {t: _call(importance_tasks.compute_importance, [f"{p.work_dir}/importance/{t}/sta.safetensors"],
                                run, params, t, base, checkpoints[f"{t}:full"], vectors[f"{t}:full"], data)
-                      for t in p.tasks}
+                      for t in p.task_names}
     diagnostics = _call(importance_tasks.vector_diagnostics, [], run, params,
                         {k.replace(":", "-"): v for k, v in vectors.items()})
     records.update(importance=importance, diagnostics=diagnostics)
@@ -101,6 +107,23 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
     return records
 
 
+def _given_models(ctx: StageContext, run: RunHandle, params: dict[str, Any], base: dict[str, Any],
+                  modes: list[str]) -> dict[str, dict[str, Any]]:
+    """Records of the tasks given as a checkpoint or an adapter (not fine-tuned), one per mode."""
+    from mergeline.io.hashing import sha256_dir
+    from mergeline.stages.train import given_model
+
+    given: dict[str, dict[str, Any]] = {}
+    for entry in ctx.params.task_entries:
+        if entry.source == "finetune":
+            continue
+        outputs = [f"{ctx.params.work_dir}/checkpoints/{entry.name}"] if entry.source == "adapter" else []
+        record = _call(finetune_tasks.import_task_model, outputs, run, params, entry.name, base,
+                       sha256_dir(given_model(ctx, entry.name)))
+        given.update({f"{entry.name}:{mode}": record for mode in modes})
+    return given
+
+
 def load_params_from_dict(params: dict[str, Any]):  # type: ignore[no-untyped-def]
     from mergeline.params import ExperimentParams
 
@@ -120,7 +143,7 @@ def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | No
     root_path = Path(root or os.getcwd())
     device = resolve_device(params.device)
     logger = get_run_logger()
-    logger.info(f"experiment {params.experiment}: tasks={params.tasks} methods={list(params.merge.methods)} "
+    logger.info(f"experiment {params.experiment}: tasks={params.task_names} methods={list(params.merge.methods)} "
                 f"device={device}")
     configure_tracking(experiment=params.experiment)
     as_dict = params.model_dump(mode="json", by_alias=True)

@@ -14,7 +14,7 @@ from mergeline.lineage import (
     BaseModelRef, FineTune, ImportanceArtifact, Lineage, MergeInfo, MlflowInfo, PrefectInfo, TaskLineage,
 )
 from mergeline.lineage_build import code_info, describe, dvc_info, params_info
-from mergeline.params import ExperimentParams
+from mergeline.params import ExperimentParams, vector_mode
 from mergeline.stages.common import write_json
 from tasks._stage import RunHandle
 
@@ -51,11 +51,12 @@ def build_lineage(params: ExperimentParams, params_file: str, records: dict[str,
                   run: RunHandle, stage_runs: dict[str, str]) -> Lineage:
     root = Path(run.root)
     method = records["variants"][variant]["method"]
-    mode = "talos" if method == "talos" else "full"
+    mode = vector_mode(method)
     tasks = []
-    for task in params.tasks:
+    for task in params.task_names:
         ck = records["checkpoints"][f"{task}:{mode}"]
         vec = records["vectors"][f"{task}:{mode}"]
+        source = ck.get("source", "finetune")
         importance = []
         if method == "sta" and task in records["importance"]:
             imp = records["importance"][task]
@@ -63,10 +64,12 @@ def build_lineage(params: ExperimentParams, params_file: str, records: dict[str,
         tasks.append(TaskLineage(
             name=task,
             datasets={split: describe(rec["path"], root=root) for split, rec in records["data"]["tasks"][task].items()},
-            finetune=FineTune(mode=mode, run_id=ck.get("mlflow_run_id"), params=ck["params"],
-                              metrics=_finetune_metrics(ck)),
+            finetune=None if source != "finetune" else FineTune(
+                mode=ck["mode"], run_id=ck.get("mlflow_run_id"), params=ck["params"], metrics=_finetune_metrics(ck)),
             vector=describe(vec["path"], root=root),
             importance=importance,
+            source=source,
+            given=describe(ck["input"]["path"], root=root) if source != "finetune" else None,
         ))
     merged = records["merged"][variant]
     variant_spec = records["variants"][variant]

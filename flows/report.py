@@ -16,7 +16,7 @@ def _fmt(value: float | None, signed: bool = False) -> str:
 def results_table(params: ExperimentParams, records: dict[str, Any]) -> str:
     """Markdown: per method (its best variant on validation), per-task test accuracy, mean normalized
     accuracy (merged ÷ single-task fine-tuned), control accuracy and drift from the base."""
-    tasks = params.tasks
+    tasks = params.task_names
     header = ["model", *[f"{t} acc" for t in tasks], "mean acc", "norm. acc", "control acc", "control drift"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     reference = records["reference"]
@@ -33,8 +33,9 @@ def results_table(params: ExperimentParams, records: dict[str, Any]) -> str:
     lines.append("| " + " | ".join(ref_row("base (zero-shot)", base_test, None)) + " |")
     for task in tasks:
         key = f"single-{task}-full"
-        lines.append("| " + " | ".join(ref_row(f"fine-tuned on {task} only", reference[key]["test"]["metrics"], None))
-                     + " |")
+        source = params.task_entry(task).source
+        label = f"fine-tuned on {task} only" if source == "finetune" else f"given {source} for {task}"
+        lines.append("| " + " | ".join(ref_row(label, reference[key]["test"]["metrics"], None)) + " |")
     champion = records["selection"]["ranking"][0] if records["selection"]["ranking"] else None
     for name in records["selection"]["ranking"]:
         row = records["test_rows"][name]

@@ -69,7 +69,7 @@ class BaseModelRef(Artifact):
 
 
 class FineTune(_Strict):
-    mode: Literal["full", "talos"]
+    mode: Literal["full", "talos", "lora"]
     run_id: str | None = Field(None, description="MLflow run id of the fine-tune")
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -82,6 +82,9 @@ class TaskLineage(_Strict):
     finetune: FineTune | None = None
     vector: Artifact | None = Field(None, description="task vector folder (task_vector.safetensors + .json)")
     importance: list[ImportanceArtifact] = Field(default_factory=list)
+    source: Literal["finetune", "checkpoint", "adapter"] = Field(
+        "finetune", description="fine-tuned by the pipeline, or given as a checkpoint or a LoRA adapter")
+    given: Artifact | None = Field(None, description="the checkpoint or adapter folder given (per-file sha256)")
 
 
 class MergeInfo(_Strict):
@@ -156,6 +159,8 @@ class Lineage(_Strict):
                 found.append((f"dataset {task.name}/{split}", dataset))
             if task.finetune is not None and task.finetune.checkpoint is not None:
                 found.append((f"checkpoint {task.name}", task.finetune.checkpoint))
+            if task.given is not None:
+                found.append((f"given {task.source} {task.name}", task.given))
             if task.vector is not None:
                 found.append((f"task vector {task.name}", task.vector))
             for imp in task.importance:

@@ -52,6 +52,8 @@ def render_text(lineage: Lineage, registered: str | None = None) -> str:
                 add(f"    metric {key} = {value:g}")
             if ft.checkpoint is not None:
                 add(f"    {_artifact_line('checkpoint', ft.checkpoint)}")
+        if task.given is not None:
+            add(f"  {_artifact_line(f'given {task.source}', task.given)}")
         if task.vector is not None:
             add(f"  {_artifact_line('task vector', task.vector)}")
         for imp in task.importance:
@@ -115,6 +117,10 @@ def render_mermaid(lineage: Lineage, registered: str | None = None) -> str:
             node(fid, f"fine-tune {task.name} ({task.finetune.mode})", f"run {_short(task.finetune.run_id, 8)}")
             edge("base", fid)
             upstream = fid
+        elif task.given is not None:
+            gid = _node_id("given", task.name)
+            node(gid, f"given {task.source} {task.name}", f"sha256 {_short(task.given.sha256)}")
+            upstream = gid
         for split, dataset in sorted(task.datasets.items()):
             # Training splits feed the fine-tune; held-out splits feed the evaluation.
             did = _node_id("data", task.name, split)

@@ -266,3 +266,31 @@ def extract_lora_vector(base_dir: str | os.PathLike[str], adapter_dir: str | os.
             }
             (tmp / "task_vector.json").write_text(json.dumps(info, indent=1))
     return info
+
+
+def fold_into_model(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLike[str],
+                    out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write base + ΔW as a Hugging Face folder (the base's config and tokenizer; each tensor in the
+    base's dtype, W + ΔW as PEFT's merge adds it): the adapter's model, for evaluation."""
+    from mergeline.finetune.weights import TensorReader, is_float_code, write_streaming
+    from mergeline.io.atomic import atomic_dir
+    from mergeline.io.hashing import sha256_path
+    from mergeline.io.safetensors_format import DTYPES
+    from mergeline.io.safetensors_io import copy_model_files
+
+    adapter = LoraAdapter(adapter_dir)
+    with TensorReader(base_dir) as base:
+        names = base.keys()
+        adapter.check_against({n: tuple(base.shape(n)) for n in names if is_float_code(base.dtype_code(n))},
+                              str(base_dir))
+        changed = set(adapter.targets())
+        specs = [(n, base.shape(n), DTYPES[base.dtype_code(n)]) for n in names]
+
+        def produce(name: str) -> torch.Tensor:
+            weight = base.get(name)
+            return weight + adapter.delta(name, weight).to(weight.dtype) if name in changed else weight
+
+        with atomic_dir(out_dir) as tmp:
+            write_streaming(tmp / "model.safetensors", specs, produce, metadata={"format": "pt"})
+            copy_model_files(Path(base_dir), tmp)
+    return {"adapter_sha256": sha256_path(adapter_dir), "lora_tensors": len(changed)}

@@ -29,7 +29,15 @@ PIPELINE_METHODS: dict[str, str] = {
     "metagpt": "metagpt",
     "talos": "talos",
     "lata": "lata",
+    "lora": "task_arithmetic",  # TA over the LoRA fine-tunes' vectors (lora.enabled), as talos is over TaLoS's
 }
+# The fine-tune whose task vectors a pipeline method merges (every other method merges the full ones).
+VECTOR_MODES: dict[str, str] = {"talos": "talos", "lora": "lora"}
+
+
+def vector_mode(method: str) -> str:
+    """``full``, ``talos`` or ``lora``: which fine-tune's vectors ``method`` merges."""
+    return VECTOR_MODES.get(method, "full")
 
 
 # NaN/Inf are refused in every float field (weight_decay: .inf would pass ``ge=0``).
@@ -66,6 +74,18 @@ class TalosParams(_Strict):
     lr: float | None = Field(
         None, gt=0, description="peak learning rate of the masked fine-tune (None: finetune.lr); training a "
         "small fraction of the entries needs a larger step to move as far in the same number of steps")
+
+
+class LoraParams(_Strict):
+    enabled: bool = Field(False, description="also fine-tune a LoRA adapter per task (PEFT); its vector is the fold")
+    rank: int = Field(8, ge=1, description="r of the adapters")
+    alpha: float = Field(16.0, gt=0, description="α; the update is scaled by α / r")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      min_length=1, description="module names (suffixes) that get an adapter")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input during training")
+    lr: float | None = Field(
+        None, gt=0, description="peak learning rate of the LoRA fine-tune (None: finetune.lr); adapters start "
+        "at zero and usually need a larger step than a full fine-tune")
 
 
 class ImportanceParams(_Strict):
@@ -186,6 +206,7 @@ class ExperimentParams(_Strict):
     data: DataParams = Field(default_factory=DataParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     talos: TalosParams = Field(default_factory=TalosParams)
+    lora: LoraParams = Field(default_factory=LoraParams)
     importance: ImportanceParams = Field(default_factory=ImportanceParams)
     merge: MergeParams = Field(default_factory=MergeParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
@@ -204,6 +225,8 @@ class ExperimentParams(_Strict):
             raise ValueError(f"control {self.control!r} must not be a training task")
         if "talos" in self.merge.methods and not self.talos.enabled:
             raise ValueError("merge.methods.talos needs talos.enabled: true")
+        if "lora" in self.merge.methods and not self.lora.enabled:
+            raise ValueError("merge.methods.lora needs lora.enabled: true")
         return self
 
     @property

@@ -19,6 +19,10 @@ Every form resolves to a :class:`TaskEntry`, the one mechanism the pipeline know
         metric: exact_match
       - name: arc                                # an lm-eval task whose data is available offline
         lm_eval: {task: arc_easy}                # or {include_path: dir_or_yaml, task: my_task}
+      - name: sentiment                          # an existing task model instead of a fine-tune
+        checkpoint: models/sentiment-ft          # HF folder fine-tuned from base_model (safetensors)
+      - name: code
+        adapter: adapters/code-lora              # or a PEFT LoRA adapter folder of base_model
 
 Only the schema lives here (checked when params load); whether files exist and hold the named
 fields is checked by ``mergeline.data.user`` in preflight, before any heavy work.
@@ -98,6 +102,8 @@ class TaskEntry(_Strict):
     split: SplitFractions = Field(default_factory=SplitFractions)
     metric: str | None = Field(None, description="generation: lm-eval metric (default exact_match)")
     lm_eval: LmEvalTask | None = None
+    checkpoint: str | None = Field(None, description="HF model folder fine-tuned from base_model: not fine-tuned again")
+    adapter: str | None = Field(None, description="PEFT LoRA adapter folder of base_model: folded, not fine-tuned")
 
     @field_validator("name")
     @classmethod
@@ -110,6 +116,8 @@ class TaskEntry(_Strict):
     def _consistent(self) -> "TaskEntry":
         if self.data is not None and self.lm_eval is not None:
             raise ValueError(f"task {self.name!r}: give data or lm_eval, not both")
+        if self.checkpoint is not None and self.adapter is not None:
+            raise ValueError(f"task {self.name!r}: give checkpoint or adapter, not both")
         if self.data is not None:
             if self.type is None:
                 raise ValueError(f"task {self.name!r}: type is required with data (multiple_choice or generation)")
@@ -132,6 +140,14 @@ class TaskEntry(_Strict):
         if self.lm_eval is not None:
             return "lm_eval"
         return "builtin"
+
+
+    @property
+    def source(self) -> Literal["finetune", "checkpoint", "adapter"]:
+        """Where the task's model comes from: fine-tuned by the pipeline, or given."""
+        if self.checkpoint is not None:
+            return "checkpoint"
+        return "adapter" if self.adapter is not None else "finetune"
 
 
 def _form(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""Tasks ``fine-tune`` and ``extract-vector``."""
+"""Tasks ``fine-tune``, ``import-task-model`` and ``extract-vector``."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ from mergeline.stages import train
 from tasks._stage import RunHandle, stage_cache, run_stage
 
 
-@task(name="fine-tune", cache_policy=stage_cache("finetune", "talos", "work_dir", "device"), persist_result=True, task_run_name="fine-tune-{task}-{mode}")
+@task(name="fine-tune", cache_policy=stage_cache("finetune", "talos", "lora", "work_dir", "device"), persist_result=True, task_run_name="fine-tune-{task}-{mode}")
 def finetune(params: dict[str, Any], task: str, mode: str, base: dict[str, Any], data: dict[str, Any],
              run: RunHandle) -> dict[str, Any]:
-    logged = {"task": task, "mode": mode, **params["finetune"]} | ({"talos": params["talos"]} if mode == "talos" else {})
+    logged = {"task": task, "mode": mode, **params["finetune"]} | ({mode: params[mode]} if mode in ("talos", "lora") else {})
     return run_stage("fine-tune", f"{task}-{mode}", params, run,
                      lambda ctx: train.finetune(ctx, task, mode, base, data), logged)
+
+
+@task(name="import-task-model", cache_policy=stage_cache("tasks", "work_dir"), persist_result=True,
+      task_run_name="import-task-model-{task}")
+def import_task_model(params: dict[str, Any], task: str, base: dict[str, Any], given_sha256: str,
+                      run: RunHandle) -> dict[str, Any]:
+    """``given_sha256`` (the given folder's content hash) is in the cache key: an edited model re-imports."""
+    return run_stage("import-task-model", task, params, run, lambda ctx: train.import_task_model(ctx, task, base))
 
 
 @task(name="extract-vector", cache_policy=stage_cache("work_dir"), persist_result=True,

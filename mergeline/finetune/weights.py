@@ -24,18 +24,11 @@ import torch
 from safetensors import safe_open
 
 from mergeline.errors import MergelineError
+from mergeline.io.safetensors_format import DTYPE_CODES as _DTYPE_CODES
 
 TASK_VECTOR_FILE = "task_vector.safetensors"
 _INDEX_FILE = "model.safetensors.index.json"
 
-# safetensors dtype codes for the dtypes we write (float tensors and bool masks).
-_DTYPE_CODES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.bool: "BOOL",
-}
 
 
 def weight_files(path: str | os.PathLike[str]) -> dict[str, Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mergeline.params import vector_mode
 from mergeline.stages.common import StageContext, timed
 
 SPLITS = ("validation", "test")
@@ -21,13 +22,13 @@ def evaluation_sets(ctx: StageContext, role: str, split: str, task: str | None =
     selection reads only the task accuracies.
     """
     p = ctx.params
-    every = [*p.tasks, p.control]
+    every = [*p.task_names, p.control]
     if role == "single" and p.evaluate.singles == "own":
         if task is None:
             raise ValueError("evaluation_sets: a single-task model needs its task")
         return [task]
     if role == "variant" and split == "validation" and not p.evaluate.validation_control:
-        return list(p.tasks)
+        return list(p.task_names)
     return every
 
 
@@ -58,13 +59,13 @@ def summarize(ctx: StageContext, evaluation: dict[str, Any], base: dict[str, Any
     acc = evaluation["metrics"]
     row: dict[str, float] = {}
     norm = []
-    for task in p.tasks:
+    for task in p.task_names:
         row[f"acc/{task}"] = acc[task]
         if singles is not None:
             reference = singles[task]["metrics"][task]
             row[f"norm_acc/{task}"] = acc[task] / reference if reference > 0 else 0.0
             norm.append(row[f"norm_acc/{task}"])
-    row["acc/mean"] = sum(acc[t] for t in p.tasks) / len(p.tasks)
+    row["acc/mean"] = sum(acc[t] for t in p.task_names) / len(p.task_names)
     if norm:
         row["norm_acc/mean"] = sum(norm) / len(norm)
     if p.control in acc:  # validation may skip it (evaluate.validation_control)
@@ -104,15 +105,20 @@ def evaluate_experiment(ctx: StageContext, base: dict[str, Any], checkpoints: di
     by = p.evaluate.select_by
     reference = {"base": {s: ev("base", base, s, evaluation_sets(ctx, "base", s)) for s in SPLITS}}
     single_splits = SPLITS if by.startswith("norm_acc") else ("test",)
+    scored: dict[int, str] = {}  # a given model stands for its task in every mode: scored once
     for key, ck in checkpoints.items():
         label = f"single-{key.replace(':', '-')}"
+        if id(ck) in scored:
+            reference[label] = reference[scored[id(ck)]]
+            continue
+        scored[id(ck)] = label
         reference[label] = {s: ev(label, ck, s, evaluation_sets(ctx, "single", s, ck["task"])) for s in single_splits}
 
     def rows_for(evals: dict[str, dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
         rows = {}
         for name, evaluation in evals.items():
-            mode = "talos" if variants[name]["method"] == "talos" else "full"
-            singles = ({t: reference[f"single-{t}-{mode}"][split] for t in p.tasks}
+            mode = vector_mode(variants[name]["method"])
+            singles = ({t: reference[f"single-{t}-{mode}"][split] for t in p.task_names}
                        if split in single_splits else None)
             rows[name] = summarize(ctx, evaluation, reference["base"][split], singles)
         return rows

@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from mergeline.params import PIPELINE_METHODS
+from mergeline.params import PIPELINE_METHODS, vector_mode
 from mergeline.stages.common import StageContext, rel, timed
 
 _SHORT = {"task_arithmetic": "ta", "ties": "ties", "dare_ties": "dare", "sta": "sta", "metagpt": "metagpt",
-          "talos": "talos", "lata": "lata"}
+          "talos": "talos", "lata": "lata", "lora": "lora"}
 
 
 def plan_variants(ctx: StageContext) -> list[dict[str, Any]]:
@@ -31,9 +31,9 @@ def merge_config(ctx: StageContext, variant: dict[str, Any], base: dict[str, Any
                  vectors: dict[str, dict[str, Any]], importance: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow)."""
     method = variant["method"]
-    mode = "talos" if method == "talos" else "full"
+    mode = vector_mode(method)
     models = []
-    for task in ctx.params.tasks:
+    for task in ctx.params.task_names:
         # MetaGPT's coefficients are closed-form: it takes no per-model weight.
         per_model: dict[str, Any] = {} if method == "metagpt" else {"weight": 1.0}
         if variant["density"] is not None:

@@ -19,11 +19,11 @@ def preflight(params: ExperimentParams, root: Path) -> None:
     _check_output_roots(params, root)
     _check_method_options(params)
     known = set(available_tasks())
-    for task in [*params.tasks, params.control]:
+    for task in [*params.task_names, params.control]:
         if task not in known:
             raise MergelineError(f"tasks: unknown task {task!r}; known: {', '.join(sorted(known))}")
     data_dir = root / params.data_dir
-    for task in [*params.tasks, params.control]:
+    for task in [*params.task_names, params.control]:
         for split_file in sorted((data_dir / task).glob("*.jsonl")):
             load_records(split_file)  # raises MergelineError naming the file and line
     _check_base_model(params.base_model, root)

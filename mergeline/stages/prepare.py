@@ -15,7 +15,7 @@ def prepare_data(ctx: StageContext) -> dict[str, Any]:
     sizes = {"train": p.n_train, "validation": p.n_validation, "test": p.n_test}
     record: dict[str, Any] = {"tasks": {}}
     with timed(record):
-        for task in [*ctx.params.tasks, ctx.params.control]:
+        for task in [*ctx.params.task_names, ctx.params.control]:
             ctx.say(f"prepare-data: {task}")
             # The control set is never trained on: it has no train split.
             task_sizes = {k: v for k, v in sizes.items() if k != "train" or task != ctx.params.control}

@@ -131,3 +131,14 @@ def test_bad_adapters_fail_with_one_line(llama: Path, tmp_path: Path) -> None:
         message = str(caught.value)
         assert fragment in message and "\n" not in message and str(folder) in message, message
     assert not (tmp_path / "out").exists()
+
+
+def test_fold_into_model_is_peft_merge_and_unload(llama: Path, tmp_path: Path) -> None:
+    from mergeline.lora import fold_into_model
+
+    adapter = build_lora_adapter(llama, tmp_path / "adapter", seed=4)
+    fold_into_model(llama, adapter, tmp_path / "model")
+    ours, merged = load_tensors(tmp_path / "model"), peft_merged_state(llama, adapter)
+    assert set(ours) == set(load_tensors(llama))
+    assert all(torch.equal(ours[n], merged[n]) for n in ours)
+    assert (tmp_path / "model" / "config.json").is_file()
