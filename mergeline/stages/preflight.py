@@ -1,8 +1,9 @@
 """Checks that run before any heavy work: a bad experiment fails in seconds with one line (exit 2).
 
 Covers what params validation cannot see: output folders that would overlap the project, task names
-against the dataset builders, dataset files already on disk (empty or malformed), and whether the
-base model can be found and configured.
+against the dataset builders, dataset files already on disk (empty or malformed), whether the base
+model can be found and configured, and the checkpoints and adapters tasks are given as
+(``mergeline.given_models``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def preflight(params: ExperimentParams, root: Path) -> None:
         for split_file in sorted((data_dir / task).glob("*.jsonl")):
             load_records(split_file)  # raises MergelineError naming the file and line
     _check_base_model(params.base_model, root)
+    from mergeline.given_models import check_given_models
+
+    check_given_models(params.task_entries, params.base_model, root, params.work_dir)
 
 
 def _check_output_roots(params: ExperimentParams, root: Path) -> None:
