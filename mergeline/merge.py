@@ -68,6 +68,7 @@ from mergeline.io.safetensors_io import (
     CheckpointReader,
     ShardedWriter,
 )
+from mergeline.io.lora_reader import open_checkpoint
 from mergeline.merge_inputs import MergeInputs, PlanItem, Span
 from mergeline.merge_outputs import write_model_files
 from mergeline.merge_prefetch import PrefetchedTensors, PrefetchFeed, prefetches
@@ -156,7 +157,7 @@ class _Engine(MergeInputs, PrefetchedTensors):
         return self.buffers.take(("ws", key), like.shape, dtype or like.dtype)
 
     def open(self, path: str) -> CheckpointReader:
-        return self.stack.enter_context(CheckpointReader(path))
+        return self.stack.enter_context(open_checkpoint(path))
 
     def statistics(self, method: MergeMethod, items: list[PlanItem]) -> None:
         work = [it for it in items if it.floating and it.alias_of is None]

@@ -54,6 +54,14 @@ def dtype_name(dtype: torch.dtype | None) -> str | None:
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
+def resolve_spec(spec: str) -> str:
+    """A model path made absolute; both halves of a ``model+adapter`` spec."""
+    from mergeline.io.lora_reader import split_spec
+
+    model, adapter = split_spec(spec)
+    return "+".join(str(Path(part).resolve()) for part in (model, adapter) if part is not None)
+
+
 def resolved_config(config: MergeConfig) -> MergeConfig:
     """The config with absolute model paths, as written beside the merged model."""
     data = config.model_dump(mode="json")
@@ -63,7 +71,7 @@ def resolved_config(config: MergeConfig) -> MergeConfig:
     for entry in entries:
         for key in ("base_model", "model"):
             if entry.get(key):
-                entry[key] = str(Path(entry[key]).resolve())
+                entry[key] = resolve_spec(entry[key])
     return MergeConfig.model_validate(data)
 
 
@@ -72,9 +80,9 @@ def build_report(config: MergeConfig, engine: Any, method: Any, items: list[Any]
     return {
         "merge_method": config.merge_method,
         "method": method.report(),
-        "base_model": str(Path(config.base_model).resolve()) if config.base_model else None,
-        "models": ([str(Path(config.models[i].model).resolve()) for i in engine.inputs] if config.models
-                   else [str(Path(p).resolve()) for p in config.all_models() if not same_path(p, config.base_model)]),
+        "base_model": resolve_spec(config.base_model) if config.base_model else None,
+        "models": ([resolve_spec(config.models[i].model) for i in engine.inputs] if config.models
+                   else [resolve_spec(p) for p in config.all_models() if not same_path(p, config.base_model)]),
         **({"slices": [[f"{src.model}[{src.layer_range[0]}:{src.layer_range[1]}]" for src in piece.sources]
                        for piece in config.slices],
             "ignored": [f"slices[{i}].residual_weight (mergekit 0.1.5 ignores it too)"

@@ -66,6 +66,10 @@ class TensorPrefetcher:
             return self._fds[path]
 
     def fetch(self, reader: CheckpointReader, name: str, rows: tuple[int, int] | None = None) -> Fetched:
+        if reader.computes(name):  # folded while read (model+adapter): computed on the host, then copied
+            src = reader.view(name) if rows is None else reader.view(name)[rows[0]:rows[1]]
+            tensor = src.to(self.device, copy=True)
+            return Fetched(tensor, tensor.nbytes)
         spec = reader.spec(name)
         file, offset, nbytes = reader.byte_range(name, rows)
         shape = spec.shape if rows is None else (rows[1] - rows[0], *spec.shape[1:])

@@ -175,6 +175,10 @@ class CheckpointReader:
         self.spec(name)
         return self._files[name]
 
+    def computes(self, name: str) -> bool:
+        """True when ``name`` is computed as it is read (``mergeline.io.lora_reader``), not stored bytes."""
+        return False
+
     def byte_range(self, name: str, rows: tuple[int, int] | None = None) -> tuple[Path, int, int]:
         """(file, offset, length) of the stored bytes of ``name``, or of its rows ``rows``: what a
         positioned read (no mapping) needs."""
