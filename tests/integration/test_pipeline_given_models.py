@@ -1,0 +1,72 @@
+"""The pipeline with existing task models as inputs: one task given as a fine-tuned checkpoint, one as a
+PEFT LoRA adapter built here, one fine-tuned by the pipeline with ``lora.enabled`` (a LoRA fine-tune
+beside the full one, merged by the ``lora`` method). Real Prefect, MLflow, DVC and lm-eval; the
+champion's lineage names each given input by its hash, and nothing was fine-tuned for the given tasks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mergeline.io.hashing import sha256_dir, sha256_file
+from tests.conftest import session_dir
+from tests.integration.pipeline_project import finished_runs, make_project, run_cli
+from tests.lm_fixtures import build_tiny_llama
+from tests.lora_fixtures import build_lora_adapter
+from tests.merge_fixtures import finetune
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_base() -> Path:
+    target = session_dir() / "pipeline-tiny-base"
+    if not (target / "config.json").exists():
+        build_tiny_llama(target, seed=0)
+    return target
+
+
+def _checkpoint(base: Path, folder: Path) -> Path:
+    """A stand-in fine-tune of the base (its tensors plus noise) with the base's tokenizer."""
+    finetune(base, folder, seed=7, scale=0.01)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (base / name).is_file():
+            shutil.copyfile(base / name, folder / name)
+    return folder
+
+
+def test_checkpoint_and_adapter_tasks_and_a_lora_finetune(tiny_base: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    checkpoint = _checkpoint(tiny_base, models / "sentiment-ft")
+    adapter = build_lora_adapter(tiny_base, models / "news-lora", seed=1, r=2, lora_alpha=4)
+    root = make_project(
+        tmp_path / "project", tiny_base,
+        tasks=[{"name": "news", "adapter": str(adapter)}, {"name": "sentiment", "checkpoint": str(checkpoint)}, "code"],
+        talos={"enabled": False},
+        lora={"enabled": True, "rank": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"], "lr": 1.0e-2},
+        merge={"methods": {"task_arithmetic": {"lambdas": [1.0]}, "lora": {"lambdas": [1.0]}}},
+    )
+    result = run_cli(root, "run", "--params", "params.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "given adapter for news" in result.stdout and "given checkpoint for sentiment" in result.stdout
+    # the given tasks were not fine-tuned; the third was, fully and as a LoRA adapter
+    assert finished_runs(root, "fine-tune:news-full") == 0 and finished_runs(root, "fine-tune:sentiment-full") == 0
+    assert finished_runs(root, "fine-tune:code-lora") == 1
+    assert (root / "data/work/checkpoints/code-lora/adapter/adapter_model.safetensors").is_file()
+
+    lineage = json.loads(run_cli(root, "lineage", "mergeline-tiny@champion", "--format", "json").stdout)
+    tasks = {t["name"]: t for t in lineage["tasks"]}
+    assert tasks["news"]["source"] == "adapter" and tasks["sentiment"]["source"] == "checkpoint"
+    assert tasks["code"]["source"] == "finetune" and tasks["code"]["finetune"]["mode"] in ("full", "lora")
+    assert tasks["news"]["given"]["sha256"] == sha256_dir(adapter)
+    assert tasks["news"]["given"]["files"]["adapter_model.safetensors"]["sha256"] == \
+        sha256_file(adapter / "adapter_model.safetensors")
+    assert tasks["sentiment"]["given"]["sha256"] == sha256_dir(checkpoint)
+    assert tasks["sentiment"]["given"]["files"]["model.safetensors"]["sha256"] == sha256_file(checkpoint / "model.safetensors")
+    verify = run_cli(root, "lineage", "mergeline-tiny@champion", "--verify")
+    assert verify.returncode == 0, verify.stderr
+    metrics = json.loads((root / "data/work/eval/metrics.json").read_text())
+    assert {"ta_l1", "lora_l1"} <= set(metrics["validation"])
