@@ -20,7 +20,7 @@ configure_offline_defaults()
 @flow(name="mergeline-finetune", persist_result=True, log_prints=True)
 def finetune_flow(params: dict[str, Any], task: str, mode: str, base: dict[str, Any], data: dict[str, Any],
                   root: str, parent_run_id: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Fine-tune the base on ``task`` (``mode``: full or talos) on this worker's device.
+    """Fine-tune the base on ``task`` (``mode``: full, talos or lora) on this worker's device.
 
     The device is resolved here, not by the pipeline: this worker's GPU (``CUDA_VISIBLE_DEVICES``)
     is what counts. ``root`` is the project folder; the checkpoint goes to its ``work_dir``.
