@@ -71,3 +71,14 @@ def finished_runs(root: Path, run_name: str) -> int:
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, filter_string=f"attributes.run_name = '{run_name}'")
     return sum(1 for r in runs if r.info.status == "FINISHED")
+
+
+def shared_tiny_base() -> Path:
+    """The tiny Llama of the pipeline tests, built once per test session."""
+    from tests.conftest import session_dir
+    from tests.lm_fixtures import build_tiny_llama
+
+    target = session_dir() / "pipeline-tiny-base"
+    if not (target / "config.json").exists():
+        build_tiny_llama(target, seed=0)
+    return target

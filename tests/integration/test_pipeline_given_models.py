@@ -13,21 +13,11 @@ from pathlib import Path
 import pytest
 
 from mergeline.io.hashing import sha256_dir, sha256_file
-from tests.conftest import session_dir
-from tests.integration.pipeline_project import finished_runs, make_project, run_cli
-from tests.lm_fixtures import build_tiny_llama
+from tests.integration.pipeline_project import finished_runs, make_project, run_cli, shared_tiny_base
 from tests.lora_fixtures import build_lora_adapter
 from tests.merge_fixtures import finetune
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_base() -> Path:
-    target = session_dir() / "pipeline-tiny-base"
-    if not (target / "config.json").exists():
-        build_tiny_llama(target, seed=0)
-    return target
 
 
 def _checkpoint(base: Path, folder: Path) -> Path:
@@ -39,7 +29,8 @@ def _checkpoint(base: Path, folder: Path) -> Path:
     return folder
 
 
-def test_checkpoint_and_adapter_tasks(tiny_base: Path, tmp_path: Path) -> None:
+def test_checkpoint_and_adapter_tasks(tmp_path: Path) -> None:
+    tiny_base = shared_tiny_base()
     models = tmp_path / "models"
     checkpoint = _checkpoint(tiny_base, models / "sentiment-ft")
     adapter = build_lora_adapter(tiny_base, models / "news-lora", seed=1, r=2, lora_alpha=4)
