@@ -1,6 +1,7 @@
 """The pipeline with existing task models as inputs: one task given as a fine-tuned checkpoint, one as a
 PEFT LoRA adapter built here. Real Prefect, MLflow, DVC and lm-eval; nothing is fine-tuned, and the
-champion's lineage names each given input and its files by hash (``--verify`` re-hashes them).
+champion's lineage names each given input and its files by hash (``--verify`` re-hashes them). A DoRA
+adapter is refused first, in one line, before anything is written.
 (The LoRA fine-tune stage is tested without a flow, in tests/unit/test_stage_lora.py, to keep this
 one test's time down.)"""
 
@@ -40,6 +41,13 @@ def test_checkpoint_and_adapter_tasks(tmp_path: Path) -> None:
         talos={"enabled": False},
         merge={"methods": {"task_arithmetic": {"lambdas": [1.0]}}},
     )
+    dora = build_lora_adapter(tiny_base, models / "news-dora", seed=1, r=2, use_dora=True)
+    bad = run_cli(root, "run", "--params", "params.yaml", "--set", f"tasks=[{{name: news, adapter: {dora}}}]",
+                  timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "tasks: news:" in bad.stderr and "DoRA" in bad.stderr
+    assert not (root / "data/work").exists() and not (root / "mlflow.db").exists()
+
     result = run_cli(root, "run", "--params", "params.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     assert "given adapter for news" in result.stdout and "given checkpoint for sentiment" in result.stdout
