@@ -120,7 +120,8 @@ def check_adapter(task: str, folder: Path, base: Shapes, base_name: str, base_di
     try:  # shapes first: another architecture is the more useful message
         adapter.check_against(base, base_name)
     except MergelineError as exc:
-        raise MergelineError(f"tasks: {task}: {exc}") from None
+        ours = f" (base model weights sha256 {weights_sha256(base_dir)[:12]})" if base_dir is not None else ""
+        raise MergelineError(f"tasks: {task}: {exc}{ours}") from None
     named = adapter.base_model_name_or_path
     trained_on = (root / named) if named else None
     if trained_on is not None and trained_on.is_dir() and base_dir is not None and (trained_on / "config.json").is_file():

@@ -59,6 +59,8 @@ def test_bad_given_models_fail_with_one_line(zoo: dict[str, Path], given: dict[s
     assert message.startswith("tasks: news:") and fragment in message and "\n" not in message, message
     if name == "other_adapter":  # both bases named by hash
         assert message.count("sha256") == 2
+    if key == "adapter" and name != "nowhere":  # a base that is not the adapter's is named by its hash
+        assert "sha256" in message
 
 
 def test_checkpoint_without_tokenizer_or_config(zoo: dict[str, Path], tmp_path: Path) -> None:
