@@ -93,15 +93,16 @@ def import_task_model(ctx: StageContext, task: str, base: dict[str, Any]) -> dic
     source = ctx.params.task_entry(task).source
     given = given_model(ctx, task)
     ctx.say(f"import-task-model[{source}]: {task} <- {given}")
+    given_sha = sha256_dir(given)
     record: dict[str, Any] = {"task": task, "mode": "full", "source": source, "params": {},
-                              "input": {"path": rel(given, ctx.root), "sha256": sha256_dir(given)}}
+                              "input": {"path": rel(given, ctx.root), "sha256": given_sha}}
     with timed(record):
         if source == "adapter":
             out = ctx.work / "checkpoints" / task
             record["meta"] = fold_into_model(ctx.root / base["path"], given, out)
         else:
             out = given
-    record.update({"path": rel(out, ctx.root), "sha256": sha256_dir(out)})
+    record.update({"path": rel(out, ctx.root), "sha256": given_sha if out == given else sha256_dir(out)})
     return record
 
 
