@@ -10,7 +10,8 @@ Errors (MergelineError, one line naming the task, folder and tensor):
 - a checkpoint whose float tensor names or shapes differ from the base's;
 - an adapter that is not a plain LoRA (DoRA, other PEFT kinds: ``mergeline.lora``), whose target
   modules the base lacks or has in other shapes (another architecture or size), or whose
-  ``base_model_name_or_path`` is a local model folder with other weights than the base (both hashes named).
+  ``base_model_name_or_path`` is a local model folder with other weights than the base (both hashes named);
+- with ``lora.enabled``, a ``lora.target_modules`` name that is no module of the base.
 """
 
 from __future__ import annotations
@@ -133,13 +134,24 @@ def check_adapter(task: str, folder: Path, base: Shapes, base_name: str, base_di
                     f"not on base model {base_name} (weights sha256 {ours[:12]})")
 
 
-def check_given_models(entries: list, base_spec: str, root: Path, work_dir: str) -> None:
-    """Check every task entry with ``checkpoint:`` or ``adapter:`` (``entries``: params.task_entries)."""
+def check_lora_targets(targets: list[str], base: Shapes, base_name: str) -> None:
+    """Each of ``lora.target_modules`` names a weight of the base (PEFT's rule: the module name, or
+    its last dotted parts), so a typo fails now and not in the first LoRA fine-tune."""
+    for target in targets:
+        if not any(n == f"{target}.weight" or n.endswith(f".{target}.weight") for n in base):
+            raise MergelineError(f"lora.target_modules: {target!r} is no module of base model {base_name}")
+
+
+def check_given_models(entries: list, base_spec: str, root: Path, work_dir: str,
+                       lora_targets: list[str] | None = None) -> None:
+    """Check every task entry with ``checkpoint:`` or ``adapter:`` (``entries``: params.task_entries),
+    and ``lora_targets`` (``lora.target_modules`` when ``lora.enabled``)."""
     given = [e for e in entries if e.source != "finetune"]
-    if not given:
+    if not given and not lora_targets:
         return
     base_dir = base_folder(base_spec, root, work_dir)
     base = folder_shapes(base_dir) if base_dir is not None else config_shapes(base_spec)
+    check_lora_targets(lora_targets or [], base, base_spec)
     for entry in given:
         folder = root / str(entry.checkpoint or entry.adapter)
         if entry.source == "checkpoint":

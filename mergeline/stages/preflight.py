@@ -30,7 +30,8 @@ def preflight(params: ExperimentParams, root: Path) -> None:
     _check_base_model(params.base_model, root)
     from mergeline.given_models import check_given_models
 
-    check_given_models(params.task_entries, params.base_model, root, params.work_dir)
+    check_given_models(params.task_entries, params.base_model, root, params.work_dir,
+                       params.lora.target_modules if params.lora.enabled else None)
 
 
 def _check_output_roots(params: ExperimentParams, root: Path) -> None:

@@ -76,3 +76,9 @@ def test_entry_takes_one_source() -> None:
     with pytest.raises(ValueError, match="checkpoint or adapter"):
         TaskEntry(name="news", checkpoint="a", adapter="b")
     assert TaskEntry(name="news", adapter="a").source == "adapter"
+
+
+def test_lora_target_modules_must_name_base_modules(zoo: dict[str, Path]) -> None:
+    check_given_models([], str(zoo["base"]), zoo["root"], "work", ["q_proj", "self_attn.o_proj"])
+    with pytest.raises(MergelineError, match="lora.target_modules: 'qproj' is no module of base model"):
+        check_given_models([], str(zoo["base"]), zoo["root"], "work", ["q_proj", "qproj"])
