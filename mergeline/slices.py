@@ -86,6 +86,9 @@ class RenamedReader:
     def byte_range(self, name: str, rows: tuple[int, int] | None = None) -> tuple[Any, int, int]:
         return self.inner.byte_range(self.to_input[name], rows)
 
+    def computes(self, name: str) -> bool:
+        return self.inner.computes(self.to_input[name])
+
     def view(self, name: str) -> torch.Tensor:
         return self.inner.view(self.to_input[name])
 

@@ -45,7 +45,7 @@ def _mergekit(config: dict, out: Path, cache: Path) -> dict[str, torch.Tensor]:
     return load_tensors(out)
 
 
-@pytest.mark.parametrize("case", ["models", "base_model"])
+@pytest.mark.parametrize("case", ["models", "base_model", "slices"])
 def test_model_plus_lora_equals_mergekit(zoo: dict[str, str], tmp_path: Path, case: str) -> None:
     if case == "models":
         config = {"merge_method": "task_arithmetic", "base_model": zoo["base"], "dtype": "float32",
@@ -53,6 +53,10 @@ def test_model_plus_lora_equals_mergekit(zoo: dict[str, str], tmp_path: Path, ca
                   "models": [{"model": f"{zoo['base']}+{zoo['lora_a']}", "parameters": {"weight": 1.0}},
                              {"model": f"{zoo['base']}+{zoo['lora_b']}", "parameters": {"weight": 0.5}},
                              {"model": zoo["ft"], "parameters": {"weight": 0.3}}]}
+    elif case == "slices":  # a frankenmerge whose first slice comes from an adapter-folded model
+        config = {"merge_method": "linear", "dtype": "float32", "slices": [
+            {"sources": [{"model": f"{zoo['base']}+{zoo['lora_a']}", "layer_range": [0, 1], "parameters": {"weight": 1.0}}]},
+            {"sources": [{"model": zoo["ft"], "layer_range": [0, 2], "parameters": {"weight": 1.0}}]}]}
     else:
         config = {"merge_method": "ties", "base_model": f"{zoo['base']}+{zoo['lora_a']}", "dtype": "float32",
                   "models": [{"model": zoo["ft"], "parameters": {"weight": 1.0, "density": 0.5}},
