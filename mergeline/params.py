@@ -45,6 +45,9 @@ class DataParams(_Strict):
     n_validation: int = Field(16, ge=1, description="validation examples per task (λ/sparsity selection)")
     n_test: int = Field(32, ge=1, description="test examples per task (reported numbers)")
     seed: Seed = Field(0, description="seed of the split/sampling")
+    sizes: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="per-task overrides {task: {train, validation, test}} of the sizes "
+        "above, where a task's source holds more (or fewer) examples than the others")
 
 
 class FinetuneParams(_Strict):
@@ -198,6 +201,9 @@ class ExperimentParams(_Strict):
             raise ValueError("tasks: duplicate task names")
         if self.control in self.tasks:
             raise ValueError(f"control {self.control!r} must not be a training task")
+        unknown = sorted(set(self.data.sizes) - {*self.tasks, self.control})
+        if unknown:
+            raise ValueError(f"data.sizes.{unknown[0]}: not a task or the control set of this experiment")
         if "talos" in self.merge.methods and not self.talos.enabled:
             raise ValueError("merge.methods.talos needs talos.enabled: true")
         return self
