@@ -201,9 +201,6 @@ class ExperimentParams(_Strict):
             raise ValueError("tasks: duplicate task names")
         if self.control in self.tasks:
             raise ValueError(f"control {self.control!r} must not be a training task")
-        unknown = sorted(set(self.data.sizes) - {*self.tasks, self.control})
-        if unknown:
-            raise ValueError(f"data.sizes.{unknown[0]}: not a task or the control set of this experiment")
         if "talos" in self.merge.methods and not self.talos.enabled:
             raise ValueError("merge.methods.talos needs talos.enabled: true")
         return self
