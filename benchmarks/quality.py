@@ -147,6 +147,7 @@ def run_seed(params: dict[str, Any], quality: QualityParams, seed: int, root: Pa
 
 
 def report(results: list[dict[str, Any]], params_file: str, pipeline: dict[str, Any], quality: QualityParams) -> str:
+    from _quality_significance import significance_section
     from _quality_tables import addition_table, analogy_table, cost_table, negation_table, verdicts
 
     seeds = [r["seed"] for r in results]
@@ -168,7 +169,7 @@ def report(results: list[dict[str, Any]], params_file: str, pipeline: dict[str, 
                  "count, as chat turns), and LATA's experts are fine-tuned from θ_inst. ι = θ_inst − θ_base is a small "
                  "formatting vector, not a real instruction-tuning vector."]
     body = [
-        "## 1. Addition (test)", addition_table(results),
+        "## 1. Addition (test)", addition_table(results), *significance_section(results),
         "## 2. Negation (θ0 − λ v_t; λ: lowest validation target accuracy with control ≥ 95% of base)",
         negation_table(results),
         "## 3. Analogy (A:B::C:D = LM airline : LM other :: sentiment airline : sentiment other)",
