@@ -152,6 +152,6 @@ def finetune(encoder, head: torch.nn.Linear, split: Split, *, steps: int, batch:
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     encoder.eval()
     return losses
