@@ -116,8 +116,9 @@ def train_experts(s: Seed) -> dict[str, Any]:
                 best = (val, lr, encoder)
         assert best is not None
         best[2].save_pretrained(s.work / "models" / task)
+        # an expert is scored on its own task only (normalized accuracy divides by that)
         out[task] = {"lr": best[1], "tried": tried,
-                     "correct": {split: s.score(best[2], split) for split in ("validation", "test")}}
+                     "correct": {split: s.score(best[2], split, [task]) for split in ("validation", "test")}}
         print(f"seed {s.seed} {task}: lr {best[1]:g}, validation {best[0]:.3f}", flush=True)
     return out
 
