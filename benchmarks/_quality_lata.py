@@ -27,7 +27,7 @@ from _quality_steps import (
     write_dataset,
 )
 from mergeline.data.common import Sizes
-from mergeline.stages.evaluate import select_best, summarize
+from mergeline.stages.evaluate import correctness, select_best, summarize
 
 INSTRUCT = "instruct"
 
@@ -98,7 +98,10 @@ def _result(best: str, specs: dict[str, Any], configs: dict[str, Any], rows: dic
     return {
         "variant": best, "lambda": specs[best]["lambda"], "options": specs[best]["options"],
         "spec": specs[best], "config": configs[best],
-        "test": test, "validation": rows[best],
+        "test": test, "validation": rows[best], "correct": correctness(scored),
+        "reference_correct": {"instruct": correctness(reference[INSTRUCT]["test"]),
+                              "experts_own": {t: correctness(reference[f"single-{t}-lata"]["test"]).get(t, "")
+                                              for t in tasks}},
         "sweep": [{"name": n, "lambda": specs[n]["lambda"], "options": specs[n]["options"],
                    "norm_acc": rows[n]["norm_acc/mean"]} for n in rows],
         "reference": {

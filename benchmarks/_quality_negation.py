@@ -17,6 +17,7 @@ from typing import Any
 
 from _quality_params import QualityParams, only_tasks
 from _quality_steps import block, chance, context, decide, merge_and_evaluate, variant
+from mergeline.stages.evaluate import correctness
 from mergeline.stages.merge import _SHORT, merge_config
 
 
@@ -73,6 +74,7 @@ def run_negation(params: dict[str, Any], quality: QualityParams, run: Any, recor
                 entry["methods"][method] = {
                     "variant": chosen["name"], "lambda": chosen["lambda"], "density": chosen["density"],
                     "control_rule_met": met, "target": test["metrics"][task], "control": test["metrics"][control],
+                    "correct": correctness(test),
                     "sweep": points,
                 }
         out[task] = entry

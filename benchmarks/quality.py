@@ -53,6 +53,7 @@ configure_pipeline_env(Path.cwd())
 
 from _quality_params import QualityParams, load_quality, seed_params  # noqa: E402
 from _quality_steps import own_accuracies, prune  # noqa: E402
+from mergeline.stages.evaluate import correctness  # noqa: E402
 
 EXTRAS = ("lata", "negation", "analogy", "cost")
 
@@ -65,16 +66,24 @@ def addition_result(records: dict[str, Any], params: dict[str, Any]) -> dict[str
     if all(f"single-{t}-talos" in ref for t in tasks):
         reference["single-talos"] = own_accuracies({t: ref[f"single-{t}-talos"]["test"]["metrics"] for t in tasks},
                                                    control)
+    if all("validation" in ref[f"single-{t}-full"] for t in tasks):  # the lr choice reads these (quality_lr.py)
+        reference["single-full-validation"] = {t: ref[f"single-{t}-full"]["validation"]["metrics"][t] for t in tasks}
+        reference["base-validation"] = ref["base"]["validation"]["metrics"]
+    correct = {"base": correctness(ref["base"]["test"]),
+               "single-full": {t: correctness(ref[f"single-{t}-full"]["test"]).get(t, "") for t in tasks}}
+    if "single-talos" in reference:
+        correct["single-talos"] = {t: correctness(ref[f"single-{t}-talos"]["test"]).get(t, "") for t in tasks}
     methods = {}
     for method, name in records["selection"]["best_per_method"].items():
         spec = records["variants"][name]
         methods[method] = {"variant": name, "lambda": spec["lambda"], "density": spec["density"],
                            "test": records["test_rows"][name], "validation": records["validation_rows"][name],
+                           "correct": records.get("test_correct", {}).get(name, {}),
                            "method_report": _method_report(records["merged"][name], method)}
     sweep = [{"name": name, "method": records["variants"][name]["method"], "lambda": records["variants"][name]["lambda"],
               "density": records["variants"][name]["density"], "norm_acc": row["norm_acc/mean"]}
              for name, row in records["validation_rows"].items()]
-    return {"reference": reference, "methods": methods, "sweep": sweep}
+    return {"reference": reference, "correct": correct, "methods": methods, "sweep": sweep}
 
 
 def _method_report(merged: dict[str, Any], method: str) -> dict[str, Any] | None:
@@ -138,6 +147,7 @@ def run_seed(params: dict[str, Any], quality: QualityParams, seed: int, root: Pa
 
 
 def report(results: list[dict[str, Any]], params_file: str, pipeline: dict[str, Any], quality: QualityParams) -> str:
+    from _quality_significance import significance_section
     from _quality_tables import addition_table, analogy_table, cost_table, negation_table, verdicts
 
     seeds = [r["seed"] for r in results]
@@ -159,7 +169,7 @@ def report(results: list[dict[str, Any]], params_file: str, pipeline: dict[str, 
                  "count, as chat turns), and LATA's experts are fine-tuned from θ_inst. ι = θ_inst − θ_base is a small "
                  "formatting vector, not a real instruction-tuning vector."]
     body = [
-        "## 1. Addition (test)", addition_table(results),
+        "## 1. Addition (test)", addition_table(results), *significance_section(results),
         "## 2. Negation (θ0 − λ v_t; λ: lowest validation target accuracy with control ≥ 95% of base)",
         negation_table(results),
         "## 3. Analogy (A:B::C:D = LM airline : LM other :: sentiment airline : sentiment other)",

@@ -123,10 +123,11 @@ def evaluate_model(
     device: str = "cpu",
     max_length: int = 256,
 ) -> dict[str, dict[str, float]]:
-    """Score ``model`` on each task file; return ``{name: {"acc", "acc_norm", "n"}}``.
+    """Score ``model`` on each task file; return ``{name: {"acc", "acc_norm", "n", "correct"}}``.
 
     ``tasks`` maps a result name (e.g. ``"news"``) to a JSONL file of the record contract; ``limit``
     scores only the first ``limit`` records of each file. Files are validated before lm-eval runs.
+    ``correct`` is one ``"0"``/``"1"`` per scored record, in file order (acc of that record).
     """
     if not tasks:
         raise MergelineError("tasks: no task files to evaluate")
@@ -156,7 +157,7 @@ def evaluate_model(
             task_manager=TaskManager(include_path=str(include), include_defaults=False),
             limit=limit,
             bootstrap_iters=0,
-            log_samples=False,
+            log_samples=True,  # per-example correctness: the paired tests of benchmarks/ need it
             random_seed=SEED,
             numpy_random_seed=SEED,
             torch_random_seed=SEED,
@@ -170,5 +171,11 @@ def evaluate_model(
             "acc": float(metrics["acc,none"]),
             "acc_norm": float(metrics["acc_norm,none"]),
             "n": int(n if n is not None else min(counts[name], limit or counts[name])),
+            "correct": _correct_bits(output.get("samples", {}).get(lm_name, [])),
         }
     return results
+
+
+def _correct_bits(samples: list[dict]) -> str:
+    """Per-example acc in file order as a compact ``"0110..."`` string (``mergeline.stats`` reads it)."""
+    return "".join("1" if float(s["acc"]) > 0 else "0" for s in sorted(samples, key=lambda s: s["doc_id"]))

@@ -54,6 +54,9 @@ class DataParams(_Strict):
     n_validation: int = Field(16, ge=1, description="validation examples per task (λ/sparsity selection)")
     n_test: int = Field(32, ge=1, description="test examples per task (reported numbers)")
     seed: Seed = Field(0, description="seed of the split/sampling")
+    sizes: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="per-task overrides {task: {train, validation, test}} of the sizes "
+        "above, where a task's source holds more (or fewer) examples than the others")
 
 
 class FinetuneParams(_Strict):

@@ -51,6 +51,11 @@ def evaluate(ctx: StageContext, name: str, model_path: str, split: str, data: di
     return record
 
 
+def correctness(evaluation: dict[str, Any]) -> dict[str, str]:
+    """``{set: "0110..."}``: per-example correctness of an evaluation record (empty for a placeholder)."""
+    return {t: m.get("correct", "") for t, m in (evaluation.get("raw") or {}).items()}
+
+
 def summarize(ctx: StageContext, evaluation: dict[str, Any], base: dict[str, Any],
               singles: dict[str, dict[str, Any]] | None) -> dict[str, float]:
     """Per-task accuracy, normalized accuracy (÷ the single-task model of the same mode), control drift
@@ -98,8 +103,8 @@ def evaluate_experiment(ctx: StageContext, base: dict[str, Any], checkpoints: di
 
     The base on both splits; each single-task model (``checkpoints``, keys ``task:mode``) on test, and
     on validation too when selection uses normalized accuracy; every merged variant on validation;
-    each method's best variant on test. Returns ``reference``, ``validation_rows``, ``test_rows`` and
-    ``selection``.
+    each method's best variant on test. Returns ``reference``, ``validation_rows``, ``test_rows``,
+    ``test_correct`` (per-example correctness of those test scores, for paired tests) and ``selection``.
     """
     p = ctx.params
     by = p.evaluate.select_by
@@ -130,4 +135,5 @@ def evaluate_experiment(ctx: StageContext, base: dict[str, Any], checkpoints: di
     test = {name: ev(name, merged[name], "test", evaluation_sets(ctx, "variant", "test"))
             for name in selection["ranking"]}
     return {"reference": reference, "validation_rows": validation_rows, "test_rows": rows_for(test, "test"),
+            "test_correct": {name: correctness(evaluation) for name, evaluation in test.items()},
             "selection": selection}

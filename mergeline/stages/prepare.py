@@ -18,7 +18,8 @@ def prepare_data(ctx: StageContext) -> dict[str, Any]:
         for task in [*ctx.params.task_names, ctx.params.control]:
             ctx.say(f"prepare-data: {task}")
             # The control set is never trained on: it has no train split.
-            task_sizes = {k: v for k, v in sizes.items() if k != "train" or task != ctx.params.control}
+            task_sizes = {k: v for k, v in {**sizes, **p.sizes.get(task, {})}.items()
+                          if k != "train" or task != ctx.params.control}
             built = build_task(task, ctx.data / task, task_sizes, p.seed)
             record["tasks"][task] = {
                 split: {"path": rel(ctx.data / task / f"{split}.jsonl", ctx.root), "sha256": sha}

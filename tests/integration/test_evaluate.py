@@ -76,7 +76,10 @@ def test_metrics_match_direct_log_likelihood(setup):
     for name, path in files.items():
         records = load_records(path)
         metrics = results[name]
-        assert set(metrics) == {"acc", "acc_norm", "n"} and metrics["n"] == len(records)
+        assert set(metrics) == {"acc", "acc_norm", "n", "correct"} and metrics["n"] == len(records)
+        bits = "".join("1" if max(range(len(r["choices"])), key=_choice_lls(model, tok, r).__getitem__) == r["label"]
+                       else "0" for r in records)
+        assert metrics["correct"] == bits, name  # per-example acc, in file order
         assert 0.0 <= metrics["acc"] <= 1.0 and 0.0 <= metrics["acc_norm"] <= 1.0
         acc, acc_norm = _direct_scores(model, tok, records)
         assert metrics["acc"] == pytest.approx(acc), name
@@ -88,7 +91,7 @@ def test_metrics_match_direct_log_likelihood(setup):
 def test_limit_and_a_model_that_knows_the_answers(setup, tmp_path):
     model, tok, files = setup
     limited = evaluate_model(model, tok, {"news": files["news"]}, limit=3)
-    assert limited["news"]["n"] == 3
+    assert limited["news"]["n"] == 3 and len(limited["news"]["correct"]) == 3
     # Rewrite each record so its answer is the one choice the model already ranks highest:
     # accuracy must then be exactly 1, and 0 when the label points to the worst choice.
     records = load_records(files["control"])
@@ -101,6 +104,7 @@ def test_limit_and_a_model_that_knows_the_answers(setup, tmp_path):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
     results = evaluate_model(model, tok, {"best": tmp_path / "best.jsonl", "worst": tmp_path / "worst.jsonl"})
     assert results["best"]["acc"] == 1.0 and results["worst"]["acc"] == 0.0
+    assert set(results["best"]["correct"]) == {"1"} and set(results["worst"]["correct"]) == {"0"}
 
 
 def test_bad_inputs_fail_before_lm_eval(setup, tmp_path):

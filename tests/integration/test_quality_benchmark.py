@@ -114,6 +114,15 @@ def test_full_run_reports_every_experiment(project: dict[str, object]) -> None:
     assert all(r["seeds"] == "1" and r["mean acc"].endswith("± –") for r in rows)
     assert "built instruction vector" in report
 
+    # 1b: the same models with Wilson intervals and McNemar tests against TA (per-example scores kept)
+    tables = [block for block in _section(report, "1b.").split("\n\n") if block.startswith("|")]
+    _, rows = _table(tables[0])
+    assert [r["model"] for r in rows][-7:] == [*METHOD_ROWS, "LATA"]
+    assert all(re.match(r"^\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]$", r["news acc [95% CI]"]) for r in rows)
+    assert next(r for r in rows if r["model"] == "TA")["Δ mean acc vs TA [95% CI], McNemar p"] == "(reference)"
+    _, rows = _table(tables[1])
+    assert [(r["task"], r["method"]) for r in rows] == [("news", "TA"), ("news", "STA"), ("news", "TaLoS + TA")]
+
     header, rows = _table(_section(report, "2."))
     assert [(r["task"], r["method"]) for r in rows] == [("news", "TA"), ("news", "STA"), ("news", "TaLoS + TA")]
     for row in rows:

