@@ -195,3 +195,4 @@ def test_add_blocks_writes_row_blocks(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     with pytest.raises(RuntimeError, match="got 64 bytes, planned 96"):
         writer.add_blocks("w", [full[:4]])
+    writer.abort()  # its hash thread would outlive the test (test_merge_prefetch checks none is left)
