@@ -20,6 +20,7 @@ from typing import Any
 
 from mergeline.errors import MergelineError
 from mergeline.stages.train import checkpoint_name
+from tasks._results import read_state_result
 from tasks._stage import RunHandle
 
 FINETUNE_DEPLOYMENT = "mergeline-finetune/mergeline-finetune"
@@ -88,7 +89,7 @@ def await_results(flow_runs: Mapping[str, Any], poll_seconds: float = POLL_SECON
                 if not flow_run.state.is_completed():
                     raise RuntimeError(f"flow run {flow_run.name!r} ({flow_run.id}) for {key} ended "
                                        f"{flow_run.state.type.value}: {flow_run.state.message or ''}".strip())
-                finished[key] = flow_run.state.result()
+                finished[key] = read_state_result(flow_run.state)
             if len(finished) < len(keys):
                 time.sleep(poll_seconds)
     return {key: finished[key] for key in flow_runs}

@@ -13,11 +13,12 @@ from typing import Any
 from prefect import flow
 
 from mergeline.env import configure_offline_defaults
+from tasks._results import PERSIST
 
 configure_offline_defaults()
 
 
-@flow(name="mergeline-finetune", persist_result=True, log_prints=True)
+@flow(name="mergeline-finetune", **PERSIST, log_prints=True)
 def finetune_flow(params: dict[str, Any], task: str, mode: str, base: dict[str, Any], data: dict[str, Any],
                   root: str, parent_run_id: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Fine-tune the base on ``task`` (``mode``: full, talos or lora) on this worker's device.

@@ -23,6 +23,7 @@ from tasks import finetune as finetune_tasks
 from tasks import importance as importance_tasks
 from tasks import merge as merge_tasks
 from tasks import prepare as prepare_tasks
+from tasks._results import PERSIST
 from tasks._stage import RunHandle, expected_output_missing
 
 
@@ -130,7 +131,7 @@ def load_params_from_dict(params: dict[str, Any]):  # type: ignore[no-untyped-de
     return ExperimentParams.model_validate(params)
 
 
-@flow(name="mergeline-pipeline", log_prints=True, persist_result=True)  # sweeps read it back
+@flow(name="mergeline-pipeline", log_prints=True, **PERSIST)  # sweeps read it back
 def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | None = None,
              root: str | None = None, until: str = "register") -> dict[str, Any]:
     """One experiment. Parameters are validated before any work starts (bad input: exit 2)."""

@@ -21,6 +21,7 @@ from typing import Any
 from prefect import flow
 
 from mergeline.env import configure_offline_defaults
+from tasks._results import PERSIST
 
 configure_offline_defaults()
 
@@ -69,7 +70,7 @@ def sweep_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="mergeline-sweep", log_prints=True, persist_result=True)
+@flow(name="mergeline-sweep", log_prints=True, **PERSIST)
 def sweep(params_file: str = "params/default.yaml", points: list[list[str]] | None = None,
           overrides: list[str] | None = None, root: str | None = None, until: str = "register"
           ) -> list[dict[str, Any]]:

@@ -7,10 +7,11 @@ from typing import Any
 from prefect import task
 
 from mergeline.stages import evaluate as stage
+from tasks._results import PERSIST
 from tasks._stage import RunHandle, stage_cache, run_stage
 
 
-@task(name="evaluate", cache_policy=stage_cache("evaluate", "tasks", "control", "data_dir"), persist_result=True, task_run_name="evaluate-{name}-{split}")
+@task(name="evaluate", cache_policy=stage_cache("evaluate", "tasks", "control", "data_dir"), **PERSIST, task_run_name="evaluate-{name}-{split}")
 def evaluate(params: dict[str, Any], name: str, model: dict[str, Any], split: str, data: dict[str, Any],
              run: RunHandle, sets: list[str] | None = None) -> dict[str, Any]:
     # ``model`` is the upstream record (path + sha256), so the cache key follows the weights' content.

@@ -7,10 +7,11 @@ from typing import Any
 from prefect import task
 
 from mergeline.stages import merge
+from tasks._results import PERSIST
 from tasks._stage import RunHandle, stage_cache, run_stage
 
 
-@task(name="merge", cache_policy=stage_cache("work_dir", "merge.seed"), persist_result=True, task_run_name="merge-{variant[name]}")
+@task(name="merge", cache_policy=stage_cache("work_dir", "merge.seed"), **PERSIST, task_run_name="merge-{variant[name]}")
 def merge_variant(params: dict[str, Any], variant: dict[str, Any], config: dict[str, Any],
                   run: RunHandle) -> dict[str, Any]:
     logged = {"method": variant["method"], "lambda": variant["lambda"], "density": variant["density"],
