@@ -16,17 +16,8 @@ from mergeline.lineage import (
 from mergeline.lineage_build import code_info, describe, dvc_info, params_info
 from mergeline.params import ExperimentParams, vector_mode
 from mergeline.stages.common import write_json
+from mergeline.tracking.anchors import WEIGHTS_TAG, weights_digest
 from tasks._stage import RunHandle
-
-
-WEIGHTS_TAG = "mergeline.weights_sha256"
-
-
-def weights_digest(weights: dict[str, str]) -> str:
-    """One sha256 over the (file, sha256) pairs of a model's weight files."""
-    import hashlib
-
-    return hashlib.sha256("".join(f"{f}\0{h}\n" for f, h in sorted(weights.items())).encode()).hexdigest()
 
 
 def _version_with_alias(name: str, alias: str):  # type: ignore[no-untyped-def]
@@ -156,7 +147,6 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
             mlflow.set_tag("mergeline.stage", "register")
             version = register_merged_model(root / records["merged"][variant]["path"], name, lineage, [alias],
                                             run_id=reg.info.run_id)
-        mlflow.MlflowClient().set_model_version_tag(name, version, WEIGHTS_TAG, digest)
         registered[variant] = {"version": version, "alias": alias,
                                "message": f"registered {name} version {version} @{alias} ({variant})"}
     for name, row in records["test_rows"].items():

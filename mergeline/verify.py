@@ -6,7 +6,9 @@ Where each artifact is looked for:
   cache or a local DVC remote by md5 (``mergeline.lineage_locate``). A copy that exists but differs is a
   ``mismatch`` even when DVC holds a good one: the workspace copy is what a user would load;
 - the params file: its recorded path (git-tracked, not in DVC);
-- ``lineage.json`` itself: its canonical sha256 against the version's ``mergeline.lineage_sha256`` tag.
+- ``lineage.json`` itself, through the registry's anchors (``mergeline.tracking.anchors``): its
+  canonical sha256 against the ``mergeline.lineage_sha256`` tag, every other tag recomputed from it,
+  the weights digest tag, and the version's source run. A missing tag fails like a changed one.
 """
 
 from __future__ import annotations
@@ -81,24 +83,32 @@ def check_artifact(artifact: Artifact, root: str | os.PathLike[str] = ".") -> li
     return problems
 
 
-def verify_lineage(lineage: Lineage, model_version, root: str | os.PathLike[str] = ".") -> list[Problem]:
-    """Every mismatch or missing file of ``lineage`` (registered as ``model_version``); [] when all match.
-
-    ``root``: where relative artifact paths start and whose DVC cache/remotes are searched.
-    """
-    from mergeline.tracking.registry import model_artifact_dir  # MLflow stays out of the import path
-
+def stored_weight_problems(lineage: Lineage, model_version, model_dir: Path) -> list[Problem]:  # type: ignore[no-untyped-def]
+    """The registered folder holds exactly the weight files the lineage lists, each with its sha256."""
     problems: list[Problem] = []
-    tag = (model_version.tags or {}).get("mergeline.lineage_sha256")
-    if tag is not None and tag != lineage.sha256():
-        problems.append(Problem("lineage.json", "mismatch", f"sha256 {lineage.sha256()[:12]}…, version tag says {tag[:12]}…"))
-    model_dir = model_artifact_dir(model_version)
     for rel, expected in sorted(lineage.weights.items()):
         path = model_dir / rel
         if not path.is_file():
             problems.append(Problem(str(path), "missing", f"registered weight file of {model_version.name} v{model_version.version}"))
         elif (problem := _check_bytes(str(path), path, expected)) is not None:
             problems.append(problem)
+    unlisted = sorted(p.name for p in model_dir.glob("*.safetensors") if p.name not in lineage.weights)
+    problems.extend(Problem(str(model_dir / name), "mismatch", "registered weight file that lineage.json does not list")
+                    for name in unlisted)
+    return problems
+
+
+def verify_lineage(lineage: Lineage, model_version, root: str | os.PathLike[str] = ".") -> list[Problem]:
+    """Every mismatch or missing file of ``lineage`` (registered as ``model_version``); [] when all match.
+
+    ``root``: where relative artifact paths start and whose DVC cache/remotes are searched.
+    """
+    # MLflow stays out of this module's import path (check_artifact is used without a registry).
+    from mergeline.tracking.anchors import anchor_problems
+    from mergeline.tracking.registry import model_artifact_dir
+
+    problems = anchor_problems(lineage, model_version)
+    problems.extend(stored_weight_problems(lineage, model_version, model_artifact_dir(model_version)))
     for _label, artifact in lineage.artifacts():
         problems.extend(check_artifact(artifact, root))
     params = lineage.params

@@ -3,7 +3,10 @@
 The merge config recorded in ``lineage.json`` is run again with the same base model, task vectors and
 importance files: each input path the config names is checked against its lineage hashes and, when
 it is gone from the workspace, rebuilt from the DVC cache or a local DVC remote. The rebuilt weight
-files must match the registered sha256 bit for bit; a difference exits 1 naming each file.
+files must match bit for bit both the sha256 that ``lineage.json`` records and the weight files the
+registry actually stores; each difference is one line naming the file and which of the two differs.
+The lineage itself must hold against the registry's anchors (tags, weights digest, source run:
+``mergeline.tracking.anchors``), else the rebuild proves nothing and the command exits 1.
 """
 
 from __future__ import annotations
@@ -68,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     version, lineage, root = open_version(args)
     if lineage is None:
         return 1
+    from mergeline.tracking.anchors import anchor_problems
+
     label = version_label(version)
+    # A rewritten lineage could rebuild its own rewritten weights "bit for bit": check the registry first.
+    anchors = [str(p) for p in anchor_problems(lineage, version)]
     index = {recorded_path(a.path, root).resolve(): a for _, a in lineage.artifacts()}
     # Every lineage artifact is an input, and the registered copy of the model must survive too.
     registered = _local_path(version.source)
@@ -82,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             if not recorded_path(path, root).exists():
                 problems.append(f"missing: {path} (merge input not in the lineage and not on disk)")
         if problems:
-            for line in problems:
+            for line in [*anchors, *problems]:
                 print(line, file=sys.stderr)
             print(f"reproduce: cannot rebuild {label}: {len(problems)} input(s) missing or altered", file=sys.stderr)
             return 1
@@ -90,25 +97,51 @@ def run(args: argparse.Namespace) -> int:
                            progress=lambda line: print(line, flush=True))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return _compare(result.out_dir, lineage.weights, label)
+    return _report(result.out_dir, lineage, version, label, anchors)
 
 
-def _compare(out_dir: Path, expected: dict[str, str], label: str) -> int:
+def _sha(path: Path) -> str | None:
     from mergeline.io.hashing import sha256_file
 
+    return sha256_file(path) if path.is_file() else None
+
+
+def _short(sha: str | None) -> str:
+    return f"{sha[:12]}…" if sha else "no such file"
+
+
+def weight_differences(out_dir: Path, recorded: dict[str, str], stored_dir: Path) -> list[str]:
+    """One line per weight file where the rebuild differs from lineage.json's record or from the stored file."""
+    names = set(recorded) | {p.name for p in out_dir.glob("*.safetensors")} | {p.name for p in stored_dir.glob("*.safetensors")}
     bad = []
-    for name, sha in sorted(expected.items()):
-        path = out_dir / name
-        if not path.is_file():
-            bad.append(f"missing: {path} (registered {sha[:12]}…)")
-        elif (got := sha256_file(path)) != sha:
-            bad.append(f"mismatch: {path} sha256 {got[:12]}…, registered {sha[:12]}…")
-    extra = sorted(p.name for p in out_dir.glob("*.safetensors") if p.name not in expected)
-    bad += [f"mismatch: {out_dir / name} rebuilt but not registered" for name in extra]
+    for name in sorted(names):
+        rebuilt, stored = _sha(out_dir / name), _sha(stored_dir / name)
+        if rebuilt is None:
+            bad.append(f"missing: {out_dir / name} (not rebuilt; lineage.json records {_short(recorded.get(name))}, "
+                       f"the registered artifact stores {_short(stored)})")
+            continue
+        if rebuilt != recorded.get(name):
+            bad.append(f"mismatch: {out_dir / name} sha256 {_short(rebuilt)}, lineage.json records "
+                       f"{_short(recorded.get(name))}" + ("" if name in recorded else " (rebuilt but not registered)"))
+        if rebuilt != stored:
+            bad.append(f"mismatch: {out_dir / name} sha256 {_short(rebuilt)}, the registered artifact stores "
+                       f"{_short(stored)} at {stored_dir / name}")
+    return bad
+
+
+def _report(out_dir: Path, lineage: Any, version: Any, label: str, anchors: list[str]) -> int:
+    from mergeline.tracking.registry import model_artifact_dir
+
+    bad = weight_differences(out_dir, lineage.weights, model_artifact_dir(version))
+    for line in [*anchors, *bad]:
+        print(line, file=sys.stderr)
     if bad:
-        for line in bad:
-            print(line, file=sys.stderr)
-        print(f"reproduce: rebuilt weights differ from {label} ({len(bad)} file(s))", file=sys.stderr)
+        print(f"reproduce: rebuilt weights differ from {label} ({len(bad)} difference(s))", file=sys.stderr)
+    if anchors:
+        print(f"reproduce: the lineage of {label} cannot be trusted: {len(anchors)} anchor(s) missing or changed",
+              file=sys.stderr)
+    if bad or anchors:
         return 1
-    print(f"reproduce: {len(expected)} weight file(s) of {label} rebuilt bit for bit in {out_dir}")
+    print(f"reproduce: {len(lineage.weights)} weight file(s) of {label} rebuilt bit for bit in {out_dir}, equal to "
+          "the registered artifact and to its lineage")
     return 0

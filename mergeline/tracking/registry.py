@@ -32,12 +32,12 @@ from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_file
 from mergeline.io.hashing import sha256_file
 from mergeline.io.safe_read import read_text_file
-from mergeline.lineage import Lineage, version_tags
+from mergeline.lineage import Lineage
 from mergeline.lineage_render import render_mermaid
 from mergeline.names import alias_problem, model_name_problem
+from mergeline.tracking.anchors import MODEL_ARTIFACT_PATH, REGISTERED_VERSION_TAG, registry_tags
 from mergeline.tracking.mlflow_setup import current_experiment_id
 
-MODEL_ARTIFACT_PATH = "model"
 LINEAGE_FILE = "lineage.json"
 MERMAID_FILE = "lineage.mmd"
 LINEAGE_LIMIT = 64 * 2**20  # per-file hashes of large models stay far below this
@@ -130,14 +130,14 @@ def register_merged_model(
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = client.create_model_version(name, source, run_id=run, tags=version_tags(lineage)).version
+        version = client.create_model_version(name, source, run_id=run, tags=registry_tags(lineage)).version
         try:
             for alias in aliases:
                 client.set_registered_model_alias(name, alias, version)
         except BaseException:
             client.delete_model_version(name, version)
             raise
-        client.set_tag(run, "mergeline.registered_version", f"{name}/{version}")
+        client.set_tag(run, REGISTERED_VERSION_TAG, f"{name}/{version}")
     except BaseException:
         if own_run:
             client.set_terminated(run, "FAILED")
