@@ -39,10 +39,14 @@ def prefect_flow_run_id() -> str:
 def start_experiment_run(params: ExperimentParams, params_file: str, root: Path) -> Iterator[Any]:
     import mlflow
 
-    from mergeline.tracking import log_params_flat
+    from mergeline.runlock import current_owner
+    from mergeline.tracking import killed_on_interrupt, log_params_flat
+    from mergeline.tracking.orphans import OWNER_TAG
 
     commit, dirty = git_commit(root)
-    with mlflow.start_run(run_name=f"pipeline:{params.experiment}") as parent:
+    owner = current_owner()
+    with mlflow.start_run(run_name=f"pipeline:{params.experiment}",
+                          tags={OWNER_TAG: owner} if owner else None) as parent, killed_on_interrupt():
         log_params_flat(params.model_dump(mode="json", by_alias=True))
         mlflow.set_tags({
             "mergeline.git_commit": commit, "mergeline.git_dirty": str(dirty),

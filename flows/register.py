@@ -121,6 +121,7 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
     import mlflow
 
     from flows.report import results_table
+    from mergeline.tracking import killed_on_interrupt
     from mergeline.tracking.registry import register_merged_model
 
     root = Path(run.root)
@@ -143,7 +144,8 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
                                               f"({variant})"}
             continue
         lineage = build_lineage(params, params_file, records, variant, run, _stage_runs(records, variant))
-        with mlflow.start_run(run_name=f"register:{variant}", nested=True, parent_run_id=run.parent_run_id) as reg:
+        with mlflow.start_run(run_name=f"register:{variant}", nested=True, parent_run_id=run.parent_run_id) as reg, \
+                killed_on_interrupt():
             mlflow.set_tag("mergeline.stage", "register")
             version = register_merged_model(root / records["merged"][variant]["path"], name, lineage, [alias],
                                             run_id=reg.info.run_id)

@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser, owners = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a supervised command re-runs as its worker
     try:
         return int(owners[args.command].run(args) or 0)  # type: ignore[attr-defined]
     except MergelineError as exc:
@@ -58,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         traceback.print_exc()
         return 1
+    except BaseException:  # SystemExit or Prefect's termination signal: only a stopped worker gets here
+        from mergeline.commands._supervise import exit_stopped_worker
+
+        exit_stopped_worker()  # a stopped pipeline worker never returns from here
+        raise
 
 
 if __name__ == "__main__":

@@ -80,9 +80,10 @@ def run_stage(stage: str, key: str, params: dict[str, Any], run: RunHandle,
         return record
     import mlflow
 
-    from mergeline.tracking import log_params_flat
+    from mergeline.tracking import killed_on_interrupt, log_params_flat
 
-    with mlflow.start_run(run_name=f"{stage}:{key}", nested=True, parent_run_id=run.parent_run_id) as active:
+    with mlflow.start_run(run_name=f"{stage}:{key}", nested=True, parent_run_id=run.parent_run_id) as active, \
+            killed_on_interrupt():
         mlflow.set_tag("mergeline.stage", stage)
         if mlflow_params:
             log_params_flat(mlflow_params)

@@ -20,6 +20,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergeline.commands._supervise import become_worker, is_worker, supervise
+
+    if not is_worker():
+        return supervise(args.argv, Path.cwd())
+    become_worker()
     from mergeline.commands._pipeline_env import configure_pipeline_env
     from mergeline.params import load_params
 

@@ -8,8 +8,10 @@ process-global active run.
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -47,6 +49,41 @@ def _local_store_dir(uri: str) -> Path | None:
     return None
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:" else None
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Exclusive while held, across processes, for a local SQLite store (``<db>.lock`` beside it)."""
+    db = _sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_store(uri: str) -> None:
+    """Create or migrate the store's tables under :func:`store_lock`.
+
+    MLflow creates and migrates a SQLite schema on first use without a lock of its own: two processes
+    opening one new database raced and one failed. MLflow keeps the opened store per process, so
+    later calls do not migrate again.
+    """
+    if _sqlite_file(uri) is None:
+        return  # a server or a file store migrates on its own side
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+
+
 def use_store(uri: str | None = None, must_exist: bool = False) -> str:
     """Point MLflow at ``uri`` (else ``MLFLOW_TRACKING_URI``, else the default) without touching experiments.
 
@@ -56,6 +93,7 @@ def use_store(uri: str | None = None, must_exist: bool = False) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if must_exist:
         _check_existing_store(uri)
+    open_store(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -116,6 +154,22 @@ def current_experiment_id() -> str:
         # Someone switched stores behind our back: the cached id belongs to the old store.
         configure_tracking(mlflow.get_tracking_uri(), _current["experiment"])
     return _current["experiment_id"]
+
+
+@contextmanager
+def killed_on_interrupt() -> Iterator[None]:
+    """Inside ``with mlflow.start_run(...)``: a stop ends the active run KILLED, not FAILED.
+
+    A stop is any BaseException that is not an Exception: KeyboardInterrupt, SystemExit, and the
+    termination signal Prefect raises from its own SIGTERM handler while a flow runs.
+    """
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException:
+        mlflow.end_run("KILLED")
+        raise
 
 
 def _run_id(run_id: str | None) -> str:
