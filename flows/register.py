@@ -148,7 +148,7 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
                 killed_on_interrupt():
             mlflow.set_tag("mergeline.stage", "register")
             version = register_merged_model(root / records["merged"][variant]["path"], name, lineage, [alias],
-                                            run_id=reg.info.run_id)
+                                            run_id=reg.info.run_id, work_dir=root)
         registered[variant] = {"version": version, "alias": alias,
                                "message": f"registered {name} version {version} @{alias} ({variant})"}
     for name, row in records["test_rows"].items():

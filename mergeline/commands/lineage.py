@@ -20,7 +20,8 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite mlflow.db in the working directory)")
     parser.add_argument("--root", default=None,
                         help="folder that relative artifact paths start from and whose DVC cache/remotes are "
-                             "searched (default: the DVC or git repo holding the working directory)")
+                             "searched (default: the work folder of the run that registered the version when it "
+                             "still exists, else the DVC or git repo holding the working directory)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +49,7 @@ def open_version(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """
     from mergeline.errors import MergelineError
     from mergeline.lineage_locate import find_repo_root
+    from mergeline.tracking.anchors import WORK_DIR_TAG
     from mergeline.tracking.mlflow_setup import use_store
     from mergeline.tracking.registry import load_lineage, resolve_version
 
@@ -56,6 +58,13 @@ def open_version(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise MergelineError(f"--root {args.root}: not a folder")
     version = resolve_version(args.model)
     root = find_repo_root(args.root or ".")
+    recorded = (version.tags or {}).get(WORK_DIR_TAG)
+    if args.root is None and recorded and Path(recorded).is_dir() and Path(recorded).resolve() != root:
+        # Folders sharing one tracking store register versions of the same model: each version's
+        # artifacts are where its own run wrote them, whichever folder asks.
+        root = Path(recorded).resolve()
+        print(f"note: reading the artifacts of {version_label(version)} from the work folder of the run that "
+              f"registered it, {root} (--root chooses another)", file=sys.stderr)
     try:
         return version, load_lineage(version), root
     except FileNotFoundError as exc:

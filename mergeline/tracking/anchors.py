@@ -24,6 +24,9 @@ from mergeline.verify import Problem
 WEIGHTS_TAG = "mergeline.weights_sha256"
 LINEAGE_TAG = "mergeline.lineage_sha256"
 REGISTERED_VERSION_TAG = "mergeline.registered_version"
+# Where the registering run's relative artifact paths start: a location hint for verify and reproduce
+# (what is found there is still checked against the lineage's hashes), so it is not an anchor.
+WORK_DIR_TAG = "mergeline.work_dir"
 MODEL_ARTIFACT_PATH = "model"
 
 

@@ -35,7 +35,7 @@ from mergeline.io.safe_read import read_text_file
 from mergeline.lineage import Lineage
 from mergeline.lineage_render import render_mermaid
 from mergeline.names import alias_problem, model_name_problem
-from mergeline.tracking.anchors import MODEL_ARTIFACT_PATH, REGISTERED_VERSION_TAG, registry_tags
+from mergeline.tracking.anchors import MODEL_ARTIFACT_PATH, REGISTERED_VERSION_TAG, WORK_DIR_TAG, registry_tags
 from mergeline.tracking.mlflow_setup import current_experiment_id
 
 LINEAGE_FILE = "lineage.json"
@@ -104,12 +104,15 @@ def _log_model(client: MlflowClient, run_id: str, model_dir: Path, lineage: Line
 
 
 def register_merged_model(
-    model_dir: Path, name: str, lineage: Lineage, aliases: list[str], run_id: str | None = None
+    model_dir: Path, name: str, lineage: Lineage, aliases: list[str], run_id: str | None = None,
+    work_dir: str | Path | None = None,
 ) -> str:
     """Log ``model_dir`` with its lineage to a run and register it as a new version of ``name``.
 
     ``run_id``: log into that run (e.g. the pipeline's register-stage run); None creates a run in
     the configured experiment, nested under ``lineage.mlflow.parent_run_id`` or the active run.
+    ``work_dir``: the folder the lineage's relative paths start from (tag ``mergeline.work_dir``), so
+    ``lineage --verify`` finds the artifacts from any folder sharing the tracking store.
     Returns the new version number. Raises MergelineError (nothing registered) when a weight file
     is missing, altered or unlisted, or an alias or the name is invalid.
     """
@@ -130,7 +133,8 @@ def register_merged_model(
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = client.create_model_version(name, source, run_id=run, tags=registry_tags(lineage)).version
+        tags = registry_tags(lineage) | ({WORK_DIR_TAG: str(Path(work_dir).resolve())} if work_dir else {})
+        version = client.create_model_version(name, source, run_id=run, tags=tags).version
         try:
             for alias in aliases:
                 client.set_registered_model_alias(name, alias, version)

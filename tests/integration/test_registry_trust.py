@@ -1,12 +1,14 @@
-"""``lineage --verify`` and ``reproduce`` against each way of tampering with a registered version.
+"""What the registry can be trusted for: tampering, shared stores, runs that died.
 
-Real MLflow (temporary SQLite) and the real merge engine; each test registers its own version of the
-tiny fixture model and tampers with that one only: the lineage file, its tags, the stored weights, the
-source run.
+``lineage --verify`` and ``reproduce`` against each way of tampering with a registered version (each
+test registers its own version of the tiny fixture model and tampers with that one only: the lineage
+file, its tags, the stored weights, the source run); folders sharing one tracking store; the MLflow
+records a dead run leaves behind. Real MLflow (one temporary SQLite store) and the real merge engine.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,14 @@ from mlflow.tracking import MlflowClient
 from mergeline.cli import main
 from mergeline.io.hashing import sha256_file
 from mergeline.lineage import Lineage
+from mergeline.lineage_build import describe
 from mergeline.tracking.anchors import LINEAGE_TAG, WEIGHTS_TAG
+from mergeline.tracking.mlflow_setup import open_store, store_lock
+from mergeline.tracking.orphans import OWNER_TAG, close_owner_runs
 from mergeline.tracking.registry import model_artifact_dir, register_merged_model, resolve_version
 from tests.lineage_fixtures import MODEL_NAME, Project, copy_project, flip_byte, tracking_store
+
+SHARED, ORPHAN = "shared-store-model", "orphaned-model"
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +129,49 @@ def test_reproduce_refuses_a_rewritten_lineage_even_when_the_rebuild_matches_it(
     assert code == 1 and "bit for bit" not in out
     assert "mismatch: lineage.json (sha256" in err and "cannot be trusted" in err, err
     assert "the registered artifact stores" in err
+
+
+def test_opening_the_store_waits_for_the_store_lock(project: Project) -> None:
+    uri = project.uri  # type: ignore[attr-defined]
+    opened = threading.Event()
+    with store_lock(uri):
+        worker = threading.Thread(target=lambda: (open_store(uri), opened.set()))
+        worker.start()
+        assert not opened.wait(1.0)  # another process creating or migrating the schema holds it
+    worker.join(timeout=120)
+    assert opened.is_set() and Path(uri[len("sqlite:///"):]).with_name("mlflow.db.lock").is_file()
+
+
+def test_each_folders_champion_verifies_from_the_other_folder(project: Project, tmp_path_factory, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    first, second = copy_project(tmp_path_factory, "folder-a"), copy_project(tmp_path_factory, "folder-b")
+    # Folder B's run saw other data: its lineage differs from A's files.
+    (second.root / "data/alpha/train.jsonl").write_text('{"id": "b", "prompt": "b", "choices": ["a", "b"], "label": 1}\n')
+    second.lineage.tasks[0].datasets["train"] = describe("data/alpha/train.jsonl", root=second.root)
+    uri = project.uri  # type: ignore[attr-defined]
+    register_merged_model(first.root / "merged", SHARED, first.lineage, ["champion"], work_dir=first.root)
+    register_merged_model(second.root / "merged", SHARED, second.lineage, ["champion"], work_dir=second.root)
+    monkeypatch.chdir(first.root)
+    for spec, folder in ((f"{SHARED}@champion", second.root), (f"{SHARED}@1", None)):
+        code = main(["lineage", spec, "--verify", "--tracking-uri", uri])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        assert (f"from the work folder of the run that registered it, {folder}" in err) == (folder is not None)
+    # An explicit --root still wins: A's files do not match B's lineage.
+    code = main(["lineage", f"{SHARED}@champion", "--verify", "--tracking-uri", uri, "--root", str(first.root)])
+    assert code == 1 and "mismatch: data/alpha/train.jsonl" in capsys.readouterr().err
+
+
+def test_runs_of_a_dead_owner_end_killed_and_its_versions_are_deleted(project: Project) -> None:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("lineage-tests").experiment_id
+    parent = client.create_run(experiment, tags={OWNER_TAG: "host:1:2"}).info.run_id
+    stage = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+    register = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+    register_merged_model(project.root / "merged", ORPHAN, project.lineage, ["champion"], run_id=register)
+    client.set_terminated(register, "FINISHED")
+    someone_else = client.create_run(experiment, tags={OWNER_TAG: "host:3:4"}).info.run_id
+    closed = close_owner_runs("host:1:2", project.uri)  # type: ignore[attr-defined]
+    assert sorted(closed.killed_runs) == sorted([parent, stage]) and closed.deleted_versions == [f"{ORPHAN} v1"]
+    assert [client.get_run(r).info.status for r in (parent, stage, register, someone_else)] == [
+        "KILLED", "KILLED", "FINISHED", "RUNNING"]
+    assert client.search_model_versions(f"name = '{ORPHAN}'") == []
