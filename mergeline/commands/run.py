@@ -1,4 +1,8 @@
-"""``mergeline run [--params FILE] [--set key=value ...]``: the whole pipeline, then the results table."""
+"""``mergeline run [--params FILE] [--set key=value ...]``: the whole pipeline, then the results table.
+
+One run per work folder (a second one exits 2 naming the first); Ctrl-C/SIGTERM stop it within
+seconds, leaving no process and no RUNNING MLflow run: ``mergeline/commands/_supervise.py``.
+"""
 
 from __future__ import annotations
 
