@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mergeline.errors import MergelineError
@@ -58,7 +58,9 @@ def process_group(pid: int) -> int | None:
 
 def group_members(pgid: int) -> list[int]:
     """Live pids whose process group is ``pgid`` (zombies, already dead, are left out)."""
-    members = []
+    members: list[int] = []
+    if not Path("/proc").is_dir():
+        return members  # no process table to read (not Linux): only the group kill applies
     for entry in Path("/proc").iterdir():
         fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
         if fields and int(fields[2]) == pgid and fields[0] != "Z":
@@ -85,7 +87,6 @@ class Holder:
     worker_pgid: int | None = None
     worker_start: int | None = None
     ended: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def owner(self) -> str:
