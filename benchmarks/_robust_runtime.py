@@ -297,13 +297,14 @@ def _orphans_of_a_dead_run(folder: Path) -> str:
                                tags={OWNER_TAG: lock.holder.owner}).info.run_id
     (folder / "params.yaml").write_text(json.dumps({"tasks": ["nope"]}))
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    subprocess.run([sys.executable, "-m", "mergeline", "run", "--params", "params.yaml"], cwd=folder, env=env,
-                   capture_output=True, text=True, timeout=600)
+    later = subprocess.run([sys.executable, "-m", "mergeline", "run", "--params", "params.yaml"], cwd=folder, env=env,
+                           capture_output=True, text=True, timeout=600)
     time.sleep(0.5)
     gone = orphan.poll() is not None
     if not gone:
         orphan.kill()
-    return f"orphan {'killed' if gone else 'left'}, its run {_client().get_run(run).info.status}"
+    seen = f"exit {later.returncode}, orphan {'killed' if gone else 'left'}, its run {_client().get_run(run).info.status}"
+    return seen if gone else f"{seen}: {later.stderr.strip()[-200:]}"
 
 
 CASES: list[Case] = [
@@ -346,7 +347,8 @@ CASES: list[Case] = [
     Case("concurrency", "mergeline stage while a run holds the folder", "exit 2, 1 line, names holder",
          _stage_while_locked),
     Case("concurrency", "4 processes open one new SQLite store at once", "4 of 4 opened", _parallel_store_opening),
-    Case("concurrency", "a dead run's leftover process and RUNNING run", "orphan killed, its run KILLED",
+    Case("concurrency", "a dead run's leftover process and RUNNING run, then a run (bad params)",
+         "exit 2, orphan killed, its run KILLED",
          _orphans_of_a_dead_run),
     Case("concurrency", "second mergeline run in the same folder while the first runs",
          "second exit 2, 1 line, names holder; first exit 0, 2 versions", _second_run_same_folder),

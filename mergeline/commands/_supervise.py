@@ -42,14 +42,14 @@ def is_worker() -> bool:
 
 def become_worker() -> None:
     """In the worker: die with the supervisor, turn stop signals into SystemExit."""
-    set_owner(os.environ.pop(OWNER_ENV))  # children of the worker are not workers
-    supervisor = os.getppid()
+    owner = os.environ.pop(OWNER_ENV)  # children of the worker are not workers
+    set_owner(owner)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass  # not Linux: the supervisor's group kill still applies
-    if os.getppid() != supervisor or supervisor == 1:
-        raise SystemExit(143)  # the supervisor died before the prctl took effect
+    if str(os.getppid()) != owner.split(":")[-2]:
+        raise SystemExit(143)  # the supervisor (owner "host:pid:start") died before the prctl took effect
     stopping = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:

@@ -51,8 +51,8 @@ def test_ctrl_c_stops_the_run_and_a_second_run_in_the_folder_is_refused(tmp_path
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        # A stage has started: Prefect's server runs, MLflow holds the parent run and a stage run.
-        while _run_status(db, "prepare-data") is None and proc.poll() is None and time.monotonic() < deadline:
+        # The flow has started: Prefect's server runs and MLflow holds the experiment's parent run.
+        while _run_status(db, "pipeline:") is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None and _run_status(db, "pipeline:") == "RUNNING"
         second = run_cli(root, "run", "--params", "params.yaml", timeout=120)
