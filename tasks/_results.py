@@ -41,41 +41,55 @@ class RefusedResult(ValueError):
     """A result file that is not a verified plain-JSON record (the message names file and reason)."""
 
 
-def _digest(record: dict[str, Any]) -> str:
-    canonical = json.dumps({"metadata": record["metadata"], "result": record["result"]}, sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=False)
+RECORD_FIELDS = {"metadata", "result"}  # a task's record: Prefect writes metadata and result together
+BARE_FIELD = "bare"  # a flow's result: Prefect keeps its metadata (the serializer) in the run's state
+
+
+def _digest(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def seal(content: bytes, name: str) -> bytes:
-    """Prefect's serialized record plus its digest; refuses to write anything but plain JSON."""
-    record = json.loads(content)
-    serializer = record.get("metadata", {}).get("serializer")
-    if serializer != PLAIN_JSON.model_dump(mode="json"):
-        raise RefusedResult(f"{name}: refusing to persist a result with serializer {serializer!r}; "
-                            "stage tasks must use tasks._results.PLAIN_JSON")
-    record[DIGEST_FIELD] = _digest(record)
-    return json.dumps(record, sort_keys=True).encode()
+    """What Prefect wrote, wrapped with its digest; refuses to write anything but plain JSON."""
+    try:
+        record = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise RefusedResult(f"{name}: refusing to persist a result that is not JSON; stage tasks and flows "
+                            "must use tasks._results.PLAIN_JSON") from None
+    if isinstance(record, dict) and set(record) == RECORD_FIELDS:
+        serializer = record["metadata"].get("serializer") if isinstance(record["metadata"], dict) else None
+        if serializer != PLAIN_JSON.model_dump(mode="json"):
+            raise RefusedResult(f"{name}: refusing to persist a result with serializer {serializer!r}; "
+                                "stage tasks must use tasks._results.PLAIN_JSON")
+        body = {"metadata": record["metadata"], "result": record["result"]}
+    else:
+        body = {BARE_FIELD: content.decode()}
+    return json.dumps({**body, DIGEST_FIELD: _digest(body)}, sort_keys=True).encode()
 
 
 def unseal(raw: bytes, name: str) -> bytes:
-    """The record Prefect wrote, after checking shape, serializer and digest (else RefusedResult)."""
+    """The bytes Prefect wrote, after checking shape, serializer and digest (else RefusedResult)."""
     if len(raw) > MAX_RESULT_BYTES:
         raise RefusedResult(f"{name}: result file of {len(raw)} bytes is larger than any stage record")
     try:
-        record = json.loads(raw.decode("utf-8"))
+        sealed = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise RefusedResult(f"{name}: result file is not UTF-8 JSON (a pickle or a damaged file)") from None
-    metadata = record.get("metadata") if isinstance(record, dict) else None
-    if not isinstance(metadata, dict):
+    if not isinstance(sealed, dict) or not ({"metadata", BARE_FIELD} & set(sealed)):
         raise RefusedResult(f"{name}: result file is not a result record")
-    if metadata.get("serializer") != PLAIN_JSON.model_dump(mode="json"):
-        raise RefusedResult(f"{name}: result file names serializer {metadata.get('serializer')!r}, not plain JSON")
-    if set(record) != {"metadata", "result", DIGEST_FIELD} or not isinstance(record["result"], str):
+    metadata = sealed.get("metadata", {})
+    if BARE_FIELD not in sealed and (not isinstance(metadata, dict)
+                                     or metadata.get("serializer") != PLAIN_JSON.model_dump(mode="json")):
+        found = metadata.get("serializer") if isinstance(metadata, dict) else None
+        raise RefusedResult(f"{name}: result file names serializer {found!r}, not plain JSON")
+    fields = {BARE_FIELD} if BARE_FIELD in sealed else RECORD_FIELDS
+    if set(sealed) != {*fields, DIGEST_FIELD} or not all(isinstance(sealed[f], str) for f in fields - {"metadata"}):
         raise RefusedResult(f"{name}: result file does not have the fields of a sealed record")
-    if record[DIGEST_FIELD] != _digest(record):
+    body = {f: sealed[f] for f in fields}
+    if sealed[DIGEST_FIELD] != _digest(body):
         raise RefusedResult(f"{name}: result file content does not match its sha256")
-    return json.dumps({"metadata": metadata, "result": record["result"]}).encode()
+    return body[BARE_FIELD].encode() if BARE_FIELD in body else json.dumps(body).encode()
 
 
 def warn_refused(problem: Exception) -> None:
@@ -145,12 +159,23 @@ PERSIST = {"persist_result": True, "result_storage": RESULTS, "result_serializer
 
 
 def read_state_result(state: Any) -> Any:
-    """The persisted result of a finished (e.g. pooled) flow run, read through :data:`RESULTS`."""
-    from prefect.results import ResultRecord, ResultRecordMetadata
+    """The persisted result of a finished (e.g. pooled) flow run, read through :data:`RESULTS`.
 
-    if isinstance(state.data, ResultRecordMetadata) and state.data.storage_key:
-        return ResultRecord.deserialize(RESULTS.read_path(state.data.storage_key)).result
-    return state.result()
+    The serializer named by the run's state (kept on the Prefect server) must be :data:`PLAIN_JSON`
+    too: the file is then parsed as plain JSON and nothing named in it is imported.
+    """
+    from prefect.results import ResultRecordMetadata
+
+    metadata = state.data
+    if not isinstance(metadata, ResultRecordMetadata) or not metadata.storage_key:
+        return state.result()  # in memory: this process ran it
+    if metadata.serializer.model_dump(mode="json") != PLAIN_JSON.model_dump(mode="json"):
+        raise RefusedResult(f"{metadata.storage_key}: the flow run's state names serializer "
+                            f"{metadata.serializer.type!r}, not plain JSON; its result is not read")
+    content = json.loads(RESULTS.read_path(metadata.storage_key))
+    if isinstance(content, dict) and set(content) == RECORD_FIELDS:
+        return json.loads(content["result"])
+    return content
 
 
 __all__ = ["PERSIST", "PLAIN_JSON", "RESULTS", "RefusedResult", "VerifiedResultStorage", "read_state_result"]

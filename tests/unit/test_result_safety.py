@@ -91,3 +91,24 @@ def test_every_stage_task_and_flow_persists_through_the_verified_storage() -> No
     for runnable in runnables:
         assert runnable.result_storage is RESULTS, runnable.name
         assert runnable.result_serializer is PLAIN_JSON, runnable.name
+
+
+def test_flow_results_are_sealed_bare_and_read_back_only_as_plain_json(tmp_path: Path) -> None:
+    from prefect.results import ResultRecordMetadata
+    from prefect.states import Completed
+
+    storage = VerifiedResultStorage(basepath=str(tmp_path))
+    # A flow's result file holds only the serialized value; its metadata stays in the run's state.
+    storage.write_path("flow", PLAIN_JSON.dumps({"champion": "ta_l0.5", "metrics": [0.5]}))
+    state = Completed(data=ResultRecordMetadata(storage_key="flow", serializer=PLAIN_JSON))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tasks._results.RESULTS", storage)
+        from tasks._results import read_state_result
+
+        assert read_state_result(state) == {"champion": "ta_l0.5", "metrics": [0.5]}
+        forged = Completed(data=ResultRecordMetadata(storage_key="flow", serializer=PickleSerializer()))
+        with pytest.raises(RefusedResult, match="names serializer 'pickle'"):
+            read_state_result(forged)
+        (tmp_path / "flow").write_text((tmp_path / "flow").read_text().replace("ta_l0.5", "ties_l1"))
+        with pytest.raises(RefusedResult, match="does not match its sha256"):
+            read_state_result(state)
