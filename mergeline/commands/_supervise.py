@@ -19,6 +19,7 @@ the next run in the folder marks its MLflow runs KILLED.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -143,7 +144,8 @@ def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, tuple[int, float] | None]
                 return proc.wait(timeout=0.1), (received[0] if received else None)
             except subprocess.TimeoutExpired:
                 if time.monotonic() > deadline[0]:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
