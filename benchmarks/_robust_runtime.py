@@ -281,23 +281,26 @@ def _stage_while_locked(folder: Path) -> str:
 
 
 def _orphans_of_a_dead_run(folder: Path) -> str:
-    """A run.json left by a 'dead' run: a live process of its group and a RUNNING MLflow run of its owner."""
+    """A run.json left by a 'dead' run: a live process of its group and a RUNNING MLflow run of its owner.
+
+    The next run fails in its worker (a work pool without a server: exit 2), after the cleanup.
+    """
     from mergeline.runlock import Holder, RunLock, process_start
     from mergeline.tracking import configure_tracking
     from mergeline.tracking.orphans import OWNER_TAG
 
+    root = new_project(folder)
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
-    uri = configure_tracking(f"sqlite:///{folder / 'mlflow.db'}", "robust-orphans")
-    lock = RunLock(folder, "mergeline run").acquire()
+    uri = configure_tracking(f"sqlite:///{root / 'mlflow.db'}", "robust-orphans")
+    lock = RunLock(root, "mergeline run").acquire()
     lock.holder = Holder(pid=999999, start=1, host="ghost", command="mergeline run", since=time.time(),
                          tracking_uri=uri, worker_pgid=orphan.pid, worker_start=process_start(orphan.pid))
     lock.write_record()
     lock.release(ended=False)
     run = _client().create_run(_client().get_experiment_by_name("robust-orphans").experiment_id,
                                tags={OWNER_TAG: lock.holder.owner}).info.run_id
-    (folder / "params.yaml").write_text(json.dumps({"tasks": ["nope"]}))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    later = subprocess.run([sys.executable, "-m", "mergeline", "run", "--params", "params.yaml"], cwd=folder, env=env,
+    env = {**env_for(root), "MLFLOW_TRACKING_URI": uri, "MERGELINE_WORK_POOL": "gpu"}
+    later = subprocess.run([sys.executable, "-m", "mergeline", "run", "--params", "params.yaml"], cwd=root, env=env,
                            capture_output=True, text=True, timeout=600)
     time.sleep(0.5)
     gone = orphan.poll() is not None
@@ -347,7 +350,7 @@ CASES: list[Case] = [
     Case("concurrency", "mergeline stage while a run holds the folder", "exit 2, 1 line, names holder",
          _stage_while_locked),
     Case("concurrency", "4 processes open one new SQLite store at once", "4 of 4 opened", _parallel_store_opening),
-    Case("concurrency", "a dead run's leftover process and RUNNING run, then a run (bad params)",
+    Case("concurrency", "a dead run's leftover process and RUNNING run, then a run (fails in its worker)",
          "exit 2, orphan killed, its run KILLED",
          _orphans_of_a_dead_run),
     Case("concurrency", "second mergeline run in the same folder while the first runs",

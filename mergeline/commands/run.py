@@ -24,24 +24,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergeline.commands._supervise import become_worker, is_worker, supervise
-
-    if not is_worker():
-        return supervise(args.argv, Path.cwd())
-    become_worker()
     from mergeline.commands._pipeline_env import configure_pipeline_env
+    from mergeline.commands._supervise import become_worker, is_worker, supervise
     from mergeline.params import load_params
 
     root = Path.cwd()
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
-    # Validate before Prefect/MLflow start (seconds, not minutes, to a one-line error).
-    params = load_params(args.params, overrides)
-    from mergeline.stages.preflight import preflight
+    if not is_worker():
+        # Validate before Prefect/MLflow start (seconds, not minutes, to a one-line error), in this
+        # process: bad input never takes the folder's lock nor starts the worker.
+        params = load_params(args.params, overrides)
+        from mergeline.stages.preflight import preflight
 
-    preflight(params, root)
-    from mergeline.stages.common import resolve_device
+        preflight(params, root)
+        from mergeline.stages.common import resolve_device
 
-    resolve_device(params.device)  # --device cuda without a GPU: exit 2 before Prefect starts
+        resolve_device(params.device)  # --device cuda without a GPU: exit 2 before Prefect starts
+        return supervise(args.argv, root)
+    become_worker()
     configure_pipeline_env(root)
     from flows.deployments import pool_from_env
 

@@ -21,18 +21,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergeline.commands._supervise import become_worker, is_worker, supervise
-
-    if not is_worker():
-        return supervise(args.argv, Path.cwd())
-    become_worker()
     from mergeline.commands._pipeline_env import configure_pipeline_env
+    from mergeline.commands._supervise import become_worker, is_worker, supervise
     from mergeline.params import load_params
     from mergeline.stages.preflight import preflight
 
     root = Path.cwd()
-    params = load_params(args.params, args.overrides)
-    preflight(params, root)
+    if not is_worker():
+        preflight(load_params(args.params, args.overrides), root)  # bad input: one line here, no worker
+        return supervise(args.argv, root)
+    become_worker()
     configure_pipeline_env(root)
     from flows.pipeline import pipeline
 

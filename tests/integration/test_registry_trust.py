@@ -125,7 +125,7 @@ def test_reproduce_refuses_a_rewritten_lineage_even_when_the_rebuild_matches_it(
         lineage.weights = rebuilt
 
     _rewrite_lineage(folder, rewrite)
-    code, out, err = _cli(project, capsys, "reproduce", spec, "--out", str(out_dir))
+    code, out, err = _cli(project, capsys, "reproduce", spec, "--out", str(project.root / "rebuilt-relabel-2"))
     assert code == 1 and "bit for bit" not in out
     assert "mismatch: lineage.json (sha256" in err and "cannot be trusted" in err, err
     assert "the registered artifact stores" in err
