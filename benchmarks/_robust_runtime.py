@@ -275,8 +275,9 @@ def _parallel_store_opening(folder: Path) -> str:
 def _stage_while_locked(folder: Path) -> str:
     from mergeline.runlock import RunLock
 
-    with RunLock(folder, "mergeline run"):
-        code, _, err = run_main(["stage", "merge", "--params", "params.yaml"], cwd=folder)
+    root = new_project(folder)  # valid params: the lock is what refuses
+    with RunLock(root, "mergeline run"):
+        code, _, err = run_main(["stage", "merge", "--params", "params.yaml"], cwd=root)
     return f"exit {code}, {len(lines(err))} line" + (", names holder" if f"pid {os.getpid()}" in err else "")
 
 

@@ -8,7 +8,6 @@ Real runs use ``params/tiny.yaml`` in a project made by ``tests/integration/pipe
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -17,30 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _robust_kit import ROOT
+from _robust_kit import cli as run_main  # noqa: F401 - ``mergeline ARGS`` in this process, for the cases
+
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # tests.* fixtures
-
-
-def run_main(args: Sequence[str], cwd: Path | None = None) -> tuple[int, str, str]:
-    """``mergeline ARGS`` in this process: (exit code, stdout, stderr)."""
-    from mergeline.cli import main
-
-    captured_out, captured_err = io.StringIO(), io.StringIO()
-    here = Path.cwd()
-    with contextlib.redirect_stdout(captured_out), contextlib.redirect_stderr(captured_err):
-        try:
-            os.chdir(cwd or here)
-            code = main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        finally:
-            os.chdir(here)
-    return code, captured_out.getvalue(), captured_err.getvalue()
 
 
 def lines(err: str) -> list[str]:
