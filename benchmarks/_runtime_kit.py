@@ -64,9 +64,9 @@ def store_args() -> list[str]:
 # --- real runs --------------------------------------------------------------------------------------
 
 def new_project(folder: Path, name: str = "project") -> Path:
-    from tests.integration.pipeline_project import make_project, tiny_base_model
+    from tests.integration.pipeline_project import make_project, shared_tiny_base
 
-    return make_project(folder / name, tiny_base_model()).resolve()
+    return make_project(folder / name, shared_tiny_base()).resolve()
 
 
 def env_for(root: Path, tracking_db: Path | None = None) -> dict[str, str]:

@@ -24,17 +24,6 @@ ARCHITECTURE_TAGS = (
 )
 
 
-def tiny_base_model() -> Path:
-    """The session's tiny Llama base model (built once; every pipeline test project points at it)."""
-    from tests.conftest import session_dir
-    from tests.lm_fixtures import build_tiny_llama
-
-    target = session_dir() / "pipeline-tiny-base"
-    if not (target / "config.json").exists():
-        build_tiny_llama(target, seed=0)
-    return target
-
-
 def make_project(root: Path, base_model: Path, **overrides: object) -> Path:
     """Write params.yaml (tiny params, ``base_model`` absolute) and make ``root`` a git + DVC repo."""
     root.mkdir(parents=True, exist_ok=True)

@@ -17,16 +17,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import session_dir
 from tests.integration.pipeline_project import (
-    ARCHITECTURE_TAGS, MERGELINE, finished_runs, make_project, project_env, run_cli, tiny_base_model,
+    ARCHITECTURE_TAGS, MERGELINE, finished_runs, make_project, project_env, run_cli,
 )
+from tests.lm_fixtures import build_tiny_llama
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tiny_base() -> Path:
-    return tiny_base_model()
+    target = session_dir() / "pipeline-tiny-base"
+    if not (target / "config.json").exists():
+        build_tiny_llama(target, seed=0)
+    return target
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mergeline.runlock import group_members
-from tests.integration.pipeline_project import MERGELINE, make_project, project_env, run_cli, tiny_base_model
+from tests.integration.pipeline_project import MERGELINE, make_project, project_env, run_cli, shared_tiny_base
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def _processes_in(root: Path) -> list[int]:
 def test_ctrl_c_stops_the_run_and_a_second_run_in_the_folder_is_refused(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    root = make_project(tmp_path / "project", tiny_base_model()).resolve()
+    root = make_project(tmp_path / "project", shared_tiny_base()).resolve()
     db = root / "mlflow.db"
     proc = subprocess.Popen([*MERGELINE, "run", "--params", "params.yaml"], cwd=root, env=project_env(root),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -82,13 +82,17 @@ def test_planted_pickles_and_forged_json_never_run_and_are_cache_misses(tmp_path
 
 
 def test_every_stage_task_and_flow_persists_through_the_verified_storage() -> None:
-    from flows import finetune_flow, pipeline, sweep
-    from tasks import evaluate, finetune, importance, merge, prepare
+    import importlib
+    import pkgutil
 
-    runnables = [evaluate.evaluate, finetune.finetune, finetune.extract_vector, importance.compute_importance,
-                 importance.vector_diagnostics, merge.merge_variant, prepare.prepare_data, prepare.import_base,
-                 pipeline.pipeline, sweep.sweep, finetune_flow.finetune_flow]
-    for runnable in runnables:
+    import tasks
+    from flows import finetune_flow, pipeline, sweep
+    from prefect import Task
+
+    runnables = [obj for info in pkgutil.iter_modules(tasks.__path__)
+                 for obj in vars(importlib.import_module(f"tasks.{info.name}")).values() if isinstance(obj, Task)]
+    assert len(runnables) >= 9  # prepare, import, import-task-model, fine-tune, extract, importance x2, merge, evaluate
+    for runnable in [*runnables, pipeline.pipeline, sweep.sweep, finetune_flow.finetune_flow]:
         assert runnable.result_storage is RESULTS, runnable.name
         assert runnable.result_serializer is PLAIN_JSON, runnable.name
 
