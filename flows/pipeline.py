@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.report import results_table
+from mergeline.data.tasks import source_hashes
 from mergeline.params import load_params
 from mergeline.stages.common import StageContext, resolve_device
 from mergeline.stages.evaluate import evaluate_experiment
@@ -51,7 +52,8 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
     p = ctx.params
     stop_after = STAGES.index(until)
     records: dict[str, Any] = {}
-    records["data"] = data = _call(prepare_tasks.prepare_data, [p.data_dir], run, params)
+    sources = source_hashes(p.task_entries, ctx.root)
+    records["data"] = data = _call(prepare_tasks.prepare_data, [p.data_dir], run, params, sources)
     if stop_after == 0:
         return records
     records["base"] = base = _call(prepare_tasks.import_base, [f"{p.work_dir}/base"], run, params)

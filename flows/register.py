@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mergeline.lineage import (
-    BaseModelRef, FineTune, ImportanceArtifact, Lineage, MergeInfo, MlflowInfo, PrefectInfo, TaskLineage,
+    SOURCE_PREFIX, BaseModelRef, FineTune, ImportanceArtifact, Lineage, MergeInfo, MlflowInfo, PrefectInfo, TaskLineage,
 )
 from mergeline.lineage_build import code_info, describe, dvc_info, params_info
 from mergeline.params import ExperimentParams, vector_mode
@@ -54,7 +54,7 @@ def build_lineage(params: ExperimentParams, params_file: str, records: dict[str,
             importance.append(describe(imp["path"], ImportanceArtifact, root=root, kind=imp["kind"]))
         tasks.append(TaskLineage(
             name=task,
-            datasets={split: describe(rec["path"], root=root) for split, rec in records["data"]["tasks"][task].items()},
+            datasets=_datasets(records["data"], task, root),
             finetune=None if source != "finetune" else FineTune(
                 mode=ck["mode"], run_id=ck.get("mlflow_run_id"), params=ck["params"], metrics=_finetune_metrics(ck)),
             vector=describe(vec["path"], root=root),
@@ -80,6 +80,14 @@ def build_lineage(params: ExperimentParams, params_file: str, records: dict[str,
         params=params_info(root / params_file, params.model_dump(mode="json", by_alias=True), root),
         weights=merged["weights"],
     )
+
+
+def _datasets(data: dict[str, Any], task: str, root: Path) -> dict[str, Any]:
+    """The task's split files, and the user data files they were built from (by content)."""
+    found = {split: describe(rec["path"], root=root) for split, rec in data["tasks"][task].items()}
+    for path in data.get("sources", {}).get(task, {}):
+        found[f"{SOURCE_PREFIX}{path}"] = describe(path, root=root)
+    return found
 
 
 def _finetune_metrics(checkpoint: dict[str, Any]) -> dict[str, float]:

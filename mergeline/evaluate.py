@@ -35,6 +35,9 @@ from mergeline.data.records import load_records
 from mergeline.errors import MergelineError
 
 TEMPLATE = Path(__file__).parent / "eval_tasks" / "mergeline_mc.yaml"
+GENERATION_TEMPLATE = Path(__file__).parent / "eval_tasks" / "mergeline_gen.yaml"
+# Corpus metrics lm-eval reports on a 0-100 scale: divided by 100, so every task's score is in [0, 1].
+PERCENT_METRICS = ("bleu", "chrf")
 SEED = 0
 
 
@@ -68,18 +71,43 @@ def _lm_eval_name(index: int, name: str) -> str:
     return f"mergeline_{index}_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_').lower()}"
 
 
-def write_task_yamls(tasks: Mapping[str, Path], folder: Path, cache_dir: Path) -> dict[str, str]:
-    """Write one lm-eval YAML per task file into ``folder``; return ``{name: lm-eval task name}``."""
-    template = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))
+def write_task_yamls(tasks: Mapping[str, Path], folder: Path, cache_dir: Path,
+                     metrics: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Write one lm-eval YAML per task file into ``folder``; return ``{name: lm-eval task name}``.
+
+    A file of generation records gets the generate_until template, scored by ``metrics[name]``
+    (default exact_match); a multiple-choice file the multiple_choice one (acc, acc_norm).
+    """
+    templates = {path: yaml.safe_load(path.read_text(encoding="utf-8")) for path in (TEMPLATE, GENERATION_TEMPLATE)}
     names = {}
     for index, (name, path) in enumerate(tasks.items()):
-        config = dict(template)
+        generation = is_generation_file(path)
+        config = dict(templates[GENERATION_TEMPLATE if generation else TEMPLATE])
+        metric = (metrics or {}).get(name, "acc")
+        if generation and metric not in ("acc", "exact_match"):
+            config["metric_list"] = [{"metric": metric}]
         config["task"] = _lm_eval_name(index, name)
         data_files = {"test": str(Path(path).resolve())}
         config["dataset_kwargs"] = {"data_files": data_files, "cache_dir": str(cache_dir)}
         (folder / f"{config['task']}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         names[name] = config["task"]
     return names
+
+
+def is_generation_file(path: str | os.PathLike[str]) -> bool:
+    """Whether a task file holds generation records (its first record has a target, no choices)."""
+    from mergeline.data.records import GENERATION_KEYS, record_keys
+
+    return record_keys(load_records(path)[0]) == GENERATION_KEYS
+
+
+def _score(metrics: Mapping[str, float], generation: bool) -> tuple[str, float]:
+    """(metric, value in [0, 1]) of one task's lm-eval results: acc, or the generation metric."""
+    if not generation:
+        return "acc", float(metrics["acc,none"])
+    name, value = next((k.split(",")[0], float(v)) for k, v in metrics.items()
+                       if k.endswith(",none") and not k.endswith("_stderr,none") and isinstance(v, (int, float)))
+    return name, value / 100 if name in PERCENT_METRICS else value
 
 
 @contextmanager
@@ -122,12 +150,16 @@ def evaluate_model(
     batch_size: int = 16,
     device: str = "cpu",
     max_length: int = 256,
+    metrics: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score ``model`` on each task file; return ``{name: {"acc", "acc_norm", "n", "correct"}}``.
 
     ``tasks`` maps a result name (e.g. ``"news"``) to a JSONL file of the record contract; ``limit``
     scores only the first ``limit`` records of each file. Files are validated before lm-eval runs.
     ``correct`` is one ``"0"``/``"1"`` per scored record, in file order (acc of that record).
+    For a file of generation records ``acc`` is the task's generation metric (``metrics[name]``,
+    default exact_match; named under ``metric``; ``correct`` is its per-record value > 0) and there
+    is no ``acc_norm``: the pipeline ranks every task by one score.
     """
     if not tasks:
         raise MergelineError("tasks: no task files to evaluate")
@@ -143,7 +175,7 @@ def evaluate_model(
     with tempfile.TemporaryDirectory(prefix="mergeline-eval-") as tmp, _preserved_state(model), _without_env_report():
         include, cache = Path(tmp) / "tasks", Path(tmp) / "datasets-cache"
         include.mkdir()
-        names = write_task_yamls({k: Path(v) for k, v in tasks.items()}, include, cache)
+        names = write_task_yamls({k: Path(v) for k, v in tasks.items()}, include, cache, metrics)
         lm = HFLM(
             pretrained=model,
             tokenizer=_with_pad(tokenizer),
@@ -165,17 +197,23 @@ def evaluate_model(
         )
     results = {}
     for name, lm_name in names.items():
-        metrics = output["results"][lm_name]
+        scores = output["results"][lm_name]
         n = output.get("n-samples", {}).get(lm_name, {}).get("effective")
-        results[name] = {
-            "acc": float(metrics["acc,none"]),
-            "acc_norm": float(metrics["acc_norm,none"]),
-            "n": int(n if n is not None else min(counts[name], limit or counts[name])),
-            "correct": _correct_bits(output.get("samples", {}).get(lm_name, [])),
-        }
+        generation = is_generation_file(tasks[name])
+        metric, score = _score(scores, generation)
+        results[name] = {"acc": score, "n": int(n if n is not None else min(counts[name], limit or counts[name])),
+                         "correct": _correct_bits(output.get("samples", {}).get(lm_name, []), metric)}
+        if generation:
+            results[name]["metric"] = metric
+        else:
+            results[name]["acc_norm"] = float(scores["acc_norm,none"])
     return results
 
 
-def _correct_bits(samples: list[dict]) -> str:
-    """Per-example acc in file order as a compact ``"0110..."`` string (``mergeline.stats`` reads it)."""
-    return "".join("1" if float(s["acc"]) > 0 else "0" for s in sorted(samples, key=lambda s: s["doc_id"]))
+def _correct_bits(samples: list[dict], metric: str = "acc") -> str:
+    """Per-example ``metric`` (> 0) in file order as a compact ``"0110..."`` string (``mergeline.stats`` reads it)."""
+    def hit(sample: dict) -> bool:
+        value = sample.get(metric, 0.0)
+        return isinstance(value, (int, float)) and float(value) > 0  # corpus metrics (bleu) keep no per-doc score
+
+    return "".join("1" if hit(s) else "0" for s in sorted(samples, key=lambda s: s["doc_id"]))

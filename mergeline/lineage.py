@@ -76,9 +76,14 @@ class FineTune(_Strict):
     checkpoint: Artifact | None = None
 
 
+# datasets key of a user data file the splits were built from: "source:<path>"
+SOURCE_PREFIX = "source:"
+
+
 class TaskLineage(_Strict):
     name: str
-    datasets: dict[str, Artifact] = Field(default_factory=dict, description="split name -> JSONL file")
+    datasets: dict[str, Artifact] = Field(
+        default_factory=dict, description=f"split name -> JSONL file; '{SOURCE_PREFIX}<path>' -> a user data file")
     finetune: FineTune | None = None
     vector: Artifact | None = Field(None, description="task vector folder (task_vector.safetensors + .json)")
     importance: list[ImportanceArtifact] = Field(default_factory=list)

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from mergeline.lineage import Artifact, Lineage
+from mergeline.lineage import SOURCE_PREFIX, Artifact, Lineage
 
 
 def _short(sha: str | None, n: int = 12) -> str:
@@ -122,10 +122,11 @@ def render_mermaid(lineage: Lineage, registered: str | None = None) -> str:
             node(gid, f"given {task.source} {task.name}", f"sha256 {_short(task.given.sha256)}")
             upstream = gid
         for split, dataset in sorted(task.datasets.items()):
-            # Training splits feed the fine-tune; held-out splits feed the evaluation.
+            # Training splits (and the user files they were cut from) feed the fine-tune; held-out
+            # splits feed the evaluation.
             did = _node_id("data", task.name, split)
             node(did, f"dataset {task.name}/{split}", f"sha256 {_short(dataset.sha256)}")
-            if split.startswith("train") and task.finetune is not None:
+            if split.startswith(("train", SOURCE_PREFIX)) and task.finetune is not None:
                 edge(did, upstream)
             else:
                 eval_inputs.append(did)

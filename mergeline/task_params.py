@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # Metrics of lm-eval's generate_until tasks that score one prediction against one reference.
-GENERATION_METRICS = ("exact_match", "bleu", "chrf", "ter")
+GENERATION_METRICS = ("exact_match", "bleu", "chrf")  # higher is better, as selection assumes
 
 
 class _Strict(BaseModel):

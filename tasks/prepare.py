@@ -12,7 +12,8 @@ from tasks._stage import RunHandle, stage_cache, run_stage
 
 
 @task(name="prepare-data", cache_policy=stage_cache("data", "tasks", "control", "data_dir"), **PERSIST)
-def prepare_data(params: dict[str, Any], run: RunHandle) -> dict[str, Any]:
+def prepare_data(params: dict[str, Any], sources: dict[str, str], run: RunHandle) -> dict[str, Any]:
+    # ``sources`` (sha256 of the user data files) is only there to key the cache on their content.
     return run_stage("prepare-data", "all", params, run, prepare.prepare_data, params["data"])
 
 

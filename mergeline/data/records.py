@@ -1,8 +1,10 @@
-"""The task-record format (docs/design.md): one JSON object per line.
+"""The task-record format (docs/design.md): one JSON object per line, of one of two kinds.
 
-``{"id": str, "prompt": str, "choices": [str, ...], "label": int}``. Fine-tuning trains on
-``prompt + choices[label]``; evaluation scores every ``prompt + choice`` (lm-eval multiple_choice with
+Multiple choice: ``{"id": str, "prompt": str, "choices": [str, ...], "label": int}``. Fine-tuning trains
+on ``prompt + choices[label]``; evaluation scores every ``prompt + choice`` (lm-eval multiple_choice with
 an empty target delimiter, so the choice's own leading space or newline is the separator).
+Generation: ``{"id": str, "prompt": str, "target": str}``. Fine-tuning trains on ``prompt + target``;
+evaluation lets the model write after the prompt (lm-eval generate_until) and compares with the target.
 
 Errors raised by :func:`load_records` (all :class:`MergelineError`, naming the file and line):
 missing file, undecodable UTF-8, empty file, malformed JSON, a line that is not an object, a missing
@@ -20,12 +22,35 @@ from pathlib import Path
 from mergeline.errors import MergelineError
 
 REQUIRED_KEYS = ("id", "prompt", "choices", "label")
+GENERATION_KEYS = ("id", "prompt", "target")
+
+
+def record_keys(record: dict) -> tuple[str, ...]:
+    """The keys of ``record``'s kind: a generation record has a target and no choices."""
+    return GENERATION_KEYS if "target" in record and "choices" not in record else REQUIRED_KEYS
+
+
+def answer_text(record: dict) -> str:
+    """What fine-tuning appends to the prompt: the right choice, or the target."""
+    return record["target"] if "target" in record else record["choices"][record["label"]]
+
+
+def _generation_problem(record: dict) -> str | None:
+    for key in GENERATION_KEYS:
+        if key not in record:
+            return f"missing key '{key}'"
+    for key in GENERATION_KEYS:
+        if not isinstance(record[key], str) or not record[key].strip():
+            return f"'{key}' must be a non-empty string"
+    return None
 
 
 def record_problem(record: object) -> str | None:
     """Why ``record`` breaks the contract, or None when it is valid."""
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
+    if record_keys(record) == GENERATION_KEYS:
+        return _generation_problem(record)
     for key in REQUIRED_KEYS:
         if key not in record:
             return f"missing key '{key}'"
@@ -87,5 +112,5 @@ def dump_records(records: Iterable[dict]) -> bytes:
         problem = record_problem(record)
         if problem:  # a builder bug, not user input: fail loudly before anything is written
             raise ValueError(f"builder produced an invalid record {record.get('id')!r}: {problem}")
-        lines.append(json.dumps({k: record[k] for k in REQUIRED_KEYS}, ensure_ascii=True))
+        lines.append(json.dumps({k: record[k] for k in record_keys(record)}, ensure_ascii=True))
     return ("\n".join(lines) + "\n").encode("utf-8")

@@ -31,6 +31,7 @@ from mergeline.data.records import dump_records
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import sha256_file
+from mergeline.task_params import TaskEntry
 
 CONTROL_TASK = "control"
 
@@ -72,39 +73,105 @@ def task_splits(name: str) -> tuple[str, ...]:
     return ("train", "validation", "test") if get_task(name).has_train else ("validation", "test")
 
 
+@dataclass(frozen=True)
+class ResolvedTask:
+    """Any task entry, resolved: how to build its splits and what it reads (the one mechanism)."""
+
+    name: str
+    output: str  # "multiple_choice" or "generation"
+    metric: str  # the score lm-eval reports for it: "acc", or a generation metric such as exact_match
+    splits: tuple[str, ...]
+    build: Callable[[], dict[str, list[dict]]]  # split -> records
+    sources: dict  # what it was built from (recorded in meta.json)
+    source_files: tuple[Path, ...] = ()  # user files: hashed into meta, lineage and DVC deps
+
+
+def resolve_task(entry: TaskEntry | str, root: str | os.PathLike[str] = ".", sizes: Mapping[str, int] | None = None,
+                 seed: int = 0) -> ResolvedTask:
+    """A built-in task (``sizes``/``seed`` apply), a data-file task or an lm-eval task, as a :class:`ResolvedTask`."""
+    entry = entry if isinstance(entry, TaskEntry) else TaskEntry(name=entry)
+    root = Path(root)
+    if entry.kind == "file":
+        from mergeline.data.user import user_task_splits
+
+        files = source_files(entry, root)
+        return ResolvedTask(entry.name, entry.type or "multiple_choice", _metric(entry), ("train", "validation", "test"),
+                            lambda: user_task_splits(entry, root), {"files": [str(f) for f in files]}, files)
+    if entry.kind == "lm_eval":
+        from mergeline.data.lm_eval_source import lm_eval_task_splits
+
+        output, splits = lm_eval_task_splits(entry, root)  # loads the data: the check is the build
+        return ResolvedTask(entry.name, output, "acc" if output == "multiple_choice" else _metric(entry),
+                            ("train", "validation", "test"), lambda: splits,
+                            {"lm_eval": entry.lm_eval.model_dump()}, source_files(entry, root))  # type: ignore[union-attr]
+    spec = get_task(entry.name)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise MergelineError(f"seed: must be an integer, got {seed!r}")
+    resolved = resolve_sizes(entry.name, sizes, spec.default_sizes, spec.has_train)
+    return ResolvedTask(entry.name, "multiple_choice", "acc", task_splits(entry.name),
+                        lambda: spec.build(resolved, task_rng(entry.name, seed)), spec.module.sources())
+
+
+def source_files(entry: TaskEntry | str, root: str | os.PathLike[str] = ".") -> tuple[Path, ...]:
+    """The local files a task is built from (none for a built-in task): cheap, nothing is read."""
+    entry = entry if isinstance(entry, TaskEntry) else TaskEntry(name=entry)
+    if entry.kind == "file":
+        from mergeline.data.user import data_files
+
+        return tuple(data_files(entry, Path(root)).values())
+    if entry.kind == "lm_eval":
+        from mergeline.data.lm_eval_source import include_folder
+
+        include = include_folder(entry, Path(root))
+        if include is None:
+            return ()
+        return tuple(sorted(p for p in include.rglob("*") if p.is_file())) if include.is_dir() else (include,)
+    return ()
+
+
+def source_hashes(entries: list[TaskEntry | str], root: str | os.PathLike[str] = ".") -> dict[str, str]:
+    """``{file: sha256}`` of every user file the tasks read: part of prepare-data's cache key."""
+    return {str(p): sha256_file(p) for entry in entries for p in source_files(entry, root) if p.is_file()}
+
+
+def _metric(entry: TaskEntry) -> str:
+    return "acc" if entry.type != "generation" else (entry.metric or "exact_match")
+
+
+def write_task(task: ResolvedTask, out_dir: str | os.PathLike[str], seed: int = 0) -> dict:
+    """Build ``task``'s splits into ``out_dir`` atomically; return its meta (also written as meta.json).
+
+    ``{"task", "seed", "output", "metric", "sources", "source_files": {path: sha256}, "files":
+    {"train.jsonl": sha256, ...}, "counts": {"train": n, ...}}``. ``out_dir`` is replaced as a whole.
+    """
+    splits = task.build()
+    meta: dict = {"task": task.name, "seed": seed, "output": task.output, "metric": task.metric,
+                  "sources": task.sources, "source_files": {str(p): sha256_file(p) for p in task.source_files},
+                  "files": {}, "counts": {}}
+    with atomic_dir(out_dir) as tmp:
+        for split in task.splits:
+            path = tmp / f"{split}.jsonl"
+            path.write_bytes(dump_records(splits[split]))
+            meta["files"][path.name] = sha256_file(path)
+            meta["counts"][split] = len(splits[split])
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return meta
+
+
 def build_task(
     name: str,
     out_dir: str | os.PathLike[str],
     sizes: Mapping[str, int] | None = None,
     seed: int = 0,
 ) -> dict:
-    """Build task ``name`` into ``out_dir`` atomically; return its meta.
+    """Build built-in task ``name`` into ``out_dir`` atomically; return its meta (see :func:`write_task`).
 
-    Returns ``{"task", "seed", "sizes", "sources", "files": {"train.jsonl": sha256, ...},
-    "counts": {"train": n, ...}}``. ``out_dir`` is replaced as a whole (it belongs to the task).
     Raises MergelineError for an unknown task, bad ``sizes`` (negative, unknown split, a train split
     for ``control``, more examples than the source holds) or a missing source package.
     """
-    spec = get_task(name)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise MergelineError(f"seed: must be an integer, got {seed!r}")
-    resolved = resolve_sizes(name, sizes, spec.default_sizes, spec.has_train)
-    splits = spec.build(resolved, task_rng(name, seed))
-    meta: dict = {
-        "task": name,
-        "seed": seed,
-        "sizes": {s: n for s, n in resolved.items() if s in task_splits(name)},
-        "sources": spec.module.sources(),
-        "files": {},
-        "counts": {},
-    }
-    with atomic_dir(out_dir) as tmp:
-        for split in task_splits(name):
-            path = tmp / f"{split}.jsonl"
-            path.write_bytes(dump_records(splits[split]))
-            meta["files"][path.name] = sha256_file(path)
-            meta["counts"][split] = len(splits[split])
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    meta = write_task(resolve_task(name, sizes=sizes, seed=seed), out_dir, seed)
+    meta["sizes"] = {s: n for s, n in resolve_sizes(name, sizes, get_task(name).default_sizes,
+                                                    get_task(name).has_train).items() if s in task_splits(name)}
     return meta
 
 

@@ -55,6 +55,10 @@ def read_records(path: str | os.PathLike[str], limit: int | None = None) -> list
 def _check_record(rec: Any, where: str) -> None:
     if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
         raise MergelineError(f"{where}: record needs a string 'prompt'")
+    if "target" in rec and "choices" not in rec:  # a generation record
+        if not isinstance(rec["target"], str) or not rec["target"]:
+            raise MergelineError(f"{where}: 'target' must be a non-empty string")
+        return
     choices = rec.get("choices")
     if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
         raise MergelineError(f"{where}: record needs a non-empty list of string 'choices'")
@@ -101,8 +105,10 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def encode_records(
     tokenizer: Any, records: Sequence[dict[str, Any]], max_length: int, delimiter: str = ""
 ) -> list[Encoded]:
-    """Encode each record with its correct answer ``choices[label]``."""
-    return [encode(tokenizer, r["prompt"], r["choices"][r["label"]], max_length, delimiter) for r in records]
+    """Encode each record with its answer: ``choices[label]``, or the target of a generation record."""
+    from mergeline.data.records import answer_text
+
+    return [encode(tokenizer, r["prompt"], answer_text(r), max_length, delimiter) for r in records]
 
 
 def pad_id(tokenizer: Any) -> int:

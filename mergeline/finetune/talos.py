@@ -236,6 +236,8 @@ def talos_mask(
     """
     if not records:
         raise MergelineError("talos: no calibration records")
+    # A generation record's one answer is its target: sampling "from the choices" then always picks it.
+    records = [r if "choices" in r else {**r, "choices": [r["target"]], "label": 0} for r in records]
     names = prunable_names(model)
     gen = torch.Generator().manual_seed(seed)
     mask: dict[str, torch.Tensor] | None = None

@@ -43,8 +43,10 @@ def evaluate(ctx: StageContext, name: str, model_path: str, split: str, data: di
     record: dict[str, Any] = {"name": name, "split": split}
     with timed(record):
         model, tokenizer = load_causal_lm(ctx.root / model_path, ctx.device)
+        kinds = data.get("kinds", {})
         metrics = evaluate_model(model, tokenizer, files, batch_size=ctx.params.evaluate.batch_size,
-                                 device=ctx.device, max_length=ctx.params.evaluate.max_length)
+                                 device=ctx.device, max_length=ctx.params.evaluate.max_length,
+                                 metrics={t: kinds[t]["metric"] for t in chosen if t in kinds})
         del model
     record["metrics"] = {t: m["acc"] for t, m in metrics.items()}
     record["raw"] = metrics

@@ -1,9 +1,10 @@
 """Checks that run before any heavy work: a bad experiment fails in seconds with one line (exit 2).
 
 Covers what params validation cannot see: output folders that would overlap the project, task names
-against the dataset builders, dataset files already on disk (empty or malformed), whether the base
-model can be found and configured, and the checkpoints and adapters tasks are given as
-(``mergeline.given_models``).
+against the dataset builders, user data files (missing, empty, not UTF-8, a missing field, a label
+outside the choices) and lm-eval tasks (unknown, or their data not available offline), dataset files
+already on disk (empty or malformed), whether the base model can be found and configured, and the
+checkpoints and adapters tasks are given as (``mergeline.given_models``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ def preflight(params: ExperimentParams, root: Path) -> None:
     _check_output_roots(params, root)
     _check_method_options(params)
     known = set(available_tasks())
-    for task in [*params.task_names, params.control]:
-        if task not in known:
-            raise MergelineError(f"tasks: unknown task {task!r}; known: {', '.join(sorted(known))}")
+    for entry in params.task_entries:
+        if entry.kind == "builtin" and entry.name not in known:
+            raise MergelineError(f"tasks: unknown task {entry.name!r}; known: {', '.join(sorted(known))} "
+                                 "(or declare it with data: or lm_eval:)")
+    if params.control not in known:
+        raise MergelineError(f"control: unknown task {params.control!r}; known: {', '.join(sorted(known))}")
+    _check_declared_tasks(params, root)
     data_dir = root / params.data_dir
     for task in [*params.task_names, params.control]:
         for split_file in sorted((data_dir / task).glob("*.jsonl")):
@@ -56,6 +61,18 @@ def _check_method_options(params: ExperimentParams) -> None:
 
     for name, sweep in params.merge.methods.items():
         check_parameter_keys(get_method(PIPELINE_METHODS[name]), sweep.options, f"merge.methods.{name}.options")
+
+
+def _check_declared_tasks(params: ExperimentParams, root: Path) -> None:
+    """Read and convert every user file and lm-eval task now: a bad row fails before any heavy work."""
+    from mergeline.data.lm_eval_source import lm_eval_task_splits
+    from mergeline.data.user import user_task_splits
+
+    for entry in params.task_entries:
+        if entry.kind == "file":
+            user_task_splits(entry, root)
+        elif entry.kind == "lm_eval":
+            lm_eval_task_splits(entry, root)
 
 
 def _check_base_model(spec: str, root: Path) -> None:

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mergeline.stages.common import StageContext, rel, timed
 
 
 def prepare_data(ctx: StageContext) -> dict[str, Any]:
-    """Build each task's and the control set's JSONL splits under ``data_dir`` (seeded)."""
-    from mergeline.data import build_task
+    """Build each task's and the control set's JSONL splits under ``data_dir``.
+
+    Every task is an entry of one mechanism (``mergeline.data.tasks.resolve_task``): built-in tasks are
+    built from packaged data with the seeded ``data:`` sizes; user tasks from their files (whose
+    sha256 go into ``sources``, and from there into lineage); lm-eval tasks through lm-eval.
+    """
+    from mergeline.data.tasks import resolve_task, write_task
 
     p = ctx.params.data
     sizes = {"train": p.n_train, "validation": p.n_validation, "test": p.n_test}
-    record: dict[str, Any] = {"tasks": {}}
+    record: dict[str, Any] = {"tasks": {}, "sources": {}, "kinds": {}}
     with timed(record):
-        for task in [*ctx.params.task_names, ctx.params.control]:
-            ctx.say(f"prepare-data: {task}")
+        for entry in [*ctx.params.task_entries, ctx.params.control]:
+            name = entry if isinstance(entry, str) else entry.name
+            ctx.say(f"prepare-data: {name}")
             # The control set is never trained on: it has no train split.
-            task_sizes = {k: v for k, v in {**sizes, **p.sizes.get(task, {})}.items()
-                          if k != "train" or task != ctx.params.control}
-            built = build_task(task, ctx.data / task, task_sizes, p.seed)
-            record["tasks"][task] = {
-                split: {"path": rel(ctx.data / task / f"{split}.jsonl", ctx.root), "sha256": sha}
+            task_sizes = {k: v for k, v in {**sizes, **p.sizes.get(name, {})}.items()
+                          if k != "train" or name != ctx.params.control}
+            built = write_task(resolve_task(entry, ctx.root, task_sizes, p.seed), ctx.data / name, p.seed)
+            record["tasks"][name] = {
+                split: {"path": rel(ctx.data / name / f"{split}.jsonl", ctx.root), "sha256": sha}
                 for split, sha in _split_hashes(built).items()
             }
+            record["sources"][name] = {rel(Path(f), ctx.root): sha for f, sha in built["source_files"].items()}
+            record["kinds"][name] = {"output": built["output"], "metric": built["metric"]}
     return record
 
 
