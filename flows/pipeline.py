@@ -16,8 +16,8 @@ from flows.report import results_table
 from mergeline.data.tasks import source_hashes
 from mergeline.params import load_params
 from mergeline.stages.common import StageContext, resolve_device
-from mergeline.stages.evaluate import evaluate_experiment
-from mergeline.stages.merge import merge_config, plan_variants
+from mergeline.stages.evaluate import evaluate_experiment, registered_variants, write_metrics
+from mergeline.stages.merge import merge_config, plan_variants, prune_merged, write_merge_index
 from mergeline.stages.train import checkpoint_name
 from tasks import evaluate as evaluate_tasks
 from tasks import finetune as finetune_tasks
@@ -97,8 +97,10 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
 
     variants = {v["name"]: v for v in plan_variants(ctx)}
     configs = {name: merge_config(ctx, v, base, vectors, importance) for name, v in variants.items()}
-    merged = {name: _call(merge_tasks.merge_variant, [f"{p.work_dir}/merged/{name}"], run, params, v, configs[name])
+    # No output check: a pruned variant folder is a cache of merged.json, rebuilt where it is needed.
+    merged = {name: _call(merge_tasks.merge_variant, [], run, params, v, configs[name])
               for name, v in variants.items()}
+    write_merge_index(ctx, merged)
     records.update(variants=variants, configs=configs, merged=merged)
     if stop_after == 5:
         return records
@@ -107,6 +109,8 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
         return evaluate_tasks.evaluate(params, name, model, split, data, run=run, sets=sets)
 
     records.update(evaluate_experiment(ctx, base, checkpoints, merged, variants, ev))
+    write_metrics(ctx, records)
+    prune_merged(ctx, merged, registered_variants(ctx, records))
     return records
 
 

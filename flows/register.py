@@ -15,7 +15,9 @@ from mergeline.lineage import (
 )
 from mergeline.lineage_build import code_info, describe, dvc_info, params_info
 from mergeline.params import ExperimentParams, vector_mode
-from mergeline.stages.common import write_json
+from mergeline.stages.common import StageContext
+from mergeline.stages.evaluate import registered_variants, write_metrics
+from mergeline.stages.merge import ensure_merged
 from mergeline.tracking.anchors import WEIGHTS_TAG, weights_digest
 from tasks._stage import RunHandle
 
@@ -28,14 +30,6 @@ def _version_with_alias(name: str, alias: str):  # type: ignore[no-untyped-def]
         return MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-
-
-def write_metrics(params: ExperimentParams, records: dict[str, Any], root: Path) -> Path:
-    """``work_dir/eval/metrics.json``: what ``dvc metrics show/diff`` reads."""
-    path = root / params.work_dir / "eval" / "metrics.json"
-    champion = records["selection"]["ranking"][0]
-    write_json(path, {"champion": champion, "test": records["test_rows"], "validation": records["validation_rows"]})
-    return path
 
 
 def build_lineage(params: ExperimentParams, params_file: str, records: dict[str, Any], variant: str,
@@ -133,11 +127,12 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
     from mergeline.tracking.registry import register_merged_model
 
     root = Path(run.root)
-    metrics_path = write_metrics(params, records, root)
+    ctx = StageContext(params, root, run.device)
+    metrics_path = write_metrics(ctx, records)  # also written by the evaluate stage; the same bytes
     mlflow.log_artifact(str(metrics_path), artifact_path="eval")
     mlflow.log_text(results_table(params, records), "results.md")
     ranking = records["selection"]["ranking"]
-    keep = ranking[: 1 + params.registry.candidates]
+    keep = registered_variants(ctx, records)
     registered: dict[str, dict[str, str]] = {}
     name = params.registry.model_name
     for position, variant in enumerate(keep):
@@ -151,6 +146,7 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
                                    "message": f"already registered: {name} version {existing.version} @{alias} "
                                               f"({variant})"}
             continue
+        ensure_merged(ctx, records["merged"][variant])
         lineage = build_lineage(params, params_file, records, variant, run, _stage_runs(records, variant))
         with mlflow.start_run(run_name=f"register:{variant}", nested=True, parent_run_id=run.parent_run_id) as reg, \
                 killed_on_interrupt():

@@ -183,6 +183,9 @@ class RegisterParams(_Strict):
     champion_alias: str = "champion"
     candidate_alias: str = "candidate"
     candidates: int = Field(1, ge=0, description="runner-up variants registered as candidates")
+    keep_merged: Literal["registered", "all"] = Field(
+        "registered", description="merged variant folders kept once scored: the registered ones (the others are "
+        "rebuilt from work_dir/merged.json when needed again), or all")
 
     @model_validator(mode="after")
     def _valid_names(self) -> "RegisterParams":

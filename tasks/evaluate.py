@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 
 from mergeline.stages import evaluate as stage
+from mergeline.stages.merge import ensure_merged
 from tasks._results import PERSIST
 from tasks._stage import RunHandle, stage_cache, run_stage
 
@@ -16,6 +17,8 @@ def evaluate(params: dict[str, Any], name: str, model: dict[str, Any], split: st
              run: RunHandle, sets: list[str] | None = None) -> dict[str, Any]:
     # ``model`` is the upstream record (path + sha256), so the cache key follows the weights' content.
     def body(ctx):  # type: ignore[no-untyped-def]
+        if "config" in model:  # a merged variant: its folder may have been pruned after an earlier scoring
+            ensure_merged(ctx, model)
         record = stage.evaluate(ctx, name, model["path"], split, data, sets)
         for task_name, acc in record["metrics"].items():
             ctx.metric(f"{split}/acc/{task_name}", acc)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mergeline.params import ExperimentParams
 
 STAGE_NAMES = ("prepare-data", "import-base", "fine-tune", "extract-vector", "compute-importance", "merge",
                "evaluate", "register")
@@ -20,6 +24,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_dvc_deps(params: ExperimentParams, root: Path, dvc_file: str = "dvc.yaml") -> None:
+    """Every user data file must be a dep of prepare-data (itself or a folder above it), or DVC would not
+    rerun the pipeline when the file changes; dvc.yaml cannot list them from params (no list templating)."""
+    import yaml
+
+    from mergeline.data.tasks import source_files
+    from mergeline.errors import MergelineError
+
+    path = root / dvc_file
+    if not path.is_file():
+        return
+    stage = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get("prepare-data") or {}
+    deps = [(root / d).resolve() for d in stage.get("deps", []) if isinstance(d, str)]
+    for entry in params.task_entries:
+        for file in source_files(entry, root):
+            resolved = file.resolve()
+            if not any(resolved == d or resolved.is_relative_to(d) for d in deps):
+                raise MergelineError(f"{dvc_file}: stage prepare-data does not depend on {file} (data of task "
+                                     f"'{entry.name}'); add it, or its folder, to the stage's deps")
+
+
 def run(args: argparse.Namespace) -> int:
     from mergeline.commands._pipeline_env import configure_pipeline_env
     from mergeline.commands._supervise import become_worker, is_worker, supervise
@@ -28,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     root = Path.cwd()
     if not is_worker():
-        preflight(load_params(args.params, args.overrides), root)  # bad input: one line here, no worker
+        params = load_params(args.params, args.overrides)
+        preflight(params, root)  # bad input: one line here, no worker
+        check_dvc_deps(params, root)
         return supervise(args.argv, root)
     become_worker()
     configure_pipeline_env(root)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mergeline.params import vector_mode
-from mergeline.stages.common import StageContext, timed
+from mergeline.stages.common import StageContext, timed, write_json
 
 SPLITS = ("validation", "test")
 # (result name, model record with "path", split, sets) -> the record of :func:`evaluate`
@@ -79,6 +80,19 @@ def summarize(ctx: StageContext, evaluation: dict[str, Any], base: dict[str, Any
         row["acc/control"] = acc[p.control]
         row["control_drift"] = acc[p.control] - base["metrics"][p.control]
     return row
+
+
+def write_metrics(ctx: StageContext, records: dict[str, Any]) -> Path:
+    """``work_dir/eval/metrics.json`` (the evaluate stage's DVC metrics file): champion, test and validation rows."""
+    path = ctx.work / "eval" / "metrics.json"
+    champion = records["selection"]["ranking"][0]
+    write_json(path, {"champion": champion, "test": records["test_rows"], "validation": records["validation_rows"]})
+    return path
+
+
+def registered_variants(ctx: StageContext, records: dict[str, Any]) -> list[str]:
+    """The variants the register stage registers: the champion and ``registry.candidates`` runners-up."""
+    return records["selection"]["ranking"][: 1 + ctx.params.registry.candidates]
 
 
 def select_best(rows: dict[str, dict[str, float]], variants: dict[str, dict[str, Any]],

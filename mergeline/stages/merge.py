@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from mergeline.params import PIPELINE_METHODS, vector_mode
-from mergeline.stages.common import StageContext, rel, timed
+from mergeline.stages.common import StageContext, rel, timed, write_json
 
 _SHORT = {"task_arithmetic": "ta", "ties": "ties", "dare_ties": "dare", "sta": "sta", "metagpt": "metagpt",
           "talos": "talos", "lata": "lata", "lora": "lora"}
@@ -63,6 +63,49 @@ def merge_variant(ctx: StageContext, variant: dict[str, Any], config: dict[str, 
         result = run_merge(MergeConfig.model_validate(absolute), out, device=ctx.device, progress=ctx.progress)
     record.update({"path": rel(out, ctx.root), "weights": result.weight_sha256, "report": result.report})
     return record
+
+
+def ensure_merged(ctx: StageContext, record: dict[str, Any]) -> None:
+    """Rebuild a variant's folder from its config when it was pruned and its weights are needed again.
+
+    A merge is a pure function of its config and hashed inputs, so a pruned variant costs one merge to
+    get back; the rebuilt weights must equal the recorded sha256, else the inputs changed under it.
+    """
+    out = ctx.root / record["path"]
+    if all((out / name).is_file() for name in record["weights"]):
+        return
+    ctx.say(f"merge: rebuilding pruned variant {record['variant']['name']}")
+    rebuilt = merge_variant(ctx, record["variant"], record["config"])
+    if rebuilt["weights"] != record["weights"]:
+        raise RuntimeError(f"{out}: rebuilt weights differ from the recorded merge (inputs changed since)")
+
+
+def write_merge_index(ctx: StageContext, merged: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``work_dir/merged.json``: every variant as its config and weight sha256 (the merge stage's DVC out).
+
+    The variant folders under ``merged/`` are a cache of it (pruned after scoring, rebuilt on demand).
+    """
+    index = {name: {"config": rec["config"], "weights": rec["weights"], "path": rec["path"]}
+             for name, rec in sorted(merged.items())}
+    write_json(ctx.work / "merged.json", index)
+    return index
+
+
+def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: list[str]) -> list[str]:
+    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all)."""
+    import shutil
+
+    if ctx.params.registry.keep_merged == "all":
+        return []
+    pruned = []
+    for name, rec in sorted(merged.items()):
+        folder = ctx.root / rec["path"]
+        if name not in keep and folder.is_dir():
+            shutil.rmtree(folder)
+            pruned.append(name)
+    if pruned:
+        ctx.say(f"merge: pruned {len(pruned)} unselected variant folder(s) (rebuilt from merged.json on demand)")
+    return pruned
 
 
 def _absolutize(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:

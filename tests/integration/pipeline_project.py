@@ -43,6 +43,34 @@ def make_project(root: Path, base_model: Path, **overrides: object) -> Path:
     return root
 
 
+def write_user_tasks(root: Path, rows: int = 24) -> list[dict[str, object]]:
+    """Write one multiple-choice JSONL and one generation CSV under ``root/my``; return their task entries."""
+    import csv
+    import json
+
+    folder = root / "my"
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = ["hardware", "software", "billing"]
+    words = ["printer", "laptop", "invoice", "screen", "update", "refund", "cable", "login", "charge"]
+    with open(folder / "tickets.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(rows):
+            handle.write(json.dumps({"body": f"my {words[i % 9]} is not working ({i})", "options": kinds,
+                                     "answer": kinds[(i % 9) // 3]}) + "\n")
+    with open(folder / "titles.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["abstract", "title"])
+        for i in range(rows):
+            writer.writerow([f"{words[i % 9]} {words[(i + 4) % 9]} report {i}", words[i % 9]])
+    return [
+        {"name": "tickets", "data": {"path": "my/tickets.jsonl"}, "type": "multiple_choice",
+         "fields": {"text": "body", "choices": "options", "label": "answer"}, "prompt": "Ticket: {text}\nCategory:",
+         "split": {"validation": 0.25, "test": 0.25, "seed": 0}},
+        {"name": "titles", "data": {"path": "my/titles.csv"}, "type": "generation",
+         "fields": {"text": "abstract", "target": "title"}, "prompt": "Abstract: {text}\nTitle:",
+         "split": {"validation": 0.25, "test": 0.25, "seed": 0}, "metric": "exact_match"},
+    ]
+
+
 def project_env(root: Path, results: Path | None = None) -> dict[str, str]:
     """Environment for CLI subprocesses: the project's own Prefect state and MLflow store."""
     env = dict(os.environ)
