@@ -198,3 +198,12 @@ def test_generation_files_get_the_generate_until_template(tmp_path: Path) -> Non
     assert configs["titles"]["doc_to_target"] == "target" and configs["titles"]["metric_list"][0]["metric"] == "exact_match"
     assert configs["bleu"]["metric_list"] == [{"metric": "bleu"}]
     assert configs["tickets"]["output_type"] == "multiple_choice"
+
+
+def test_the_readme_example_params_pass_preflight() -> None:
+    repo = DEFAULT.parents[1]
+    params = load_params(str(repo / "params" / "own-data-example.yaml"))
+    assert params.task_names == ["news", "tickets", "titles"]
+    preflight(params, repo)  # every row of the example files converts
+    splits = user_task_splits(params.task_entry("titles"), repo)
+    assert all(r["target"].startswith(" ") for rows in splits.values() for r in rows)
