@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from mergeline.errors import MergelineError
@@ -74,6 +74,17 @@ def record_problem(record: object) -> str | None:
     return None
 
 
+def jsonl_values(path: Path, text: str) -> Iterator[tuple[int, object]]:
+    """``(line number, parsed value)`` of each non-blank line; malformed JSON names the file and line."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue  # blank lines (e.g. a trailing one) carry no record
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MergelineError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+
+
 def load_records(path: str | os.PathLike[str]) -> list[dict]:
     """Read and validate a task JSONL file; raise MergelineError naming the file and line on any fault."""
     path = Path(path)
@@ -85,13 +96,7 @@ def load_records(path: str | os.PathLike[str]) -> list[dict]:
         raise MergelineError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     records: list[dict] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue  # blank lines (e.g. a trailing one) carry no record
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MergelineError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    for lineno, record in jsonl_values(path, text):
         problem = record_problem(record)
         if problem:
             raise MergelineError(f"{path}:{lineno}: {problem}")

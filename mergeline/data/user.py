@@ -23,6 +23,7 @@ import string
 from pathlib import Path
 from typing import Any
 
+from mergeline.data.records import jsonl_values
 from mergeline.errors import MergelineError
 from mergeline.task_params import TaskEntry
 
@@ -47,13 +48,7 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MergelineError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    for lineno, row in jsonl_values(path, text):
         if not isinstance(row, dict):
             raise MergelineError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append((lineno, row))

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 import yaml
 
@@ -22,6 +30,17 @@ ARCHITECTURE_TAGS = (
     "mergeline.task_vectors", "mergeline.params_sha256", "mergeline.git_commit", "mergeline.dvc_lock_sha256",
     "mergeline.prefect_flow_run_id", "mergeline.lineage_sha256",
 )
+
+
+def tiny_pipeline_base() -> Path:
+    """The tiny Llama the pipeline tests share (built once per test session)."""
+    from tests.conftest import session_dir
+    from tests.lm_fixtures import build_tiny_llama
+
+    target = session_dir() / "pipeline-tiny-base"
+    if not (target / "config.json").exists():
+        build_tiny_llama(target, seed=0)
+    return target
 
 
 def make_project(root: Path, base_model: Path, **overrides: object) -> Path:
@@ -87,6 +106,97 @@ def project_env(root: Path, results: Path | None = None) -> dict[str, str]:
 def run_cli(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MERGELINE, *args], cwd=root, env=project_env(root), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"prefect server exited:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+class Processes:
+    """Long-running processes started by the test, each in its own session, stopped by PID."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: dict[str, subprocess.Popen[bytes]] = {}
+        self.survivors: list[str] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started[name] = proc
+        return proc
+
+    def tree(self) -> list[psutil.Process]:
+        found = []
+        for proc in self.started.values():
+            try:
+                parent = psutil.Process(proc.pid)
+                found += [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    def stop_workers(self, names: tuple[str, ...]) -> None:
+        # G6: the first SIGINT asks a worker to wind down (it can take > 10 s); the second makes it
+        # kill itself. Each round goes to every worker at once.
+        procs = [self.started[n] for n in names if n in self.started]
+        for patience in (5, 20):
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + patience
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    def stop_server(self, name: str) -> None:
+        proc = self.started[name]
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@contextmanager
+def prefect_server(folder: Path, env: dict[str, str]) -> Iterator[str]:
+    """A Prefect server on 127.0.0.1 for the duration (state under ``folder``); yields its API URL.
+
+    Commands that each run a flow (``dvc repro`` runs one ``mergeline stage`` per stage) then connect to
+    it instead of starting Prefect's temporary server every time, which is half of a no-op stage's CPU.
+    """
+    api = f"http://127.0.0.1:{free_port()}/api"
+    procs = Processes(folder)
+    server_env = {**env, "PREFECT_HOME": str(folder / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    server_env.pop("PREFECT_API_URL", None)
+    server = procs.start("server", [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+                                    "127.0.0.1", "--port", api.rsplit(":", 1)[1].split("/")[0], "--no-ui"],
+                         server_env, folder)
+    try:
+        wait_healthy(api, server, folder / "server.log")
+        yield api
+    finally:
+        tree = procs.tree()
+        procs.stop_server("server")
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for proc in alive:
+            proc.kill()
 
 
 def finished_runs(root: Path, run_name: str) -> int:

@@ -11,12 +11,9 @@ on one worker, and every process started here is gone at the end.
 from __future__ import annotations
 
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +24,7 @@ import pytest
 
 from tests.conftest import session_dir
 from tests.integration.pipeline_project import (
-    ARCHITECTURE_TAGS, REPO, finished_runs, make_project, project_env, run_cli,
+    ARCHITECTURE_TAGS, REPO, Processes, finished_runs, free_port, make_project, project_env, run_cli, wait_healthy,
 )
 from tests.lm_fixtures import build_tiny_llama
 
@@ -37,72 +34,6 @@ PREFECT = [str(Path(sys.executable).with_name("prefect"))]
 FINETUNE_WORKERS = ("w1", "w2")
 # Still 2 tasks x (full + TaLoS) = 4 fine-tunes; one merge variant keeps the evaluations few.
 ONE_VARIANT = "merge.methods={task_arithmetic: {lambdas: [1.0]}}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"prefect server exited:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-class Processes:
-    """Long-running processes started by the test, each in its own session, stopped by PID."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: dict[str, subprocess.Popen[bytes]] = {}
-        self.survivors: list[str] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started[name] = proc
-        return proc
-
-    def tree(self) -> list[psutil.Process]:
-        found = []
-        for proc in self.started.values():
-            try:
-                parent = psutil.Process(proc.pid)
-                found += [parent, *parent.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        return found
-
-    def stop_workers(self, names: tuple[str, ...]) -> None:
-        # G6: the first SIGINT asks a worker to wind down (it can take > 10 s); the second makes it
-        # kill itself. Each round goes to every worker at once.
-        procs = [self.started[n] for n in names if n in self.started]
-        for patience in (5, 20):
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)
-            deadline = time.monotonic() + patience
-            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-                time.sleep(0.2)
-
-    def stop_server(self, name: str) -> None:
-        proc = self.started[name]
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> str:
@@ -127,7 +58,7 @@ def cluster(tiny_base: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     root = make_project(tmp_path / "project", tiny_base)
     logs = tmp_path / "logs"
     logs.mkdir()
-    api = f"http://127.0.0.1:{_free_port()}/api"
+    api = f"http://127.0.0.1:{free_port()}/api"
     base_env = project_env(root)
     base_env.update({
         "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -143,7 +74,7 @@ def cluster(tiny_base: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     try:
         server = procs.start("server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port,
                                         "--no-ui"], base_env, tmp_path)
-        _wait_healthy(api, server, logs / "server.log")
+        wait_healthy(api, server, logs / "server.log")
         _cli(["work-pool", "create", "gpu", "--type", "process"], client_env, tmp_path)
         # A server-side cap for the whole queue on top of the per-worker (per-GPU) --limit 1.
         _cli(["work-queue", "create", "finetune", "--pool", "gpu", "--limit", str(len(FINETUNE_WORKERS))],
