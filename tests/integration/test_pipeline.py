@@ -125,7 +125,9 @@ def test_killed_run_resumes_from_last_finished_stage(tiny_base: Path, tmp_path: 
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [("tasks=[news,nope]", "unknown task 'nope'"), ("merge.lambda=7", "merge.lambda"),
-     ("merge.methods.ties.densities=[1.5]", "density=1.5"), ("merge.methods.magic={}", "unknown method 'magic'")],
+     ("merge.methods.ties.densities=[1.5]", "density=1.5"), ("merge.methods.magic={}", "unknown method 'magic'"),
+     ("tasks=[news,{name: t, data: {path: my/none.csv}, type: generation, fields: {target: y}}]",
+      "my/none.csv: task data file not found")],
 )
 def test_bad_params_fail_fast(tiny_base: Path, tmp_path: Path, override: str, fragment: str) -> None:
     root = make_project(tmp_path / "project", tiny_base)
