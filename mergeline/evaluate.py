@@ -95,10 +95,13 @@ def write_task_yamls(tasks: Mapping[str, Path], folder: Path, cache_dir: Path,
 
 
 def is_generation_file(path: str | os.PathLike[str]) -> bool:
-    """Whether a task file holds generation records (its first record has a target, no choices)."""
+    """Whether a task file holds generation records (its first record has a target, no choices).
+
+    A file not (yet) there counts as multiple choice: :func:`evaluate_model` checks every file first.
+    """
     from mergeline.data.records import GENERATION_KEYS, record_keys
 
-    return record_keys(load_records(path)[0]) == GENERATION_KEYS
+    return Path(path).is_file() and record_keys(load_records(path)[0]) == GENERATION_KEYS
 
 
 def _score(metrics: Mapping[str, float], generation: bool) -> tuple[str, float]:
