@@ -1,4 +1,8 @@
-"""Task registry and the one entry point that writes a task's splits: :func:`build_task`.
+"""Task registry, and the one mechanism every ``tasks:`` entry goes through.
+
+:func:`resolve_task` turns any entry (a built-in name below, a user data file, an lm-eval task; see
+``mergeline/task_params.py``) into a :class:`ResolvedTask`, and :func:`write_task` writes its splits;
+:func:`build_task` is the two for a built-in task. The built-in tasks:
 
 =========  ======================================  =========  ===================  ============
 task       source (installed package)              choices    default sizes        max total
