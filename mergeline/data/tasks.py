@@ -88,6 +88,7 @@ class ResolvedTask:
     build: Callable[[], dict[str, list[dict]]]  # split -> records
     sources: dict  # what it was built from (recorded in meta.json)
     source_files: tuple[Path, ...] = ()  # user files: hashed into meta, lineage and DVC deps
+    sizes: dict[str, int] | None = None  # built-in tasks: examples per split, as asked
 
 
 def resolve_task(entry: TaskEntry | str, root: str | os.PathLike[str] = ".", sizes: Mapping[str, int] | None = None,
@@ -113,7 +114,8 @@ def resolve_task(entry: TaskEntry | str, root: str | os.PathLike[str] = ".", siz
         raise MergelineError(f"seed: must be an integer, got {seed!r}")
     resolved = resolve_sizes(entry.name, sizes, spec.default_sizes, spec.has_train)
     return ResolvedTask(entry.name, "multiple_choice", "acc", task_splits(entry.name),
-                        lambda: spec.build(resolved, task_rng(entry.name, seed)), spec.module.sources())
+                        lambda: spec.build(resolved, task_rng(entry.name, seed)), spec.module.sources(),
+                        sizes={s: n for s, n in resolved.items() if s in task_splits(entry.name)})
 
 
 def source_files(entry: TaskEntry | str, root: str | os.PathLike[str] = ".") -> tuple[Path, ...]:
@@ -152,6 +154,8 @@ def write_task(task: ResolvedTask, out_dir: str | os.PathLike[str], seed: int = 
     meta: dict = {"task": task.name, "seed": seed, "output": task.output, "metric": task.metric,
                   "sources": task.sources, "source_files": {str(p): sha256_file(p) for p in task.source_files},
                   "files": {}, "counts": {}}
+    if task.sizes is not None:
+        meta["sizes"] = task.sizes
     with atomic_dir(out_dir) as tmp:
         for split in task.splits:
             path = tmp / f"{split}.jsonl"
@@ -173,10 +177,7 @@ def build_task(
     Raises MergelineError for an unknown task, bad ``sizes`` (negative, unknown split, a train split
     for ``control``, more examples than the source holds) or a missing source package.
     """
-    meta = write_task(resolve_task(name, sizes=sizes, seed=seed), out_dir, seed)
-    meta["sizes"] = {s: n for s, n in resolve_sizes(name, sizes, get_task(name).default_sizes,
-                                                    get_task(name).has_train).items() if s in task_splits(name)}
-    return meta
+    return write_task(resolve_task(name, sizes=sizes, seed=seed), out_dir, seed)
 
 
 def build_all(
