@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mergeline.errors import MergelineError
 from mergeline.task_params import TaskEntry
 
@@ -29,6 +31,26 @@ def include_folder(entry: TaskEntry, root: Path) -> Path | None:
     if not path.exists():
         raise MergelineError(f"task '{entry.name}': lm_eval.include_path {path} does not exist")
     return path
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """lm-eval task YAMLs use ``!function`` tags: read them as plain values, only ``dataset_kwargs`` matters."""
+
+
+_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def local_data_files(config_file: Path) -> list[Path]:
+    """The local files a task YAML's ``dataset_kwargs.data_files`` names (relative ones from the YAML's folder)."""
+    try:
+        config = yaml.load(config_file.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506 - safe subclass
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # not a task config: lm-eval reports it when it reads the folder
+    named = ((config or {}).get("dataset_kwargs") or {}).get("data_files") if isinstance(config, dict) else None
+    values = named.values() if isinstance(named, dict) else [named]
+    paths = [v for value in values for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+    found = [Path(p) if Path(p).is_absolute() else config_file.parent / p for p in paths]
+    return [p for p in found if p.is_file()]
 
 
 def load_task(entry: TaskEntry, root: Path) -> Any:

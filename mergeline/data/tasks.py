@@ -126,12 +126,14 @@ def source_files(entry: TaskEntry | str, root: str | os.PathLike[str] = ".") -> 
 
         return tuple(data_files(entry, Path(root)).values())
     if entry.kind == "lm_eval":
-        from mergeline.data.lm_eval_source import include_folder
+        from mergeline.data.lm_eval_source import include_folder, local_data_files
 
         include = include_folder(entry, Path(root))
         if include is None:
             return ()
-        return tuple(sorted(p for p in include.rglob("*") if p.is_file())) if include.is_dir() else (include,)
+        configs = sorted(p for p in include.rglob("*") if p.is_file()) if include.is_dir() else [include]
+        data = [d for c in configs if c.suffix in (".yaml", ".yml") for d in local_data_files(c)]
+        return tuple(dict.fromkeys([*configs, *sorted(data)]))  # the task YAMLs and the data they name
     return ()
 
 

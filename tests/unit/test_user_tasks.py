@@ -161,7 +161,7 @@ def test_lm_eval_task_from_include_path_and_its_errors(tmp_path: Path) -> None:
     assert task.output == "multiple_choice" and sum(len(v) for v in splits.values()) == 10
     record = next(r for rows in splits.values() for r in rows if r["prompt"] == "Q: 3 + 1\nA:")
     assert record["choices"] == [" 4", " 5"] and record["label"] == 0  # lm-eval's target_delimiter " "
-    assert {p.name for p in task.source_files} == {"qa.yaml", "hub.yaml"}
+    assert {p.name for p in task.source_files} == {"qa.yaml", "hub.yaml", "qa.jsonl"}  # configs and their data
     for name, fragment in (("nope", "lm-eval task 'nope' does not exist under"),
                            ("hub_qa", "lm-eval task 'hub_qa': its data is not available offline")):
         params = params_with(tmp_path, {"name": "qa", "lm_eval": {"task": name, "include_path": "lm_tasks"}})
