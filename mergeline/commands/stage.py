@@ -27,15 +27,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def check_dvc_deps(params: ExperimentParams, root: Path, dvc_file: str = "dvc.yaml") -> None:
     """Every user data file must be a dep of prepare-data (itself or a folder above it), or DVC would not
     rerun the pipeline when the file changes; dvc.yaml cannot list them from params (no list templating)."""
-    import yaml
-
     from mergeline.data.tasks import source_files
     from mergeline.errors import MergelineError
+    from mergeline.io.safe_read import load_yaml_file
 
     path = root / dvc_file
     if not path.is_file():
         return
-    stage = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get("prepare-data") or {}
+    stage = ((load_yaml_file(path, "DVC pipeline") or {}).get("stages") or {}).get("prepare-data") or {}
     deps = [(root / d).resolve() for d in stage.get("deps", []) if isinstance(d, str)]
     for entry in params.task_entries:
         for file in source_files(entry, root):
