@@ -25,8 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def check_dvc_deps(params: ExperimentParams, root: Path, dvc_file: str = "dvc.yaml") -> None:
-    """Every user data file must be a dep of prepare-data (itself or a folder above it), or DVC would not
-    rerun the pipeline when the file changes; dvc.yaml cannot list them from params (no list templating)."""
+    """Every user input must be a dep (itself or a folder above it) of the stage that reads it, or DVC
+    would not rerun the pipeline when it changes: data files of prepare-data, given checkpoints and
+    adapters of fine-tune. dvc.yaml cannot list them from params (DVC has no list templating)."""
     from mergeline.data.tasks import source_files
     from mergeline.errors import MergelineError
     from mergeline.io.safe_read import load_yaml_file
@@ -34,14 +35,17 @@ def check_dvc_deps(params: ExperimentParams, root: Path, dvc_file: str = "dvc.ya
     path = root / dvc_file
     if not path.is_file():
         return
-    stage = ((load_yaml_file(path, "DVC pipeline") or {}).get("stages") or {}).get("prepare-data") or {}
-    deps = [(root / d).resolve() for d in stage.get("deps", []) if isinstance(d, str)]
+    stages = (load_yaml_file(path, "DVC pipeline") or {}).get("stages") or {}
     for entry in params.task_entries:
-        for file in source_files(entry, root):
-            resolved = file.resolve()
-            if not any(resolved == d or resolved.is_relative_to(d) for d in deps):
-                raise MergelineError(f"{dvc_file}: stage prepare-data does not depend on {file} (data of task "
-                                     f"'{entry.name}'); add it, or its folder, to the stage's deps")
+        given = [root / p for p in (entry.checkpoint, entry.adapter) if p]
+        for stage, what, files in (("prepare-data", "data", source_files(entry, root)),
+                                   ("fine-tune", "model", given)):
+            deps = [(root / d).resolve() for d in (stages.get(stage) or {}).get("deps", []) if isinstance(d, str)]
+            for file in files:
+                resolved = file.resolve()
+                if not any(resolved == d or resolved.is_relative_to(d) for d in deps):
+                    raise MergelineError(f"{dvc_file}: stage {stage} does not depend on {file} ({what} of task "
+                                         f"'{entry.name}'); add it, or its folder, to the stage's deps")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -181,6 +181,9 @@ def test_stage_command_wants_user_files_as_dvc_deps(tmp_path: Path) -> None:
     dvc["stages"]["prepare-data"]["deps"].append(".")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
     check_dvc_deps(params, tmp_path)  # a folder above the file covers it
+    given = params_with(tmp_path, {"name": "news", "checkpoint": "models/news-ft"})
+    with pytest.raises(MergelineError, match="stage fine-tune does not depend on .*models/news-ft .*model of task"):
+        check_dvc_deps(given, tmp_path)
 
 
 def test_generation_files_get_the_generate_until_template(tmp_path: Path) -> None:
