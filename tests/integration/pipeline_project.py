@@ -32,17 +32,6 @@ ARCHITECTURE_TAGS = (
 )
 
 
-def tiny_pipeline_base() -> Path:
-    """The tiny Llama the pipeline tests share (built once per test session)."""
-    from tests.conftest import session_dir
-    from tests.lm_fixtures import build_tiny_llama
-
-    target = session_dir() / "pipeline-tiny-base"
-    if not (target / "config.json").exists():
-        build_tiny_llama(target, seed=0)
-    return target
-
-
 def make_project(root: Path, base_model: Path, **overrides: object) -> Path:
     """Write params.yaml (tiny params, ``base_model`` absolute) and make ``root`` a git + DVC repo."""
     root.mkdir(parents=True, exist_ok=True)

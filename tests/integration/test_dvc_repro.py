@@ -17,7 +17,7 @@ import yaml
 
 from mergeline.io.hashing import sha256_file
 from tests.integration.pipeline_project import (
-    MERGELINE, make_project, prefect_server, project_env, run_cli, tiny_pipeline_base, write_user_tasks,
+    MERGELINE, make_project, prefect_server, project_env, run_cli, shared_tiny_base, write_user_tasks,
 )
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     root = tmp_path / "project"
     root.mkdir()
     tasks = write_user_tasks(root, rows=16)
-    make_project(root, tiny_pipeline_base(), tasks=tasks, talos={"enabled": False},
+    make_project(root, shared_tiny_base(), tasks=tasks, talos={"enabled": False},
                  merge={"lambda": None, "seed": 0, "methods": {"task_arithmetic": {"lambdas": [0.5, 1.0]}}})
     env = project_env(root)
     with prefect_server(tmp_path, env) as api:
