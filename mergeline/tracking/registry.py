@@ -66,7 +66,7 @@ def _check_aliases(aliases: list[str]) -> None:
             raise MergelineError(f"alias {alias!r}: {problem}")
 
 
-def _local_path(uri: str) -> Path | None:
+def local_path(uri: str) -> Path | None:
     """The filesystem path of a ``file://`` (or scheme-less) artifact URI, else None (remote store)."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
@@ -96,7 +96,7 @@ def _log_model(client: MlflowClient, run_id: str, model_dir: Path, lineage: Line
         _write_lineage_files(lineage, Path(tmp))
         client.log_artifacts(run_id, tmp, MODEL_ARTIFACT_PATH)
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
-    landed = _local_path(source)
+    landed = local_path(source)
     if landed is not None:
         # A short copy (full disk, killed writer) must fail here, before any version exists.
         check_weights(landed, lineage.weights)
@@ -195,7 +195,7 @@ def model_artifact_dir(version: ModelVersion, dest: Path | None = None) -> Path:
 
     A local folder is returned even when it was deleted, so callers can name what is missing.
     """
-    local = _local_path(version.source)
+    local = local_path(version.source)
     if local is not None:
         return local
     dest = Path(dest or tempfile.mkdtemp(prefix="mergeline-model-"))
@@ -204,7 +204,7 @@ def model_artifact_dir(version: ModelVersion, dest: Path | None = None) -> Path:
 
 def load_lineage(version: ModelVersion) -> Lineage:
     """The version's ``lineage.json``. FileNotFoundError (naming it) when the artifact is gone."""
-    local = _local_path(version.source)
+    local = local_path(version.source)
     if local is not None:
         path = local / LINEAGE_FILE
         if not path.is_file():
