@@ -16,11 +16,7 @@ def plan_variants(ctx: StageContext) -> list[dict[str, Any]]:
     """Every (method, λ, density) point to merge; ``merge.lambda`` pins λ for all methods."""
     variants = []
     for method, sweep in ctx.params.merge.methods.items():
-        lambdas = [ctx.params.merge.lambda_] if ctx.params.merge.lambda_ is not None else sweep.lambdas
-        if method == "metagpt":
-            lambdas = [1.0]  # closed-form coefficients; an extra λ would be an ablation, not MetaGPT
-        densities = sweep.densities or [None]
-        for lam, density in itertools.product(lambdas, densities):
+        for lam, density in itertools.product(*ctx.params.sweep_grid(method)):
             name = f"{_SHORT[method]}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
             variants.append({"name": name, "method": method, "lambda": lam, "density": density,
                              "options": sweep.options})
