@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mergeline.commands.lineage import SPEC_HELP, add_store_arguments, open_version, version_label
+from mergeline.io.owned_temps import remove_abandoned, temp_dir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     registered = local_path(version.source)
     out = check_output_dir(args.out, [*index, *([registered] if registered else [])], overwrite=args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".reproduce-inputs-", dir=out.parent))
+    remove_abandoned(out.parent)
+    scratch = temp_dir(out.with_name(f"{out.name}-inputs"))
     try:
         problems: list[str] = []
         config = _resolve_inputs(lineage.merge.config, index, root, scratch, problems)

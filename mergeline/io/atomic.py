@@ -1,7 +1,10 @@
 """Write outputs to a temporary path beside the target and rename when complete, never over user data.
 
 A crash or a bad input therefore never leaves a half-written output at the target path, and no
-temporary folder survives a failure (an exception in the body, in the swap, or Ctrl-C).
+temporary folder survives a failure (an exception in the body, in the swap, Ctrl-C, or SIGTERM/SIGHUP,
+which the CLI turns into an exit through this cleanup). What ``kill -9`` leaves behind, the next
+atomic write in the same folder removes (:mod:`mergeline.io.owned_temps`: the temporaries' names
+prove their writer is gone).
 
 An output folder mergeline writes carries a marker file, ``.mergeline-output``. An existing target is
 replaced only when it is empty or is such an output (or a mergeline output written before the marker
@@ -14,12 +17,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from mergeline.errors import MergelineError
+from mergeline.io.owned_temps import remove_abandoned, temp_dir, temp_file
 
 MARKER = ".mergeline-output"
 # Constant content: an output's bytes must depend on its inputs only (DVC and lineage hash them).
@@ -114,13 +117,15 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = True) -> Iterat
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        remove_abandoned(target.parent)
+        _check_replaceable(target, overwrite, None)  # an abandoned swap may have put a previous output back
+        tmp = temp_dir(target)
         yield tmp
         (tmp / MARKER).write_text(MARKER_TEXT)
         _check_replaceable(target, overwrite, None)  # the body took time: look again
         if target.exists():
             # Move the old output aside first so the rename below is a single atomic step.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = temp_dir(target, "old")
             try:
                 os.replace(target, old)
             except BaseException:
@@ -146,12 +151,12 @@ def atomic_file(target: str | os.PathLike[str], mode: str = "w") -> Iterator:
     """Open a temporary file beside ``target`` for writing; rename it over ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
+    remove_abandoned(target.parent)
+    tmp_name = temp_file(target)
     try:
         with open(tmp_name, mode) as handle:
             yield handle
         os.replace(tmp_name, target)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp_name.unlink(missing_ok=True)
         raise
