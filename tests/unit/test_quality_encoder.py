@@ -32,7 +32,7 @@ def test_head_is_frozen_and_fine_tuning_through_it_learns(tmp_path):
     before = score(encoder, head, train)
     assert len(before) == len(texts) and set(before) <= {"0", "1"}
     weights = head.weight.clone()
-    losses = finetune(encoder, head, train, steps=30, batch=8, lr=1e-3, seed=0)
+    losses = finetune(encoder, [(head, train)], steps=30, batch=8, lr=1e-3, seed=0)
     assert torch.equal(head.weight, weights), "the head must stay as fitted on the base"
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     assert score(encoder, head, train).count("1") >= before.count("1")
