@@ -131,7 +131,8 @@ def premises(results: list[dict], smol: dict | None) -> dict[str, Any]:
     if smol:
         out["smollm2_mask_overlap"] = statistics.mean(v["overlap"] for v in smol["across_tasks"].values())
         out["smollm2_random_overlap"] = statistics.mean(v["random_per_tensor"] for v in smol["across_tasks"].values())
-        out["smollm2_same_task_overlap"] = statistics.mean(v["overlap"] for v in smol["across_seeds"].values())
+        if smol["across_seeds"]:
+            out["smollm2_same_task_overlap"] = statistics.mean(v["overlap"] for v in smol["across_seeds"].values())
     return out
 
 
