@@ -151,7 +151,8 @@ def plots(results: list[dict], smol: dict | None, out: Path) -> None:
     weights = results[0]["addition"].get("lata_weights") or {}
     for name, per_model in weights.items():
         for model, w in (per_model or {}).items():
-            ax.plot([int(l) for l in w], list(w.values()), marker="o", label=f"{name} / model {model}")
+            layers = sorted(w, key=int)
+            ax.plot([int(l) for l in layers], [w[l] for l in layers], marker="o", label=f"{name} / model {model}")
     ax.set(xlabel="layer", ylabel="LATA layer weight", title="LATA layer weights (seed %d)" % results[0]["seed"])
     ax.legend(fontsize=6)
     fig.tight_layout()
