@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from mergeline.errors import MergelineError
-from mergeline.lora import LoraAdapter, extract_lora_vector, fold, pattern_value
+from mergeline.lora import LoraAdapter, extract_lora_vector, fold
+from mergeline.lora_patterns import PatternTable
 from tests.lora_fixtures import build_lora_adapter, peft_merged_state
 from tests.merge_fixtures import load_tensors, tiny_base
 
@@ -49,8 +50,9 @@ def test_scale_rank_and_alpha_patterns_and_rslora(tmp_path: Path) -> None:
     rs = LoraAdapter(_write_adapter(tmp_path / "rs", {k: v for k, v in tensors.items() if ".0." in k},
                                     use_rslora=True))
     assert rs.modules["model.layers.0.self_attn.q_proj.weight"].scale == pytest.approx(4 / math.sqrt(2))
-    assert pattern_value({"q_proj": 7}, "model.layers.0.self_attn.q_proj", 1) == 7
-    assert pattern_value({"proj": 7}, "model.layers.0.self_attn.q_proj", 1) == 1  # dot boundary only
+    keep = lambda key, value: value  # noqa: E731
+    assert PatternTable({"q_proj": 7}, keep).lookup("model.layers.0.self_attn.q_proj", 1) == 7
+    assert PatternTable({"proj": 7}, keep).lookup("model.layers.0.self_attn.q_proj", 1) == 1  # dot boundary only
 
 
 def test_fold_keeps_the_adapter_dtype(tmp_path: Path) -> None:
