@@ -32,10 +32,10 @@ def write_mc(root: Path, rows: int = 10, name: str = "tickets.jsonl") -> Path:
     return path
 
 
-def write_gen(root: Path) -> Path:
-    path = root / "titles.csv"
-    path.write_text("abstract,title,year\n" + "".join(f"text {i},title {i},{2000 + i}\n" for i in range(10)),
-                    encoding="utf-8")
+def write_gen(root: Path, name: str = "titles.csv", first: int = 0) -> Path:
+    path = root / name
+    rows = "".join(f"text {i},title {i},{2000 + i}\n" for i in range(first, first + 10))
+    path.write_text("abstract,title,year\n" + rows, encoding="utf-8")
     return path
 
 
@@ -89,15 +89,16 @@ def test_multiple_choice_jsonl_label_by_index_or_text_and_a_seeded_split(tmp_pat
 
 
 def test_generation_csv_with_given_splits_written_and_hashed(tmp_path: Path) -> None:
-    write_gen(tmp_path)
-    entry = TaskEntry.model_validate({**GEN, "data": {"splits": {s: "titles.csv" for s in ("train", "validation", "test")}}})
+    files = {"train": write_gen(tmp_path).name, "validation": write_gen(tmp_path, "titles-val.csv", 100).name,
+             "test": write_gen(tmp_path, "titles-test.csv", 200).name}
+    entry = TaskEntry.model_validate({**GEN, "data": {"splits": files}})
     task = resolve_task(entry, tmp_path)
     meta = write_task(task, tmp_path / "out")
     records = load_records(tmp_path / "out" / "train.jsonl")
     assert records[0] == {"id": "titles/train/2", "prompt": "Abstract: text 0 (2000)\nTitle:", "target": " title 0"}
     assert meta["output"] == "generation" and meta["metric"] == "exact_match"
     source = str(tmp_path / "titles.csv")
-    assert meta["source_files"] == {source: source_hashes([entry], tmp_path)[source]}
+    assert meta["source_files"] == source_hashes([entry], tmp_path) and len(meta["source_files"]) == 3
     (tmp_path / "titles.csv").write_text("abstract,title,year\nchanged,x,1\n" * 3, encoding="utf-8")
     assert source_hashes([entry], tmp_path)[source] != meta["source_files"][source]
 
