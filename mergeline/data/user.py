@@ -72,7 +72,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
             if any(v.strip() for v in row.values() if v is not None):
                 rows.append((reader.line_num, row))
     except csv.Error as exc:  # a field over csv.field_size_limit(), a stray quote or newline
-        raise MergelineError(f"{path}:{reader.line_num}: unreadable CSV ({exc})") from None
+        raise MergelineError(f"{path}:{reader.reader.line_num}: unreadable CSV ({exc})") from None
     return rows
 
 
