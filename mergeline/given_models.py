@@ -8,7 +8,7 @@ Errors (MergelineError, one line naming the task, folder and tensor):
 - a missing folder or file (config.json, safetensors weights, tokenizer; adapter_config.json,
   adapter_model.safetensors), pickle-only weights;
 - a checkpoint whose float tensor names or shapes differ from the base's;
-- an adapter that is not a plain LoRA (DoRA, other PEFT kinds: ``mergeline.lora``), whose target
+- an adapter that is not a plain LoRA (DoRA, other PEFT kinds: ``mergeline.merge.lora``), whose target
   modules the base lacks or has in other shapes (another architecture or size), or whose
   ``base_model_name_or_path`` is a local model folder with other weights than the base (both hashes named);
 - with ``lora.enabled``, a ``lora.target_modules`` name that is no module of the base.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mergeline.errors import MergelineError
 from mergeline.io.safetensors_io import CheckpointReader
-from mergeline.lora import LoraAdapter
+from mergeline.merge.lora import LoraAdapter
 
 Shapes = dict[str, tuple[int, ...]]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")

@@ -32,8 +32,8 @@ from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_file
 from mergeline.io.hashing import sha256_file
 from mergeline.io.safe_read import read_text_file
-from mergeline.lineage import Lineage
-from mergeline.lineage_render import render_mermaid
+from mergeline.lineage.record import Lineage
+from mergeline.lineage.render import render_mermaid
 from mergeline.names import alias_problem, model_name_problem
 from mergeline.tracking.anchors import MODEL_ARTIFACT_PATH, REGISTERED_VERSION_TAG, WORK_DIR_TAG, registry_tags
 from mergeline.tracking.mlflow_setup import current_experiment_id

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline.config import MergeConfig, load_merge_config
+from mergeline.merge.config import MergeConfig, load_merge_config
 from mergeline.errors import MergelineError
-from mergeline.layers import with_layer
-from mergeline.merge import run_merge
-from mergeline.slices import is_pre_tensor
+from mergeline.merge.layers import with_layer
+from mergeline.merge.engine import run_merge
+from mergeline.merge.slices import is_pre_tensor
 from tests.merge_fixtures import load_tensors, write_checkpoint
 
 LAYERS = 4

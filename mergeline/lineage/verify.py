@@ -3,7 +3,7 @@
 Where each artifact is looked for:
 - registered weight files: the model version's folder in the MLflow artifact store;
 - base model, datasets, checkpoints, task vectors, importance files: the recorded path, else the DVC
-  cache or a local DVC remote by md5 (``mergeline.lineage_locate``). A copy that exists but differs is a
+  cache or a local DVC remote by md5 (``mergeline.lineage.locate``). A copy that exists but differs is a
   ``mismatch`` even when DVC holds a good one: the workspace copy is what a user would load;
 - the params file: its recorded path (git-tracked, not in DVC);
 - ``lineage.json`` itself, through the registry's anchors (``mergeline.tracking.anchors``): its
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 from mergeline.io.hashing import sha256_dir, sha256_file
-from mergeline.lineage import Artifact, Lineage
-from mergeline.lineage_locate import find_in_dvc, folder_manifest, recorded_path
+from mergeline.lineage.record import Artifact, Lineage
+from mergeline.lineage.locate import find_in_dvc, folder_manifest, recorded_path
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ Schema (mergekit 0.1.5; ``models:`` form, or ``slices:`` below)::
 ``slices:`` (instead of ``models:``) stacks layer ranges: each output slice lists ``sources`` (``model``,
 ``layer_range: [a, b)``, ``parameters``) of equal length, merged with ``merge_method`` (one source:
 passthrough / frankenmerge), with an optional per-slice ``base_model`` and ``parameters``; see
-``mergeline.slices`` for the planning. mergekit's ``modules:`` form is refused with one line naming
+``mergeline.merge.slices`` for the planning. mergekit's ``modules:`` form is refused with one line naming
 the key.
 
 Parameter values follow mergekit's ``evaluate_setting`` (``mergeline.parameters``): a scalar, a
@@ -296,8 +296,8 @@ def with_base_input(config: MergeConfig) -> MergeConfig:
 
 def check_config(config: MergeConfig) -> None:
     """Check a config against its method: known method, model count, base, parameter names, dtypes."""
-    from mergeline.slices import check_slices
-    from mergeline.tokenizer_merge import check_tokenizer_settings
+    from mergeline.merge.slices import check_slices
+    from mergeline.merge.tokenizer import check_tokenizer_settings
 
     method = config.method_class()
     largest = torch.finfo(config.compute_dtype()).max
