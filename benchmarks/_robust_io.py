@@ -75,7 +75,7 @@ def _disk_full(folder: Path) -> str:
 
 def _interrupted(folder: Path) -> str:
     """Ctrl-C (KeyboardInterrupt) in the middle of writing the merged tensors (library call)."""
-    from mergeline.merge.config import load_merge_config
+    from mergeline.merge.checks import load_merge_config
     from mergeline.merge.engine import run_merge
 
     models = zoo(folder)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from mergeline.assets import MINILM, SMOLLM2, _source, ensure_offline, read_import_meta
 from mergeline.errors import MergelineError
+from mergeline.io.hashing import sha256_file
 from mergeline.io.safetensors_io import CheckpointReader
 from mergeline.merge.lora import LoraAdapter
 
@@ -30,7 +32,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 def weights_sha256(folder: Path) -> str:
     """One sha256 over a model folder's safetensors files (name and content): the weights' identity,
     whatever tokenizer or config files sit beside them."""
-    from mergeline.io.hashing import sha256_file
 
     digest = hashlib.sha256()
     for file in sorted(folder.glob("*.safetensors")):
@@ -50,8 +51,6 @@ def config_shapes(spec: str) -> Shapes:
     as ``save_pretrained`` leaves them out of the files."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from mergeline.assets import MINILM, SMOLLM2, _source, ensure_offline
 
     ensure_offline()
     source = _source(spec)
@@ -76,7 +75,6 @@ def config_shapes(spec: str) -> Shapes:
 
 def _imported_base(root: Path, work_dir: str, spec: str) -> Path | None:
     """The pipeline's imported base folder, when it holds ``spec`` already."""
-    from mergeline.assets import read_import_meta
 
     folder = root / work_dir / "base"
     meta = read_import_meta(folder) if folder.is_dir() else None

@@ -74,7 +74,7 @@ def open_version(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def run(args: argparse.Namespace) -> int:
     from mergeline.lineage.render import render_json, render_mermaid, render_text
-    from mergeline.lineage.verify import verify_lineage
+    from mergeline.tracking.registry import verify_lineage
 
     version, lineage, root = open_version(args)
     if lineage is None:

@@ -60,7 +60,8 @@ from typing import Any
 
 import torch
 
-from mergeline.merge.config import MergeConfig, check_config, input_paths, with_base_input
+from mergeline.merge.checks import check_config
+from mergeline.merge.config import MergeConfig, input_paths, with_base_input
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir, check_output_dir
 from mergeline.io.safetensors_io import (

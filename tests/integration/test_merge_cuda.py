@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from mergeline.merge.config import load_merge_config
+from mergeline.merge.checks import load_merge_config
 from mergeline.merge.engine import run_merge
 from tests.merge_fixtures import write_checkpoint
 

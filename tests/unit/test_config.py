@@ -7,15 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mergeline.merge.config import (
-    ConditionalParameter,
-    MergeConfig,
-    ParameterResolver,
-    check_config,
-    evaluate_setting,
-    load_merge_config,
-)
 from mergeline.errors import MergelineError
+from mergeline.merge.checks import check_config, load_merge_config
+from mergeline.merge.config import ConditionalParameter, MergeConfig, ParameterResolver, evaluate_setting
 
 
 def _config(method: str = "ties", models: list | None = None, **extra) -> MergeConfig:

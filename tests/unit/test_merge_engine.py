@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline.merge.config import MergeConfig, load_merge_config
+from mergeline.merge.checks import load_merge_config
+from mergeline.merge.config import MergeConfig
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import MARKER, MARKER_TEXT
 from mergeline.io.hashing import sha256_file
