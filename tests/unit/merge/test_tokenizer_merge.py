@@ -76,7 +76,7 @@ def test_reindexing_makes_a_merge_independent_of_token_order(tmp_path: Path) -> 
     statistics pass (which must see the re-indexed rows too)."""
     from mergeline.merge.engine import run_merge
     from tests.merge_fixtures import load_tensors, save_word_tokenizer, write_checkpoint
-    from tests.unit.test_slices import _model
+    from tests.unit.merge.test_slices import _model
 
     words = ["<unk>", "</s>"] + [f"w{i}" for i in range(8)]
     base, a = _model(0), _model(1)

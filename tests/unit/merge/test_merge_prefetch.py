@@ -18,7 +18,7 @@ from mergeline.io.prefetch import TensorPrefetcher
 from mergeline.io.safetensors_io import CheckpointReader
 from mergeline.merge.engine import run_merge
 from tests.merge_fixtures import load_tensors, write_checkpoint
-from tests.unit.test_merge_engine import _config, _finetuned, _model
+from tests.unit.merge.test_merge_engine import _config, _finetuned, _model
 
 
 def _use_gpu_loop(monkeypatch: pytest.MonkeyPatch) -> None:
