@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from mergeline.errors import MergelineError
     from mergeline.io.atomic import atomic_dir, check_output_dir
     from mergeline.io.safetensors_io import CheckpointReader
-    from mergeline.lora_extract import adapter_config, extract_lora, summarize
+    from mergeline.merge.lora_extract import adapter_config, extract_lora, summarize
 
     if args.rank < 1:
         raise MergelineError(f"--rank: must be >= 1, got {args.rank}")

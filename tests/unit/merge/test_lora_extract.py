@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mergeline.lora_extract import (adapter_config, extract_lora, fold_factors, is_linear_weight,
+from mergeline.merge.lora_extract import (adapter_config, extract_lora, fold_factors, is_linear_weight,
                                     low_rank_factors)
 
 
