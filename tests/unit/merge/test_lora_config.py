@@ -91,12 +91,16 @@ def test_defaults_are_peft_defaults(tmp_path: Path) -> None:
 
 
 def test_bad_adapter_of_a_task_fails_preflight_in_one_line(llama: Path, tmp_path: Path) -> None:
-    """A NUL in base_model_name_or_path used to reach a path operation (ValueError, a traceback)."""
+    """base_model_name_or_path reaches a path operation: a NUL (ValueError) or a name too long to look up
+    (OSError) must not become a traceback."""
     folder = write_adapter(tmp_path / "adapter", _ok(), base_model_name_or_path="models/a\0b")
     with pytest.raises(MergelineError) as caught:
         check_given_models([TaskEntry(name="news", adapter=str(folder))], str(llama), tmp_path, "work")
     message = str(caught.value)
     assert message.startswith("tasks: news: ") and "field 'base_model_name_or_path'" in message, message
+    # a name the file system cannot look up (ENAMETOOLONG) is no local folder: nothing to compare
+    write_adapter(folder, _ok(), base_model_name_or_path="x" * 300)
+    check_given_models([TaskEntry(name="news", adapter=str(folder))], str(llama), tmp_path, "work")
 
 
 def _expect_adapter_blamed(run, folder: Path, fragment: str, base: Path) -> None:  # type: ignore[no-untyped-def]
