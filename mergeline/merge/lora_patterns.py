@@ -73,7 +73,7 @@ def _parse(key: str) -> tuple[bool, list[_Atom]]:
         raise PatternError(f"a key of {len(key)} characters (at most {MAX_KEY_CHARS})")
     anchored = key.startswith("^")
     body = key[1:] if anchored else key
-    body = body[:-1] if body.endswith("$") and not body.endswith("\\$") else body
+    body = body.removesuffix("$")
     atoms: list[_Atom] = []
     i = 0
     while i < len(body):
@@ -136,8 +136,9 @@ class PatternKey:
                 self._masks[char] = mask
         return mask
 
-    def matches(self, name: str, where: "ModuleName | None" = None) -> bool:
-        """``where``: ``name``'s start and end positions, computed once for every key of a table."""
+    def matches(self, name: str, where: ModuleName | None = None) -> bool:
+        """Whether the key matches ``name`` as PEFT's regular expression would (``where``: the name's
+        start and end positions, computed once for all the keys of a table)."""
         where = where if where is not None else ModuleName(name)
         starts = where.first if self.anchored else where.starts
         if self.fixed is not None:
@@ -211,5 +212,6 @@ class PatternTable(Generic[V]):
 
 
 def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error line quotes a hostile value, not all of it."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
