@@ -126,14 +126,9 @@ def source_files(entry: TaskEntry | str, root: str | os.PathLike[str] = ".") -> 
 
         return tuple(data_files(entry, Path(root)).values())
     if entry.kind == "lm_eval":
-        from mergeline.data.lm_eval_source import include_folder, local_data_files
+        from mergeline.data.lm_eval_source import folder_files
 
-        include = include_folder(entry, Path(root))
-        if include is None:
-            return ()
-        configs = sorted(p for p in include.rglob("*") if p.is_file()) if include.is_dir() else [include]
-        data = [d for c in configs if c.suffix in (".yaml", ".yml") for d in local_data_files(c)]
-        return tuple(dict.fromkeys([*configs, *sorted(data)]))  # the task YAMLs and the data they name
+        return folder_files(entry, Path(root))  # the task folder, the YAMLs it includes, the data they read
     return ()
 
 
