@@ -68,7 +68,8 @@ def _folder_config(entry: TaskEntry, yaml_path: Path) -> tuple[dict[str, Any], T
     found = code_tags(task)
     if found and not trusted:
         file, key, tag = found[0]
-        raise MergelineError(f"{file}: {key}: {tag.tag} {tag.value} would run Python from the task folder; "
+        value = " ".join(tag.value.split())[:120]  # one line, whatever the YAML scalar holds
+        raise MergelineError(f"{file}: {key}: {tag.tag} {value} would run Python from the task folder; "
                              f"set trust_code: true beside include_path (task '{entry.name}') to allow it")
     try:
         config = load_yaml(task.path, resolve_func=trusted)
