@@ -15,8 +15,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mergeline.assets import ensure_offline
 from mergeline.data.task_folder import TaskYaml, code_tags, key_holding, local_dataset, read_files, read_task_yaml
 from mergeline.data.template_sandbox import TemplateRefused, install, trusted_templates
+from mergeline.data.user import split_records
 from mergeline.errors import MergelineError
 from mergeline.task_params import TaskEntry
 
@@ -106,8 +108,6 @@ def load_task(entry: TaskEntry, root: Path) -> tuple[Any, TaskYaml | None]:
 
     Call inside :func:`trusted_templates`: lm-eval renders the first document while it builds the task.
     """
-    from mergeline.assets import ensure_offline
-
     assert entry.lm_eval is not None
     ensure_offline()
     import datasets
@@ -170,8 +170,6 @@ def lm_eval_task_splits(entry: TaskEntry, root: Path) -> tuple[str, dict[str, li
 
 
 def _task_splits(entry: TaskEntry, task: Any) -> tuple[str, dict[str, list[dict[str, Any]]]]:
-    from mergeline.data.user import split_records
-
     name = entry.lm_eval.task  # type: ignore[union-attr]
     output = OUTPUT_TYPES.get(task.OUTPUT_TYPE)
     if output is None:
