@@ -19,6 +19,7 @@ Every form resolves to a :class:`TaskEntry`, the one mechanism the pipeline know
         metric: exact_match
       - name: arc                                # an lm-eval task whose data is available offline
         lm_eval: {task: arc_easy}                # or {include_path: dir_or_yaml, task: my_task}
+                                                 # (+ trust_code: true if its YAML runs !function code)
       - name: sentiment                          # an existing task model instead of a fine-tune
         checkpoint: models/sentiment-ft          # HF folder fine-tuned from base_model (safetensors)
       - name: code
@@ -34,7 +35,9 @@ import re
 import string
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, field_validator, model_validator,
+)
 
 TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # Metrics of lm-eval's generate_until tasks that score one prediction against one reference.
@@ -116,6 +119,16 @@ class LmEvalTask(_Strict):
 
     task: str = Field(min_length=1, description="lm-eval task name")
     include_path: str | None = Field(None, description="folder or YAML file holding the task's config")
+    # Strict: only a real YAML boolean consents to running a task folder's code, not "yes" or 1.
+    trust_code: StrictBool = Field(False, description="run the task folder's Python (!function) and render its "
+                                                      "templates unsandboxed")
+
+    @model_validator(mode="after")
+    def _trust_needs_folder(self) -> "LmEvalTask":
+        if self.trust_code and self.include_path is None:
+            raise ValueError("lm_eval.trust_code applies to a task folder (include_path); "
+                             "lm-eval's own tasks are code of the installed package")
+        return self
 
 
 class TaskEntry(_Strict):
