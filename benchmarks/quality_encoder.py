@@ -34,11 +34,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import _quality_encoder as E  # noqa: E402
-from mergeline.config import MergeConfig  # noqa: E402
+from mergeline.merge.config import MergeConfig  # noqa: E402
 from mergeline.env import configure_offline_defaults  # noqa: E402
 from mergeline.finetune.talos import mask_density, mask_overlap  # noqa: E402
 from mergeline.importance import loss_along, pairwise_cosines, quadratic_gap, random_mask_overlap  # noqa: E402
-from mergeline.merge import run_merge  # noqa: E402
+from mergeline.merge.engine import run_merge  # noqa: E402
 
 
 def acc(bits: str) -> float:
