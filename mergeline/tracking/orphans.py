@@ -12,6 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mergeline.tracking.mlflow_setup import open_store
+
 OWNER_TAG = "mergeline.owner"
 _PAGE = 1000  # results per search call
 
@@ -36,10 +41,6 @@ def close_owner_runs(owner: str, tracking_uri: str) -> Closed:
     still RUNNING are searched for, never all of them, and the versions are found among those created
     since the parent run started, newest first.
     """
-    from mlflow.tracking import MlflowClient
-
-    from mergeline.tracking.mlflow_setup import open_store
-
     open_store(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -63,7 +64,7 @@ def close_owner_runs(owner: str, tracking_uri: str) -> Closed:
     return closed
 
 
-def _versions_since(client: Any, since_ms: int) -> Iterator[Any]:
+def _versions_since(client: MlflowClient, since_ms: int) -> Iterator[Any]:
     """Model versions created at or after ``since_ms``, newest first (every registered model)."""
     token = None
     while True:
@@ -77,10 +78,8 @@ def _versions_since(client: Any, since_ms: int) -> Iterator[Any]:
             return
 
 
-def _run_parent(client: Any, run_id: str | None) -> str | None:
+def _run_parent(client: MlflowClient, run_id: str | None) -> str | None:
     """The run ``run_id`` is nested under (None: top level, or no such run)."""
-    from mlflow.exceptions import MlflowException
-
     if not run_id:
         return None
     try:
