@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mergeline.lineage import (
+from mergeline.lineage.record import (
     SOURCE_PREFIX, BaseModelRef, FineTune, ImportanceArtifact, Lineage, MergeInfo, MlflowInfo, PrefectInfo, TaskLineage,
 )
-from mergeline.lineage_build import code_info, describe, dvc_info, params_info
+from mergeline.lineage.build import code_info, describe, dvc_info, params_info
 from mergeline.params import ExperimentParams, vector_mode
 from mergeline.stages.common import StageContext
 from mergeline.stages.evaluate import registered_variants, write_metrics

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from mergeline.assets import ensure_offline
+from mergeline.data.user import split_records
 from mergeline.errors import MergelineError
 from mergeline.task_params import TaskEntry
 
@@ -55,7 +57,6 @@ def local_data_files(config_file: Path) -> list[Path]:
 
 def load_task(entry: TaskEntry, root: Path) -> Any:
     """The lm-eval Task object, its dataset loaded offline."""
-    from mergeline.assets import ensure_offline
 
     assert entry.lm_eval is not None
     ensure_offline()
@@ -95,7 +96,6 @@ def _record(task: Any, doc: dict, output: str, record_id: str, where: str) -> di
 
 def lm_eval_task_splits(entry: TaskEntry, root: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
     """(``multiple_choice`` or ``generation``, split → records) of an lm-eval task."""
-    from mergeline.data.user import split_records
 
     task = load_task(entry, root)
     name = entry.lm_eval.task  # type: ignore[union-attr]

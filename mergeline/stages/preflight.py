@@ -60,7 +60,7 @@ def _check_output_roots(params: ExperimentParams, root: Path) -> None:
 
 def _check_method_options(params: ExperimentParams) -> None:
     """A sweep's ``options`` become merge parameters: an unknown one fails now, not at the merge stage."""
-    from mergeline.config import check_parameter_keys
+    from mergeline.merge.config import check_parameter_keys
     from mergeline.methods import get_method
     from mergeline.params import PIPELINE_METHODS
 

@@ -12,7 +12,7 @@ spread over one thread per core (torch single-threaded in each). A method may as
 statistics pass over the same blocks first (TIES: each model's cut-off magnitude and tie budget;
 ``MergeMethod.begin_tensor``). Memory: a few blocks per thread, two output chunks, the mapped pages of
 one chunk of each input. On CUDA every method gets whole tensors, read ahead with positioned reads
-and merged on the GPU without waiting for it (``mergeline.merge_prefetch``). A writer thread writes
+and merged on the GPU without waiting for it (``mergeline.merge.prefetch``). A writer thread writes
 each output chunk while the next is merged, and a thread per shard hashes what it flushed. Every
 output is checked for NaN/Inf in the dtype it is written in (an overflow, λ = 1e308, is refused like a
 NaN input); methods that declare ``nonfinite_propagates`` (TA, TIES) skip the input checks, and the
@@ -28,11 +28,11 @@ Per tensor (the reference names are the base's; the first input's for a method w
 Tied embeddings stored twice with identical data in the base and in every model (lm_head = embed) are
 merged once, counted once by statistics passes, and written under both names.
 
-``slices:`` (``mergeline.slices``): each output tensor belongs to a group of inputs (the ``models:``
+``slices:`` (``mergeline.merge.slices``): each output tensor belongs to a group of inputs (the ``models:``
 list, or one output slice) whose readers present the sources under output names (layer ``a + i`` of
 a source is output layer ``o + i``); the loop above is unchanged, tensor by tensor. With a
 ``tokenizer_source`` the vocabulary-indexed tensors (embeddings, LM head) are read whole, re-indexed to
-the output tokenizer (``mergeline.tokenizer_merge``) and handed to the method as already-read inputs.
+the output tokenizer (``mergeline.merge.tokenizer``) and handed to the method as already-read inputs.
 
 Bad input (MergelineError, checked before anything is written where possible; the output folder is
 written through ``atomic_dir`` so a failure leaves nothing): missing/corrupt/pickle checkpoints, a
@@ -60,7 +60,8 @@ from typing import Any
 
 import torch
 
-from mergeline.config import MergeConfig, check_config, input_paths, with_base_input
+from mergeline.merge.checks import check_config
+from mergeline.merge.config import MergeConfig, input_paths, with_base_input
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir, check_output_dir
 from mergeline.io.safetensors_io import (
@@ -68,11 +69,11 @@ from mergeline.io.safetensors_io import (
     CheckpointReader,
     ShardedWriter,
 )
-from mergeline.io.lora_reader import open_checkpoint
-from mergeline.merge_inputs import MergeInputs, PlanItem, Span
-from mergeline.merge_outputs import write_model_files
-from mergeline.merge_prefetch import PrefetchedTensors, PrefetchFeed, prefetches
-from mergeline.merge_support import (
+from mergeline.merge.lora_reader import open_checkpoint
+from mergeline.merge.inputs import MergeInputs, PlanItem, Span
+from mergeline.merge.outputs import write_model_files
+from mergeline.merge.prefetch import PrefetchedTensors, PrefetchFeed, prefetches
+from mergeline.merge.support import (
     AsyncSink,
     Buffers,
     OutputRing,

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline.config import MergeConfig, load_merge_config
+from mergeline.merge.checks import load_merge_config
+from mergeline.merge.config import MergeConfig
 from mergeline.errors import MergelineError
 from mergeline.io.hashing import sha256_file
 from mergeline.io.safetensors_io import CheckpointReader
-from mergeline.merge import run_merge
+from mergeline.merge.engine import run_merge
 from tests.merge_fixtures import load_tensors, write_checkpoint
 
 LAYERS = 6
@@ -71,7 +72,7 @@ def test_task_arithmetic_values_and_outputs(models: dict[str, Path], tmp_path: P
         if not x.is_floating_point():
             assert torch.equal(out[name], x)
             continue
-        from mergeline.layers import layer_index
+        from mergeline.merge.layers import layer_index
 
         layer = layer_index(name)
         w_b = 1.0 - 2.0 * (layer / (LAYERS - 1)) if layer is not None else 1.0  # gradient [1, -1]
@@ -98,7 +99,7 @@ def test_streams_tensor_by_tensor(models: dict[str, Path], tmp_path: Path, monke
     """Memory is a few tensors, not whole models: at most one mapped view is alive per thread, and
     tensor data lives in one reused buffer per input (base, each model) plus the method's reused
     workspace; nothing else is allocated per tensor."""
-    from mergeline import merge_support
+    from mergeline.merge import support as merge_support
 
     alive: list[weakref.ref] = []
     peak = 0
@@ -243,7 +244,7 @@ def test_base_as_task_vector_refused(models: dict[str, Path], tmp_path: Path) ->
 def test_per_model_and_global_input_checkpoints_reach_the_method(models: dict[str, Path], tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch, gpu_loop: bool) -> None:
     if gpu_loop:  # the GPU engine's loop (inputs fetched ahead, auxiliary checkpoints too), run on the CPU
-        from mergeline import merge_prefetch
+        from mergeline.merge import prefetch as merge_prefetch
 
         monkeypatch.setattr(merge_prefetch, "PREFETCH_DEVICES", ("cpu", "cuda"))
     base, a = load_tensors(models["base"]), load_tensors(models["a"])
@@ -288,7 +289,7 @@ def test_cuda_matches_cpu(models: dict[str, Path], tmp_path: Path) -> None:
 def test_row_blocks_give_the_same_result(tmp_path: Path, monkeypatch) -> None:
     """Large tensors of row-separable methods are merged in row blocks: bit-identical to whole tensors,
     also for a cut embedding and a tied LM head."""
-    from mergeline import merge
+    from mergeline.merge import engine as merge
 
     base = _model(0, tied=True)
     models = {"base": write_checkpoint(tmp_path / "base", base),
@@ -341,7 +342,7 @@ def test_nonfinite_inputs_named_when_only_the_output_is_checked(models: dict[str
 def test_ties_row_blocks_equal_whole_tensors(tmp_path: Path, monkeypatch) -> None:
     """TIES in row blocks (per-tensor cut-off and tie budget from the statistics pass) is bit-identical
     to trimming whole tensors, also on bf16 inputs with many ties at the cut-off."""
-    from mergeline import merge
+    from mergeline.merge import engine as merge
 
     base = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in _model(0, vocab=40).items()}
     models = {"base": write_checkpoint(tmp_path / "base", base),

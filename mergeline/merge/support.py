@@ -1,4 +1,4 @@
-"""Helpers of the merge engine (``mergeline.merge``): the compute device, the reusable buffer pool, the
+"""Helpers of the merge engine (``mergeline.merge.engine``): the compute device, the reusable buffer pool, the
 output buffer ring and writer thread, and the resolved config and report written beside a merged model."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from mergeline.config import MergeConfig, same_path
 from mergeline.errors import MergelineError
+from mergeline.merge.config import MergeConfig, same_path
+from mergeline.merge.lora_reader import split_spec
 
 
 def resolve_device(device: str) -> torch.device:
@@ -56,7 +57,6 @@ def dtype_name(dtype: torch.dtype | None) -> str | None:
 
 def resolve_spec(spec: str) -> str:
     """A model path made absolute; both halves of a ``model+adapter`` spec."""
-    from mergeline.io.lora_reader import split_spec
 
     model, adapter = split_spec(spec)
     return "+".join(str(Path(part).resolve()) for part in (model, adapter) if part is not None)

@@ -38,6 +38,11 @@ import torch
 from safetensors import safe_open
 
 from mergeline.errors import MergelineError
+from mergeline.finetune.weights import TASK_VECTOR_FILE, TensorReader, is_float_code, write_streaming
+from mergeline.io.atomic import atomic_dir
+from mergeline.io.hashing import sha256_file, sha256_path
+from mergeline.io.safetensors_format import DTYPES
+from mergeline.io.safetensors_io import copy_model_files
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -238,9 +243,6 @@ def extract_lora_vector(base_dir: str | os.PathLike[str], adapter_dir: str | os.
                         out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Write the task vector of an adapter: ΔW for target tensors, zeros elsewhere (every float
     tensor of the base, so it stands wherever a task vector does). Returns ``task_vector.json``'s content."""
-    from mergeline.finetune.weights import TASK_VECTOR_FILE, TensorReader, is_float_code, write_streaming
-    from mergeline.io.atomic import atomic_dir
-    from mergeline.io.hashing import sha256_file, sha256_path
 
     adapter = LoraAdapter(adapter_dir)
     with TensorReader(base_dir) as base:
@@ -272,11 +274,6 @@ def fold_into_model(base_dir: str | os.PathLike[str], adapter_dir: str | os.Path
                     out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Write base + ΔW as a Hugging Face folder (the base's config and tokenizer; each tensor in the
     base's dtype, W + ΔW as PEFT's merge adds it): the adapter's model, for evaluation."""
-    from mergeline.finetune.weights import TensorReader, is_float_code, write_streaming
-    from mergeline.io.atomic import atomic_dir
-    from mergeline.io.hashing import sha256_path
-    from mergeline.io.safetensors_format import DTYPES
-    from mergeline.io.safetensors_io import copy_model_files
 
     adapter = LoraAdapter(adapter_dir)
     with TensorReader(base_dir) as base:

@@ -3,12 +3,15 @@
 Where each artifact is looked for:
 - registered weight files: the model version's folder in the MLflow artifact store;
 - base model, datasets, checkpoints, task vectors, importance files: the recorded path, else the DVC
-  cache or a local DVC remote by md5 (``mergeline.lineage_locate``). A copy that exists but differs is a
+  cache or a local DVC remote by md5 (``mergeline.lineage.locate``). A copy that exists but differs is a
   ``mismatch`` even when DVC holds a good one: the workspace copy is what a user would load;
 - the params file: its recorded path (git-tracked, not in DVC);
 - ``lineage.json`` itself, through the registry's anchors (``mergeline.tracking.anchors``): its
   canonical sha256 against the ``mergeline.lineage_sha256`` tag, every other tag recomputed from it,
   the weights digest tag, and the version's source run. A missing tag fails like a changed one.
+
+This module reads files only; the registry's side (anchors, the registered folder) is
+:func:`mergeline.tracking.registry.verify_lineage`, so checking artifacts never imports MLflow.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from mergeline.io.hashing import sha256_dir, sha256_file
-from mergeline.lineage import Artifact, Lineage
-from mergeline.lineage_locate import find_in_dvc, folder_manifest, recorded_path
+from mergeline.lineage.record import Artifact, Lineage
+from mergeline.lineage.locate import find_in_dvc, folder_manifest, recorded_path
 
 
 @dataclass(frozen=True)
@@ -98,17 +101,14 @@ def stored_weight_problems(lineage: Lineage, model_version, model_dir: Path) -> 
     return problems
 
 
-def verify_lineage(lineage: Lineage, model_version, root: str | os.PathLike[str] = ".") -> list[Problem]:
-    """Every mismatch or missing file of ``lineage`` (registered as ``model_version``); [] when all match.
+def artifact_problems(lineage: Lineage, root: str | os.PathLike[str] = ".") -> list[Problem]:
+    """Every mismatch or missing file among the artifacts and the params file ``lineage`` names.
 
-    ``root``: where relative artifact paths start and whose DVC cache/remotes are searched.
+    ``root``: where relative artifact paths start and whose DVC cache/remotes are searched. The
+    registered weights and the registry's anchors are checked by
+    :func:`mergeline.tracking.registry.verify_lineage`, which adds these.
     """
-    # MLflow stays out of this module's import path (check_artifact is used without a registry).
-    from mergeline.tracking.anchors import anchor_problems
-    from mergeline.tracking.registry import model_artifact_dir
-
-    problems = anchor_problems(lineage, model_version)
-    problems.extend(stored_weight_problems(lineage, model_version, model_artifact_dir(model_version)))
+    problems: list[Problem] = []
     for _label, artifact in lineage.artifacts():
         problems.extend(check_artifact(artifact, root))
     params = lineage.params

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mergeline.config import MergeConfig
+from mergeline.merge.config import MergeConfig
 from mergeline.io.safetensors_io import copy_model_files
-from mergeline.slices import output_layers
-from mergeline.tokenizer_merge import TOKENIZER_FILES, Vocabulary, output_tokenizer
+from mergeline.merge.slices import output_layers
+from mergeline.merge.tokenizer import TOKENIZER_FILES, Vocabulary, output_tokenizer
 
 # Where architectures keep their block count in config.json (mergekit's num_layers_config_key).
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")

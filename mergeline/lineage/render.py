@@ -1,4 +1,4 @@
-"""Render a :class:`~mergeline.lineage.Lineage` for people (text), tools (JSON) and docs (mermaid).
+"""Render a :class:`~mergeline.lineage.record.Lineage` for people (text), tools (JSON) and docs (mermaid).
 
 The mermaid graph is a ``graph TD`` that GitHub and the MLflow artifact viewer show as a diagram:
 base model -> fine-tunes (with their datasets) -> task vectors -> importance -> merge -> evaluation
@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from mergeline.lineage import SOURCE_PREFIX, Artifact, Lineage
+from mergeline.lineage.record import SOURCE_PREFIX, Artifact, Lineage
 
 
 def _short(sha: str | None, n: int = 12) -> str:

@@ -7,15 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mergeline.config import (
-    ConditionalParameter,
-    MergeConfig,
-    ParameterResolver,
-    check_config,
-    evaluate_setting,
-    load_merge_config,
-)
 from mergeline.errors import MergelineError
+from mergeline.merge.checks import check_config, load_merge_config
+from mergeline.merge.config import ConditionalParameter, MergeConfig, ParameterResolver, evaluate_setting
 
 
 def _config(method: str = "ties", models: list | None = None, **extra) -> MergeConfig:
@@ -172,7 +166,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_scoped_resolver_three_scopes_and_input_names() -> None:
     """Slices: a source's own parameters, then the slice's, then the global ones (first value wins, a
     filter that matches nothing falls through); per-model filters see each input's own tensor name."""
-    from mergeline.config import ScopedResolver
+    from mergeline.merge.config import ScopedResolver
     from mergeline.methods import get_method
 
     own = {"weight": [ConditionalParameter(filter="layers.7.", value=0.3)], "density": [0.2, 0.6]}

@@ -37,10 +37,10 @@ from typing import Any, Callable
 
 import torch
 
-from mergeline.config import MergeConfig, OutputSlice, check_model_count, check_model_keys, check_parameter_keys, same_path
+from mergeline.merge.config import MergeConfig, OutputSlice, check_model_count, check_model_keys, check_parameter_keys, same_path
 from mergeline.errors import MergelineError
 from mergeline.io.safetensors_io import CheckpointReader, TensorSpec
-from mergeline.layers import layer_index, with_layer
+from mergeline.merge.layers import layer_index, with_layer
 from mergeline.methods import MergeMethod
 from mergeline.parameters import ScopedResolver
 

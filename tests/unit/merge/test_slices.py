@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline.config import MergeConfig, load_merge_config
+from mergeline.merge.checks import load_merge_config
+from mergeline.merge.config import MergeConfig
 from mergeline.errors import MergelineError
-from mergeline.layers import with_layer
-from mergeline.merge import run_merge
-from mergeline.slices import is_pre_tensor
+from mergeline.merge.layers import with_layer
+from mergeline.merge.engine import run_merge
+from mergeline.merge.slices import is_pre_tensor
 from tests.merge_fixtures import load_tensors, write_checkpoint
 
 LAYERS = 4
@@ -141,7 +142,7 @@ def test_gpu_loop_writes_what_the_cpu_engine_writes(models: dict[str, Path], tmp
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Slices and a re-indexed vocabulary through the GPU engine's loop (run on the CPU): the same bytes."""
     from tests.merge_fixtures import save_word_tokenizer
-    from tests.unit.test_merge_prefetch import _use_gpu_loop
+    from tests.unit.merge.test_merge_prefetch import _use_gpu_loop
 
     words = ["<unk>", "</s>"] + [f"w{i}" for i in range(8)]
     save_word_tokenizer(models["base"], words)

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline import merge as merge_engine
-from mergeline.config import MergeConfig
+from mergeline.merge import engine as merge_engine
+from mergeline.merge.config import MergeConfig
 from mergeline.errors import MergelineError
-from mergeline.merge import run_merge
+from mergeline.merge.engine import run_merge
 from tests.merge_fixtures import load_tensors, write_checkpoint
-from tests.unit.test_merge_engine import _finetuned, _model
-from tests.unit.test_merge_prefetch import _use_gpu_loop
+from tests.unit.merge.test_merge_engine import _finetuned, _model
+from tests.unit.merge.test_merge_prefetch import _use_gpu_loop
 
 W = {"weight": 0.7}
 CASES = {

@@ -1,4 +1,4 @@
-"""Planning and reading a merge's inputs: the half of the engine (``mergeline.merge``) that knows the files.
+"""Planning and reading a merge's inputs: the half of the engine (``mergeline.merge.engine``) that knows the files.
 
 Planning checks everything that can be checked without tensor data (every model has every tensor of
 the reference with its shape, task vectors have a base, per-tensor parameters resolve, auxiliary inputs
@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from mergeline.config import ParameterResolver, same_path
+from mergeline.merge.config import ParameterResolver, same_path
 from mergeline.errors import MergelineError
-from mergeline.io.lora_reader import open_checkpoint
+from mergeline.merge.lora_reader import open_checkpoint
 from mergeline.io.safetensors_io import CheckpointReader, TensorSpec
-from mergeline.layers import layer_index
+from mergeline.merge.layers import layer_index
 from mergeline.methods import MethodParameters, ModelParameters, TensorInputs
-from mergeline.slices import InputGroup, PlannedTensor, plan_slices
-from mergeline.tokenizer_merge import build_vocabulary, permute_embeddings
+from mergeline.merge.slices import InputGroup, PlannedTensor, plan_slices
+from mergeline.merge.tokenizer import build_vocabulary, permute_embeddings
 
 # Vocabulary-indexed tensors (rows = tokens): the only ones whose row count may differ from the base's.
 EMBEDDING_SUFFIXES = (

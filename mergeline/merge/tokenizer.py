@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from mergeline.config import MergeConfig, ModelToken, TokenSource, ZeroToken
+from mergeline.merge.config import MergeConfig, ModelToken, TokenSource, ZeroToken
 from mergeline.errors import MergelineError
 
 TOKENIZER_FILES = (

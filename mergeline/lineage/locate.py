@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from mergeline.lineage import Artifact
+from mergeline.lineage.record import Artifact
 
 _SECTION = re.compile(r"^\[\s*'?(?P<name>[^'\]]+)'?\s*\]$")
 
@@ -105,7 +105,7 @@ def materialize(artifact: Artifact, root: str | os.PathLike[str], dest: Path) ->
     """A local path holding ``artifact``: the recorded one if present, else a copy at ``dest`` from DVC.
 
     Raises FileNotFoundError naming the missing file when neither has it. Hashes are not checked here
-    (``mergeline.verify`` does that).
+    (``mergeline.lineage.verify`` does that).
     """
     local = recorded_path(artifact.path, root)
     if local.exists():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mergeline.config import MergeConfig
-from mergeline.tokenizer_merge import Vocabulary, permute_embeddings
+from mergeline.merge.config import MergeConfig
+from mergeline.merge.tokenizer import Vocabulary, permute_embeddings
 
 
 def test_rows_follow_tokens_donor_base_mean_zero_and_padding() -> None:
@@ -56,7 +56,7 @@ def test_base_tokenizer_beyond_vocab_size_must_be_bpe(tmp_path: Path) -> None:
     import pytest
 
     from mergeline.errors import MergelineError
-    from mergeline.tokenizer_merge import build_vocabulary
+    from mergeline.merge.tokenizer import build_vocabulary
     from tests.merge_fixtures import save_word_tokenizer
 
     save_word_tokenizer(tmp_path, ["<unk>", "</s>", "a", "b"])
@@ -74,9 +74,9 @@ def test_reindexing_makes_a_merge_independent_of_token_order(tmp_path: Path) -> 
     """A model whose tokenizer numbers two tokens the other way round (rows swapped with them) and has
     one token more merges to the same output under tokenizer_source: base, also for a method with a
     statistics pass (which must see the re-indexed rows too)."""
-    from mergeline.merge import run_merge
+    from mergeline.merge.engine import run_merge
     from tests.merge_fixtures import load_tensors, save_word_tokenizer, write_checkpoint
-    from tests.unit.test_slices import _model
+    from tests.unit.merge.test_slices import _model
 
     words = ["<unk>", "</s>"] + [f"w{i}" for i in range(8)]
     base, a = _model(0), _model(1)
@@ -104,7 +104,7 @@ def test_reindexing_makes_a_merge_independent_of_token_order(tmp_path: Path) -> 
 def test_tokens_block_rows_by_hand() -> None:
     import pytest
 
-    from mergeline.config import TokenSource
+    from mergeline.merge.config import TokenSource
     from mergeline.errors import MergelineError
 
     base, a = Path("/m/base"), Path("/m/a")

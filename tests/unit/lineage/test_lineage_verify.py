@@ -7,9 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
-from mergeline.lineage_build import describe, md5_file
-from mergeline.lineage_locate import dvc_stores, find_in_dvc, materialize
-from mergeline.verify import check_artifact
+from mergeline.lineage.build import describe, md5_file
+from mergeline.lineage.locate import dvc_stores, find_in_dvc, materialize
+from mergeline.lineage.verify import check_artifact
 
 
 def _cache(store: Path, path: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mergeline.lineage import (
+from mergeline.lineage.record import (
     TAG_KEYS,
     TAG_LIMIT,
     TRUNCATED_MARKER,
@@ -22,8 +22,8 @@ from mergeline.lineage import (
     version_tags,
 )
 from mergeline.io.hashing import sha256_dir
-from mergeline.lineage_build import describe, md5_file, params_info, weight_files
-from mergeline.lineage_render import render_json, render_mermaid, render_text
+from mergeline.lineage.build import describe, md5_file, params_info, weight_files
+from mergeline.lineage.render import render_json, render_mermaid, render_text
 
 
 def _lineage(tmp_path: Path, tasks: int = 2, **merge: object) -> Lineage:

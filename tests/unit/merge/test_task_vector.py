@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mergeline import task_vector as tv
+from mergeline.merge import task_vector as tv
 from mergeline.errors import MergelineError
 
 

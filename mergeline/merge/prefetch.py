@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mergeline.io.prefetch import Fetched, TensorPrefetcher
-from mergeline.merge_inputs import PlanItem, Span
+from mergeline.merge.inputs import PlanItem, Span
 
 # Devices the engine merges this way (the CPU merges row blocks in cache; tests add "cpu" to run
 # this loop without a GPU).

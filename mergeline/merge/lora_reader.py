@@ -2,7 +2,7 @@
 
 ``open_checkpoint("path/to/model+path/to/adapter")`` is a :class:`LoraFoldedReader`: every tensor
 reads as stored, except the adapter's targets, which read as W + ΔW (ΔW = s·B·A from
-:mod:`mergeline.lora`, added in W's dtype, as PEFT's ``merge_and_unload`` adds it, which is what
+:mod:`mergeline.merge.lora`, added in W's dtype, as PEFT's ``merge_and_unload`` adds it, which is what
 mergekit 0.1.5 runs before merging). Nothing is written to disk: the fold happens while the merge
 streams, one tensor at a time (the last folded tensor is kept, so row blocks of it read it once).
 As in mergekit, the spec splits on ``+`` into exactly two paths. ``model`` may be a task-vector
@@ -18,7 +18,7 @@ import torch
 
 from mergeline.errors import MergelineError
 from mergeline.io.safetensors_io import CheckpointReader
-from mergeline.lora import LoraAdapter
+from mergeline.merge.lora import LoraAdapter
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

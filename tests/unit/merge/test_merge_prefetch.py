@@ -1,4 +1,4 @@
-"""The GPU engine's loop (whole tensors fetched ahead with positioned reads, ``mergeline.merge_prefetch``),
+"""The GPU engine's loop (whole tensors fetched ahead with positioned reads, ``mergeline.merge.prefetch``),
 run on the CPU: it must write exactly what the CPU engine writes, for row-separable and whole-tensor
 methods, cut embeddings, tied heads and task-vector inputs, and fail as cleanly on bad inputs."""
 
@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline import merge_prefetch
+from mergeline.merge import prefetch as merge_prefetch
 from mergeline.errors import MergelineError
 from mergeline.io import prefetch
 from mergeline.io.hashing import sha256_file
 from mergeline.io.prefetch import TensorPrefetcher
 from mergeline.io.safetensors_io import CheckpointReader
-from mergeline.merge import run_merge
+from mergeline.merge.engine import run_merge
 from tests.merge_fixtures import load_tensors, write_checkpoint
-from tests.unit.test_merge_engine import _config, _finetuned, _model
+from tests.unit.merge.test_merge_engine import _config, _finetuned, _model
 
 
 def _use_gpu_loop(monkeypatch: pytest.MonkeyPatch) -> None:

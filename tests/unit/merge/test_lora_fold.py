@@ -1,4 +1,4 @@
-"""LoRA folding (mergeline.lora): ΔW = s·B·A by hand, equality with PEFT's merge_and_unload, dtype, errors."""
+"""LoRA folding (mergeline.merge.lora): ΔW = s·B·A by hand, equality with PEFT's merge_and_unload, dtype, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from mergeline.errors import MergelineError
-from mergeline.lora import LoraAdapter, extract_lora_vector, fold, pattern_value
+from mergeline.merge.lora import LoraAdapter, extract_lora_vector, fold, pattern_value
 from tests.lora_fixtures import build_lora_adapter, peft_merged_state
 from tests.merge_fixtures import load_tensors, tiny_base
 
@@ -134,7 +134,7 @@ def test_bad_adapters_fail_with_one_line(llama: Path, tmp_path: Path) -> None:
 
 
 def test_fold_into_model_is_peft_merge_and_unload(llama: Path, tmp_path: Path) -> None:
-    from mergeline.lora import fold_into_model
+    from mergeline.merge.lora import fold_into_model
 
     adapter = build_lora_adapter(llama, tmp_path / "adapter", seed=4)
     fold_into_model(llama, adapter, tmp_path / "model")

@@ -1,4 +1,4 @@
-"""Helpers that producers (the pipeline's register stage) use to fill a :class:`~mergeline.lineage.Lineage`.
+"""Helpers that producers (the pipeline's register stage) use to fill a :class:`~mergeline.lineage.record.Lineage`.
 
 They hash what is on disk now, so call them on the finished outputs of each stage.
 """
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from mergeline.errors import MergelineError
 from mergeline.io.hashing import sha256_file
 from mergeline.io.safe_read import load_yaml_file
-from mergeline.lineage import Artifact, CodeInfo, DvcInfo, FileHash, ParamsInfo
+from mergeline.lineage.record import Artifact, CodeInfo, DvcInfo, FileHash, ParamsInfo
 
 _CHUNK = 1 << 20
 A = TypeVar("A", bound=Artifact)

@@ -20,7 +20,7 @@ Schema (mergekit 0.1.5; ``models:`` form, or ``slices:`` below)::
 ``slices:`` (instead of ``models:``) stacks layer ranges: each output slice lists ``sources`` (``model``,
 ``layer_range: [a, b)``, ``parameters``) of equal length, merged with ``merge_method`` (one source:
 passthrough / frankenmerge), with an optional per-slice ``base_model`` and ``parameters``; see
-``mergeline.slices`` for the planning. mergekit's ``modules:`` form is refused with one line naming
+``mergeline.merge.slices`` for the planning. mergekit's ``modules:`` form is refused with one line naming
 the key.
 
 Parameter values follow mergekit's ``evaluate_setting`` (``mergeline.parameters``): a scalar, a
@@ -49,7 +49,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from mergeline.errors import MergelineError
-from mergeline.io.safe_read import load_yaml_file
 from mergeline.methods import MergeMethod, get_method
 from mergeline.parameters import (  # noqa: F401 - re-exported: callers import them from here
     ConditionalParameter,
@@ -222,19 +221,16 @@ def refuse_unsupported(data: dict[str, Any], where: str) -> None:
             raise MergelineError(f"{where}: {key}: not supported ({why})")
 
 
-def load_merge_config(path: str | os.PathLike[str]) -> MergeConfig:
-    """Read and validate a merge YAML (schema only; :func:`check_config` checks it against its method)."""
-    path = Path(path)
-    data = load_yaml_file(path, "config")
+def parse_merge_config(data: Any, where: str) -> MergeConfig:
+    """Validate data read from ``where`` against the schema (:func:`~mergeline.merge.checks.check_config`
+    checks it against its method)."""
     if not isinstance(data, dict):
-        raise MergelineError(f"{path}: a merge config must be a YAML mapping")
-    refuse_unsupported(data, str(path))
+        raise MergelineError(f"{where}: a merge config must be a YAML mapping")
+    refuse_unsupported(data, where)
     try:
-        config = MergeConfig.model_validate(data)
+        return MergeConfig.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(exc, str(path)) from None
-    check_config(config)
-    return config
+        raise _first_error(exc, where) from None
 
 
 def same_path(a: str, b: str | None) -> bool:
@@ -294,34 +290,6 @@ def with_base_input(config: MergeConfig) -> MergeConfig:
     return config.model_copy(update={"models": [*config.models, InputModel(model=config.base_model)]})
 
 
-def check_config(config: MergeConfig) -> None:
-    """Check a config against its method: known method, model count, base, parameter names, dtypes."""
-    from mergeline.slices import check_slices
-    from mergeline.tokenizer_merge import check_tokenizer_settings
-
-    method = config.method_class()
-    largest = torch.finfo(config.compute_dtype()).max
-    _check_numbers("parameters", config.parameters, largest)
-    for i, entry in enumerate(config.models or []):
-        _check_numbers(f"models[{i}] ({entry.model})", entry.parameters, largest)
-    for k, piece in enumerate(config.slices or []):
-        _check_numbers(f"slices[{k}]", piece.parameters, largest)
-        for i, source in enumerate(piece.sources):
-            _check_numbers(f"slices[{k}].sources[{i}] ({source.model})", source.parameters, largest)
-    config.output_dtype()
-    check_tokenizer_settings(config)
-    if config.slices:
-        check_slices(config, method)
-        return
-    assert config.models is not None
-    if method.requires_base and not config.base_model:
-        raise MergelineError(f"merge_method {method.name!r} needs base_model")
-    check_model_count(method, len(input_indices(config, method)), "")
-    check_parameter_keys(method, config.parameters, "parameters")
-    for i in input_indices(config, method):
-        check_model_keys(method, config.models[i].parameters, f"models[{i}] ({config.models[i].model})")
-
-
 def check_model_count(method: type[MergeMethod], n: int, where: str) -> None:
     if n < method.min_models or (method.max_models is not None and n > method.max_models):
         limit = method.min_models if method.max_models == method.min_models else (
@@ -349,7 +317,7 @@ def check_model_keys(method: type[MergeMethod], settings: dict[str, Any] | None,
             )
 
 
-def _check_numbers(where: str, settings: dict[str, Any] | None, largest: float) -> None:
+def check_numbers(where: str, settings: dict[str, Any] | None, largest: float) -> None:
     """Refuse, up front, a parameter value that is NaN/Inf or beyond the compute dtype's range
     (``largest``) anywhere in a setting (scalar, gradient, filter list): it can only produce a
     non-finite model. Strings count when they read as numbers ("1e400")."""
