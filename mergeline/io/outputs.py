@@ -10,8 +10,8 @@ user's folder that copied one: both are refused, and the user deletes them. The 
 the output's file names only, so equal inputs still give byte-equal folders.
 
 A pipeline's work folder (``work_dir``) carries ``.mergeline-work`` at its root: the file the run
-using it holds locked (``mergeline.runlock``). ``merge --out`` and ``reproduce --out`` may not write
-into a work folder, nor into any mergeline output (a task vector, a checkpoint...).
+using it holds locked (``mergeline.runlock``). ``merge --out``, ``reproduce --out`` and ``extract-lora
+--out`` may not write into a work folder, nor into any mergeline output (a task vector, a checkpoint...).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ WORK_MARKER = ".mergeline-work"
 # A marker lists file names: far below this even for a sharded model; anything larger is not ours.
 _MARKER_LIMIT = 4 << 20
 
-OutputKind = Literal["dataset", "base", "checkpoint", "task-vector", "importance", "merge"]
+OutputKind = Literal["dataset", "base", "checkpoint", "task-vector", "importance", "merge", "adapter"]
 KIND_NAMES: dict[str, str] = {
     "dataset": "task dataset", "base": "imported base model", "checkpoint": "fine-tuned checkpoint",
     "task-vector": "task vector", "importance": "importance file", "merge": "merged model",
+    "adapter": "LoRA adapter",
 }
 
 
