@@ -82,15 +82,22 @@ def _added_to_output(folder: Path, models: dict[str, Path]) -> Path:
 
 
 def _vector(folder: Path, models: dict[str, Path]) -> Path:
-    """``work/vectors/a``: a task vector as the pipeline writes it, in a work folder that a run locked."""
+    """``work/vectors/a``: a task vector as the pipeline writes it (the work folder never run in)."""
     from mergeline.finetune.checkpoint import extract_task_vector
-    from mergeline.runlock import RunLock
 
     work = folder / "project" / "work"
-    with RunLock(folder / "project", "mergeline run", work):
-        pass
     extract_task_vector(models["base"], models["a"], work / "vectors" / "a")
     return work / "vectors" / "a"
+
+
+def _in_work_folder(folder: Path, models: dict[str, Path]) -> Path:
+    """A new folder in a work folder that a run has used (and so marked)."""
+    from mergeline.runlock import RunLock
+
+    work = _vector(folder, models).parent.parent
+    with RunLock(folder / "project", "mergeline run", work):
+        pass
+    return work / "mine"
 
 
 def _disk_full(folder: Path) -> str:
@@ -211,7 +218,7 @@ CASES: list[Case] = [
               watch=lambda f, m: f / "project" / "work"),
     _out_case("--out is a task vector folder of a work folder, --overwrite", REFUSED, _vector,
               watch=lambda f, m: f / "project" / "work", overwrite=True),
-    _out_case("--out is a new folder inside a work folder", REFUSED, lambda f, m: _vector(f, m).parent.parent / "mine",
+    _out_case("--out is a new folder inside a work folder", REFUSED, _in_work_folder,
               watch=lambda f, m: f / "project" / "work"),
     Case("stage", "a stage output lands on a user's folder", "refused, intact, no temp left", _stage_output(False)),
     Case("stage", "a stage output replaces its previous output", "replaced, no temp left", _stage_output(True)),
