@@ -1,10 +1,12 @@
-"""One pipeline run per project folder and per work folder, and proof of which processes a dead run left behind.
+"""One pipeline run per project folder and per work folder, and proof of which processes a dead run
+left behind.
 
 ``<root>/.mergeline/run.lock`` is held with ``flock`` by the supervising ``mergeline run``/``stage``
 process for as long as the run or any process of it lives; the kernel releases it when that process
 dies, however it dies, so a lock is never stale. The run's work folder is locked the same way, through
-``<work_dir>/.mergeline-work`` (which also marks the folder as a work folder, ``mergeline.io.outputs``):
-two projects naming one ``work_dir`` would otherwise share, and mix, one set of stage outputs. ``run.json`` beside it names the holder: its pid and
+``<work_dir>/.mergeline-work`` (which also marks the folder as a work folder, ``mergeline.io.outputs``,
+and names the holder and its project): two projects naming one ``work_dir`` would otherwise share, and
+mix, one set of stage outputs. ``run.json`` beside the project lock names the holder: its pid and
 start time (``/proc/<pid>/stat``, so a recycled pid is never mistaken for it), the process group of
 the pipeline worker, the MLflow store and whether the run ended cleanly. A later run that takes the
 lock and finds a record that did not end cleanly owns what that record names: the surviving
