@@ -30,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", metavar="NAME[@VERSION|@ALIAS]", help=SPEC_HELP)
     parser.add_argument("--out", required=True, help="folder for the rebuilt model: new or empty (written atomically)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out when it holds a previous mergeline output (never any other folder)")
+                        help="replace --out when it is a previous merged model of mergeline holding only the files "
+                             "its marker (.mergeline-output) lists (never any other folder)")
     parser.add_argument("--device", default="cpu", help="compute device: cpu (default) or cuda[:N]")
     add_store_arguments(parser)
 
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     index = {recorded_path(a.path, root).resolve(): a for _, a in lineage.artifacts()}
     # Every lineage artifact is an input, and the registered copy of the model must survive too.
     registered = local_path(version.source)
-    out = check_output_dir(args.out, [*index, *([registered] if registered else [])], overwrite=args.overwrite)
+    out = check_output_dir(args.out, [*index, *([registered] if registered else [])], kind="merge",
+                           overwrite=args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(out.parent)
     scratch = temp_dir(out.with_name(f"{out.name}-inputs"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from mergeline.io.outputs import replace_problem
 from mergeline.params import PIPELINE_METHODS, vector_mode
 from mergeline.stages.common import StageContext, rel, timed, write_json
 
@@ -88,7 +89,10 @@ def write_merge_index(ctx: StageContext, merged: dict[str, dict[str, Any]]) -> d
 
 
 def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: list[str]) -> list[str]:
-    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all)."""
+    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all).
+
+    Only a folder that is still the merge mergeline wrote is deleted (``replace_problem``, as for any
+    replace); one holding anything else is kept, with a line saying why."""
     import shutil
 
     if ctx.params.registry.keep_merged == "all":
@@ -97,6 +101,10 @@ def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: lis
     for name, rec in sorted(merged.items()):
         folder = ctx.root / rec["path"]
         if name not in keep and folder.is_dir():
+            problem = replace_problem(folder, "merge", overwrite=True)
+            if problem is not None:
+                ctx.say(f"merge: not pruning {name}: {problem}")
+                continue
             shutil.rmtree(folder)
             pruned.append(name)
     if pruned:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mergeline.errors import MergelineError
+from mergeline.io.outputs import MARKER, enclosing
 from mergeline.params import ExperimentParams
 
 
@@ -67,6 +68,10 @@ def _check_output_roots(params: ExperimentParams, root: Path) -> None:
                                  "give the outputs a folder of their own")
         if folder.exists() and not folder.is_dir():
             raise MergelineError(f"{key} {value!r}: {folder} exists and is not a folder")
+        output = folder if (folder / MARKER).is_file() else enclosing(folder, MARKER)
+        if output is not None:
+            raise MergelineError(f"{key} {value!r}: {output} is an output mergeline wrote (a model, task vector...); "
+                                 "give the stage outputs a folder of their own")
 
 
 def _check_method_options(params: ExperimentParams) -> None:

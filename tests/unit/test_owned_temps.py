@@ -60,7 +60,7 @@ def test_an_interrupted_swap_puts_the_previous_output_back(tmp_path: Path) -> No
 def test_atomic_writes_clear_what_a_killed_writer_left(tmp_path: Path) -> None:
     pid, start = _dead_writer()
     left = _temp(tmp_path, "variant_a", "tmp", pid, start)
-    with atomic_dir(tmp_path / "variant_b") as tmp:
+    with atomic_dir(tmp_path / "variant_b", kind="merge") as tmp:
         assert tmp.name.startswith(f".variant_b.mergeline-tmp-{_host()}-{os.getpid()}-")
         (tmp / "w.bin").write_bytes(b"1")
     assert not left.exists()
