@@ -153,7 +153,7 @@ def _run_and_check_pool(cluster: dict[str, Any]) -> Any:
         deployment = client.read_deployment_by_name("mergeline-finetune/mergeline-finetune")
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
         assert sorted(r.name for r in runs) == sorted(
-            f"fine-tune-{t}{m}" for t in ("news", "sentiment") for m in ("", "-talos"))
+            f"fine-tune-{t}-{m}" for t in ("news", "sentiment") for m in ("full", "talos"))
         assert all(r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs]
         # Linked to the pipeline run as subflows (run_deployment inside a flow).
         assert {client.read_task_run(r.parent_task_run_id).flow_run_id for r in runs} == {pipeline_run.id}

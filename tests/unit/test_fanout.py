@@ -26,10 +26,11 @@ def params_file(tmp_path: Path) -> str:
 
 def test_no_pool_runs_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.fanout import fanout_from_env
+    from mergeline.params import load_params
     from tasks._stage import RunHandle
 
     monkeypatch.delenv("MERGELINE_WORK_POOL", raising=False)
-    assert fanout_from_env(RunHandle("/tmp", "cpu")) is None
+    assert fanout_from_env(load_params(REPO / "params" / "tiny.yaml"), RunHandle("/tmp", "cpu")) is None
 
 
 def test_pool_without_server_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
