@@ -4,6 +4,7 @@
   read, what they write and fan out over; the one declaration of the pipeline.
 - :mod:`~mergeline.pipeline.records`: typed, frozen records passed between stages.
 - :mod:`~mergeline.pipeline.walker`: runs the table up to a stage through an executor.
+- :mod:`~mergeline.pipeline.dvc_yaml`: the ``dvc.yaml`` the table implies.
 - :mod:`~mergeline.pipeline.lineage`, :mod:`~mergeline.pipeline.report`: what a finished walk yields.
 
 Nothing here imports Prefect, MLflow or DVC: the product's executor lives in ``tasks/``.

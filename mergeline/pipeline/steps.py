@@ -8,11 +8,13 @@ plain function call in-process.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -32,19 +34,29 @@ class Fanout(str, Enum):
     PER_SCORING = "per model × split"
 
 
+def resolve(target: str) -> Any:
+    """The object ``module:name`` names (the table names functions, so reading it imports no stage code)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass(frozen=True)
 class Step:
-    """One library function of a stage: ``fn(ctx, *inputs) -> record``.
+    """One library function of a stage (``target``, ``module:name``): ``fn(ctx, *inputs) -> record``.
 
     ``reads`` are the params sections (dotted keys) one call reads: a call's cache key is made of
     them and of its inputs, and they are among its stage's DVC params.
     """
 
     name: str
-    fn: Callable[..., Any]
+    target: str
     reads: tuple[str, ...]
     fanout: Fanout
     pool: bool = False  # calls may run as flow runs on a work pool (GPU work)
+
+    @cached_property
+    def fn(self) -> Callable[..., Any]:
+        return resolve(self.target)  # type: ignore[no-any-return]
 
     @property
     def output(self) -> Any:
@@ -99,7 +111,12 @@ class Stage:
     needs: tuple[str, ...]     # upstream stages whose outputs it reads
     outs: tuple[Out, ...]
     code: tuple[str, ...]      # library code it runs besides its steps' own modules (DVC deps)
-    advance: Advance | None    # None: the register stage, run by the tracking side (it writes the registry)
+    plan: str | None           # its plan (``module:name`` of an :data:`Advance`); None: the register
+                               # stage, run by the tracking side after the walk (it writes the registry)
+
+    @cached_property
+    def advance(self) -> Advance | None:
+        return resolve(self.plan) if self.plan else None
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
@@ -115,4 +132,4 @@ class Stage:
         return tuple(s for s in ordered if not any(s.startswith(f"{other}.") for other in ordered))
 
 
-__all__ = ["Advance", "Call", "Executor", "Fanout", "Out", "Stage", "Step"]
+__all__ = ["Advance", "Call", "Executor", "Fanout", "Out", "Stage", "Step", "resolve"]

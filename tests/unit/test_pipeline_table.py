@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import typing
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mergeline.commands import stage as stage_command
 from mergeline.params import ExperimentParams, load_params
 from mergeline.pipeline.records import (
     BaseRecord, Checkpoint, DataRecord, Evaluation, FileRef, Fit, Merged, TaskKind, Variant, decode, encode,
@@ -66,6 +68,14 @@ def test_stage_names_steps_and_code_deps_are_consistent() -> None:
         for step in stage.steps:  # the output and every input are annotated: the pool decodes by them
             assert dataclasses.is_dataclass(step.output), step.name
             assert len(step.inputs) == len(inspect.signature(step.fn).parameters) - 1, step.name
+
+
+def test_mergeline_stage_offers_the_table_s_stages_in_order() -> None:
+    parser = argparse.ArgumentParser()
+    stage_command.add_parser(parser.add_subparsers())
+    choices = next(a for a in parser._subparsers._group_actions[0].choices["stage"]._actions  # type: ignore[union-attr]
+                   if a.dest == "name").choices
+    assert tuple(choices) == STAGE_NAMES
 
 
 def test_in_process_walk_stops_at_the_named_stage(tmp_path: Path) -> None:
