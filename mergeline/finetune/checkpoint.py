@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mergeline.errors import MergelineError
 from mergeline.finetune.batching import read_records
@@ -28,20 +28,17 @@ from mergeline.finetune.talos import mask_density, talos_mask
 from mergeline.finetune.weights import TASK_VECTOR_FILE, TensorReader, is_float_code, save_tensors, write_streaming
 from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import sha256_file, sha256_path
+from mergeline.params import TalosMask
 
 MASK_FILE = "talos_mask.safetensors"
 META_FILE = "finetune.json"
 
 
-class TalosConfig(BaseModel):
-    """TaLoS mask settings (METHODS.md §5); fine-tuning settings stay in :class:`FinetuneConfig`."""
+class TalosConfig(TalosMask):
+    """The ``talos:`` mask params (:class:`~mergeline.params.TalosMask`, one schema) plus how the mask is
+    computed; fine-tuning settings stay in :class:`FinetuneConfig`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    keep: float = Field(0.1, gt=0, le=1, description="fraction of prunable entries left trainable (1 - sparsity)")
-    rounds: int = Field(4, ge=1, description="pruning rounds; round r keeps keep^(r/rounds)")
     seed: int = Field(0, description="seed of the sampled choices")
-    max_examples: int | None = Field(None, ge=1, description="calibration records used (first N; None: all)")
     masked_scale: float = Field(0.1, ge=0, le=1, description="forward-pass factor of masked entries during calibration")
     per_sample: Literal["vmap", "loop"] = Field("vmap", description="per-example gradients batched (vmap) or one by one")
     chunk_size: int = Field(4, ge=1, description="examples per vmap call (memory: one gradient copy each)")
@@ -87,7 +84,7 @@ def finetune_checkpoint(
     is trained. Returns the metadata also written to ``finetune.json``: losses, timings, density.
     """
     records = read_records(train_jsonl)
-    calib = read_records(calib_jsonl or train_jsonl, limit=talos.max_examples) if talos else None
+    calib = read_records(calib_jsonl or train_jsonl, limit=talos.calib_examples) if talos else None
     model, tokenizer = load_causal_lm(base_dir, device)
     torch.manual_seed(cfg.seed)
     meta: dict[str, Any] = {

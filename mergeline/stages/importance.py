@@ -16,8 +16,7 @@ def compute_importance(ctx: StageContext, task: str, base: BaseRecord, checkpoin
 
     p = ctx.params
     out = ctx.work / "importance" / task
-    cfg = StaImportanceConfig(max_examples=p.importance.calib_examples, importance_of=p.importance.importance_of,
-                              grad_at=p.importance.grad_at, max_length=p.finetune.max_length,
+    cfg = StaImportanceConfig(**p.importance.model_dump(), max_length=p.finetune.max_length,
                               batch_size=p.finetune.batch_size)
     ctx.used({"task": task, **cfg.model_dump()})
     ctx.say(f"compute-importance: {task}")

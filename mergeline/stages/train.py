@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mergeline.params import LoraSettings, TalosMask
 from mergeline.pipeline.records import BaseRecord, Checkpoint, DataRecord, FileRef, Fit, Vector, checkpoint_name
 from mergeline.stages.common import StageContext, rel, timed
 
@@ -36,13 +37,12 @@ def finetune(ctx: StageContext, fit: Fit, base: BaseRecord, data: DataRecord) ->
 
     p = ctx.params
     out = ctx.work / "checkpoints" / fit.name
-    settings = finetune_settings(ctx, fit.mode)
-    cfg = FinetuneConfig(**settings, dtype=autocast_dtype(ctx.device))
+    cfg = FinetuneConfig(**finetune_settings(ctx, fit.mode), dtype=autocast_dtype(ctx.device))
     talos = None
     if fit.mode == "talos":
-        talos = TalosConfig(keep=p.talos.keep, rounds=p.talos.rounds, max_examples=p.talos.calib_examples,
-                            seed=p.finetune.seed)
-    used = settings | ({"talos": p.talos.model_dump()} if talos else {})
+        talos = TalosConfig(**p.talos.model_dump(include=set(TalosMask.model_fields)), seed=p.finetune.seed)
+    # what the optimizer and the mask get, as they get it: MLflow's params and the lineage's are these
+    used = cfg.model_dump() | ({"talos": talos.model_dump()} if talos else {})
     ctx.used(used)
     ctx.say(f"fine-tune[{fit.mode}]: {fit.task}")
     with timed() as clock:
@@ -57,15 +57,13 @@ def finetune(ctx: StageContext, fit: Fit, base: BaseRecord, data: DataRecord) ->
 
 def _finetune_lora(ctx: StageContext, fit: Fit, base: BaseRecord, data: DataRecord) -> Checkpoint:
     from mergeline.finetune import FinetuneConfig
-    from mergeline.finetune.lora_train import LoraSettings, finetune_lora_checkpoint
+    from mergeline.finetune.lora_train import finetune_lora_checkpoint
     from mergeline.io.hashing import sha256_dir
 
-    p = ctx.params
     out = ctx.work / "checkpoints" / fit.name
-    settings = finetune_settings(ctx, "lora")
-    cfg = FinetuneConfig(**settings, dtype=autocast_dtype(ctx.device))
-    lora = LoraSettings(**p.lora.model_dump(exclude={"enabled", "lr"}))
-    used = settings | {"lora": p.lora.model_dump()}
+    cfg = FinetuneConfig(**finetune_settings(ctx, "lora"), dtype=autocast_dtype(ctx.device))
+    lora = LoraSettings(**ctx.params.lora.model_dump(include=set(LoraSettings.model_fields)))
+    used = cfg.model_dump() | {"lora": lora.model_dump()}
     ctx.used(used)
     ctx.say(f"fine-tune[lora]: {fit.task}")
     with timed() as clock:

@@ -24,6 +24,7 @@ from tests.integration.pipeline_project import (
 from tests.lm_fixtures import build_tiny_llama
 
 pytestmark = pytest.mark.slow
+TALOS_LR, FINETUNE_LR = 3e-3, 1e-3  # FINETUNE_LR: params/tiny.yaml's finetune.lr
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,9 @@ def tiny_base() -> Path:
 
 @pytest.fixture(scope="module")
 def finished_project(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    root = make_project(tmp_path_factory.mktemp("pipeline") / "project", tiny_base)
+    # TaLoS with its own learning rate (tiny.yaml's falls back to finetune.lr): the runs must tell them apart
+    talos = {"enabled": True, "keep": 0.2, "rounds": 2, "calib_examples": 4, "lr": TALOS_LR}
+    root = make_project(tmp_path_factory.mktemp("pipeline") / "project", tiny_base, talos=talos)
     result = run_cli(root, "run", "--params", "params.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
     return root, result.stdout
@@ -59,6 +62,26 @@ def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, 
     row = metrics["test"][metrics["champion"]]
     assert {"acc/news", "acc/sentiment", "norm_acc/mean", "control_drift"} <= set(row)
     assert all(0.0 <= row[f"acc/{t}"] <= 1.0 for t in ("news", "sentiment"))
+
+
+def test_each_fine_tune_logs_and_records_the_learning_rate_it_used(finished_project: tuple[Path, str]) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    root, _ = finished_project
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="attributes.run_name LIKE 'fine-tune:%'")
+    lr = {r.info.run_name: float(r.data.params["lr"]) for r in runs}
+    assert lr == {f"fine-tune:{t}-{m}": TALOS_LR if m == "talos" else FINETUNE_LR
+                  for t in ("news", "sentiment") for m in ("full", "talos")}
+    for alias in ("champion", "candidate"):
+        lineage = json.loads(run_cli(root, "lineage", f"mergeline-tiny@{alias}", "--format", "json").stdout)
+        for task in lineage["tasks"]:
+            expected = TALOS_LR if task["finetune"]["mode"] == "talos" else FINETUNE_LR
+            assert task["finetune"]["params"]["lr"] == expected, (alias, task["name"])
+            assert lr[f"fine-tune:{task['name']}-{task['finetune']['mode']}"] == expected
 
 
 def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[Path, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,8 @@ def test_prune_keeps_the_registered_and_ensure_rebuilds_bit_for_bit(merged: tupl
 
 def test_keep_all_prunes_nothing_and_changed_inputs_are_caught(merged: tuple[StageContext, dict]) -> None:
     ctx, records = merged
-    ctx.params.registry.keep_merged = "all"
-    assert prune_merged(ctx, records, keep=[]) == []
-    ctx.params.registry.keep_merged = "registered"
+    keep_all = load_params(str(DEFAULT), ["tasks=[news,sentiment]", "registry.keep_merged=all"])
+    assert prune_merged(replace(ctx, params=keep_all), records, keep=[]) == []
     prune_merged(ctx, records, keep=[])
     finetune(ctx.work / "base", ctx.work / "checkpoints/t0", seed=7)  # an input changed under the record
     with pytest.raises(RuntimeError, match="rebuilt weights differ"):
