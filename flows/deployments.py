@@ -1,7 +1,8 @@
 """Fan-out onto a Prefect work pool: flow runs of the deployments in ``prefect.yaml``.
 
 When ``MERGELINE_WORK_POOL`` names a pool and ``PREFECT_API_URL`` points at a Prefect server, the
-fine-tunes of an experiment (and the points of a sweep) become separate flow runs of a deployment,
+fine-tunes and the evaluations of merged variants of an experiment (and the points of a sweep)
+become separate flow runs of a deployment,
 created all at once with ``run_deployment(timeout=0)`` and then awaited. Which worker runs what,
 and how many runs a GPU takes at a time, is Prefect's business (one worker per GPU, ``--limit 1``:
 docs/gpu-workers.md); nothing here queues or schedules.

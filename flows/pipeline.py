@@ -1,7 +1,10 @@
 """The experiment flow: the stage table (``mergeline.pipeline.table``) walked by Prefect, then register.
 
 One Prefect flow run is one experiment and one MLflow parent run; each call of a stage is a Prefect
-task run and a nested MLflow run. Run it with ``mergeline run [--params FILE] [--set key=value ...]``.
+task run and a nested MLflow run. Independent calls (the fine-tunes, the merges, each round of
+evaluations) are submitted together to the flow's ``ThreadPoolTaskRunner``, so one host overlaps
+them; ``MERGELINE_MAX_WORKERS`` caps how many run at once (``mergeline.env.max_workers``). Run it
+with ``mergeline run [--params FILE] [--set key=value ...]``.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.experiment_run import start_experiment_run
 from flows.fanout import fanout_from_env
 from flows.register import finish_experiment
+from mergeline.env import max_workers
 from mergeline.errors import MergelineError
 from mergeline.params import load_params
 from mergeline.pipeline.report import results_table
@@ -27,7 +32,8 @@ from tasks._results import PERSIST
 from tasks._stage import RunHandle
 from tasks.executor import PrefectExecutor
 
-@flow(name="mergeline-pipeline", log_prints=True, **PERSIST)  # sweeps read the result back
+@flow(name="mergeline-pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=max_workers()),
+      **PERSIST)  # sweeps read the result back
 def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | None = None,
              root: str | None = None, until: str = "register") -> dict[str, Any]:
     """One experiment, up to stage ``until``. Parameters are validated before any work starts (bad input: exit 2)."""

@@ -1,4 +1,4 @@
-"""Flow ``mergeline-finetune``: ONE call of a step, as its own flow run on a worker.
+"""Flows ``mergeline-finetune`` and ``mergeline-evaluate``: ONE call of a step, as its own flow run on a worker.
 
 The pipeline (flows/deployments.py: PoolCalls) creates one run of the step's deployment per call
 and reads the record back from the run's persisted result. The work is the same cached Prefect
@@ -50,5 +50,6 @@ def _stage_flow(step_name: str) -> Flow[..., dict[str, Any]]:
 
 
 finetune_flow = _stage_flow("fine-tune")
+evaluate_flow = _stage_flow("evaluate")
 
-__all__ = ["finetune_flow"]
+__all__ = ["evaluate_flow", "finetune_flow"]

@@ -1,7 +1,9 @@
-"""The product's executor: each call a Prefect task run, or a flow run on a work pool.
+"""The product's executor: each call a Prefect task run on the flow's task runner, or a flow run on a pool.
 
-Calls the plan marks ``pooled`` (fine-tunes) become flow runs on the work pool when one is
-configured (``flows/deployments.py``), all created before any is awaited; the others run here.
+All calls handed over together are submitted before any is awaited, so the flow's
+``ThreadPoolTaskRunner`` overlaps them (fine-tunes, merges, a round of evaluations) up to its
+``max_workers``; calls the plan marks ``pooled`` (fine-tunes, evaluations of variants) become flow
+runs on the work pool when one is configured (``flows/deployments.py``), while the others run here.
 """
 
 from __future__ import annotations
@@ -35,14 +37,15 @@ class PrefectExecutor:
     def run(self, calls: Sequence[Call]) -> list[Any]:
         pooled = [i for i, call in enumerate(calls) if call.pooled and self.pool is not None and self.pool.takes(call)]
         submitted = self.pool.submit([calls[i] for i in pooled]) if pooled and self.pool is not None else None
-        results: dict[int, dict[str, Any]] = {}
+        futures = {}
         for i, call in enumerate(calls):
             if i in pooled:
                 continue
             task = TASKS[call.step.name]
             if expected_output_missing(self.run_handle.root, *call.outputs):
                 task = task.with_options(refresh_cache=True)
-            results[i] = task(self.params, call.label, call.args, self.run_handle)
+            futures[i] = task.submit(self.params, call.label, call.args, self.run_handle)
+        results: dict[int, dict[str, Any]] = {i: future.result() for i, future in futures.items()}
         if submitted is not None and self.pool is not None:
             results.update(zip(pooled, self.pool.gather(submitted)))
         return [decode(call.step.output, results[i]) for i, call in enumerate(calls)]

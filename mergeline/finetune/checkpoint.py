@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from mergeline.assets import MODEL_LOAD_LOCK
 from mergeline.errors import MergelineError
 from mergeline.finetune.batching import read_records
 from mergeline.finetune.full import FinetuneConfig, LogFn, ProgressFn, finetune
@@ -59,8 +60,9 @@ def load_causal_lm(model_dir: str | os.PathLike[str], device: str = "cpu") -> tu
     if not (path / "config.json").is_file():
         raise MergelineError(f"{path}: not a model folder (no config.json)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        with MODEL_LOAD_LOCK:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise MergelineError(f"{path}: model does not load ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     return model.to(device), tokenizer
