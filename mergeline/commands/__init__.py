@@ -12,4 +12,5 @@ COMMANDS: tuple[str, ...] = (
     "dvc_yaml",
     "lineage",
     "reproduce",
+    "extract_lora",
 )

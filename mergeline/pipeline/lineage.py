@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergeline.lineage import (
+from mergeline.lineage.record import (
     SOURCE_PREFIX, Artifact, BaseModelRef, FineTune, ImportanceArtifact, Lineage, MergeInfo, MlflowInfo, PrefectInfo,
     TaskLineage,
 )
-from mergeline.lineage_build import code_info, describe, dvc_info, params_info
+from mergeline.lineage.build import code_info, describe, dvc_info, params_info
 from mergeline.params import ExperimentParams, vector_mode
 from mergeline.pipeline.records import Checkpoint, DataRecord, Experiment, Fit, Variant
 

@@ -52,8 +52,8 @@ def merge_config(ctx: StageContext, variant: Variant, base: BaseRecord, vectors:
 
 def merge_variant(ctx: StageContext, variant: Variant, config: dict[str, Any]) -> Merged:
     """Run one merge into ``work_dir/merged/<variant>`` (atomic; paths in config are root-relative)."""
-    from mergeline.config import MergeConfig
-    from mergeline.merge import run_merge
+    from mergeline.merge.config import MergeConfig
+    from mergeline.merge.engine import run_merge
 
     out = ctx.work / "merged" / variant.name
     ctx.used({"method": variant.method, "lambda": variant.lam, "density": variant.density,
