@@ -71,25 +71,26 @@ class DataRecord(StageRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
-class BaseRecord(StageRecord):
-    id: str
+class Stored(StageRecord):
+    """A record of files a stage wrote: where (relative to the project root) and their content."""
+
     path: str
     sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseRecord(Stored):
+    id: str
     meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Checkpoint(StageRecord):
-    """A task model: fine-tuned here (``source`` finetune) or given as a checkpoint or an adapter."""
+class FitStored(Stored):
+    """Files that belong to one task and mode (a checkpoint, a task vector)."""
 
     task: str
     mode: str
-    path: str
-    sha256: str
-    params: dict[str, Any] = field(default_factory=dict)  # the settings the fine-tune used (MLflow, lineage)
     meta: dict[str, Any] = field(default_factory=dict)
-    source: str = "finetune"
-    given: FileRef | None = None                          # the folder a given model came from
 
     @property
     def fit(self) -> Fit:
@@ -97,20 +98,23 @@ class Checkpoint(StageRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Vector(StageRecord):
-    task: str
-    mode: str
-    path: str
-    sha256: str
-    meta: dict[str, Any] = field(default_factory=dict)
+class Checkpoint(FitStored):
+    """A task model: fine-tuned here (``source`` finetune) or given as a checkpoint or an adapter."""
+
+    params: dict[str, Any] = field(default_factory=dict)  # the settings the fine-tune used (MLflow, lineage)
+    source: str = "finetune"
+    given: FileRef | None = None                          # the folder a given model came from
 
 
 @dataclass(frozen=True, kw_only=True)
-class Importance(StageRecord):
+class Vector(FitStored):
+    """A task vector τ = θ_ft − θ_base (or a LoRA adapter's fold)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Importance(Stored):
     task: str
     kind: str
-    path: str
-    sha256: str
     plot: str
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -261,7 +265,7 @@ def _decode_union(options: tuple[Any, ...], value: Any) -> Any:
 
 
 __all__ = [
-    "BaseRecord", "Checkpoint", "DataRecord", "Diagnostics", "Evaluation", "Experiment", "FileRef", "Fit",
-    "Importance", "MODES", "Merged", "Scores", "Selection", "StageRecord", "TaskKind", "Variant", "Vector",
+    "BaseRecord", "Checkpoint", "DataRecord", "Diagnostics", "Evaluation", "Experiment", "FileRef", "Fit", "FitStored",
+    "Importance", "MODES", "Merged", "Scores", "Selection", "StageRecord", "Stored", "TaskKind", "Variant", "Vector",
     "checkpoint_name", "decode", "encode",
 ]
