@@ -14,7 +14,7 @@ from typing import Any
 from prefect import Flow, flow
 
 from mergeline.env import configure_offline_defaults
-from mergeline.params import ExperimentParams
+from mergeline.params import params_from_tree
 from mergeline.pipeline.records import decode
 from mergeline.pipeline.table import STEPS
 from mergeline.stages.common import resolve_device
@@ -33,7 +33,7 @@ def _stage_flow(step_name: str) -> Flow[..., dict[str, Any]]:
                  parent_run_id: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
         """One call of the step on this worker's device (its GPU: ``CUDA_VISIBLE_DEVICES``), not the
         pipeline's. ``root`` is the project folder; outputs go under its ``work_dir``."""
-        p = ExperimentParams.model_validate(params)  # this process's one validation
+        p = params_from_tree(params, "flow parameter params")  # validated once in this process
         if parent_run_id is not None:
             # The nested run must live in the parent's store and experiment (MLflow checks both).
             configure_tracking(tracking_uri, experiment=p.experiment)

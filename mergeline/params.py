@@ -310,10 +310,15 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         raise MergelineError(f"{path}: expected a mapping at the top level")
     for assignment in overrides or []:
         _apply_override(tree, assignment)
+    return params_from_tree(tree, str(path))
+
+
+def params_from_tree(tree: dict[str, Any], source: str = "params") -> ExperimentParams:
+    """Validate params already read (``source`` names them in an error); once per process per content."""
     content = json.dumps(tree, sort_keys=True, default=str)
     if content not in _VALIDATED:
         try:
             _VALIDATED[content] = ExperimentParams.model_validate(tree)
         except ValidationError as exc:
-            raise MergelineError(_format_error(str(path), exc)) from None
+            raise MergelineError(_format_error(source, exc)) from None
     return _VALIDATED[content]
