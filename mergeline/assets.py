@@ -33,9 +33,11 @@ from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import sha256_dir
 
-# transformers' from_pretrained builds a model on the meta device by patching process-wide state: two
-# threads loading at once (stage calls run concurrently) can leave one with meta tensors. Loads take it.
-MODEL_LOAD_LOCK = threading.Lock()
+# Stage calls run concurrently in threads, and transformers is not thread-safe in two places: it
+# resolves its names lazily on first import, and from_pretrained builds a model on the meta device by
+# patching process-wide state (a concurrent load can be left with meta tensors). Every first import of
+# transformers, peft or lm-eval and every load takes this lock.
+MODEL_LOAD_LOCK = threading.RLock()
 
 STAMP = ".mergeline_import.json"
 DTYPES = ("float32", "bfloat16", "float16")

@@ -48,12 +48,13 @@ def load_causal_lm(model_dir: str | os.PathLike[str], device: str = "cpu", dtype
         raise MergelineError(f"dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
     ensure_offline()
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (Path(model_dir) / "config.json").is_file():
         raise MergelineError(f"{model_dir}: not a model folder (no config.json)")
     try:
         with MODEL_LOAD_LOCK:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     except Exception as exc:  # bad config, missing weights, an encoder with no LM head...
@@ -125,8 +126,8 @@ def _without_env_report():
 
     Evaluations may run at once in threads: the first one in patches lm-eval, the last one out restores it.
     """
-    import lm_eval.evaluator as evaluator
-
+    with MODEL_LOAD_LOCK:
+        import lm_eval.evaluator as evaluator
     with _ENV_REPORT_LOCK:
         if not _env_report_users:
             _env_report_users.append(evaluator.add_env_info)
@@ -188,9 +189,10 @@ def evaluate_model(
         raise MergelineError(f"limit: must be a positive integer or None, got {limit!r}")
     counts = {name: len(load_records(path)) for name, path in tasks.items()}
     ensure_offline()
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+    with MODEL_LOAD_LOCK:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
 
     model = model.to(device)
     with tempfile.TemporaryDirectory(prefix="mergeline-eval-") as tmp, _preserved_state(model), _without_env_report():

@@ -54,13 +54,13 @@ def offline_env() -> None:
 def load_causal_lm(model_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Module, Any]:
     """Load a Hugging Face causal LM folder in float32 plus its tokenizer; bad folder -> MergelineError."""
     offline_env()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise MergelineError(f"{path}: not a model folder (no config.json)")
     try:
         with MODEL_LOAD_LOCK:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:

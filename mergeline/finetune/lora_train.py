@@ -22,6 +22,7 @@ import torch
 
 from mergeline.errors import MergelineError
 from mergeline.finetune.batching import read_records
+from mergeline.assets import MODEL_LOAD_LOCK
 from mergeline.finetune.checkpoint import META_FILE, load_causal_lm
 from mergeline.finetune.full import FinetuneConfig, LogFn, ProgressFn, finetune
 from mergeline.io.atomic import atomic_dir
@@ -41,8 +42,8 @@ def finetune_lora_checkpoint(
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter of ``base_dir`` on ``train_jsonl``; write merged model + ``adapter/`` atomically."""
-    from peft import LoraConfig, get_peft_model
-
+    with MODEL_LOAD_LOCK:
+        from peft import LoraConfig, get_peft_model
     records = read_records(train_jsonl)
     model, tokenizer = load_causal_lm(base_dir, device)
     torch.manual_seed(cfg.seed)
