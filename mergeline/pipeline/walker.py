@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergeline.pipeline.records import Experiment
-from mergeline.pipeline.steps import Call
+from mergeline.pipeline.steps import Call, Executor
 from mergeline.pipeline.table import STAGE_NAMES, stages_until
 from mergeline.stages.common import StageContext
 
 LAST_WALKED = "evaluate"  # register writes the model registry: the tracking side runs it after the walk
 
 
-def walk(ctx: StageContext, executor: Any, until: str = LAST_WALKED, start: Experiment | None = None) -> Experiment:
+def walk(ctx: StageContext, executor: Executor, until: str = LAST_WALKED) -> Experiment:
     """The records of every stage up to ``until`` (at most ``evaluate``), each stage planned by the table."""
     if until not in STAGE_NAMES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGE_NAMES)}")
-    exp = start or Experiment()
+    exp = Experiment()
     for stage in stages_until(until):
         if stage.advance is None:
             break
