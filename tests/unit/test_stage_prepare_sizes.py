@@ -12,6 +12,7 @@ from mergeline.stages.prepare import prepare_data
 def test_per_task_sizes_override_the_global_ones(tmp_path):
     params = ExperimentParams.model_validate({
         "tasks": ["news", "sentiment"], "control": "control", "data_dir": "data",
+        "merge": {"methods": {"task_arithmetic": {}}},
         "data": {"n_train": 6, "n_validation": 3, "n_test": 4,
                  "sizes": {"sentiment": {"train": 9, "test": 5}, "control": {"test": 2}}}})
     record = prepare_data(StageContext(params, tmp_path))
