@@ -24,8 +24,20 @@ def params_of(params: dict[str, Any]) -> ExperimentParams:
 
 
 def typed_args(step: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Dict records as the typed inputs of ``step`` (by the annotations of its function)."""
-    return tuple(decode(kind, value) for kind, value in zip(STEPS[step].inputs, args))
+    """Dict records as the typed inputs of ``step`` (by the annotations of its function).
+
+    A fine-tuned model given where a base goes (LATA's experts start from θ_inst) is a base record of
+    the same folder and content.
+    """
+    return tuple(decode(kind, _as_base(value) if kind is BaseRecord else value)
+                 for kind, value in zip(STEPS[step].inputs, args))
+
+
+def _as_base(record: dict[str, Any]) -> dict[str, Any]:
+    if "task" not in record:
+        return record
+    return encode(BaseRecord(id=f"{record['task']}-{record['mode']}", path=record["path"], sha256=record["sha256"],
+                             meta=record.get("meta") or {}))
 
 
 def call(step: str, ctx: StageContext, *args: Any) -> dict[str, Any]:
