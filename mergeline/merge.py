@@ -91,9 +91,6 @@ Progress = Callable[[str], None]
 # writer thread output chunks of about CHUNK_ELEMENTS entries.
 BLOCK_ELEMENTS = 1 << 17
 CHUNK_ELEMENTS = 1 << 24
-# Methods whose output element depends only on the same element of the inputs (so row blocks give the
-# same result as whole tensors), besides those that declare ``row_separable = True`` themselves.
-ROW_SEPARABLE = ("task_arithmetic", "linear")
 
 
 @dataclass
@@ -129,7 +126,7 @@ class _Engine(MergeInputs, PrefetchedTensors):
 
     def use(self, method: MergeMethod) -> None:
         """How to run ``method``: in row blocks or whole tensors; NaN/Inf checked on inputs or output."""
-        self.row_separable = bool(method.row_separable or method.name in ROW_SEPARABLE)
+        self.row_separable = bool(method.row_separable)
         self.check_inputs = not method.nonfinite_propagates
 
     @property

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 
 from mergeline.methods import register
 from mergeline.methods._fields import LambdaParameters
-from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, TensorInputs
+from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, PipelineEntry, TensorInputs
 
 
 class MetaGPTParameters(LambdaParameters):
@@ -51,6 +51,8 @@ class MetaGPT(MergeMethod):
     name = "metagpt"
     paper = "arXiv:2406.11385"
     Parameters = MetaGPTParameters
+    # closed-form coefficients: nothing to sweep (a λ would be an ablation, not MetaGPT)
+    pipeline = (PipelineEntry(short="metagpt", sweeps=()),)
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         super().__init__(params, model_params)

@@ -34,7 +34,7 @@ from mergeline.methods._global_topk import GlobalTopK
 from mergeline.methods import _row_trim
 from mergeline.methods._gta import TaskArithmeticFamily
 from mergeline.methods._sparsify import apply_mask, combine, keep_count, magnitude_mask, topk_mask
-from mergeline.methods.base import MethodParameters, ModelParameters, TensorInputs
+from mergeline.methods.base import MethodParameters, ModelParameters, PipelineEntry, TensorInputs
 
 
 class TiesParameters(TaskArithmeticFamilyParameters):
@@ -58,6 +58,7 @@ class Ties(TaskArithmeticFamily):
     PerModel = SparseModel
     uses_consensus = True
     nonfinite_propagates = True
+    pipeline = (PipelineEntry(short="ties", sweeps=("lambda", "density")),)
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         super().__init__(params, model_params)
