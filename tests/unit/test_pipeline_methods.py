@@ -140,3 +140,19 @@ def test_a_new_method_file_is_swept_and_merged_by_the_pipeline(new_method_file: 
 def test_unknown_pipeline_method_is_one_line() -> None:
     with pytest.raises(MergelineError, match="unknown method 'magic'; known: .*task_arithmetic"):
         _params("merge.methods={magic: {}}")
+
+
+def test_new_methods_sweep_in_the_pipeline() -> None:
+    ctx = StageContext(_params("merge.methods={consensus_ta: {grid: {tall_mask_lambda: [0.4, 0.6]}}, "
+                               "consensus_ties: {lambdas: [0.8], densities: [0.2]}, tsv: {}, iso_c: {}, "
+                               "iso_cts: {grid: {common_space_fraction: [0.5]}}}"))
+    variants = {v["name"]: v for v in plan_variants(ctx)}
+    assert set(variants) == {"cta_l1_tml0.4", "cta_l1_tml0.6", "cties_l0.8_d0.2", "tsv_l1", "isoc_l1",
+                             "isocts_l1_csf0.5"}
+    vectors = {f"{t}:full": {"path": f"vectors/{t}"} for t in ("news", "sentiment")}
+    cta = merge_config(ctx, variants["cta_l1_tml0.4"], {"path": "base"}, vectors, {})
+    assert cta["parameters"] == {"tall_mask_lambda": 0.4, "lambda": 1.0} and cta["models"][0]["parameters"] == {}
+    cties = merge_config(ctx, variants["cties_l0.8_d0.2"], {"path": "base"}, vectors, {})
+    assert cties["merge_method"] == "consensus_ties" and cties["models"][1]["parameters"] == {"density": 0.2}
+    tsv = merge_config(ctx, variants["tsv_l1"], {"path": "base"}, vectors, {})
+    assert tsv["models"][0]["parameters"] == {"weight": 1.0}
