@@ -173,7 +173,10 @@ class MergeConfig(BaseModel):
         return _dtype("dtype", self.dtype or "float32")
 
     def output_dtype(self) -> torch.dtype | None:
-        """mergekit's rule: ``out_dtype``, else ``dtype``; None (neither given): each tensor keeps the base's."""
+        """mergekit's rule: ``out_dtype``, else the method's own result dtype (``result_dtype``: float32 for
+        arcee_fusion and ramplus_tl), else ``dtype``; None: each tensor keeps the base's."""
+        if self.out_dtype is None and self.method_class().result_dtype is not None:
+            return self.method_class().result_dtype
         name = self.out_dtype or self.dtype
         return None if name is None else _dtype("out_dtype" if self.out_dtype else "dtype", name)
 

@@ -66,6 +66,7 @@ class ArceeFusion(MergeMethod):
     kind = "weights"
     requires_base = True
     Parameters = ArceeFusionParameters
+    result_dtype = torch.float32  # as mergekit writes it
     min_models = 1
     max_models = 1
 

@@ -112,6 +112,9 @@ class MergeMethod(ABC):
         parallel, in any order. May be a property of the instance.
       nonfinite_propagates: a NaN/Inf in any input makes the output non-finite at some element, so
         the engine checks the output alone and inspects the inputs only when the output is not finite.
+      result_dtype: the dtype its results are written in when the config sets no ``out_dtype`` (None:
+        mergekit's rule, ``dtype`` else the base's). mergekit's arcee_fusion and ramplus_tl return
+        float32 whatever the inputs, and mergekit writes that.
       pipeline: how the experiment pipeline sweeps the method (:class:`PipelineEntry`, one per
         ``merge.methods`` key it answers to); empty: ``mergeline merge`` only.
     """
@@ -130,6 +133,7 @@ class MergeMethod(ABC):
     max_models: ClassVar[int | None] = None
     row_separable: ClassVar[bool] = False
     nonfinite_propagates: ClassVar[bool] = False
+    result_dtype: ClassVar[torch.dtype | None] = None
     pipeline: ClassVar[tuple[PipelineEntry, ...]] = ()
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:

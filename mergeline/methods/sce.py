@@ -10,8 +10,8 @@ Per tensor, with task vectors τ_t = θ_t − θ0 (t = 1..T):
     θ = θ0 + Σ_t a_t w_t τ_t / max(Σ_t a_t w_t, 1e-6)
 
 Defaults and parameters as mergekit 0.1.5 ``sce``: ``select_topk`` 1 (no selection), ``int8_mask``
-(memory hint only, accepted); no per-model weights. Ties in variance at the cut-off: lowest flat index
-first (see ``_sparsify``). The variance of each entry over the T models is computed row chunk by row
+(memory hint only, accepted); no per-model weights. Ties in variance at the cut-off: the entries
+mergekit's ``torch.topk`` returns (see ``_sparsify``). The variance of each entry over the T models is computed row chunk by row
 chunk (T·chunk extra floats, not T stacked tensors).
 """
 
@@ -53,7 +53,7 @@ def selection_mask(tensors: list[torch.Tensor], share: float) -> torch.Tensor | 
         return None
     var = variance_across(tensors)
     k = int(int(torch.count_nonzero(var)) * share)
-    return topk_mask(var.abs(), k).reshape(tensors[0].shape).to(tensors[0].dtype)
+    return topk_mask(var.abs(), k, ties="topk").reshape(tensors[0].shape).to(tensors[0].dtype)
 
 
 def sce_weights(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
