@@ -75,8 +75,8 @@ def _disk_full(folder: Path) -> str:
 
 def _interrupted(folder: Path) -> str:
     """Ctrl-C (KeyboardInterrupt) in the middle of writing the merged tensors (library call)."""
-    from mergeline.config import load_merge_config
-    from mergeline.merge import run_merge
+    from mergeline.merge.checks import load_merge_config
+    from mergeline.merge.engine import run_merge
 
     models = zoo(folder)
     cfg = load_merge_config(config(folder / "merge.yaml", models))

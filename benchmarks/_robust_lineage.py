@@ -48,7 +48,7 @@ def _store_args() -> list[str]:
 def _own_version(name: str, change: Callable[[dict], dict] | None = None) -> tuple[str, Path]:
     """Register the project's model again as ``name`` (its lineage edited by ``change``);
     return the spec and the registered ``lineage.json``."""
-    from mergeline.lineage import Lineage
+    from mergeline.lineage.record import Lineage
     from mergeline.tracking import configure_tracking
     from mergeline.tracking.registry import model_artifact_dir, register_merged_model, resolve_version
 

@@ -172,7 +172,7 @@ def _tamper_case(command: str, name: str, tamper: Callable, key: str) -> Case:  
 
 
 def _edit_lineage(stored: Path, edit: Callable) -> str:  # type: ignore[type-arg]
-    from mergeline.lineage import Lineage
+    from mergeline.lineage.record import Lineage
 
     lineage = Lineage.model_validate_json((stored / "lineage.json").read_text())
     edit(lineage)

@@ -44,7 +44,7 @@ def registered_project() -> tuple[Path, str]:
 
 def register_own(name: str):  # type: ignore[no-untyped-def]
     """Register the fixture model as ``name@champion``; returns (spec, model version, stored folder)."""
-    from mergeline.lineage import Lineage
+    from mergeline.lineage.record import Lineage
     from mergeline.tracking import configure_tracking
     from mergeline.tracking.registry import model_artifact_dir, register_merged_model, resolve_version
 

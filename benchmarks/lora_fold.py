@@ -5,7 +5,7 @@
 
 Imports the base once into ``--workdir`` (float32 safetensors), builds two PEFT LoRA adapters with
 random non-zero matrices (seeded), then prints one markdown table, each row timed on its own:
-- the adapter's task vector (``mergeline.lora.extract_lora_vector``) against the baseline, PEFT's
+- the adapter's task vector (``mergeline.merge.lora.extract_lora_vector``) against the baseline, PEFT's
   ``merge_and_unload`` + ``save_pretrained`` of the same model (equality: base + τ vs PEFT's weights);
 - ``task_arithmetic`` over ``base+adapter_a`` and ``base+adapter_b`` with mergeline (folded while
   streaming) against mergekit 0.1.5 (which merges each adapter with PEFT into its LoRA cache first),
@@ -27,9 +27,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from mergeline.assets import SMOLLM2, import_base_model  # noqa: E402
-from mergeline.config import MergeConfig  # noqa: E402
-from mergeline.lora import extract_lora_vector  # noqa: E402
-from mergeline.merge import run_merge  # noqa: E402
+from mergeline.merge.config import MergeConfig  # noqa: E402
+from mergeline.merge.lora import extract_lora_vector  # noqa: E402
+from mergeline.merge.engine import run_merge  # noqa: E402
 from tests.lora_fixtures import build_lora_adapter  # noqa: E402
 from tests.merge_fixtures import load_tensors  # noqa: E402
 

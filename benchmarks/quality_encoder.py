@@ -7,7 +7,7 @@
 
 Per seed (``_quality_encoder`` has the protocol): fit one frozen linear head per task on the base
 encoder, fine-tune one expert per task through its head (lr chosen on validation), then merge the
-experts' encoders with ``mergeline.merge.run_merge`` (TA, TIES, DARE-TIES, MetaGPT over the params'
+experts' encoders with ``mergeline.merge.engine.run_merge`` (TA, TIES, DARE-TIES, MetaGPT over the params'
 grids; best variant per method by validation mean normalized accuracy, then scored on test) and
 negate each task vector (θ0 − λτ_t). Writes ``<out>/seed<N>/encoder.json`` (every accuracy and the
 per-example correctness), ``<out>/encoder.md`` (tables with 95% intervals and McNemar tests against
@@ -77,8 +77,8 @@ class Seed:
     def merge(self, name: str, method: str, models: dict[str, float], lam: float | None,
               density: float | None) -> Path:
         """``run_merge`` of the experts ``{task: weight}`` over the base; returns the merged folder."""
-        from mergeline.config import MergeConfig
-        from mergeline.merge import run_merge
+        from mergeline.merge.config import MergeConfig
+        from mergeline.merge.engine import run_merge
 
         entries = []
         for task, weight in models.items():

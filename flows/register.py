@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mergeline.lineage import (
+from mergeline.lineage.record import (
     SOURCE_PREFIX, BaseModelRef, FineTune, ImportanceArtifact, Lineage, MergeInfo, MlflowInfo, PrefectInfo, TaskLineage,
 )
-from mergeline.lineage_build import code_info, describe, dvc_info, params_info
+from mergeline.lineage.build import code_info, describe, dvc_info, params_info
 from mergeline.methods import pipeline_method
 from mergeline.params import ExperimentParams, vector_mode
 from mergeline.stages.common import StageContext

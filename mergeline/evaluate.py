@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from mergeline.assets import DTYPES, ensure_offline
-from mergeline.data.records import load_records
+from mergeline.data.records import GENERATION_KEYS, load_records, record_keys
 from mergeline.errors import MergelineError
 
 TEMPLATE = Path(__file__).parent / "eval_tasks" / "mergeline_mc.yaml"
@@ -99,7 +99,6 @@ def is_generation_file(path: str | os.PathLike[str]) -> bool:
 
     A file not (yet) there counts as multiple choice: :func:`evaluate_model` checks every file first.
     """
-    from mergeline.data.records import GENERATION_KEYS, record_keys
 
     return Path(path).is_file() and record_keys(load_records(path)[0]) == GENERATION_KEYS
 

@@ -8,7 +8,7 @@ Errors (MergelineError, one line naming the task, folder and tensor):
 - a missing folder or file (config.json, safetensors weights, tokenizer; adapter_config.json,
   adapter_model.safetensors), pickle-only weights;
 - a checkpoint whose float tensor names or shapes differ from the base's;
-- an adapter that is not a plain LoRA (DoRA, other PEFT kinds: ``mergeline.lora``), whose target
+- an adapter that is not a plain LoRA (DoRA, other PEFT kinds: ``mergeline.merge.lora``), whose target
   modules the base lacks or has in other shapes (another architecture or size), or whose
   ``base_model_name_or_path`` is a local model folder with other weights than the base (both hashes named);
 - with ``lora.enabled``, a ``lora.target_modules`` name that is no module of the base.
@@ -19,9 +19,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from mergeline.assets import MINILM, SMOLLM2, _source, ensure_offline, read_import_meta
 from mergeline.errors import MergelineError
+from mergeline.io.hashing import sha256_file
 from mergeline.io.safetensors_io import CheckpointReader
-from mergeline.lora import LoraAdapter
+from mergeline.merge.lora import LoraAdapter
 
 Shapes = dict[str, tuple[int, ...]]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -30,7 +32,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 def weights_sha256(folder: Path) -> str:
     """One sha256 over a model folder's safetensors files (name and content): the weights' identity,
     whatever tokenizer or config files sit beside them."""
-    from mergeline.io.hashing import sha256_file
 
     digest = hashlib.sha256()
     for file in sorted(folder.glob("*.safetensors")):
@@ -50,8 +51,6 @@ def config_shapes(spec: str) -> Shapes:
     as ``save_pretrained`` leaves them out of the files."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from mergeline.assets import MINILM, SMOLLM2, _source, ensure_offline
 
     ensure_offline()
     source = _source(spec)
@@ -76,7 +75,6 @@ def config_shapes(spec: str) -> Shapes:
 
 def _imported_base(root: Path, work_dir: str, spec: str) -> Path | None:
     """The pipeline's imported base folder, when it holds ``spec`` already."""
-    from mergeline.assets import read_import_meta
 
     folder = root / work_dir / "base"
     meta = read_import_meta(folder) if folder.is_dir() else None
@@ -113,6 +111,17 @@ def check_checkpoint(task: str, folder: Path, base: Shapes, base_name: str) -> N
                                  f"base model {base_name} has {list(base[name])}")
 
 
+def _local_model_folder(root: Path, named: str) -> Path | None:
+    """The model folder an adapter's ``base_model_name_or_path`` names on this machine, if it is one.
+    The name comes from the adapter: one the file system cannot even look up (a component over 255
+    bytes, a loop of links) is a hub id or someone else's path, not a local folder."""
+    folder = root / named
+    try:
+        return folder if folder.is_dir() and (folder / "config.json").is_file() else None
+    except OSError:
+        return None
+
+
 def check_adapter(task: str, folder: Path, base: Shapes, base_name: str, base_dir: Path | None, root: Path) -> None:
     try:
         adapter = LoraAdapter(folder)
@@ -124,8 +133,8 @@ def check_adapter(task: str, folder: Path, base: Shapes, base_name: str, base_di
         ours = f" (base model weights sha256 {weights_sha256(base_dir)[:12]})" if base_dir is not None else ""
         raise MergelineError(f"tasks: {task}: {exc}{ours}") from None
     named = adapter.base_model_name_or_path
-    trained_on = (root / named) if named else None
-    if trained_on is not None and trained_on.is_dir() and base_dir is not None and (trained_on / "config.json").is_file():
+    trained_on = _local_model_folder(root, named) if named else None
+    if trained_on is not None and base_dir is not None:
         if trained_on.resolve() != base_dir.resolve():
             theirs, ours = weights_sha256(trained_on), weights_sha256(base_dir)
             if theirs != ours:

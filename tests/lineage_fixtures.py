@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergeline.lineage import (
+from mergeline.lineage.record import (
     BaseModelRef, CodeInfo, FineTune, ImportanceArtifact, Lineage, MergeInfo, MlflowInfo, TaskLineage,
 )
-from mergeline.lineage_build import describe, dvc_info, params_info
+from mergeline.lineage.build import describe, dvc_info, params_info
 
 TASKS = ("alpha", "beta")
 MODEL_NAME = "tiny-merged"
@@ -46,9 +46,9 @@ def build_project(root: Path) -> Project:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mergeline.config import MergeConfig
+    from mergeline.merge.config import MergeConfig
     from mergeline.finetune.checkpoint import extract_task_vector
-    from mergeline.merge import run_merge
+    from mergeline.merge.engine import run_merge
 
     cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)

@@ -11,4 +11,5 @@ COMMANDS: tuple[str, ...] = (
     "stage",
     "lineage",
     "reproduce",
+    "extract_lora",
 )

@@ -48,7 +48,7 @@ def open_version(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     Returns None for the lineage when ``lineage.json`` is gone (printed as missing on stderr).
     """
     from mergeline.errors import MergelineError
-    from mergeline.lineage_locate import find_repo_root
+    from mergeline.lineage.locate import find_repo_root
     from mergeline.tracking.anchors import WORK_DIR_TAG
     from mergeline.tracking.mlflow_setup import use_store
     from mergeline.tracking.registry import load_lineage, resolve_version
@@ -73,8 +73,8 @@ def open_version(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergeline.lineage_render import render_json, render_mermaid, render_text
-    from mergeline.verify import verify_lineage
+    from mergeline.lineage.render import render_json, render_mermaid, render_text
+    from mergeline.tracking.registry import verify_lineage
 
     version, lineage, root = open_version(args)
     if lineage is None:

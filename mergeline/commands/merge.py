@@ -22,10 +22,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergeline.config import input_paths, load_merge_config
+    from mergeline.merge.checks import load_merge_config
+    from mergeline.merge.config import input_paths
     from mergeline.io.atomic import check_output_dir
     from mergeline.io.safetensors_io import parse_size
-    from mergeline.merge import run_merge
+    from mergeline.merge.engine import run_merge
 
     config = load_merge_config(args.config)
     check_output_dir(args.out, [args.config, *input_paths(config)], overwrite=args.overwrite)

@@ -37,8 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _resolve_inputs(config: Any, index: dict[Path, Any], root: Path, scratch: Path, problems: list[str]) -> Any:
     """``config`` with every string naming a lineage artifact replaced by a verified local path."""
-    from mergeline.lineage_locate import materialize, recorded_path
-    from mergeline.verify import check_artifact
+    from mergeline.lineage.locate import materialize, recorded_path
+    from mergeline.lineage.verify import check_artifact
 
     if isinstance(config, dict):
         return {k: _resolve_inputs(v, index, root, scratch, problems) for k, v in config.items()}
@@ -62,10 +62,10 @@ def _required_inputs(config: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergeline.config import MergeConfig
+    from mergeline.merge.config import MergeConfig
     from mergeline.io.atomic import check_output_dir
-    from mergeline.lineage_locate import recorded_path
-    from mergeline.merge import run_merge
+    from mergeline.lineage.locate import recorded_path
+    from mergeline.merge.engine import run_merge
     from mergeline.tracking.registry import local_path
 
     version, lineage, root = open_version(args)

@@ -31,7 +31,9 @@ from types import ModuleType
 
 from mergeline.data import code, control, docstring, news, sentiment
 from mergeline.data.common import Sizes, resolve_sizes, task_rng
+from mergeline.data.lm_eval_source import folder_files, lm_eval_task_splits
 from mergeline.data.records import dump_records
+from mergeline.data.user import data_files, user_task_splits
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import sha256_file
@@ -97,14 +99,10 @@ def resolve_task(entry: TaskEntry | str, root: str | os.PathLike[str] = ".", siz
     entry = entry if isinstance(entry, TaskEntry) else TaskEntry(name=entry)
     root = Path(root)
     if entry.kind == "file":
-        from mergeline.data.user import user_task_splits
-
         files = source_files(entry, root)
         return ResolvedTask(entry.name, entry.type or "multiple_choice", _metric(entry), ("train", "validation", "test"),
                             lambda: user_task_splits(entry, root), {"files": [str(f) for f in files]}, files)
     if entry.kind == "lm_eval":
-        from mergeline.data.lm_eval_source import lm_eval_task_splits
-
         output, splits = lm_eval_task_splits(entry, root)  # loads the data: the check is the build
         return ResolvedTask(entry.name, output, "acc" if output == "multiple_choice" else _metric(entry),
                             ("train", "validation", "test"), lambda: splits,
@@ -122,18 +120,9 @@ def source_files(entry: TaskEntry | str, root: str | os.PathLike[str] = ".") -> 
     """The local files a task is built from (none for a built-in task): cheap, nothing is read."""
     entry = entry if isinstance(entry, TaskEntry) else TaskEntry(name=entry)
     if entry.kind == "file":
-        from mergeline.data.user import data_files
-
         return tuple(data_files(entry, Path(root)).values())
     if entry.kind == "lm_eval":
-        from mergeline.data.lm_eval_source import include_folder, local_data_files
-
-        include = include_folder(entry, Path(root))
-        if include is None:
-            return ()
-        configs = sorted(p for p in include.rglob("*") if p.is_file()) if include.is_dir() else [include]
-        data = [d for c in configs if c.suffix in (".yaml", ".yml") for d in local_data_files(c)]
-        return tuple(dict.fromkeys([*configs, *sorted(data)]))  # the task YAMLs and the data they name
+        return folder_files(entry, Path(root))  # the task folder, the YAMLs it includes, the data they read
     return ()
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from mergeline.data.records import answer_text
 from mergeline.errors import MergelineError
 
 IGNORE = -100
@@ -106,7 +107,6 @@ def encode_records(
     tokenizer: Any, records: Sequence[dict[str, Any]], max_length: int, delimiter: str = ""
 ) -> list[Encoded]:
     """Encode each record with its answer: ``choices[label]``, or the target of a generation record."""
-    from mergeline.data.records import answer_text
 
     return [encode(tokenizer, r["prompt"], answer_text(r), max_length, delimiter) for r in records]
 

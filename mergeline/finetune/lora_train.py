@@ -3,7 +3,7 @@
 ``finetune_lora_checkpoint``: base model folder + task JSONL -> a folder holding the base with the
 adapter merged in (a plain Hugging Face model, what evaluation loads) and the adapter itself under
 ``adapter/`` (PEFT's ``adapter_config.json`` + ``adapter_model.safetensors``, the input of the task
-vector: :func:`mergeline.lora.extract_lora_vector` folds it). The adapter lives in a subfolder
+vector: :func:`mergeline.merge.lora.extract_lora_vector` folds it). The adapter lives in a subfolder
 because transformers treats a model folder with an ``adapter_config.json`` as an adapter to load.
 
 The training loop is :func:`mergeline.finetune.full.finetune` with an all-ones mask over the LoRA

@@ -28,7 +28,7 @@ from torch.func import functional_call, grad, vmap
 
 from mergeline.errors import MergelineError
 from mergeline.finetune.batching import answer_logprob, choice_logprobs, collate, encode, pad_id
-from mergeline.layers import layer_index
+from mergeline.merge.layers import layer_index
 
 LogFn = Callable[[str, float, "int | None"], None]
 ProgressFn = Callable[[str], None]

@@ -6,7 +6,7 @@
   ``‖τ‖²`` per model, layer or tensor, accumulated in float64 (λ_t = ‖τ_t‖² / Σ_k ‖τ_k‖²).
 - :func:`importance_stats`: per-layer summary of importance scores (for MLflow and plots).
 
-Layers come from :func:`mergeline.layers.layer_index`; tensors outside blocks (embeddings, final
+Layers come from :func:`mergeline.merge.layers.layer_index`; tensors outside blocks (embeddings, final
 norm, LM head) are reported under ``"other"`` where applicable. Vectors are any weights path of
 :func:`mergeline.finetune.weights.weight_files` (task-vector folder, .safetensors file, model folder).
 """
@@ -24,7 +24,7 @@ import torch
 
 from mergeline.errors import MergelineError
 from mergeline.finetune.weights import TensorReader, is_float_code
-from mergeline.layers import layer_index
+from mergeline.merge.layers import layer_index
 
 OTHER = "other"
 

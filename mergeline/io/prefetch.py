@@ -1,6 +1,6 @@
 """Reading tensors ahead of the merge with positioned reads, straight into device buffers.
 
-The GPU engine's loader (``mergeline.merge_prefetch``). A tensor's stored bytes are cut into pieces
+The GPU engine's loader (``mergeline.merge.prefetch``). A tensor's stored bytes are cut into pieces
 of ``PIECE_BYTES``; a pool of threads reads each piece with ``os.preadv`` (no memory mapping: mapped
 pages cost a page fault each, and dropping them again costs every thread a TLB flush) into a pinned
 slab of its own and copies it to the device on a stream of its own, so reads, host-to-device

@@ -176,7 +176,7 @@ class CheckpointReader:
         return self._files[name]
 
     def computes(self, name: str) -> bool:
-        """True when ``name`` is computed as it is read (``mergeline.io.lora_reader``), not stored bytes."""
+        """True when ``name`` is computed as it is read (``mergeline.merge.lora_reader``), not stored bytes."""
         return False
 
     def byte_range(self, name: str, rows: tuple[int, int] | None = None) -> tuple[Path, int, int]:

@@ -1,6 +1,6 @@
 """The contract every merge method implements.
 
-A merge method works on one tensor at a time, so the engine (``mergeline.merge``) can stream models
+A merge method works on one tensor at a time, so the engine (``mergeline.merge.engine``) can stream models
 tensor by tensor with memory bounded by a few tensors. Methods that need a global statistic (MetaGPT
 norms, global top-k, LATA per-layer cosine) ask for a first, statistics-only pass over every tensor.
 
@@ -43,7 +43,7 @@ class TensorInputs:
     ``global_inputs[name]`` extra whole-model tensors (e.g. LATA's pretrained weights).
     ``params`` / ``model_params`` are resolved for *this* tensor (mergekit gradients and filters
     already applied), so methods must read per-tensor values from here, not from ``self.params``.
-    ``layer`` is the transformer block index from ``mergeline.layers.layer_index`` (None: outside blocks).
+    ``layer`` is the transformer block index from ``mergeline.merge.layers.layer_index`` (None: outside blocks).
     ``block`` is the index of this row block within the tensor (flat order) when the engine hands a
     row-separable method one block at a time; None means the whole tensor. ``workspace(key, like,
     dtype=None)`` returns a reusable scratch tensor shaped like ``like`` (valid during this call only);

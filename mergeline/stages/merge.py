@@ -69,8 +69,8 @@ def merge_config(ctx: StageContext, variant: dict[str, Any], base: dict[str, Any
 
 def merge_variant(ctx: StageContext, variant: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Run one merge into ``work_dir/merged/<variant>`` (atomic; paths in config are root-relative)."""
-    from mergeline.config import MergeConfig
-    from mergeline.merge import run_merge
+    from mergeline.merge.config import MergeConfig
+    from mergeline.merge.engine import run_merge
 
     out = ctx.work / "merged" / variant["name"]
     ctx.say(f"merge: {variant['name']}")

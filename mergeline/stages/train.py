@@ -88,7 +88,7 @@ def import_task_model(ctx: StageContext, task: str, base: dict[str, Any]) -> dic
     """A task given as a model: a checkpoint is used where it is; an adapter is folded onto the base
     into ``work_dir/checkpoints/<task>`` (the model evaluation loads). Nothing is fine-tuned."""
     from mergeline.io.hashing import sha256_dir
-    from mergeline.lora import fold_into_model
+    from mergeline.merge.lora import fold_into_model
 
     source = ctx.params.task_entry(task).source
     given = given_model(ctx, task)
@@ -111,7 +111,7 @@ def extract_vector(ctx: StageContext, base: dict[str, Any], checkpoint: dict[str
     adapter (fine-tuned here or given) τ is its fold, ΔW = s·B·A per target module."""
     from mergeline.finetune import extract_task_vector
     from mergeline.finetune.lora_train import adapter_of
-    from mergeline.lora import extract_lora_vector
+    from mergeline.merge.lora import extract_lora_vector
 
     name = checkpoint_name(checkpoint["task"], checkpoint["mode"])
     out = ctx.work / "vectors" / name

@@ -18,8 +18,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mergeline.lineage import Lineage, version_tags
-from mergeline.verify import Problem
+from mergeline.lineage.record import Lineage, version_tags
+from mergeline.lineage.verify import Problem
 
 WEIGHTS_TAG = "mergeline.weights_sha256"
 LINEAGE_TAG = "mergeline.lineage_sha256"

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mlflow.tracking import MlflowClient
+
+from mergeline.tracking.mlflow_setup import open_store
+
 OWNER_TAG = "mergeline.owner"
 
 
@@ -27,10 +31,6 @@ class Closed:
 
 def close_owner_runs(owner: str, tracking_uri: str) -> Closed:
     """KILLED for every unfinished run of ``owner`` (and its nested runs); delete versions they registered."""
-    from mlflow.tracking import MlflowClient
-
-    from mergeline.tracking.mlflow_setup import open_store
-
     open_store(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]

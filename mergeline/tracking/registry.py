@@ -17,6 +17,7 @@ Order of registration (a version never points at a missing or partial artifact):
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,10 +33,11 @@ from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_file
 from mergeline.io.hashing import sha256_file
 from mergeline.io.safe_read import read_text_file
-from mergeline.lineage import Lineage
-from mergeline.lineage_render import render_mermaid
+from mergeline.lineage.record import Lineage
+from mergeline.lineage.render import render_mermaid
+from mergeline.lineage.verify import Problem, artifact_problems, stored_weight_problems
 from mergeline.names import alias_problem, model_name_problem
-from mergeline.tracking.anchors import MODEL_ARTIFACT_PATH, REGISTERED_VERSION_TAG, WORK_DIR_TAG, registry_tags
+from mergeline.tracking.anchors import MODEL_ARTIFACT_PATH, REGISTERED_VERSION_TAG, WORK_DIR_TAG, anchor_problems, registry_tags
 from mergeline.tracking.mlflow_setup import current_experiment_id
 
 LINEAGE_FILE = "lineage.json"
@@ -230,3 +232,15 @@ def _parse_lineage(path: Path) -> Lineage:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise MergelineError(f"{path}: invalid lineage record: {where}: {first['msg']}") from None
+
+
+def verify_lineage(lineage: Lineage, version: ModelVersion, root: str | os.PathLike[str] = ".") -> list[Problem]:
+    """Every mismatch or missing file of ``lineage`` (registered as ``version``); [] when all match.
+
+    The registry's anchors, the registered weight files, then every artifact and the params file
+    (``root``: where relative artifact paths start and whose DVC cache/remotes are searched).
+    """
+    problems = anchor_problems(lineage, version)
+    problems.extend(stored_weight_problems(lineage, version, model_artifact_dir(version)))
+    problems.extend(artifact_problems(lineage, root))
+    return problems

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mergeline.cli import main
-from mergeline.lineage import Lineage
+from mergeline.lineage.record import Lineage
 from mergeline.tracking.registry import model_artifact_dir, register_merged_model, resolve_version
 from tests.lineage_fixtures import MODEL_NAME, Project, copy_project, flip_byte, tracking_store
 

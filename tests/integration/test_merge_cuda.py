@@ -19,8 +19,8 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from mergeline.config import load_merge_config
-from mergeline.merge import run_merge
+from mergeline.merge.checks import load_merge_config
+from mergeline.merge.engine import run_merge
 from tests.merge_fixtures import write_checkpoint
 
 pytestmark = [
@@ -95,7 +95,7 @@ def _many_small_tensors(root: Path) -> tuple[Path, list[Path], int]:
 
 
 def test_cuda_merge_keeps_bf16_and_bounds_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mergeline import merge_prefetch
+    from mergeline.merge import prefetch as merge_prefetch
 
     base, finetunes, largest_fp32 = _many_small_tensors(tmp_path / "models")
     monkeypatch.setattr(merge_prefetch, "PREFETCH_BYTES", 4 * largest_fp32)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline.config import MergeConfig
+from mergeline.merge.config import MergeConfig
 from mergeline.errors import MergelineError
-from mergeline.merge import run_merge
+from mergeline.merge.engine import run_merge
 from tests.lora_fixtures import build_lora_adapter
 from tests.merge_fixtures import finetune, load_tensors, tiny_base
 
@@ -90,7 +90,7 @@ def test_model_plus_lora_through_the_gpu_loop(zoo: dict[str, str], tmp_path: Pat
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The GPU engine's loader computes folded tensors on the host (they have no stored bytes); run
     its loop on the CPU and compare with the CPU engine."""
-    from mergeline import merge_prefetch
+    from mergeline.merge import prefetch as merge_prefetch
 
     config = {"merge_method": "task_arithmetic", "base_model": zoo["base"], "dtype": "float32",
               "models": [{"model": f"{zoo['base']}+{zoo['lora_a']}", "parameters": {"weight": 1.0}},

@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from mergeline.config import load_merge_config
-from mergeline.merge import run_merge
+from mergeline.merge.checks import load_merge_config
+from mergeline.merge.engine import run_merge
 from tests.merge_fixtures import finetune, load_tensors, save_word_tokenizer, tiny_base, with_vocabulary
 
 mergekit_config = pytest.importorskip("mergekit.config")

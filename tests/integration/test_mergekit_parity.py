@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline.config import ConditionalParameter, MergeConfig, evaluate_setting
-from mergeline.merge import run_merge
+from mergeline.merge.config import ConditionalParameter, MergeConfig, evaluate_setting
+from mergeline.merge.engine import run_merge
 from tests.merge_fixtures import finetune, load_tensors, tiny_base
 
 mergekit_config = pytest.importorskip("mergekit.config")

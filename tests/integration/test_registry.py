@@ -10,11 +10,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mergeline.errors import MergelineError
-from mergeline.lineage import TAG_KEYS, Lineage
+from mergeline.lineage.record import TAG_KEYS, Lineage
 from mergeline.tracking.registry import (
-    check_weights, load_lineage, model_artifact_dir, register_merged_model, resolve_version,
+    check_weights, load_lineage, model_artifact_dir, register_merged_model, resolve_version, verify_lineage,
 )
-from mergeline.verify import verify_lineage
 from tests.lineage_fixtures import MODEL_NAME, Project, copy_project, flip_byte, tracking_store
 
 

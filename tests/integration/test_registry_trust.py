@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from mergeline.cli import main
 from mergeline.io.hashing import sha256_file
-from mergeline.lineage import Lineage
-from mergeline.lineage_build import describe
+from mergeline.lineage.record import Lineage
+from mergeline.lineage.build import describe
 from mergeline.tracking.anchors import LINEAGE_TAG, WEIGHTS_TAG
 from mergeline.tracking.mlflow_setup import open_store, store_lock
 from mergeline.tracking.orphans import OWNER_TAG, close_owner_runs

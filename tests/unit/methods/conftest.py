@@ -7,7 +7,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from mergeline.layers import layer_index
+from mergeline.merge.layers import layer_index
 from mergeline.methods import get_method
 from mergeline.methods.base import MergeMethod, TensorInputs
 

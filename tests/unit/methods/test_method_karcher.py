@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from mergeline.config import MergeConfig, check_config, input_indices, with_base_input
+from mergeline.merge.checks import check_config
+from mergeline.merge.config import MergeConfig, input_indices, with_base_input
 from mergeline.errors import MergelineError
 from mergeline.methods import get_method
 
