@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -61,7 +62,7 @@ from typing import Any
 import torch
 
 from mergeline.merge.checks import check_config
-from mergeline.merge.config import MergeConfig, input_paths, with_base_input
+from mergeline.merge.config import MergeConfig, ignored_parameters, input_paths, with_base_input
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir, check_output_dir
 from mergeline.io.safetensors_io import (
@@ -354,6 +355,9 @@ def run_merge(
     config = with_base_input(config)
     check_config(config)
     check_output_dir(out_dir, input_paths(config), overwrite=overwrite, flag=None)
+    ignored = ignored_parameters(config)
+    for line in ignored:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     engine = _Engine(config, resolve_device(device), progress)
     with engine.stack:
         items = engine.plan()
@@ -384,6 +388,8 @@ def run_merge(
                 raise
             copied = write_model_files(config, engine.ref.model_dir, tmp, dtype_name(engine.out_dtype), engine.vocab)
             report = build_report(config, engine, method, items, hashes, copied, time.perf_counter() - start)
+            if ignored:
+                report["ignored_parameters"] = ignored
             (tmp / "merge.yaml").write_text(resolved_config(config).to_yaml())
             (tmp / "merge_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     engine.progress(f"wrote {len(hashes)} weight file(s) to {out_dir} in {report['seconds']:.1f} s")
