@@ -49,10 +49,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -61,8 +60,8 @@ from typing import Any
 
 import torch
 
-from mergeline.merge.checks import check_config
-from mergeline.merge.config import MergeConfig, ignored_parameters, input_paths, with_base_input
+from mergeline.merge.checks import checked
+from mergeline.merge.config import MergeConfig, input_paths
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir, check_output_dir
 from mergeline.io.safetensors_io import (
@@ -104,11 +103,13 @@ class MergeResult:
     weight_sha256: dict[str, str]
 
 
-class _Engine(MergeInputs, PrefetchedTensors):
+class Engine(MergeInputs, PrefetchedTensors):
     """One merge: the open readers, the plan (:class:`MergeInputs`), and the tensor loop."""
 
-    def __init__(self, config: MergeConfig, device: torch.device, progress: Progress | None) -> None:
+    def __init__(self, config: MergeConfig, device: torch.device, progress: Progress | None,
+                 readers: Mapping[str, CheckpointReader] | None = None) -> None:
         self.config = config
+        self.memory = dict(readers or {})  # inputs already in memory, by the name the config gives them
         self.device = device
         self.progress = progress or (lambda line: None)
         self.method_cls = config.method_class()
@@ -156,6 +157,8 @@ class _Engine(MergeInputs, PrefetchedTensors):
         return self.buffers.take(("ws", key), like.shape, dtype or like.dtype)
 
     def open(self, path: str) -> CheckpointReader:
+        if path in self.memory:
+            return self.memory[path]
         return self.stack.enter_context(open_checkpoint(path))
 
     def statistics(self, method: MergeMethod, items: list[PlanItem]) -> None:
@@ -337,6 +340,31 @@ class _Engine(MergeInputs, PrefetchedTensors):
             torch.set_num_threads(threads)  # the pool threads' setting is also torch's global default
 
 
+def prepare(engine: Engine) -> tuple[MergeMethod, list[PlanItem]]:
+    """Plan, build the method, run its statistics passes: everything before the first output tensor.
+    Call inside ``engine.stack``."""
+    config = engine.config
+    items = engine.plan()
+    first = next((it for it in items if it.floating), None)
+    if first is None:
+        raise MergelineError(f"{engine.ref.path}: has no floating-point tensor to merge")
+    method = engine.method_cls(first.params, first.model_params)
+    if config.slices and method.statistics_passes():
+        raise MergelineError(f"slices: merge_method {config.merge_method!r} (with these parameters) needs "
+                             "whole-model statistics; not supported with slices (use models:)")
+    engine.use(method)
+    engine.progress(
+        f"{config.merge_method}: {len(items)} tensors, {len(config.all_models())} model(s), "
+        f"{engine.compute} on {engine.device}"
+    )
+    # Methods that draw from torch's global RNG stay reproducible, and the caller's RNG is untouched.
+    rng = torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else [])
+    engine.stack.enter_context(rng)
+    torch.manual_seed(config.seed)
+    engine.statistics(method, items)
+    return method, items
+
+
 def run_merge(
     config: MergeConfig,
     out_dir: str | Path,
@@ -352,32 +380,11 @@ def run_merge(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    config = with_base_input(config)
-    check_config(config)
+    config, ignored = checked(config)
     check_output_dir(out_dir, input_paths(config), overwrite=overwrite, flag=None)
-    ignored = ignored_parameters(config)
-    for line in ignored:
-        print(f"warning: {line}", file=sys.stderr, flush=True)
-    engine = _Engine(config, resolve_device(device), progress)
+    engine = Engine(config, resolve_device(device), progress)
     with engine.stack:
-        items = engine.plan()
-        first = next((it for it in items if it.floating), None)
-        if first is None:
-            raise MergelineError(f"{engine.ref.path}: has no floating-point tensor to merge")
-        method = engine.method_cls(first.params, first.model_params)
-        if config.slices and method.statistics_passes():
-            raise MergelineError(f"slices: merge_method {config.merge_method!r} (with these parameters) needs "
-                                 "whole-model statistics; not supported with slices (use models:)")
-        engine.use(method)
-        engine.progress(
-            f"{config.merge_method}: {len(items)} tensors, {len(config.all_models())} model(s), "
-            f"{engine.compute} on {engine.device}"
-        )
-        # Methods that draw from torch's global RNG stay reproducible, and the caller's RNG is untouched.
-        rng = torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else [])
-        engine.stack.enter_context(rng)
-        torch.manual_seed(config.seed)
-        engine.statistics(method, items)
+        method, items = prepare(engine)
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             writer = ShardedWriter(tmp, [it.out for it in items], max_shard_bytes)
             try:
