@@ -7,10 +7,11 @@ where mergekit has the method; the differences are stated per function.
 Tie rule of the per-tensor magnitude trims (TIES, Breadcrumbs): exactly ``k`` entries are kept, and when
 entries equal to the k-th largest magnitude straddle the cut-off, the ones kept are those mergekit keeps:
 mergekit ranks by ``torch.argsort(|δ|, descending=True)`` (Breadcrumbs: an ascending ``torch.sort``),
-unstable, on float32 magnitudes on the CPU and in the compute dtype on CUDA. An unstable sort's order
-among equal keys depends on the whole tensor (on AVX-512 CPUs torch uses a vectorised quicksort), so
-that case runs the same sort on the same values; without straddling ties the fast selection (no sort)
-gives the same set. Methods of this project's own keep the lowest flat index first (``ties="index"``).
+unstable, on float32 magnitudes on the CPU. An unstable sort's order among equal keys depends on the
+whole tensor (on AVX-512 CPUs torch uses a vectorised quicksort), so that case runs the same sort on
+the same values, on the CPU also in a CUDA merge (CPU and CUDA merges then keep the same entries;
+mergekit's own ``--cuda`` sorts on the GPU and may keep others); without straddling ties the fast
+selection (no sort) gives the same set. Methods of this project's own keep the lowest flat index first (``ties="index"``).
 """
 
 from __future__ import annotations
@@ -69,16 +70,17 @@ TieRule = Literal["index", "argsort", "topk"]
 
 
 def _mergekit_pick(flat: torch.Tensor, k: int, ties: TieRule) -> torch.Tensor:
-    """The ``k`` entries mergekit's selection returns (boolean mask), by the same torch call on the same
-    values: ``argsort(descending)[:k]`` of float32 magnitudes on the CPU (``magnitude``), or ``topk``
-    (``sce``)."""
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    """The ``k`` entries mergekit's selection on the CPU returns (boolean mask on ``flat``'s device), by
+    the same torch call on the same values: ``argsort(descending)[:k]`` of float32 magnitudes
+    (``magnitude``), or ``topk`` (``sce``). Always run on the CPU, so a CUDA merge keeps the entries a
+    CPU merge keeps (a GPU sort orders equal keys its own way)."""
+    host = flat.cpu()
+    mask = torch.zeros(host.numel(), dtype=torch.bool)
     if ties == "topk":
-        mask[torch.topk(flat, k, largest=True).indices] = True
+        mask[torch.topk(host, k, largest=True).indices] = True
     else:
-        w = flat.float() if flat.device.type == "cpu" else flat
-        mask[torch.argsort(w, descending=True)[:k]] = True
-    return mask
+        mask[torch.argsort(host.float(), descending=True)[:k]] = True
+    return mask.to(flat.device)
 
 
 def topk_mask(scores: torch.Tensor, k: int, ties: TieRule = "index") -> torch.Tensor:
@@ -130,11 +132,10 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Ten
     keep_upto = topk_mask(magnitudes, n_top + target)  # the n_top + target largest
     drop_top = topk_mask(magnitudes, n_top)  # the n_top largest (same tie order, so a subset)
     if _straddles(magnitudes, n_top + target) or _straddles(magnitudes, n_top):
-        w = magnitudes.reshape(-1)
-        order = torch.sort(w.float() if w.device.type == "cpu" else w, descending=False).indices
-        keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
+        order = torch.sort(magnitudes.reshape(-1).cpu().float(), descending=False).indices  # as mergekit on the CPU
+        keep = torch.zeros(n, dtype=torch.bool)
         keep[order[n - n_top - target:n - n_top]] = True
-        return keep.reshape(delta.shape)
+        return keep.reshape(delta.shape).to(delta.device)
     return keep_upto & ~drop_top
 
 
