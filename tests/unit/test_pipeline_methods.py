@@ -76,7 +76,7 @@ def test_pipeline_table_comes_from_the_method_classes() -> None:
     assert table["lora"] == ("task_arithmetic", "lora", "lora", False, ("lambda",))
     assert table["talos"] == ("talos", "talos", "talos", False, ("lambda",))
     assert table["sta"] == ("sta", "sta", "full", True, ("lambda", "density"))
-    assert table["metagpt"] == ("metagpt", "metagpt", "full", False, ())
+    assert table["metagpt"] == ("metagpt", "metagpt", "full", False, ("density",))
     assert table["dare_ties"][1:] == ("dare", "full", False, ("lambda", "density"))
     # every method module of the package is registered without a list naming it
     files = {p.stem for p in Path(methods_pkg.__file__).parent.glob("*.py") if not p.stem.startswith("_")} - {"base"}
