@@ -96,7 +96,8 @@ def test_derived_configs_match_each_methods_declarations() -> None:
         return merge_config(ctx, variants[name], {"path": "base"}, vectors, importance)
 
     metagpt, sta, dare = config("metagpt_l1"), config("sta_l0.5_d0.1"), config("dare_l1_d0.3")
-    assert metagpt["parameters"] == {} and metagpt["models"][0]["parameters"] == {}  # no weight, no λ
+    # no weight, no λ; the seed because its refine option may draw DARE masks
+    assert metagpt["parameters"] == {"seed": 7} and metagpt["models"][0]["parameters"] == {}
     assert sta["models"][1]["parameters"] == {"weight": 1.0, "density": 0.1,
                                               "importance": "importance/sentiment/sta.safetensors"}
     assert sta["parameters"] == {"lambda": 0.5} and "seed" not in sta["parameters"]
