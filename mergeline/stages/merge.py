@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from mergeline.io.outputs import replace_problem
 from mergeline.methods import pipeline_method
 from mergeline.parameters import config_keys
 from mergeline.params import vector_mode
@@ -26,13 +27,8 @@ def plan_variants(ctx: StageContext) -> list[dict[str, Any]]:
     """
     variants = []
     for method, sweep in ctx.params.merge.methods.items():
-        entry = pipeline_method(method)[1]
-        lambdas = [ctx.params.merge.lambda_] if ctx.params.merge.lambda_ is not None else sweep.lambdas
-        if "lambda" not in entry.sweeps:
-            lambdas = [1.0]
-        densities = sweep.densities or [None]
         keys = list(sweep.grid)
-        for lam, density, *values in itertools.product(lambdas, densities, *(sweep.grid[k] for k in keys)):
+        for lam, density, *values in itertools.product(*ctx.params.sweep_grid(method)):
             grid = dict(zip(keys, values))
             variants.append({"name": variant_name(method, lam, density, grid), "method": method, "lambda": lam,
                              "density": density, "options": {**sweep.options, **grid}})
@@ -109,7 +105,10 @@ def write_merge_index(ctx: StageContext, merged: dict[str, dict[str, Any]]) -> d
 
 
 def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: list[str]) -> list[str]:
-    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all)."""
+    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all).
+
+    Only a folder that is still the merge mergeline wrote is deleted (``replace_problem``, as for any
+    replace); one holding anything else is kept, with a line saying why."""
     import shutil
 
     if ctx.params.registry.keep_merged == "all":
@@ -118,6 +117,10 @@ def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: lis
     for name, rec in sorted(merged.items()):
         folder = ctx.root / rec["path"]
         if name not in keep and folder.is_dir():
+            problem = replace_problem(folder, "merge", overwrite=True)
+            if problem is not None:
+                ctx.say(f"merge: not pruning {name}: {problem}")
+                continue
             shutil.rmtree(folder)
             pruned.append(name)
     if pruned:
