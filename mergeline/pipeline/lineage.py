@@ -9,6 +9,7 @@ from mergeline.lineage.record import (
     TaskLineage,
 )
 from mergeline.lineage.build import code_info, describe, dvc_info, params_info
+from mergeline.methods import pipeline_method
 from mergeline.params import ExperimentParams, vector_mode
 from mergeline.pipeline.records import Checkpoint, DataRecord, Experiment, Fit, Variant
 
@@ -25,7 +26,7 @@ def build_lineage(params: ExperimentParams, params_file: str, exp: Experiment, v
     for task in params.task_names:
         ck = exp.checkpoints[Fit(task, mode)]
         importance = []
-        if method == "sta" and task in exp.importance:
+        if pipeline_method(method)[1].importance and task in exp.importance:
             imp = exp.importance[task]
             importance.append(describe(imp.path, ImportanceArtifact, root=root, kind=imp.kind))
         tasks.append(TaskLineage(
@@ -45,8 +46,7 @@ def build_lineage(params: ExperimentParams, params_file: str, exp: Experiment, v
         merge=MergeInfo(method=method, config=merged.config, coefficients=_coefficients(merged.variant, merged.report),
                         # Lineage records sparsity as the fraction dropped; the sweep is in densities (kept).
                         sparsity=None if merged.variant.density is None else 1.0 - merged.variant.density,
-                        per_layer=merged.report.get("per_layer"),
-                        seed=params.merge.seed if method == "dare_ties" else None),
+                        per_layer=merged.report.get("per_layer"), seed=merged.config["parameters"].get("seed")),
         evaluation={**{f"test/{k}": v for k, v in scores.test_rows[variant].items()},
                     **{f"validation/{k}": v for k, v in scores.validation_rows[variant].items()}},
         code=code_info(root), dvc=dvc_info(root), prefect=PrefectInfo(flow_run_id=flow_run_id),

@@ -27,10 +27,6 @@ def fits(p: ExperimentParams) -> list[Fit]:
     return [Fit(e.name, mode) for e in p.task_entries if e.source == "finetune" for mode in modes(p)]
 
 
-def needs_importance(p: ExperimentParams) -> bool:
-    return "sta" in p.merge.methods
-
-
 def prepare_data(stage: Stage, ctx: StageContext, exp: Experiment, run: Executor) -> Experiment:
     sources = source_hashes(ctx.params.task_entries, ctx.root)
     (data,) = run.run([Call(stage.step("prepare-data"), "all", (sources,), outputs=(ctx.params.data_dir,))])
@@ -77,7 +73,7 @@ def extract_vector(stage: Stage, ctx: StageContext, exp: Experiment, run: Execut
 def compute_importance(stage: Stage, ctx: StageContext, exp: Experiment, run: Executor) -> Experiment:
     """STA scores per task (when a swept method needs them) and the vector diagnostics, at once."""
     p = ctx.params
-    tasks = p.task_names if needs_importance(p) else []
+    tasks = p.task_names if p.importance_needed else []
     calls = [Call(stage.step("compute-importance"), t,
                   (t, exp.base, exp.checkpoints[Fit(t, "full")], exp.vectors[Fit(t, "full")], exp.data),
                   outputs=(f"{p.work_dir}/importance/{t}/sta.safetensors",)) for t in tasks]
@@ -119,4 +115,4 @@ def evaluate(stage: Stage, ctx: StageContext, exp: Experiment, run: Executor) ->
 
 
 __all__ = ["compute_importance", "evaluate", "extract_vector", "fine_tune", "fits", "import_base", "merge", "modes",
-           "needs_importance", "prepare_data"]
+           "prepare_data"]
