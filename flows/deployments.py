@@ -4,7 +4,7 @@ When ``MERGELINE_WORK_POOL`` names a pool and ``PREFECT_API_URL`` points at a Pr
 fine-tunes of an experiment (and the points of a sweep) become separate flow runs of a deployment,
 created all at once with ``run_deployment(timeout=0)`` and then awaited. Which worker runs what,
 and how many runs a GPU takes at a time, is Prefect's business (one worker per GPU, ``--limit 1``:
-docs/gpu-workers.md); nothing here queues or schedules.
+docs/scale-and-gpu.md); nothing here queues or schedules.
 
 Records come back as the flow runs' persisted results. With local result storage the result's
 key is an absolute path, so every process that waits on it must see the same result folder
