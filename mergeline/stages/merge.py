@@ -6,44 +6,60 @@ import itertools
 from typing import Any
 
 from mergeline.io.outputs import replace_problem
-from mergeline.params import PIPELINE_METHODS, vector_mode
+from mergeline.methods import pipeline_method
+from mergeline.parameters import config_keys
+from mergeline.params import vector_mode
 from mergeline.stages.common import StageContext, rel, timed, write_json
 
-_SHORT = {"task_arithmetic": "ta", "ties": "ties", "dare_ties": "dare", "sta": "sta", "metagpt": "metagpt",
-          "talos": "talos", "lata": "lata", "lora": "lora"}
+
+def variant_name(method: str, lam: float, density: float | None, grid: dict[str, float] | None = None) -> str:
+    """``<short>_l<λ>[_d<density>][_<tag><value>...]``; a grid parameter's tag is its words' initials."""
+    name = f"{pipeline_method(method)[1].short}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
+    for key, value in (grid or {}).items():
+        name += "_" + "".join(word[0] for word in key.split("_")) + f"{value:g}"
+    return name
 
 
 def plan_variants(ctx: StageContext) -> list[dict[str, Any]]:
-    """Every (method, λ, density) point to merge; ``merge.lambda`` pins λ for all methods."""
+    """Every (method, λ, density, grid) point to merge; ``merge.lambda`` pins λ for all methods that sweep it.
+
+    A grid point's values join the variant's ``options`` (merge parameters, global or per-model default).
+    """
     variants = []
     for method, sweep in ctx.params.merge.methods.items():
-        for lam, density in itertools.product(*ctx.params.sweep_grid(method)):
-            name = f"{_SHORT[method]}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
-            variants.append({"name": name, "method": method, "lambda": lam, "density": density,
-                             "options": sweep.options})
+        keys = list(sweep.grid)
+        for lam, density, *values in itertools.product(*ctx.params.sweep_grid(method)):
+            grid = dict(zip(keys, values))
+            variants.append({"name": variant_name(method, lam, density, grid), "method": method, "lambda": lam,
+                             "density": density, "options": {**sweep.options, **grid}})
     return variants
 
 
 def merge_config(ctx: StageContext, variant: dict[str, Any], base: dict[str, Any],
                  vectors: dict[str, dict[str, Any]], importance: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow)."""
-    method = variant["method"]
-    mode = vector_mode(method)
+    """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow).
+
+    What goes in follows the method's class: ``weight: 1`` per model where it takes a weight, ``lambda``
+    where it sweeps λ, each task's importance where its pipeline entry needs it, the merge seed where it
+    takes one.
+    """
+    method_cls, entry = pipeline_method(variant["method"])
+    mode = vector_mode(variant["method"])
+    takes_weight = "weight" in config_keys(method_cls.PerModel)
     models = []
     for task in ctx.params.task_names:
-        # MetaGPT's coefficients are closed-form: it takes no per-model weight.
-        per_model: dict[str, Any] = {} if method == "metagpt" else {"weight": 1.0}
+        per_model: dict[str, Any] = {"weight": 1.0} if takes_weight else {}
         if variant["density"] is not None:
             per_model["density"] = variant["density"]
-        if method == "sta":
+        if entry.importance:
             per_model["importance"] = importance[task]["path"]
         models.append({"model": vectors[f"{task}:{mode}"]["path"], "parameters": per_model})
     parameters: dict[str, Any] = dict(variant["options"])
-    if method != "metagpt":
+    if "lambda" in entry.sweeps:
         parameters["lambda"] = variant["lambda"]
-    if method == "dare_ties":
+    if "seed" in config_keys(method_cls.Parameters):
         parameters.setdefault("seed", ctx.params.merge.seed)
-    return {"merge_method": PIPELINE_METHODS[method], "base_model": base["path"], "models": models,
+    return {"merge_method": method_cls.name, "base_model": base["path"], "models": models,
             "parameters": parameters, "dtype": "float32"}
 
 
