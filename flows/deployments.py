@@ -5,7 +5,7 @@ fine-tunes and the evaluations of merged variants of an experiment (and the poin
 become separate flow runs of a deployment,
 created all at once with ``run_deployment(timeout=0)`` and then awaited. Which worker runs what,
 and how many runs a GPU takes at a time, is Prefect's business (one worker per GPU, ``--limit 1``:
-docs/gpu-workers.md); nothing here queues or schedules.
+docs/scale-and-gpu.md); nothing here queues or schedules.
 
 Records come back as the flow runs' persisted results. With local result storage the result's
 key is an absolute path, so every process that waits on it must see the same result folder
