@@ -16,7 +16,7 @@ import pytest
 
 from mergeline.errors import MergelineError
 from mergeline.finetune.checkpoint import extract_task_vector
-from mergeline.io.atomic import MARKER, MARKER_TEXT, atomic_dir
+from mergeline.io.atomic import MARKER, atomic_dir
 from mergeline.merge.checks import load_merge_config
 from mergeline.merge.engine import run_merge
 from mergeline.runlock import RunLock
@@ -154,9 +154,12 @@ def _stage_output(previous: bool) -> Callable[[Path], str]:
     """What every stage writes its output through (``atomic_dir``), over a user's folder or over the
     stage's own previous output."""
     def check(folder: Path) -> str:
-        target = _user_folder(folder, {})
         if previous:
-            (target / MARKER).write_text(MARKER_TEXT)
+            target = folder / "vector"
+            with atomic_dir(target) as tmp:
+                (tmp / "old.txt").write_text("previous output")
+        else:
+            target = _user_folder(folder, {})
         before = snapshot(target)
         try:
             with atomic_dir(target) as tmp:
