@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,44 +39,56 @@ def _signal_case(name: str, signum: int, stage: str, expected: str, whom: str = 
     return Case("signal", name, expected, check, slow=True)
 
 
-def _second_run_same_folder(folder: Path) -> str:
+def _beside_a_run(folder: Path, second_in: Callable[[Path], Path]
+                  ) -> tuple[subprocess.Popen[str], subprocess.CompletedProcess[str] | None, str]:
+    """Start a tiny run in ``folder/project``; once it runs, ``mergeline run`` in the folder that
+    ``second_in(project)`` returns; then wait for the first. Returns (first, second or None, first's stderr)."""
     root = new_project(folder)
     first = start_run(root)
     try:
         if not wait_for_stage(first, root / "mlflow.db", "pipeline:"):
-            return "first run never started"
-        second = subprocess.run([sys.executable, "-m", "mergeline", "run", "--params", "params.yaml"], cwd=root,
-                                env=env_for(root), capture_output=True, text=True, timeout=300)
+            return first, None, ""
+        where = second_in(root)
+        second = subprocess.run([sys.executable, "-m", "mergeline", "run", "--params", "params.yaml"], cwd=where,
+                                env=env_for(where), capture_output=True, text=True, timeout=300)
         first_err = first.communicate(timeout=1800)[1]
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+    return first, second, first_err
+
+
+def _refusal(second: subprocess.CompletedProcess[str], first: subprocess.Popen[str]) -> str:
     named = f"pid {first.pid}" in second.stderr
-    return (f"second exit {second.returncode}, {len(lines(second.stderr))} line{', names holder' if named else ''}; "
-            f"first exit {first.returncode}, {versions(root / 'mlflow.db')} versions" + (f" {first_err[-200:]}" if first.returncode else ""))
+    return f"second exit {second.returncode}, {len(lines(second.stderr))} line{', names holder' if named else ''}"
+
+
+def _second_run_same_folder(folder: Path) -> str:
+    first, second, first_err = _beside_a_run(folder, lambda root: root)
+    if second is None:
+        return "first run never started"
+    root = folder / "project"
+    return (f"{_refusal(second, first)}; first exit {first.returncode}, {versions(root / 'mlflow.db')} versions"
+            + (f" {first_err[-200:]}" if first.returncode else ""))
+
+
+def _other_project(root: Path) -> Path:
+    """A second project folder whose params name ``root``'s work folder."""
+    other = root.parent / "other"
+    other.mkdir()
+    settings = yaml.safe_load((root / "params.yaml").read_text())
+    (other / "params.yaml").write_text(yaml.safe_dump({**settings, "work_dir": str(root / settings["work_dir"])}))
+    return other
 
 
 def _second_project_same_work_dir(folder: Path) -> str:
     """Project ``other`` whose params name the running project's work folder: refused at once."""
-    root = new_project(folder)
-    first = start_run(root)
-    try:
-        if not wait_for_stage(first, root / "mlflow.db", "pipeline:"):
-            return "first run never started"
-        other = folder / "other"
-        other.mkdir()
-        settings = yaml.safe_load((root / "params.yaml").read_text())
-        (other / "params.yaml").write_text(yaml.safe_dump({**settings, "work_dir": str(root / settings["work_dir"])}))
-        second = subprocess.run([sys.executable, "-m", "mergeline", "run", "--params", "params.yaml"], cwd=other,
-                                env=env_for(other), capture_output=True, text=True, timeout=300)
-        first.communicate(timeout=1800)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    named = f"pid {first.pid}" in second.stderr
+    first, second, _ = _beside_a_run(folder, _other_project)
+    if second is None:
+        return "first run never started"
+    other = folder / "other"
     started = "nothing started" if not (other / ".prefect").exists() and not (other / "mlflow.db").exists() else "started"
-    return (f"second exit {second.returncode}, {len(lines(second.stderr))} line{', names holder' if named else ''}, "
-            f"{started}; first exit {first.returncode}")
+    return f"{_refusal(second, first)}, {started}; first exit {first.returncode}"
 
 
 def _two_folders_one_store(folder: Path) -> str:
