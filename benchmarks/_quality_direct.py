@@ -78,7 +78,7 @@ def run_stages(params: dict[str, Any], run: DirectRun, b: DirectBackend, shared:
     checkpoints = {f"{t}:{m}": steps.finetune(params, run, t, m, base, data) for t in p.tasks for m in modes}
     vectors = {k: steps.extract_vector(params, run, base, ck) for k, ck in checkpoints.items()}
     importance: dict[str, Any] = {}
-    if "sta" in p.merge.methods:
+    if p.importance_needed:
         importance = {t: b.compute_importance(params, t, base, checkpoints[f"{t}:full"], vectors[f"{t}:full"], data)
                       for t in p.tasks}
     diagnostics = b.vector_diagnostics(params, {k.replace(":", "-"): v for k, v in vectors.items()})

@@ -136,7 +136,7 @@ def run(ctx: Any, clock: Clock, evaluate: Callable[..., dict[str, Any]]) -> dict
         with clock("extract-vector", key):
             vectors[key] = extract_vector(ctx, base, ck)
     importance = {}
-    if "sta" in p.merge.methods:
+    if p.importance_needed:
         for t in p.tasks:
             with clock("compute-importance", t):
                 importance[t] = compute_importance(ctx, t, base, checkpoints[f"{t}:full"], vectors[f"{t}:full"], data)

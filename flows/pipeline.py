@@ -85,7 +85,7 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
     if stop_after == 3:
         return records
     importance: dict[str, dict[str, Any]] = {}
-    if "sta" in p.merge.methods:
+    if p.importance_needed:
         importance = {t: _call(importance_tasks.compute_importance, [f"{p.work_dir}/importance/{t}/sta.safetensors"],
                                run, params, t, base, checkpoints[f"{t}:full"], vectors[f"{t}:full"], data)
                       for t in p.task_names}

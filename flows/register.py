@@ -14,6 +14,7 @@ from mergeline.lineage.record import (
     SOURCE_PREFIX, BaseModelRef, FineTune, ImportanceArtifact, Lineage, MergeInfo, MlflowInfo, PrefectInfo, TaskLineage,
 )
 from mergeline.lineage.build import code_info, describe, dvc_info, params_info
+from mergeline.methods import pipeline_method
 from mergeline.params import ExperimentParams, vector_mode
 from mergeline.stages.common import StageContext
 from mergeline.stages.evaluate import registered_variants, write_metrics
@@ -43,7 +44,7 @@ def build_lineage(params: ExperimentParams, params_file: str, records: dict[str,
         vec = records["vectors"][f"{task}:{mode}"]
         source = ck.get("source", "finetune")
         importance = []
-        if method == "sta" and task in records["importance"]:
+        if pipeline_method(method)[1].importance and task in records["importance"]:
             imp = records["importance"][task]
             importance.append(describe(imp["path"], ImportanceArtifact, root=root, kind=imp["kind"]))
         tasks.append(TaskLineage(
@@ -66,7 +67,7 @@ def build_lineage(params: ExperimentParams, params_file: str, records: dict[str,
                         coefficients=_coefficients(variant_spec, report),
                         # Lineage records sparsity as the fraction dropped; the sweep is in densities (kept).
                         sparsity=None if variant_spec["density"] is None else 1.0 - variant_spec["density"],
-                        per_layer=report.get("per_layer"), seed=params.merge.seed if method == "dare_ties" else None),
+                        per_layer=report.get("per_layer"), seed=records["configs"][variant]["parameters"].get("seed")),
         evaluation={**{f"test/{k}": v for k, v in records["test_rows"][variant].items()},
                     **{f"validation/{k}": v for k, v in records["validation_rows"][variant].items()}},
         code=code_info(root), dvc=dvc_info(root), prefect=PrefectInfo(flow_run_id=_flow_run_id()),

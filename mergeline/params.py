@@ -17,28 +17,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mergeline.errors import MergelineError
 from mergeline.io.safe_read import load_yaml_file, load_yaml_text
+from mergeline.methods import PipelineEntry, pipeline_method, pipeline_methods
 from mergeline.names import alias_problem, experiment_name_problem, model_name_problem
 from mergeline.task_params import TaskEntry, TaskParam, as_entry
 
-# Methods the pipeline knows how to sweep; each maps to a merge_method of the merge library.
-PIPELINE_METHODS: dict[str, str] = {
-    "task_arithmetic": "task_arithmetic",
-    "ties": "ties",
-    "dare_ties": "dare_ties",
-    "sta": "sta",
-    "metagpt": "metagpt",
-    "talos": "talos",
-    "lata": "lata",
-    "lora": "task_arithmetic",  # TA over the LoRA fine-tunes' vectors (lora.enabled), as talos is over TaLoS's
-}
-# The fine-tune whose task vectors a pipeline method merges (every other method merges the full ones).
-VECTOR_MODES: dict[str, str] = {"talos": "talos", "lora": "lora"}
 
 
 def vector_mode(method: str) -> str:
-    """``full``, ``talos`` or ``lora``: which fine-tune's vectors ``method`` merges."""
-    return VECTOR_MODES.get(method, "full")
+    """``full``, ``talos`` or ``lora``: which fine-tune's vectors pipeline method ``method`` merges."""
+    return pipeline_method(method)[1].vectors
 
+
+# Bounds that keep a params file's cost proportionate: each task is fine-tuned and merged, each
+# variant merged and evaluated, and a params file of a few hundred lines is far below the node bound.
+MAX_TASKS = 64
+MAX_VARIANTS = 10_000
+PARAMS_YAML_NODES = 20_000
 
 # NaN/Inf are refused in every float field (weight_decay: .inf would pass ``ge=0``).
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -101,7 +95,10 @@ class MethodSweep(_Strict):
     """Grid of one method. Lists are swept; the best point on validation wins."""
 
     lambdas: list[float] = Field(default_factory=lambda: [1.0], description="scaling coefficients λ")
-    densities: list[float] | None = Field(None, description="kept fraction (TIES/DARE/STA)")
+    densities: list[float] | None = Field(None, description="kept fraction (methods that sweep density)")
+    grid: dict[str, list[float]] = Field(
+        default_factory=dict, description="further swept parameters {name: values} (those the method's pipeline "
+        "entry lists in sweeps, e.g. tall_mask_lambda)")
     options: dict[str, Any] = Field(default_factory=dict, description="extra method parameters")
 
     @field_validator("lambdas")
@@ -123,6 +120,16 @@ class MethodSweep(_Strict):
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"density={value} is out of range (0, 1]")
         return values
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values(cls, grid: dict[str, list[float]]) -> dict[str, list[float]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"{key}: needs at least one value")
+            if (bad := _non_finite(values, key)) is not None:
+                raise ValueError(f"{bad}: must be a finite number")
+        return grid
 
     @field_validator("options")
     @classmethod
@@ -156,12 +163,29 @@ class MergeParams(_Strict):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: dict[str, MethodSweep]) -> dict[str, MethodSweep]:
-        for name in methods:
-            if name not in PIPELINE_METHODS:
-                raise ValueError(f"unknown method {name!r}; known: {', '.join(PIPELINE_METHODS)}")
+        known = pipeline_methods()
+        for name, sweep in methods.items():
+            if name not in known:
+                raise ValueError(f"unknown method {name!r}; known: {', '.join(known)}")
+            _check_sweep(name, known[name][1], sweep)
         if not methods:
             raise ValueError("needs at least one method")
         return methods
+
+
+def _check_sweep(name: str, entry: PipelineEntry, sweep: MethodSweep) -> None:
+    """A grid may only vary what the method's pipeline entry says it sweeps."""
+    if sweep.densities is not None and "density" not in entry.sweeps:
+        raise ValueError(f"{name}.densities: {name} does not sweep density")
+    if "lambda" not in entry.sweeps and sweep.lambdas != [1.0]:
+        raise ValueError(f"{name}.lambdas: {name} does not sweep λ (its coefficients are closed-form)")
+    for key in sweep.grid:
+        if key in ("lambda", "density") or key not in entry.sweeps:
+            others = [k for k in entry.sweeps if k not in ("lambda", "density")]
+            raise ValueError(f"{name}.grid.{key}: not swept by {name} (grid takes: {', '.join(others) or 'nothing'}; "
+                             "λ and density go in lambdas / densities)")
+        if key in sweep.options:
+            raise ValueError(f"{name}.grid.{key}: also given in options")
 
 
 class EvaluateParams(_Strict):
@@ -218,22 +242,40 @@ class ExperimentParams(_Strict):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     registry: RegisterParams = Field(default_factory=RegisterParams)
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _few_tasks(cls, tasks: Any) -> Any:
+        # Before the items are validated: a million entries are refused by their count alone.
+        if isinstance(tasks, list) and len(tasks) > MAX_TASKS:
+            raise ValueError(f"{len(tasks)} tasks; at most {MAX_TASKS} (each is fine-tuned and merged)")
+        return tasks
+
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentParams":
         if (problem := experiment_name_problem(self.experiment)) is not None:
             raise ValueError(f"experiment: {problem}")
         if len(self.tasks) < 1:
             raise ValueError("tasks: needs at least one task")
+        if not self.merge.methods:
+            raise ValueError("merge.methods: needs at least one method")
+        if (count := self.variant_count()) > MAX_VARIANTS:
+            raise ValueError(f"merge.methods: the sweep has {count} variants; at most {MAX_VARIANTS} "
+                             "(each is merged and evaluated)")
         names = self.task_names
         if len(set(names)) != len(names):
             raise ValueError("tasks: duplicate task names")
         if self.control in names:
             raise ValueError(f"control {self.control!r} must not be a training task")
-        if "talos" in self.merge.methods and not self.talos.enabled:
-            raise ValueError("merge.methods.talos needs talos.enabled: true")
-        if "lora" in self.merge.methods and not self.lora.enabled:
-            raise ValueError("merge.methods.lora needs lora.enabled: true")
+        for name in self.merge.methods:
+            mode = vector_mode(name)
+            if mode != "full" and not getattr(self, mode).enabled:
+                raise ValueError(f"merge.methods.{name} needs {mode}.enabled: true")
         return self
+
+    @property
+    def importance_needed(self) -> bool:
+        """Whether a swept method needs the tasks' importance scores (the compute-importance stage)."""
+        return any(pipeline_method(name)[1].importance for name in self.merge.methods)
 
     @property
     def task_entries(self) -> list[TaskEntry]:
@@ -243,6 +285,21 @@ class ExperimentParams(_Strict):
     @property
     def task_names(self) -> list[str]:
         return [entry.name for entry in self.task_entries]
+
+    def sweep_grid(self, method: str) -> list[list[Any]]:
+        """The values ``method`` sweeps, one list per swept quantity: λ, density, then each ``grid``
+        parameter in order (every combination is a variant). Without ``lambda`` in the method's
+        ``sweeps`` (closed-form coefficients) λ is 1."""
+        sweep = self.merge.methods[method]
+        if "lambda" not in pipeline_method(method)[1].sweeps:
+            lambdas = [1.0]
+        else:
+            lambdas = [self.merge.lambda_] if self.merge.lambda_ is not None else sweep.lambdas
+        return [lambdas, list(sweep.densities or [None]), *sweep.grid.values()]
+
+    def variant_count(self) -> int:
+        """How many variants the merge sweep expands to, without expanding it."""
+        return sum(math.prod(len(values) for values in self.sweep_grid(method)) for method in self.merge.methods)
 
     def task_entry(self, name: str) -> TaskEntry:
         return next(entry for entry in self.task_entries if entry.name == name)
@@ -256,7 +313,7 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise MergelineError(f"--set {assignment!r}: expected key=value")
     key, raw = assignment.split("=", 1)
-    value = load_yaml_text(raw, f"--set {assignment}") if raw else None
+    value = load_yaml_text(raw, f"--set {assignment}", PARAMS_YAML_NODES) if raw else None
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -278,7 +335,9 @@ def _format_error(source: str, error: ValidationError) -> str:
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentParams:
     """Read a params YAML (default ``params/default.yaml``), apply ``key=value`` overrides, validate."""
     path = Path(path or "params/default.yaml")
-    tree = load_yaml_file(path, "params file") or {}
+    tree = load_yaml_file(path, "params file", PARAMS_YAML_NODES)
+    if tree is None:  # an empty file, or comments only
+        raise MergelineError(f"{path}: params file is empty; expected experiment params (see params/default.yaml)")
     if not isinstance(tree, dict):
         raise MergelineError(f"{path}: expected a mapping at the top level")
     for assignment in overrides or []:

@@ -45,6 +45,7 @@ class TalosConfig(BaseModel):
     masked_scale: float = Field(0.1, ge=0, le=1, description="forward-pass factor of masked entries during calibration")
     per_sample: Literal["vmap", "loop"] = Field("vmap", description="per-example gradients batched (vmap) or one by one")
     chunk_size: int = Field(4, ge=1, description="examples per vmap call (memory: one gradient copy each)")
+    final_norm: bool = Field(True, description="the final norm is prunable (trainable), as in the authors' code")
 
 
 def offline_env() -> None:
@@ -102,7 +103,7 @@ def finetune_checkpoint(
         t0 = time.perf_counter()
         mask = talos_mask(
             model, tokenizer, calib, talos.keep, talos.rounds, talos.seed, cfg.max_length, talos.masked_scale,
-            talos.per_sample, talos.chunk_size, cfg.delimiter, log=log, progress=progress,
+            talos.per_sample, talos.chunk_size, cfg.delimiter, log=log, progress=progress, final_norm=talos.final_norm,
         )  # fmt: skip
         meta.update(
             calib_jsonl=str(calib_jsonl or train_jsonl),
@@ -112,7 +113,7 @@ def finetune_checkpoint(
         )
     meta.update(finetune(model, tokenizer, records, cfg, mask=mask, log=log, progress=progress))
     t0 = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="checkpoint") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if mask is not None:
@@ -149,7 +150,7 @@ def extract_task_vector(
         def delta(name: str) -> torch.Tensor:
             return tuned.get(name).float() - base.get(name).float()
 
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, kind="task-vector") as tmp:
             write_streaming(tmp / TASK_VECTOR_FILE, specs, delta)
             info = {
                 "kind": "task_vector",

@@ -5,48 +5,61 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from mergeline.params import PIPELINE_METHODS, vector_mode
+from mergeline.io.outputs import replace_problem
+from mergeline.methods import pipeline_method
+from mergeline.parameters import config_keys
+from mergeline.params import vector_mode
 from mergeline.stages.common import StageContext, rel, timed, write_json
 
-_SHORT = {"task_arithmetic": "ta", "ties": "ties", "dare_ties": "dare", "sta": "sta", "metagpt": "metagpt",
-          "talos": "talos", "lata": "lata", "lora": "lora"}
+
+def variant_name(method: str, lam: float, density: float | None, grid: dict[str, float] | None = None) -> str:
+    """``<short>_l<λ>[_d<density>][_<tag><value>...]``; a grid parameter's tag is its words' initials."""
+    name = f"{pipeline_method(method)[1].short}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
+    for key, value in (grid or {}).items():
+        name += "_" + "".join(word[0] for word in key.split("_")) + f"{value:g}"
+    return name
 
 
 def plan_variants(ctx: StageContext) -> list[dict[str, Any]]:
-    """Every (method, λ, density) point to merge; ``merge.lambda`` pins λ for all methods."""
+    """Every (method, λ, density, grid) point to merge; ``merge.lambda`` pins λ for all methods that sweep it.
+
+    A grid point's values join the variant's ``options`` (merge parameters, global or per-model default).
+    """
     variants = []
     for method, sweep in ctx.params.merge.methods.items():
-        lambdas = [ctx.params.merge.lambda_] if ctx.params.merge.lambda_ is not None else sweep.lambdas
-        if method == "metagpt":
-            lambdas = [1.0]  # closed-form coefficients; an extra λ would be an ablation, not MetaGPT
-        densities = sweep.densities or [None]
-        for lam, density in itertools.product(lambdas, densities):
-            name = f"{_SHORT[method]}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
-            variants.append({"name": name, "method": method, "lambda": lam, "density": density,
-                             "options": sweep.options})
+        keys = list(sweep.grid)
+        for lam, density, *values in itertools.product(*ctx.params.sweep_grid(method)):
+            grid = dict(zip(keys, values))
+            variants.append({"name": variant_name(method, lam, density, grid), "method": method, "lambda": lam,
+                             "density": density, "options": {**sweep.options, **grid}})
     return variants
 
 
 def merge_config(ctx: StageContext, variant: dict[str, Any], base: dict[str, Any],
                  vectors: dict[str, dict[str, Any]], importance: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow)."""
-    method = variant["method"]
-    mode = vector_mode(method)
+    """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow).
+
+    What goes in follows the method's class: ``weight: 1`` per model where it takes a weight, ``lambda``
+    where it sweeps λ, each task's importance where its pipeline entry needs it, the merge seed where it
+    takes one.
+    """
+    method_cls, entry = pipeline_method(variant["method"])
+    mode = vector_mode(variant["method"])
+    takes_weight = "weight" in config_keys(method_cls.PerModel)
     models = []
     for task in ctx.params.task_names:
-        # MetaGPT's coefficients are closed-form: it takes no per-model weight.
-        per_model: dict[str, Any] = {} if method == "metagpt" else {"weight": 1.0}
+        per_model: dict[str, Any] = {"weight": 1.0} if takes_weight else {}
         if variant["density"] is not None:
             per_model["density"] = variant["density"]
-        if method == "sta":
+        if entry.importance:
             per_model["importance"] = importance[task]["path"]
         models.append({"model": vectors[f"{task}:{mode}"]["path"], "parameters": per_model})
     parameters: dict[str, Any] = dict(variant["options"])
-    if method != "metagpt":
+    if "lambda" in entry.sweeps:
         parameters["lambda"] = variant["lambda"]
-    if method == "dare_ties":
+    if "seed" in config_keys(method_cls.Parameters):
         parameters.setdefault("seed", ctx.params.merge.seed)
-    return {"merge_method": PIPELINE_METHODS[method], "base_model": base["path"], "models": models,
+    return {"merge_method": method_cls.name, "base_model": base["path"], "models": models,
             "parameters": parameters, "dtype": "float32"}
 
 
@@ -92,7 +105,10 @@ def write_merge_index(ctx: StageContext, merged: dict[str, dict[str, Any]]) -> d
 
 
 def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: list[str]) -> list[str]:
-    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all)."""
+    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all).
+
+    Only a folder that is still the merge mergeline wrote is deleted (``replace_problem``, as for any
+    replace); one holding anything else is kept, with a line saying why."""
     import shutil
 
     if ctx.params.registry.keep_merged == "all":
@@ -101,6 +117,10 @@ def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: lis
     for name, rec in sorted(merged.items()):
         folder = ctx.root / rec["path"]
         if name not in keep and folder.is_dir():
+            problem = replace_problem(folder, "merge", overwrite=True)
+            if problem is not None:
+                ctx.say(f"merge: not pruning {name}: {problem}")
+                continue
             shutil.rmtree(folder)
             pruned.append(name)
     if pruned:

@@ -16,7 +16,8 @@ import pytest
 
 from mergeline.errors import MergelineError
 from mergeline.finetune.checkpoint import extract_task_vector
-from mergeline.io.atomic import MARKER, atomic_dir
+from mergeline.io.atomic import atomic_dir
+from mergeline.io.outputs import MARKER
 from mergeline.merge.checks import load_merge_config
 from mergeline.merge.engine import run_merge
 from mergeline.runlock import RunLock
@@ -156,13 +157,13 @@ def _stage_output(previous: bool) -> Callable[[Path], str]:
     def check(folder: Path) -> str:
         if previous:
             target = folder / "vector"
-            with atomic_dir(target) as tmp:
+            with atomic_dir(target, kind="task-vector") as tmp:
                 (tmp / "old.txt").write_text("previous output")
         else:
             target = _user_folder(folder, {})
         before = snapshot(target)
         try:
-            with atomic_dir(target) as tmp:
+            with atomic_dir(target, kind="task-vector") as tmp:
                 (tmp / "new.txt").write_text("new output")
             seen = "replaced" if sorted(p.name for p in target.iterdir()) == [MARKER, "new.txt"] else "mixed"
         except MergelineError:
