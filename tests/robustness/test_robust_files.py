@@ -12,14 +12,15 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from _robust_case import Case
-from _robust_kit import TENSORS, cli, cli_bounded, config, outcome, refused, safetensors_bytes, zoo
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from tests.robustness.kit import (
+    LAUGHS, TENSORS, Case, cli, cli_bounded, config, outcome, params, refused, safetensors_bytes, zoo,
+)
 
 ONE_LINE = "exit 2, one line"
-LAUGHS = "".join(
-    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
-    for prev, name in zip(["", *"abcdefgh"], "abcdefghi")
-)  # nine lines; fully expanded 9**9 strings
 
 
 def _config_case(name: str, write: Callable[[Path], Path], bounded: bool = False, expected: str = ONE_LINE) -> Case:
@@ -102,8 +103,6 @@ def _lying(mutate: Callable[[dict, bytes], tuple[dict | bytes, bytes]]) -> Calla
     """Rewrite fine-tune ``a``'s weights with its real tensors and a header changed by ``mutate``
     (entries, data) -> (entries or raw header bytes, data): accepted, the lie would merge silently."""
     def damage(folder: Path, models: dict[str, Path]) -> None:
-        from safetensors.torch import load_file
-
         tensors = load_file(_weights(models))
         entries, data, offset = {}, b"", 0
         for name, shape in TENSORS.items():
@@ -158,8 +157,6 @@ def _index(weight_map: object, raw: bytes | None = None) -> Callable[[Path, dict
 
 def _outside_shard(folder: Path, models: dict[str, Path]) -> None:
     """An index whose shard is the *base's* file, reached with ``../``: the merge must not read it."""
-    from safetensors import safe_open
-
     with safe_open(str(_weights(models)), "pt") as handle:
         names = list(handle.keys())
     _index(dict.fromkeys(names, "../base/model.safetensors"))(folder, models)
@@ -171,8 +168,6 @@ def _config_json(folder: Path, models: dict[str, Path]) -> None:
 
 
 def _nan(folder: Path, models: dict[str, Path]) -> None:
-    from safetensors.torch import load_file, save_file
-
     tensors = load_file(_weights(models))
     tensors["model.norm.weight"][0] = float("nan")
     save_file(tensors, _weights(models))
@@ -232,3 +227,15 @@ CASES: list[Case] = [
     _model_case("base config.json is not JSON (out_dtype rewrites it)", _config_json, out_dtype="bfloat16"),
     _model_case("NaN in an input tensor", _nan),
 ]
+
+REPRESENTATIVE = {
+    "config is not UTF-8", "config is a billion-laughs alias bomb (9 lines)", "config nested 10,000 levels deep",
+    "fine-tune is /dev/zero", "model.safetensors is a folder", "two tensors share one byte range",
+    "gap of 8 unused bytes before the last tensor", "header nested 100,000 levels",
+    "index names a shard outside the folder (../)", "base config.json is not JSON (out_dtype rewrites it)",
+}
+
+
+@pytest.mark.parametrize("case", params(CASES, REPRESENTATIVE))
+def test_case(case: Case, tmp_path: Path) -> None:
+    assert case.check(tmp_path) == case.expected

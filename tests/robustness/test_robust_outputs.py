@@ -1,7 +1,9 @@
 """Robustness cases: ``mergeline merge`` never destroys user data, and never writes a non-finite model.
 
-Every case builds three tiny models (``_robust_kit.zoo``) in its own folder and calls the CLI in this
-process. See ``benchmarks/robustness.py``.
+Every case builds three tiny models (``kit.zoo``) in its own folder and calls the CLI in this
+process. "Looks like an output" is not proof: a folder holding files named as mergeline names its
+outputs', or a previous output the user added to, is never replaced, and no output goes inside a work
+folder or a stage output there (a task vector).
 """
 
 from __future__ import annotations
@@ -10,8 +12,18 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from _robust_case import Case
-from _robust_kit import cli, config, file_size_limit, intact, outcome, refused, snapshot, temps_left, zoo
+import pytest
+
+from mergeline.errors import MergelineError
+from mergeline.finetune.checkpoint import extract_task_vector
+from mergeline.io.atomic import atomic_dir
+from mergeline.io.outputs import MARKER
+from mergeline.merge.checks import load_merge_config
+from mergeline.merge.engine import run_merge
+from mergeline.runlock import RunLock
+from tests.robustness.kit import (
+    Case, cli, config, file_size_limit, intact, outcome, params, refused, snapshot, temps_left, zoo,
+)
 
 REFUSED = "exit 2, one line, intact, no temp left"
 
@@ -66,13 +78,14 @@ def _overwrite_case(folder: Path) -> str:
     return f"{outcome(code, err)}, {'replaced' if new else 'not replaced'}, {temps_left(folder)}"
 
 
-def _lookalike(folder: Path, _: dict[str, Path]) -> Path:
+def _lookalike(names: tuple[str, ...]) -> Callable[[Path, dict[str, Path]], Path]:
     """A user's folder holding files named as mergeline's outputs name theirs, and their own work."""
-    user = _user_folder(folder, {})
-    for name in ("meta.json", "train.jsonl", "finetune.json", "task_vector.json", "merge_report.json",
-                 ".mergeline_import.json"):
-        (user / name).write_text("{}\n")
-    return user
+    def make(folder: Path, _: dict[str, Path]) -> Path:
+        user = _user_folder(folder, {})
+        for name in names:
+            (user / name).write_text("{}\n")
+        return user
+    return make
 
 
 def _added_to_output(folder: Path, models: dict[str, Path]) -> Path:
@@ -82,9 +95,7 @@ def _added_to_output(folder: Path, models: dict[str, Path]) -> Path:
 
 
 def _vector(folder: Path, models: dict[str, Path]) -> Path:
-    """``work/vectors/a``: a task vector as the pipeline writes it (the work folder never run in)."""
-    from mergeline.finetune.checkpoint import extract_task_vector
-
+    """``project/work/vectors/a``: a task vector as the pipeline writes it."""
     work = folder / "project" / "work"
     extract_task_vector(models["base"], models["a"], work / "vectors" / "a")
     return work / "vectors" / "a"
@@ -92,8 +103,6 @@ def _vector(folder: Path, models: dict[str, Path]) -> Path:
 
 def _in_work_folder(folder: Path, models: dict[str, Path]) -> Path:
     """A new folder in a work folder that a run has used (and so marked)."""
-    from mergeline.runlock import RunLock
-
     work = _vector(folder, models).parent.parent
     with RunLock(folder / "project", "mergeline run", work):
         pass
@@ -112,9 +121,6 @@ def _disk_full(folder: Path) -> str:
 
 def _interrupted(folder: Path) -> str:
     """Ctrl-C (KeyboardInterrupt) in the middle of writing the merged tensors (library call)."""
-    from mergeline.merge.checks import load_merge_config
-    from mergeline.merge.engine import run_merge
-
     models = zoo(folder)
     cfg = load_merge_config(config(folder / "merge.yaml", models))
 
@@ -149,10 +155,6 @@ def _stage_output(previous: bool) -> Callable[[Path], str]:
     """What every stage writes its output through (``atomic_dir``), over a user's folder or over the
     stage's own previous output."""
     def check(folder: Path) -> str:
-        from mergeline.errors import MergelineError
-        from mergeline.io.atomic import atomic_dir
-        from mergeline.io.outputs import MARKER
-
         if previous:
             target = folder / "vector"
             with atomic_dir(target, kind="task-vector") as tmp:
@@ -210,8 +212,17 @@ CASES: list[Case] = [
               lambda f, m: Path("/sys") / f"mergeline-{os.getpid()}"),
     _out_case("--out needs missing parent folders", "exit 0, intact, no temp left", lambda f, m: f / "new" / "deep" / "out"),
     Case("merge", "--out is a previous mergeline output, --overwrite", "exit 0, replaced, no temp left", _overwrite_case),
-    _out_case("--out holds mergeline's file names and the user's, --overwrite", REFUSED, _lookalike,
-              watch=lambda f, m: f / "mine", overwrite=True),
+    _out_case("--out holds mergeline's file names and the user's, --overwrite", REFUSED,
+              _lookalike(("meta.json", "train.jsonl", "finetune.json", "task_vector.json", "merge_report.json",
+                          ".mergeline_import.json")), watch=lambda f, m: f / "mine", overwrite=True),
+    _out_case("--out holds a dataset's file names (meta.json, *.jsonl) and the user's, --overwrite", REFUSED,
+              _lookalike(("meta.json", "train.jsonl", "test.jsonl")), watch=lambda f, m: f / "mine", overwrite=True),
+    _out_case("--out holds a task vector's file names and the user's, --overwrite", REFUSED,
+              _lookalike(("task_vector.json", "task_vector.safetensors")), watch=lambda f, m: f / "mine",
+              overwrite=True),
+    _out_case("--out holds a fine-tune's file names and the user's, --overwrite", REFUSED,
+              _lookalike(("finetune.json", "config.json", "model.safetensors")), watch=lambda f, m: f / "mine",
+              overwrite=True),
     _out_case("--out is a previous output the user added a file to, --overwrite", REFUSED, _added_to_output,
               watch=lambda f, m: f / "merged", overwrite=True),
     _out_case("--out is inside a task vector folder", REFUSED, lambda f, m: _vector(f, m) / "merged",
@@ -265,3 +276,20 @@ CASES: list[Case] = [
     _number_case("--shard-size=-1GB", "size", args=("--shard-size=-1GB",)),
     _number_case("--shard-size 1e400GB", "size", args=("--shard-size", "1e400GB")),
 ]
+
+REPRESENTATIVE = {
+    "--out is a folder of the user's files", "--out is a folder of the user's files, --overwrite",
+    "--out is the folder holding the input models", "--out is an input weight file",
+    "--out . (the folder holding config and models)", "--out is a symlink to the base model",
+    "--out is a previous mergeline output, --overwrite", "--out holds mergeline's file names and the user's, --overwrite",
+    "--out is inside a task vector folder", "disk full in the middle of writing",
+    "Ctrl-C in the middle of writing (library)", "error on a tensor after others were written",
+    "lambda = 1e308 (beyond float32: all-Inf model on main)", "lambda = 3e38, weight 1e3 (float32 overflow)",
+    "weight = 3e38 (linear: the weighted sum overflows)", "out_dtype float16, lambda 1e6 (overflow on the cast)",
+    "seed = 2**70", "a stage output lands on a user's folder",
+}
+
+
+@pytest.mark.parametrize("case", params(CASES, REPRESENTATIVE))
+def test_case(case: Case, tmp_path: Path) -> None:
+    assert case.check(tmp_path) == case.expected

@@ -11,26 +11,23 @@ import atexit
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-from _robust_case import Case
-from _robust_kit import ROOT, cli, file_size_limit, intact, outcome, refused, snapshot, temps_left
+import pytest
 
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))  # tests.lineage_fixtures
+from mergeline.lineage.record import Lineage
+from mergeline.tracking import configure_tracking
+from mergeline.tracking.registry import model_artifact_dir, register_merged_model, resolve_version
+from tests.lineage_fixtures import MODEL_NAME, absolute_config, build_project, merge_config
+from tests.robustness.kit import Case, cli, file_size_limit, intact, outcome, params, refused, snapshot, temps_left
 
 
 @cache
 def project() -> tuple[Path, str]:
     """(root, tracking URI) of the shared registered project (``tiny-merged@champion``)."""
-    from mergeline.tracking import configure_tracking
-    from mergeline.tracking.registry import register_merged_model
-    from tests.lineage_fixtures import MODEL_NAME, build_project
-
     root = Path(tempfile.mkdtemp(prefix="mergeline-robust-lineage-"))
     atexit.register(shutil.rmtree, root, True)
     built = build_project(root)
@@ -48,10 +45,6 @@ def _store_args() -> list[str]:
 def _own_version(name: str, change: Callable[[dict], dict] | None = None) -> tuple[str, Path]:
     """Register the project's model again as ``name`` (its lineage edited by ``change``);
     return the spec and the registered ``lineage.json``."""
-    from mergeline.lineage.record import Lineage
-    from mergeline.tracking import configure_tracking
-    from mergeline.tracking.registry import model_artifact_dir, register_merged_model, resolve_version
-
     root, uri = project()
     record = json.loads((root / "lineage.json").read_text())
     lineage = Lineage.model_validate(change(record) if change else record)
@@ -121,8 +114,6 @@ def _reproduce(name: str, expected: str, out: Callable[[Path, Path], Path | str]
 
 def _registered() -> Path:
     """The registered version's artifact folder in the local store (weights, lineage.json)."""
-    from mergeline.tracking.registry import model_artifact_dir, resolve_version
-
     _store_args()
     return model_artifact_dir(resolve_version("tiny-merged@champion"))
 
@@ -132,16 +123,9 @@ def _merge_over_registry(folder: Path) -> str:
     root, _ = project()
     target = _registered()
     before = snapshot(target)
-    (folder / "merge.yaml").write_text(json.dumps({**_absolute(root), "merge_method": "task_arithmetic"}))
+    (folder / "merge.yaml").write_text(json.dumps({**absolute_config(merge_config(), root), "merge_method": "task_arithmetic"}))
     code, _, err = cli(["merge", str(folder / "merge.yaml"), "--out", str(target), "--overwrite", "--quiet"])
     return f"{outcome(code, err)}, {intact(before, target)}"
-
-
-def _absolute(root: Path) -> dict:
-    """The project's merge config with absolute paths."""
-    from tests.lineage_fixtures import _absolute as absolute, merge_config
-
-    return absolute(merge_config(), root)
 
 
 def _previous(folder: Path, root: Path) -> Path:
@@ -224,6 +208,8 @@ CASES: list[Case] = [
     _reproduce("--out is the registry's copy of the model, --overwrite",
                "exit 2, one line, intact, no temp left, no temp left", lambda f, r: _registered(), overwrite=True,
                watch=lambda f, r: _registered()),
+    _reproduce("--out is inside an input task vector", "exit 2, one line, intact, no temp left, no temp left",
+               lambda f, r: r / "vectors" / "alpha" / "rebuilt"),
     _reproduce("--out . (the working folder)", "exit 2, one line, intact, no temp left, no temp left",
                lambda f, r: ".", watch=lambda f, r: f),
     _reproduce("--out is an existing file", "exit 2, one line, intact, no temp left, no temp left",
@@ -242,3 +228,15 @@ CASES: list[Case] = [
     _edited("recorded base_model is /dev/zero", "/dev/zero", _config(base_model="/dev/zero")),
     _edited("recorded merge_method is unknown", "merge_method", _config(merge_method="rm -rf")),
 ]
+
+REPRESENTATIVE = {
+    "--out is the registry's copy of a model, --overwrite", "lineage.json is not JSON",
+    "--tracking-uri: sqlite file that is a text file", "--tracking-uri: unknown scheme", "--root does not exist",
+    "--out is a folder of the user's files", "--out is the registry's copy of the model, --overwrite",
+    "--out is a previous rebuild, --overwrite", "recorded lambda = 1e308", "--out is inside an input task vector",
+}
+
+
+@pytest.mark.parametrize("case", params(CASES, REPRESENTATIVE))
+def test_case(case: Case, tmp_path: Path) -> None:
+    assert case.check(tmp_path) == case.expected

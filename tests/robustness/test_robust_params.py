@@ -3,6 +3,8 @@
 Every params file here points ``base_model`` at a folder that does not exist, so a params file that
 passes validation stops at the base-model check (naming ``base_model``) and nothing heavy ever runs:
 a case passes only when the error line names the key at fault, i.e. the bad value was caught first.
+Params at their edges (empty, outputs under /proc or inside .git, a million tasks) are refused in one
+line before anything is written, in a subprocess bounded in time and memory.
 """
 
 from __future__ import annotations
@@ -10,38 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
-from _robust_case import Case
-from _robust_files import LAUGHS
-from _robust_kit import cli, cli_bounded, outcome, refused
-
-BASE = {
-    "experiment": "robust", "base_model": "./no-such-base", "tasks": ["news", "sentiment"], "device": "cpu",
-    "data": {"n_train": 4, "n_validation": 2, "n_test": 2},
-    "merge": {"methods": {"task_arithmetic": {"lambdas": [0.5]}, "ties": {"lambdas": [1.0], "densities": [0.5]}}},
-    "registry": {"model_name": "robust-model"},
-}
-
-
-def _params(folder: Path, sets: list[str]) -> Path:
-    path = folder / "params.yaml"
-    tree = yaml.safe_load(yaml.safe_dump(BASE))
-    for assignment in sets:  # applied here, not with --set, so each lands in the file as YAML
-        key, raw = assignment.split("=", 1)
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
+from tests.robustness.kit import (
+    LAUGHS, PARAMS, Case, cli, cli_bounded, intact, outcome, params, refused, snapshot, write_params,
+)
 
 def _bad(area: str, key: str, *sets: str, stage: str = "merge", via_set: bool = False) -> Case:
     """``run`` (or ``stage STAGE``) with params changed by ``sets``: exit 2, one line naming ``key``."""
     def check(folder: Path) -> str:
-        path = _params(folder, [] if via_set else list(sets))
+        path = write_params(folder, [] if via_set else list(sets))
         command = ["run"] if area == "run" else ["stage", stage]
         extra = [arg for s in sets for arg in ("--set", s)] if via_set else []
         code, _, err = cli([*command, "--params", str(path), *extra], cwd=folder)
@@ -68,10 +49,38 @@ def _text(content: bytes | str) -> Callable[[Path], Path]:
     return write
 
 
+def _edge(name: str, write: Callable[[Path], Path], key: str | None = None) -> Case:
+    """``run`` on a params file at an edge, in a subprocess (a million tasks must not take memory or
+    minutes): one line naming ``key``, and nothing written beside the params file (no lock, no state)."""
+    def check(folder: Path) -> str:
+        path = write(folder)
+        before = snapshot(folder)
+        code, _, err = cli_bounded(["run", "--params", str(path)], cwd=folder, timeout=60)
+        return f"{refused(code, err, key)}, {'nothing written' if intact(before, folder) == 'intact' else 'written'}"
+    return Case("run", name, f"exit 2, one line{f', names {key}' if key else ''}, nothing written", check)
+
+
+def _with_folder(name: str, *sets: str) -> Callable[[Path], Path]:
+    """The params of ``sets`` in a project folder that holds an (empty) ``name`` folder."""
+    def write(folder: Path) -> Path:
+        (folder / name).mkdir()
+        return write_params(folder, list(sets))
+    return write
+
+
+def _many_tasks(count: int, block: bool) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        tasks = "".join("\n  - news" for _ in range(count)) if block else "[" + ", ".join(["news"] * count) + "]"
+        (folder / "params.yaml").write_text(yaml.safe_dump({k: v for k, v in PARAMS.items() if k != "tasks"})
+                                            + f"tasks: {tasks}\n")
+        return folder / "params.yaml"
+    return write
+
+
 def _existing_file(folder: Path) -> str:
     """work_dir names an existing file."""
     (folder / "notes.txt").write_text("mine")
-    path = _params(folder, ["work_dir=notes.txt"])
+    path = write_params(folder, ["work_dir=notes.txt"])
     code, _, err = cli(["run", "--params", str(path)], cwd=folder)
     return refused(code, err, "work_dir")
 
@@ -119,12 +128,17 @@ CASES: list[Case] = [
     _file("run", "params file is a YAML list", _text("- experiment: x\n")),
     _file("run", "params file does not exist", lambda f: f / "absent.yaml"),
     _bad("run", "--set", "merge.methods=&a [*a]", via_set=True),
-    _file("run", "params file is empty", _text("")),
-    _file("run", "params file has no merge section", _text("tasks: [news]\n")),
-    _bad("run", "work_dir", "work_dir=/proc/self/work"),
-    _bad("run", "work_dir", "work_dir=.git/work"),
-    _file("run", "params file lists a million tasks (2 MB)", _text("tasks: [" + ",".join(["news"] * 10**6) + "]\n"),
-          bounded=True),
+    # Edges: empty, outputs in kernel or version-control folders, absurd sizes.
+    _edge("params file is empty", _text("")),
+    _edge("params file holds only comments", _text("# nothing here yet\n")),
+    _edge("params file is an empty mapping {}", _text("{}\n")),
+    _edge("work_dir under /proc", lambda f: write_params(f, ["work_dir=/proc/self/work"]), "work_dir"),
+    _edge("data_dir under /sys", lambda f: write_params(f, ["data_dir=/sys/mergeline-data"]), "data_dir"),
+    _edge("work_dir inside the project's .git", _with_folder(".git", "work_dir=.git/work"), "work_dir"),
+    _edge("data_dir inside a .dvc folder", _with_folder(".dvc", "data_dir=.dvc/tasks"), "data_dir"),
+    _edge("params file has no merge section", _text("tasks: [news]\n")),
+    _edge("a million tasks on one line (2 MB)", _many_tasks(1_000_000, block=False)),
+    _edge("a million tasks, one per line", _many_tasks(1_000_000, block=True)),
     _bad("run", "65 tasks", f"tasks=[{','.join(f't{i}' for i in range(65))}]"),
     _bad("run", "variants", f"merge.methods.ties.lambdas=[{','.join(f'{i / 100:g}' for i in range(1, 102))}]",
          f"merge.methods.ties.densities=[{','.join(f'{i / 100:g}' for i in range(1, 101))}]"),
@@ -136,3 +150,15 @@ CASES: list[Case] = [
     _file("stage", "params file is /dev/zero", lambda f: Path("/dev/zero"), bounded=True),
     _file("stage", "params file is not UTF-8", _text(b"merge: \xc3\x28\n")),
 ]
+
+REPRESENTATIVE = {
+    "finetune.weight_decay=.inf", "merge.methods.ties.densities=[]", "merge.methods.ties.options={gamma: .inf}",
+    "registry.model_name=a/b", "registry.champion_alias=v1", "work_dir=.", "params file is not UTF-8",
+    "params file is a folder", "data_dir=.", "params file is empty", "work_dir inside the project's .git",
+    "a million tasks on one line (2 MB)",
+}
+
+
+@pytest.mark.parametrize("case", params(CASES, REPRESENTATIVE))
+def test_case(case: Case, tmp_path: Path) -> None:
+    assert case.check(tmp_path) == case.expected

@@ -16,17 +16,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from _robust_case import Case
-from _robust_kit import ROOT, cli, config, outcome, temps_left
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.robustness.kit import ROOT, Case, cli, config, outcome, params, temps_left
 
 # 40 tensors of 1 MiB: "merged k/40" is printed every 4 tensors, so the freeze leaves 90% to write.
 _SHAPES = {f"model.layers.{i}.mlp.up_proj.weight": (512, 512) for i in range(40)}
 
 
 def _big_zoo(root: Path) -> dict[str, Path]:
-    import torch
-    from safetensors.torch import save_file
-
     gen = torch.Generator().manual_seed(0)
     base = {name: torch.randn(shape, generator=gen) for name, shape in _SHAPES.items()}
     models = {}
@@ -81,3 +81,10 @@ CASES: list[Case] = [
     Case("merge", "kill -9 in the middle of writing (CLI)",
          "killed (signal 9), no output; next merge in the folder: exit 0, no temp left", _stopped(signal.SIGKILL)),
 ]
+
+REPRESENTATIVE: set[str] = set()  # CI: tests/integration/test_merge_stop.py
+
+
+@pytest.mark.parametrize("case", params(CASES, REPRESENTATIVE))
+def test_case(case: Case, tmp_path: Path) -> None:
+    assert case.check(tmp_path) == case.expected

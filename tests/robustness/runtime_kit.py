@@ -1,4 +1,4 @@
-"""Helpers of ``_robust_runtime.py``: a registered tiny project, real ``mergeline run`` processes.
+"""Helpers of the registry, cache and run cases: a registered tiny project, real ``mergeline run`` processes.
 
 The registered project is ``tests/lineage_fixtures.py``'s (random tiny Llama, two task vectors, a
 task-arithmetic merge) in one SQLite store per process; each case registers a version of its own.
@@ -7,9 +7,11 @@ Real runs use ``params/tiny.yaml`` in a project made by ``tests/integration/pipe
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,11 +21,14 @@ import time
 from functools import cache
 from pathlib import Path
 
-from _robust_kit import ROOT
-from _robust_kit import cli as run_main  # noqa: F401 - ``mergeline ARGS`` in this process, for the cases
-
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))  # tests.* fixtures
+from mergeline.lineage.record import Lineage
+from mergeline.runlock import group_members
+from mergeline.tracking import configure_tracking
+from mergeline.tracking.registry import model_artifact_dir, register_merged_model, resolve_version
+from tests.integration.pipeline_project import make_project, project_env, shared_tiny_base
+from tests.lineage_fixtures import build_project
+from tests.robustness.kit import ROOT
+from tests.robustness.kit import cli as run_main  # noqa: F401 - ``mergeline ARGS`` in this process, for the cases
 
 
 def lines(err: str) -> list[str]:
@@ -33,10 +38,8 @@ def lines(err: str) -> list[str]:
 @cache
 def registered_project() -> tuple[Path, str]:
     """(root, tracking URI) of the fixture project, built once per process."""
-    from mergeline.tracking import configure_tracking
-    from tests.lineage_fixtures import build_project
-
     root = Path(tempfile.mkdtemp(prefix="mergeline-robust-runtime-"))
+    atexit.register(shutil.rmtree, root, True)
     built = build_project(root)
     (root / "lineage.json").write_text(built.lineage.to_json())
     return root, configure_tracking(f"sqlite:///{root}/mlflow.db", "robust-runtime")
@@ -44,10 +47,6 @@ def registered_project() -> tuple[Path, str]:
 
 def register_own(name: str):  # type: ignore[no-untyped-def]
     """Register the fixture model as ``name@champion``; returns (spec, model version, stored folder)."""
-    from mergeline.lineage.record import Lineage
-    from mergeline.tracking import configure_tracking
-    from mergeline.tracking.registry import model_artifact_dir, register_merged_model, resolve_version
-
     root, uri = registered_project()
     configure_tracking(uri, "robust-runtime")
     lineage = Lineage.model_validate_json((root / "lineage.json").read_text())
@@ -64,14 +63,10 @@ def store_args() -> list[str]:
 # --- real runs --------------------------------------------------------------------------------------
 
 def new_project(folder: Path, name: str = "project") -> Path:
-    from tests.integration.pipeline_project import make_project, shared_tiny_base
-
     return make_project(folder / name, shared_tiny_base()).resolve()
 
 
 def env_for(root: Path, tracking_db: Path | None = None) -> dict[str, str]:
-    from tests.integration.pipeline_project import project_env
-
     env = project_env(root)
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", str(ROOT))
     env["OMP_NUM_THREADS"] = "1"
@@ -124,8 +119,6 @@ def worker_group(root: Path) -> int | None:
 
 def processes_left(root: Path, pgid: int | None) -> int:
     """Live processes of the run's worker group, or with ``root`` as their working directory."""
-    from mergeline.runlock import group_members
-
     left = set(group_members(pgid)) if pgid else set()
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
