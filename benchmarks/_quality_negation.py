@@ -17,14 +17,14 @@ from typing import Any
 
 from _quality_params import QualityParams, only_tasks
 from _quality_steps import block, chance, context, decide, merge_and_evaluate, variant
-from mergeline.stages.evaluate import correctness
-from mergeline.stages.merge import merge_config, variant_name
+from _quality_records import correctness, merge_config_dicts
+from mergeline.stages.merge import variant_name
 
 
 def negation_config(params: dict[str, Any], run: Any, spec: dict[str, Any], records: dict[str, Any]
                     ) -> dict[str, Any]:
     """The pipeline's merge config of ``spec`` over the single task of ``params``, with weight −1."""
-    config = merge_config(context(params, run), spec, records["base"], records["vectors"], records["importance"])
+    config = merge_config_dicts(context(params, run), spec, records)
     for model in config["models"]:
         model["parameters"]["weight"] = -1.0
     return config

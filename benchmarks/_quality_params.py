@@ -7,7 +7,7 @@
       seed_keys: [data.seed, finetune.seed, merge.seed]
       lata: {...}  negation: {...}  analogy: {...}  cost: {...}
 
-The pipeline part drives ``flows.pipeline.run_stages`` unchanged (addition: every method of
+The pipeline part walks the pipeline's stage table unchanged (addition: every method of
 ``merge.methods``); ``quality`` adds LATA, negation, analogy and cost. Per seed, the keys named in
 ``seed_keys`` are set to the seed, and ``work_dir``/``data_dir`` move under ``<out>/seed<N>/``, so
 seeds never share outputs.

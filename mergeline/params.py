@@ -35,7 +35,8 @@ MAX_VARIANTS = 10_000
 PARAMS_YAML_NODES = 20_000
 
 # NaN/Inf are refused in every float field (weight_decay: .inf would pass ``ge=0``).
-STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+# Frozen: the params a run validated are the values every stage uses; nothing edits them on the way.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 Seed = Annotated[int, Field(ge=0, lt=2**63, description="a seed: non-negative, below 2**63")]
 
 
@@ -53,42 +54,62 @@ class DataParams(_Strict):
         "above, where a task's source holds more (or fewer) examples than the others")
 
 
+# The user's settings of fine-tuning, TaLoS, LoRA and importance. Each is the one schema of its
+# quantities: the library's configs (mergeline.finetune, mergeline.importance) extend these with what
+# the caller sets, so a default or a bound cannot differ between a params file and a library call.
 class FinetuneParams(_Strict):
     steps: int = Field(10, ge=1, description="optimizer steps per task")
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-4, gt=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(64, ge=8, description="tokens per example (prompt + answer)")
-    freeze_embeddings: bool = Field(True, description="freeze the (tied) embedding / LM head")
-    seed: Seed = 0
+    batch_size: int = Field(8, ge=1, description="examples per step")
+    lr: float = Field(1e-4, gt=0, lt=1, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW) weight decay")
+    warmup: int = Field(0, ge=0, description="linear warm-up steps before the cosine decay")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate shape after warm-up")
+    max_length: int = Field(64, ge=8, description="tokens per example, prompt + answer (prompt cut from the left)")
+    freeze_embeddings: bool = Field(
+        True, description="freeze the input embedding (and the LM head tied to it), which dominates cost on small LMs")
+    grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip; 0 disables")
+    seed: Seed = Field(0, description="seed for data order and any randomness in the model")
 
 
-class TalosParams(_Strict):
+class TalosMask(_Strict):
+    """Which entries a TaLoS fine-tune trains (METHODS.md §5)."""
+
+    keep: float = Field(0.1, gt=0, le=1, description="fraction of prunable entries left trainable (1 - sparsity)")
+    rounds: int = Field(2, ge=1, description="iterative masking rounds; round r keeps keep^(r/rounds)")
+    calib_examples: int | None = Field(16, ge=1, description="examples scored for gradient sensitivity "
+                                                             "(the first N of the calibration split; null: all)")
+
+
+class TalosParams(TalosMask):
     enabled: bool = Field(True, description="also fine-tune a TaLoS-sparse model per task")
-    keep: float = Field(0.1, gt=0, le=1, description="fraction of prunable entries left trainable")
-    rounds: int = Field(2, ge=1, description="iterative masking rounds")
-    calib_examples: int = Field(16, ge=1, description="examples scored for gradient sensitivity")
     lr: float | None = Field(
-        None, gt=0, description="peak learning rate of the masked fine-tune (None: finetune.lr); training a "
+        None, gt=0, lt=1, description="peak learning rate of the masked fine-tune (None: finetune.lr); training a "
         "small fraction of the entries needs a larger step to move as far in the same number of steps")
 
 
-class LoraParams(_Strict):
-    enabled: bool = Field(False, description="also fine-tune a LoRA adapter per task (PEFT); its vector is the fold")
-    rank: int = Field(8, ge=1, description="r of the adapters")
+class LoraSettings(_Strict):
+    """The shape of a LoRA adapter."""
+
+    rank: int = Field(8, ge=1, description="r, the rank of B A")
     alpha: float = Field(16.0, gt=0, description="α; the update is scaled by α / r")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
                                       min_length=1, description="module names (suffixes) that get an adapter")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input during training")
+
+
+class LoraParams(LoraSettings):
+    enabled: bool = Field(False, description="also fine-tune a LoRA adapter per task (PEFT); its vector is the fold")
     lr: float | None = Field(
-        None, gt=0, description="peak learning rate of the LoRA fine-tune (None: finetune.lr); adapters start "
+        None, gt=0, lt=1, description="peak learning rate of the LoRA fine-tune (None: finetune.lr); adapters start "
         "at zero and usually need a larger step than a full fine-tune")
 
 
 class ImportanceParams(_Strict):
-    calib_examples: int = Field(16, ge=1, description="examples for STA's Taylor importance")
-    importance_of: Literal["task_vector", "weight"] = "task_vector"
-    grad_at: Literal["finetuned", "pretrained"] = "finetuned"
+    """STA's Taylor importance (METHODS.md §3)."""
+
+    calib_examples: int | None = Field(16, ge=1, description="calibration records scored (the first N; null: all)")
+    importance_of: Literal["task_vector", "weight"] = Field("task_vector", description="|g·τ| (default) or |g·θ|")
+    grad_at: Literal["finetuned", "pretrained"] = Field("finetuned", description="where the loss gradient g is taken")
 
 
 class MethodSweep(_Strict):
@@ -332,8 +353,14 @@ def _format_error(source: str, error: ValidationError) -> str:
     return f"{source}: {where}: {first['msg'].removeprefix('Value error, ')}"
 
 
+_VALIDATED: dict[str, ExperimentParams] = {}
+
+
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentParams:
-    """Read a params YAML (default ``params/default.yaml``), apply ``key=value`` overrides, validate."""
+    """Read a params YAML (default ``params/default.yaml``), apply ``key=value`` overrides, validate.
+
+    Validated once per process: the same content (after overrides) returns the same frozen object.
+    """
     path = Path(path or "params/default.yaml")
     tree = load_yaml_file(path, "params file", PARAMS_YAML_NODES)
     if tree is None:  # an empty file, or comments only
@@ -342,7 +369,15 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         raise MergelineError(f"{path}: expected a mapping at the top level")
     for assignment in overrides or []:
         _apply_override(tree, assignment)
-    try:
-        return ExperimentParams.model_validate(tree)
-    except ValidationError as exc:
-        raise MergelineError(_format_error(str(path), exc)) from None
+    return params_from_tree(tree, str(path))
+
+
+def params_from_tree(tree: dict[str, Any], source: str = "params") -> ExperimentParams:
+    """Validate params already read (``source`` names them in an error); once per process per content."""
+    content = json.dumps(tree, sort_keys=True, default=str)
+    if content not in _VALIDATED:
+        try:
+            _VALIDATED[content] = ExperimentParams.model_validate(tree)
+        except ValidationError as exc:
+            raise MergelineError(_format_error(source, exc)) from None
+    return _VALIDATED[content]

@@ -16,6 +16,7 @@ import mergeline.methods as methods_pkg
 from mergeline.errors import MergelineError
 from mergeline.methods import get_method, method_names, pipeline_methods
 from mergeline.params import load_params
+from mergeline.pipeline.records import BaseRecord, Fit, Importance, Vector
 from mergeline.stages.common import StageContext
 from mergeline.stages.merge import merge_config, merge_variant, plan_variants
 from tests.merge_fixtures import finetune, load_tensors, tiny_base
@@ -69,6 +70,13 @@ def _params(*overrides: str):  # type: ignore[no-untyped-def]
     return load_params(REPO / "params" / "tiny.yaml", ["tasks=[news,sentiment]", *overrides])
 
 
+BASE = BaseRecord(id="base", path="base", sha256="")
+
+
+def _vectors(paths: dict[str, str]) -> dict[Fit, Vector]:
+    return {Fit(t, "full"): Vector(task=t, mode="full", path=path, sha256="") for t, path in paths.items()}
+
+
 def test_pipeline_table_comes_from_the_method_classes() -> None:
     table = {key: (cls.name, entry.short, entry.vectors, entry.importance, entry.sweeps)
              for key, (cls, entry) in pipeline_methods().items()}
@@ -87,13 +95,14 @@ def test_pipeline_table_comes_from_the_method_classes() -> None:
 def test_derived_configs_match_each_methods_declarations() -> None:
     ctx = StageContext(_params("merge.methods={metagpt: {}, sta: {lambdas: [0.5], densities: [0.1]}, "
                                "dare_ties: {densities: [0.3]}}", "merge.seed=7"))
-    variants = {v["name"]: v for v in plan_variants(ctx)}
+    variants = {v.name: v for v in plan_variants(ctx)}
     assert set(variants) == {"metagpt_l1", "sta_l0.5_d0.1", "dare_l1_d0.3"}
-    vectors = {f"{t}:full": {"path": f"vectors/{t}"} for t in ("news", "sentiment")}
-    importance = {t: {"path": f"importance/{t}/sta.safetensors"} for t in ("news", "sentiment")}
+    vectors = _vectors({t: f"vectors/{t}" for t in ("news", "sentiment")})
+    importance = {t: Importance(task=t, kind="sta_taylor", path=f"importance/{t}/sta.safetensors", sha256="", plot="")
+                  for t in ("news", "sentiment")}
 
     def config(name: str) -> dict:
-        return merge_config(ctx, variants[name], {"path": "base"}, vectors, importance)
+        return merge_config(ctx, variants[name], BASE, vectors, importance)
 
     metagpt, sta, dare = config("metagpt_l1"), config("sta_l0.5_d0.1"), config("dare_l1_d0.3")
     # no weight, no λ; the seed because its refine option may draw DARE masks
@@ -122,16 +131,16 @@ def test_a_new_method_file_is_swept_and_merged_by_the_pipeline(new_method_file: 
     ctx = StageContext(_params("merge.methods={half_ta_test: {lambdas: [0.5, 1.0], grid: {share: [0.25]}}}"),
                        root=tmp_path)
     assert pipeline_methods()["half_ta_test"][0].name == "half_ta_test"
-    variants = {v["name"]: v for v in plan_variants(ctx)}
+    variants = {v.name: v for v in plan_variants(ctx)}
     assert set(variants) == {"half_l0.5_s0.25", "half_l1_s0.25"}
     base = tiny_base("llama", tmp_path / "base")
-    vectors = {f"{t}:full": {"path": str(finetune(base, tmp_path / t, seed=i).relative_to(tmp_path))}
-               for i, t in enumerate(("news", "sentiment"), start=1)}
-    config = merge_config(ctx, variants["half_l0.5_s0.25"], {"path": "base"}, vectors, {})
+    vectors = _vectors({t: str(finetune(base, tmp_path / t, seed=i).relative_to(tmp_path))
+                        for i, t in enumerate(("news", "sentiment"), start=1)})
+    config = merge_config(ctx, variants["half_l0.5_s0.25"], BASE, vectors, {})
     assert config["merge_method"] == "half_ta_test"
     assert config["parameters"] == {"share": 0.25, "lambda": 0.5}
     record = merge_variant(ctx, variants["half_l0.5_s0.25"], config)
-    merged, b = load_tensors(tmp_path / record["path"]), load_tensors(base)
+    merged, b = load_tensors(tmp_path / record.path), load_tensors(base)
     a, s = load_tensors(tmp_path / "news"), load_tensors(tmp_path / "sentiment")
     name = "model.layers.0.self_attn.q_proj.weight"
     expected = b[name] + ((a[name] - b[name]) + (s[name] - b[name])) * 0.5 * 0.25
@@ -147,13 +156,13 @@ def test_new_methods_sweep_in_the_pipeline() -> None:
     ctx = StageContext(_params("merge.methods={consensus_ta: {grid: {tall_mask_lambda: [0.4, 0.6]}}, "
                                "consensus_ties: {lambdas: [0.8], densities: [0.2]}, tsv: {}, iso_c: {}, "
                                "iso_cts: {grid: {common_space_fraction: [0.5]}}}"))
-    variants = {v["name"]: v for v in plan_variants(ctx)}
+    variants = {v.name: v for v in plan_variants(ctx)}
     assert set(variants) == {"cta_l1_tml0.4", "cta_l1_tml0.6", "cties_l0.8_d0.2", "tsv_l1", "isoc_l1",
                              "isocts_l1_csf0.5"}
-    vectors = {f"{t}:full": {"path": f"vectors/{t}"} for t in ("news", "sentiment")}
-    cta = merge_config(ctx, variants["cta_l1_tml0.4"], {"path": "base"}, vectors, {})
+    vectors = _vectors({t: f"vectors/{t}" for t in ("news", "sentiment")})
+    cta = merge_config(ctx, variants["cta_l1_tml0.4"], BASE, vectors, {})
     assert cta["parameters"] == {"tall_mask_lambda": 0.4, "lambda": 1.0} and cta["models"][0]["parameters"] == {}
-    cties = merge_config(ctx, variants["cties_l0.8_d0.2"], {"path": "base"}, vectors, {})
+    cties = merge_config(ctx, variants["cties_l0.8_d0.2"], BASE, vectors, {})
     assert cties["merge_method"] == "consensus_ties" and cties["models"][1]["parameters"] == {"density": 0.2}
-    tsv = merge_config(ctx, variants["tsv_l1"], {"path": "base"}, vectors, {})
+    tsv = merge_config(ctx, variants["tsv_l1"], BASE, vectors, {})
     assert tsv["models"][0]["parameters"] == {"weight": 1.0}
