@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergeline.commands._pipeline_env import configure_pipeline_env
+    from mergeline.env import configure_pipeline_env
     from mergeline.commands._supervise import become_worker, is_worker, supervise
     from mergeline.params import load_params
 
