@@ -123,14 +123,16 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
     import mlflow
 
     from flows.report import results_table
-    from mergeline.tracking import killed_on_interrupt
+    from mergeline.tracking import describe_run, killed_on_interrupt
     from mergeline.tracking.registry import register_merged_model
 
     root = Path(run.root)
     ctx = StageContext(params, root, run.device)
     metrics_path = write_metrics(ctx, records)  # also written by the evaluate stage; the same bytes
     mlflow.log_artifact(str(metrics_path), artifact_path="eval")
-    mlflow.log_text(results_table(params, records), "results.md")
+    table = results_table(params, records)
+    mlflow.log_text(table, "results.md")
+    describe_run(table)  # the parent run's description in the MLflow UI
     ranking = records["selection"]["ranking"]
     keep = registered_variants(ctx, records)
     registered: dict[str, dict[str, str]] = {}
