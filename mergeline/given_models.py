@@ -111,6 +111,17 @@ def check_checkpoint(task: str, folder: Path, base: Shapes, base_name: str) -> N
                                  f"base model {base_name} has {list(base[name])}")
 
 
+def _local_model_folder(root: Path, named: str) -> Path | None:
+    """The model folder an adapter's ``base_model_name_or_path`` names on this machine, if it is one.
+    The name comes from the adapter: one the file system cannot even look up (a component over 255
+    bytes, a loop of links) is a hub id or someone else's path, not a local folder."""
+    folder = root / named
+    try:
+        return folder if folder.is_dir() and (folder / "config.json").is_file() else None
+    except OSError:
+        return None
+
+
 def check_adapter(task: str, folder: Path, base: Shapes, base_name: str, base_dir: Path | None, root: Path) -> None:
     try:
         adapter = LoraAdapter(folder)
@@ -122,8 +133,8 @@ def check_adapter(task: str, folder: Path, base: Shapes, base_name: str, base_di
         ours = f" (base model weights sha256 {weights_sha256(base_dir)[:12]})" if base_dir is not None else ""
         raise MergelineError(f"tasks: {task}: {exc}{ours}") from None
     named = adapter.base_model_name_or_path
-    trained_on = (root / named) if named else None
-    if trained_on is not None and trained_on.is_dir() and base_dir is not None and (trained_on / "config.json").is_file():
+    trained_on = _local_model_folder(root, named) if named else None
+    if trained_on is not None and base_dir is not None:
         if trained_on.resolve() != base_dir.resolve():
             theirs, ours = weights_sha256(trained_on), weights_sha256(base_dir)
             if theirs != ours:

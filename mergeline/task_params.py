@@ -19,6 +19,7 @@ Every form resolves to a :class:`TaskEntry`, the one mechanism the pipeline know
         metric: exact_match
       - name: arc                                # an lm-eval task whose data is available offline
         lm_eval: {task: arc_easy}                # or {include_path: dir_or_yaml, task: my_task}
+                                                 # (+ trust_code: true if its YAML runs !function code)
       - name: sentiment                          # an existing task model instead of a fine-tune
         checkpoint: models/sentiment-ft          # HF folder fine-tuned from base_model (safetensors)
       - name: code
@@ -31,13 +32,42 @@ fields is checked by ``mergeline.data.user`` in preflight, before any heavy work
 from __future__ import annotations
 
 import re
+import string
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, field_validator, model_validator,
+)
 
 TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # Metrics of lm-eval's generate_until tasks that score one prediction against one reference.
 GENERATION_METRICS = ("exact_match", "bleu", "chrf")  # higher is better, as selection assumes
+
+
+def prompt_parts(template: str) -> list[tuple[str, str | None]]:
+    """``(literal text, field name or None)`` pieces of a prompt template; ValueError when it asks for more
+    than substitution. ``str.format`` would run attribute and index access (``{x.y}``, ``{x[0]}``: a
+    way into the row's objects) and format specifications (``{text:>1000000000}`` pads to a
+    gigabyte), so a prompt field is a column name in braces and nothing else (``{{``/``}}``: braces)."""
+    try:
+        pieces = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in pieces:
+        if name is None:
+            parts.append((literal, None))
+            continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if not name:
+            raise ValueError(f"{shown}: name the column to fill in, e.g. {{text}}")
+        if any(c in name for c in ".[]"):
+            raise ValueError(f"{shown}: attribute or index access is not supported; a field is a column name")
+        if conversion or spec:
+            raise ValueError(f"{shown}: conversions and format specifications are not supported; "
+                             "a field is a column name")
+        parts.append((literal, name))
+    return parts
 
 
 class _Strict(BaseModel):
@@ -89,6 +119,16 @@ class LmEvalTask(_Strict):
 
     task: str = Field(min_length=1, description="lm-eval task name")
     include_path: str | None = Field(None, description="folder or YAML file holding the task's config")
+    # Strict: only a real YAML boolean consents to running a task folder's code, not "yes" or 1.
+    trust_code: StrictBool = Field(False, description="run the task folder's Python (!function) and render its "
+                                                      "templates unsandboxed")
+
+    @model_validator(mode="after")
+    def _trust_needs_folder(self) -> "LmEvalTask":
+        if self.trust_code and self.include_path is None:
+            raise ValueError("lm_eval.trust_code applies to a task folder (include_path); "
+                             "lm-eval's own tasks are code of the installed package")
+        return self
 
 
 class TaskEntry(_Strict):
@@ -104,6 +144,12 @@ class TaskEntry(_Strict):
     lm_eval: LmEvalTask | None = None
     checkpoint: str | None = Field(None, description="HF model folder fine-tuned from base_model: not fine-tuned again")
     adapter: str | None = Field(None, description="PEFT LoRA adapter folder of base_model: folded, not fine-tuned")
+
+    @field_validator("prompt")
+    @classmethod
+    def _substitution_only(cls, prompt: str) -> str:
+        prompt_parts(prompt)
+        return prompt
 
     @field_validator("name")
     @classmethod

@@ -6,10 +6,12 @@ reads them without PEFT.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 
 def build_lora_adapter(base_dir: Path, out_dir: Path, seed: int = 0, dtype: torch.dtype | None = None,
@@ -45,3 +47,13 @@ def peft_merged_state(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tens
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     return {name: tensor.detach().clone() for name, tensor in merged.state_dict().items()}
+
+
+def write_adapter(folder: Path, tensors: dict[str, torch.Tensor], **config: object) -> Path:
+    """An adapter folder written by hand: ``tensors`` and a config (default r=2, alpha=4 on q_proj) with
+    ``config`` merged in, so that any field can hold any JSON value."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]} | config
+    (folder / "adapter_config.json").write_text(json.dumps(settings))
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder

@@ -11,12 +11,13 @@ group rather than one task, data that does not load with the hub offline, anothe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mergeline.assets import ensure_offline
+from mergeline.data.task_folder import TaskYaml, code_tags, key_holding, local_dataset, read_files, read_task_yaml
+from mergeline.data.template_sandbox import TemplateRefused, install, trusted_templates
 from mergeline.data.user import split_records
 from mergeline.errors import MergelineError
 from mergeline.task_params import TaskEntry
@@ -35,35 +36,87 @@ def include_folder(entry: TaskEntry, root: Path) -> Path | None:
     return path
 
 
-class _AnyTagLoader(yaml.SafeLoader):
-    """lm-eval task YAMLs use ``!function`` tags: read them as plain values, only ``dataset_kwargs`` matters."""
+def folder_files(entry: TaskEntry, root: Path) -> tuple[Path, ...]:
+    """Every file of an ``include_path`` task's folder, the YAMLs its configs include, and the local data
+    they read (paths as :func:`load_task` hands them to lm-eval): what lineage and DVC deps must cover."""
+    include = include_folder(entry, root)
+    if include is None:
+        return ()
+    configs = sorted(p for p in include.rglob("*") if p.is_file()) if include.is_dir() else [include]
+    found = list(configs)
+    for config in configs:
+        if config.suffix not in (".yaml", ".yml"):
+            continue
+        try:
+            task = read_task_yaml(config)
+        except MergelineError:
+            continue  # not a task config: lm-eval reports it if it is the task asked for
+        found += [*task.files, *read_files(local_dataset(task)[1])]
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)  # one entry per file, as first spelled
+    return tuple(unique.values())
 
 
-_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
-def local_data_files(config_file: Path) -> list[Path]:
-    """The local files a task YAML's ``dataset_kwargs.data_files`` names (relative ones from the YAML's folder)."""
-    try:
-        config = yaml.load(config_file.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506 - safe subclass
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []  # not a task config: lm-eval reports it when it reads the folder
-    named = ((config or {}).get("dataset_kwargs") or {}).get("data_files") if isinstance(config, dict) else None
-    values = named.values() if isinstance(named, dict) else [named]
-    paths = [v for value in values for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
-    found = [Path(p) if Path(p).is_absolute() else config_file.parent / p for p in paths]
-    return [p for p in found if p.is_file()]
-
-
-def load_task(entry: TaskEntry, root: Path) -> Any:
-    """The lm-eval Task object, its dataset loaded offline."""
+def _folder_config(entry: TaskEntry, yaml_path: Path) -> tuple[dict[str, Any], TaskYaml]:
+    """The task's config as lm-eval would load it, with dataset paths anchored at their YAML, and its
+    chain. Code a YAML names is refused unless ``trust_code``; with it, lm-eval imports it here."""
+    # lm-eval 0.4.13's own loader (the one its TaskManager uses), for the same include merge and !function import
+    from lm_eval.tasks._yaml_loader import load_yaml
 
     assert entry.lm_eval is not None
+    task = read_task_yaml(yaml_path)
+    trusted = entry.lm_eval.trust_code
+    found = code_tags(task)
+    if found and not trusted:
+        file, key, tag = found[0]
+        value = " ".join(tag.value.split())[:120]  # one line, whatever the YAML scalar holds
+        raise MergelineError(f"{file}: {key}: {tag.tag} {value} would run Python from the task folder; "
+                             f"set trust_code: true beside include_path (task '{entry.name}') to allow it")
+    try:
+        config = load_yaml(task.path, resolve_func=trusted)
+    except Exception as exc:  # noqa: BLE001 - the folder's own code fails to import: any type
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise MergelineError(f"{task.path}: lm-eval cannot load it ({type(exc).__name__}: {first})") from None
+    changes, _ = local_dataset(task)
+    kwargs = changes.pop("dataset_kwargs", {})
+    config.update(changes)
+    if kwargs:
+        config["dataset_kwargs"] = {**(config.get("dataset_kwargs") or {}), **kwargs}
+    if not trusted:
+        # A metric lm-eval does not know is loaded with HF evaluate.load, which runs a local script; the
+        # task's metrics are unused here (mergeline scores its records itself).
+        config.pop("metric_list", None)
+    return config, task
+
+
+def _refused(entry: TaskEntry, task: TaskYaml | None, exc: TemplateRefused) -> MergelineError:
+    """One line naming the YAML file and key whose template the sandbox refused."""
+    key = key_holding(task.config, exc.source) if task else None
+    if task is None:
+        where = f"task '{entry.name}': a template"
+    elif key is None:
+        where = f"{task.path}: a template"
+    else:
+        where = f"{task.origin.get(re.split(r'[.[]', key)[0], task.path)}: {key}"
+    return MergelineError(f"{where}: template refused by the sandbox ({exc.reason}); set trust_code: true beside "
+                          f"include_path (task '{entry.name}') to render it unsandboxed")
+
+
+def load_task(entry: TaskEntry, root: Path) -> tuple[Any, TaskYaml | None]:
+    """The lm-eval Task object, its dataset loaded offline, and its YAML chain (None for a registry task).
+
+    Call inside :func:`trusted_templates`: lm-eval renders the first document while it builds the task.
+    """
+    assert entry.lm_eval is not None
     ensure_offline()
+    import datasets
     from lm_eval.tasks import TaskManager
 
+    datasets.disable_progress_bars()  # preflight's output is its checks' lines (the pipeline's workers disable them too)
     include = include_folder(entry, root)
     # Indexing lm-eval's own 228 task folders costs ~20 s: only for a registry task.
+    # Indexing reads YAMLs with !function unresolved: no code runs until a task is built.
     manager = TaskManager(include_path=str(include) if include else None, include_defaults=include is None)
     name = entry.lm_eval.task
     where = f"under {include}" if include else "in lm-eval's registry"
@@ -71,13 +124,19 @@ def load_task(entry: TaskEntry, root: Path) -> Any:
         raise MergelineError(f"task '{entry.name}': lm-eval task '{name}' does not exist {where}")
     if name not in manager.all_subtasks:
         raise MergelineError(f"task '{entry.name}': lm-eval '{name}' is a group or tag; name one task of it")
+    chain = None
+    spec: str | dict[str, Any] = name
+    if include is not None:
+        spec, chain = _folder_config(entry, Path(manager.task_index[name].yaml_path))
     try:
-        loaded = manager.load_task_or_group([name])
+        loaded = manager.load([spec])["tasks"]
+    except TemplateRefused as exc:
+        raise _refused(entry, chain, exc) from None
     except Exception as exc:  # noqa: BLE001 - datasets raises many types when the hub is offline
         first = (str(exc).splitlines() or [""])[0][:200]
         raise MergelineError(f"task '{entry.name}': lm-eval task '{name}': its data is not available offline "
                              f"({type(exc).__name__}: {first})") from None
-    return loaded[name]
+    return loaded[name], chain
 
 
 def _record(task: Any, doc: dict, output: str, record_id: str, where: str) -> dict[str, Any]:
@@ -95,9 +154,22 @@ def _record(task: Any, doc: dict, output: str, record_id: str, where: str) -> di
 
 
 def lm_eval_task_splits(entry: TaskEntry, root: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
-    """(``multiple_choice`` or ``generation``, split → records) of an lm-eval task."""
+    """(``multiple_choice`` or ``generation``, split → records) of an lm-eval task.
 
-    task = load_task(entry, root)
+    A registry task, or a folder task with ``trust_code``, renders its templates as lm-eval does; any
+    other folder task's templates render sandboxed (:mod:`mergeline.data.template_sandbox`).
+    """
+    assert entry.lm_eval is not None
+    install()
+    with trusted_templates(entry.lm_eval.include_path is None or entry.lm_eval.trust_code):
+        task, chain = load_task(entry, root)
+        try:
+            return _task_splits(entry, task)
+        except TemplateRefused as exc:
+            raise _refused(entry, chain, exc) from None
+
+
+def _task_splits(entry: TaskEntry, task: Any) -> tuple[str, dict[str, list[dict[str, Any]]]]:
     name = entry.lm_eval.task  # type: ignore[union-attr]
     output = OUTPUT_TYPES.get(task.OUTPUT_TYPE)
     if output is None:

@@ -75,14 +75,22 @@ def record_problem(record: object) -> str | None:
 
 
 def jsonl_values(path: Path, text: str) -> Iterator[tuple[int, object]]:
-    """``(line number, parsed value)`` of each non-blank line; malformed JSON names the file and line."""
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    """``(line number, parsed value)`` of each non-blank line; malformed JSON names the file and line.
+
+    Lines end at "\\n" only: JSON strings may hold U+2028, U+0085 and other characters that
+    ``str.splitlines`` would split at (a "\\r" before the "\\n" is JSON whitespace)."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip(" \t\r"):
             continue  # blank lines (e.g. a trailing one) carry no record
         try:
-            yield lineno, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise MergelineError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise MergelineError(f"{path}:{lineno}: JSON nested too deeply") from None
+        except ValueError as exc:  # an integer of more than 4,300 digits
+            raise MergelineError(f"{path}:{lineno}: unreadable JSON ({str(exc)[:120]})") from None
+        yield lineno, value
 
 
 def load_records(path: str | os.PathLike[str]) -> list[dict]:

@@ -31,7 +31,7 @@ from types import ModuleType
 
 from mergeline.data import code, control, docstring, news, sentiment
 from mergeline.data.common import Sizes, resolve_sizes, task_rng
-from mergeline.data.lm_eval_source import include_folder, lm_eval_task_splits, local_data_files
+from mergeline.data.lm_eval_source import folder_files, lm_eval_task_splits
 from mergeline.data.records import dump_records
 from mergeline.data.user import data_files, user_task_splits
 from mergeline.errors import MergelineError
@@ -122,12 +122,7 @@ def source_files(entry: TaskEntry | str, root: str | os.PathLike[str] = ".") -> 
     if entry.kind == "file":
         return tuple(data_files(entry, Path(root)).values())
     if entry.kind == "lm_eval":
-        include = include_folder(entry, Path(root))
-        if include is None:
-            return ()
-        configs = sorted(p for p in include.rglob("*") if p.is_file()) if include.is_dir() else [include]
-        data = [d for c in configs if c.suffix in (".yaml", ".yml") for d in local_data_files(c)]
-        return tuple(dict.fromkeys([*configs, *sorted(data)]))  # the task YAMLs and the data they name
+        return folder_files(entry, Path(root))  # the task folder, the YAMLs it includes, the data they read
     return ()
 
 

@@ -3,14 +3,19 @@
 A row becomes a multiple-choice record (``fields.choices`` a list, or in CSV a JSON list or
 ``a|b|c``; ``fields.label`` an index or the right choice's text) or a generation record
 (``fields.target``). The prompt is ``entry.prompt`` with ``{text}`` (the ``fields.text`` column) and
-any other column in braces filled in. Answers get one leading space unless the prompt ends in
+any other column in braces filled in: substitution only (no attribute or index access, conversion or
+format specification: ``mergeline.task_params.prompt_parts``). JSONL lines end at "\\n" only, so
+strings may hold U+2028 or U+0085. Answers get one leading space unless the prompt ends in
 whitespace or the answer starts with it, since fine-tuning appends the answer to the prompt as is.
 
 Errors (MergelineError, naming the file, line and field; raised by :func:`user_task_splits` before
-anything is written): missing file, unknown extension, non-UTF-8 bytes, empty file, malformed JSON or
-a line that is not an object, a missing field, an empty value, choices that are not a list of at
-least two distinct strings, a label outside the choices, a prompt field that is not in the row, a
-split that would be empty.
+anything is written): missing file, unknown extension, non-UTF-8 bytes, empty file, malformed JSON,
+JSON nested too deeply or holding an integer of more than 4,300 digits, a line that is not an
+object, unreadable CSV (a field over ``csv.field_size_limit()``, 131,072 characters), a missing
+field, an empty value, choices that are not a list of at least two distinct strings, a label outside
+the choices (a label of more than 18 digits is no index), a prompt field that is not in the row, a
+split that would be empty, and test examples that are training examples of the given split files.
+Duplicates and other shared examples are warnings (``mergeline.data.overlap``).
 """
 
 from __future__ import annotations
@@ -19,15 +24,17 @@ import csv
 import io
 import json
 import random
-import string
+import re
 from pathlib import Path
 from typing import Any
 
+from mergeline.data.overlap import Warn, check_given_splits, check_split_file
 from mergeline.data.records import jsonl_values
 from mergeline.errors import MergelineError
-from mergeline.task_params import TaskEntry
+from mergeline.task_params import TaskEntry, prompt_parts
 
 SUFFIXES = (".jsonl", ".csv")
+_INDEX = re.compile(r"[+-]?[0-9]{1,18}")  # a label index written as text; longer is no index of a choice
 
 
 def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -58,11 +65,14 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
 def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     reader = csv.DictReader(io.StringIO(text))
     rows = []
-    for row in reader:
-        if None in row:  # more cells than header columns
-            raise MergelineError(f"{path}:{reader.line_num}: more values than the header has columns")
-        if any(v.strip() for v in row.values() if v is not None):
-            rows.append((reader.line_num, row))
+    try:
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise MergelineError(f"{path}:{reader.line_num}: more values than the header has columns")
+            if any(v.strip() for v in row.values() if v is not None):
+                rows.append((reader.line_num, row))
+    except csv.Error as exc:  # a field over csv.field_size_limit(), a stray quote or newline
+        raise MergelineError(f"{path}:{reader.reader.line_num}: unreadable CSV ({exc})") from None
     return rows
 
 
@@ -92,7 +102,7 @@ def _choices(value: Any, name: str, where: str) -> list[str]:
         if stripped.startswith("["):
             try:
                 value = json.loads(stripped)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # malformed, an integer beyond 4,300 digits, nested too deeply
                 raise MergelineError(f"{where}: field '{name}' (fields.choices) is not a JSON list") from None
         else:
             value = [c.strip() for c in stripped.split("|")]
@@ -106,11 +116,12 @@ def _choices(value: Any, name: str, where: str) -> list[str]:
 def _label(value: Any, choices: list[str], name: str, where: str) -> int:
     if isinstance(value, str) and value in choices:
         return choices.index(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INDEX.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(choices):
         return value
-    raise MergelineError(f"{where}: field '{name}' (fields.label) = {value!r} is neither an index into nor one of "
+    shown = repr(value) if not isinstance(value, (str, int)) or len(str(value)) <= 40 else f"{str(value)[:40]}…"
+    raise MergelineError(f"{where}: field '{name}' (fields.label) = {shown} is neither an index into nor one of "
                          f"the {len(choices)} choices")
 
 
@@ -119,12 +130,14 @@ def _spaced(prompt: str, answer: str) -> str:
 
 
 def _prompt(entry: TaskEntry, row: dict[str, Any], where: str) -> str:
+    """The prompt template with each ``{column}`` replaced by the row's value: substitution only."""
     values = _Row({k: ("" if v is None else v) for k, v in row.items()}, where)
     values["text"] = _field(row, entry.fields.text, where, "text")
     try:
-        return string.Formatter().vformat(entry.prompt, (), values)
-    except (ValueError, IndexError) as exc:
-        raise MergelineError(f"task '{entry.name}': prompt is not a valid template ({exc})") from None
+        parts = prompt_parts(entry.prompt)
+    except ValueError as exc:  # checked when params load; a TaskEntry built otherwise gets here
+        raise MergelineError(f"task '{entry.name}': prompt {exc}") from None
+    return "".join(literal + ("" if name is None else str(values[name])) for literal, name in parts)
 
 
 def to_record(entry: TaskEntry, row: dict[str, Any], where: str, record_id: str) -> dict[str, Any]:
@@ -162,11 +175,17 @@ def split_records(records: list[dict[str, Any]], validation: float, test: float,
     return {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
 
 
-def user_task_splits(entry: TaskEntry, root: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every split of a data-file task as records; all validation happens here."""
+def user_task_splits(entry: TaskEntry, root: Path, warn: Warn | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every split of a data-file task as records; all validation happens here. Repeated examples are
+    reported (``mergeline.data.overlap``): to ``warn``, and test examples that are training examples of
+    given split files as an error."""
     files = data_files(entry, root)
     if "all" in files:
         s = entry.split
-        return split_records(_records(entry, files["all"], entry.name), s.validation, s.test, s.seed,
-                             str(files["all"]))
-    return {split: _records(entry, path, f"{entry.name}/{split}") for split, path in files.items()}
+        records = _records(entry, files["all"], entry.name)
+        splits = split_records(records, s.validation, s.test, s.seed, str(files["all"]))
+        check_split_file(files["all"], records, splits, warn)
+        return splits
+    splits = {split: _records(entry, path, f"{entry.name}/{split}") for split, path in files.items()}
+    check_given_splits(files, splits, warn)
+    return splits

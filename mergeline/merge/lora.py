@@ -10,17 +10,21 @@ An adapter folder holds ``adapter_config.json`` and ``adapter_model.safetensors`
     ``lora_bias``: Δb_m = s · b_B
 
 r and α per module follow ``rank_pattern`` / ``alpha_pattern`` with PEFT's rule (the first pattern
-key that matches the end of the module name at a dot boundary), else ``r`` / ``lora_alpha``. The
+key that matches the end of the module name at a dot boundary; :mod:`mergeline.merge.lora_patterns`),
+else ``r`` / ``lora_alpha`` (8 and 8 when absent, PEFT's defaults). The
 product is computed in float32 and returned in the adapter's dtype, as PEFT's ``merge_and_unload``
 does, so base + ΔW is what PEFT would have merged. A full copy of a targeted embedding that PEFT
 saves beside the matrices (``…base_layer.weight``) is folded in as its difference to the base.
 
 Errors (MergelineError, one line naming the folder, file, key or module): a missing folder or file,
-a pickle-only adapter, unreadable JSON, an adapter that is not LoRA or is DoRA, or that uses a
-feature that changes the weights beyond B A (``modules_to_save``, ``layer_replication``,
-``target_parameters``, trainable tokens, aLoRA), a key this fold does not know, a conv LoRA, a rank
-that disagrees with its pattern, and, against a base (:meth:`LoraAdapter.check_against`), a target
-module the base lacks or whose shape differs.
+a pickle-only adapter, an ``adapter_config.json`` field of the wrong type or range or a
+``rank_pattern``/``alpha_pattern`` key that is not a module-name pattern (:mod:`mergeline.merge.lora_config`),
+an adapter that is not LoRA or is DoRA, or that uses a feature that changes the weights beyond B A
+(``modules_to_save``, ``layer_replication``, ``target_parameters``, trainable tokens, aLoRA), a key
+this fold does not know, a conv LoRA, a rank that disagrees with its pattern, a NaN/Inf in the
+adapter's matrices or a ΔW (or W + ΔW) that overflows (naming the adapter, not the base), and,
+against a base (:meth:`LoraAdapter.check_against`), a target module the base lacks or whose shape
+differs.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +46,10 @@ from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import sha256_file, sha256_path
 from mergeline.io.safetensors_format import DTYPES
 from mergeline.io.safetensors_io import copy_model_files
+from mergeline.merge.lora_config import ADAPTER_CONFIG, read_adapter_config
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
-# Config keys that, when set, make the adapter more than B A on existing weights.
-_UNSUPPORTED = ("modules_to_save", "layer_replication", "target_parameters", "trainable_token_indices",
-                "alora_invocation_tokens")
 _SUFFIXES = {  # key suffix -> (part, kind)
     ".lora_A.weight": ("A", "linear"), ".lora_B.weight": ("B", "linear"), ".lora_B.bias": ("bias", "linear"),
     ".lora_embedding_A": ("A", "embedding"), ".lora_embedding_B": ("B", "embedding"),
@@ -71,12 +71,9 @@ class LoraModule:
     rank: int = 0
 
 
-def pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
-    """PEFT's ``rank_pattern``/``alpha_pattern`` lookup: first key matching the end of ``module``."""
-    for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
-            return patterns[key]
-    return default
+def is_finite(x: torch.Tensor) -> bool:
+    """No NaN/Inf in ``x``: the sum is finite when every entry is (else, or on overflow, the exact test)."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def fold(a: torch.Tensor, b: torch.Tensor, scale: float, transpose: bool = False,
@@ -91,36 +88,13 @@ def fold(a: torch.Tensor, b: torch.Tensor, scale: float, transpose: bool = False
     return (delta * scale).to(dtype or b.dtype)
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    if not folder.is_dir():
-        raise MergelineError(f"adapter {folder}: no such folder")
-    path = folder / ADAPTER_CONFIG
-    if not path.is_file():
-        raise MergelineError(f"adapter {folder}: no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise MergelineError(f"{path}: unreadable JSON") from None
-    if not isinstance(config, dict):
-        raise MergelineError(f"{path}: expected a JSON object")
-    kind = config.get("peft_type")
-    if kind != "LORA":
-        raise MergelineError(f"{path}: peft_type {kind!r} is not supported (only LoRA adapters fold into task vectors)")
-    if config.get("use_dora"):
-        raise MergelineError(f"{path}: DoRA adapters (use_dora: true) are not supported: their update is not B·A")
-    for key in _UNSUPPORTED:
-        if config.get(key):
-            raise MergelineError(f"{path}: {key} is set; only plain LoRA matrices can be folded")
-    return config
-
-
 class LoraAdapter:
     """A PEFT LoRA adapter folder: ``modules`` by base tensor name (``<module>.weight``), and
     :meth:`delta` for each. The adapter's tensors are small and read once into memory."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.config = _read_config(self.path)
+        self.config = read_adapter_config(self.path)
         weights = self.path / ADAPTER_WEIGHTS
         if not weights.is_file():
             pickled = (self.path / "adapter_model.bin").is_file()
@@ -132,14 +106,14 @@ class LoraAdapter:
                 self.tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except Exception as exc:  # safetensors raises its own types for corrupt files
             raise MergelineError(f"{weights}: cannot read safetensors ({exc})") from None
-        self.fan_in_fan_out = bool(self.config.get("fan_in_fan_out"))
+        self.fan_in_fan_out = self.config.fan_in_fan_out
         self.modules = self._modules()
         if not self.modules:
             raise MergelineError(f"{weights}: holds no LoRA matrices")
 
     @property
     def base_model_name_or_path(self) -> str | None:
-        return self.config.get("base_model_name_or_path")
+        return self.config.base_model_name_or_path
 
     def _modules(self) -> dict[str, LoraModule]:
         found: dict[str, LoraModule] = {}
@@ -166,15 +140,18 @@ class LoraAdapter:
         if a.dim() != 2 or b.dim() != 2:
             raise MergelineError(f"{where}: {a.dim()}-D LoRA matrices (conv LoRA) are not supported")
         rank = a.shape[0]
+        if rank < 1:
+            raise MergelineError(f"{where}: lora_A has rank 0 (no rows)")
         if b.shape[1] != rank:
             raise MergelineError(f"{where}: lora_A has rank {rank} but lora_B has {b.shape[1]} columns")
-        configured = int(pattern_value(self.config.get("rank_pattern") or {}, entry.module, self.config.get("r", rank)))
+        config = self.config
+        configured = config.rank_pattern.lookup(entry.module, config.r)
         if configured != rank:
-            raise MergelineError(f"{where}: rank {rank} in the weights but r={configured} in {ADAPTER_CONFIG}")
-        alpha = float(pattern_value(self.config.get("alpha_pattern") or {}, entry.module,
-                                    self.config.get("lora_alpha", rank)))
+            source = "" if config.r_given or configured != config.r else " (PEFT's default: the file has no r)"
+            raise MergelineError(f"{where}: rank {rank} in the weights but r={configured}{source} in {ADAPTER_CONFIG}")
+        alpha = config.alpha_pattern.lookup(entry.module, config.lora_alpha)
         entry.rank = rank
-        entry.scale = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
+        entry.scale = alpha / math.sqrt(rank) if config.use_rslora else alpha / rank
 
     def expected_shape(self, target: str) -> tuple[int, ...]:
         """The base tensor shape the module's ΔW has."""
@@ -204,19 +181,48 @@ class LoraAdapter:
 
     def delta(self, name: str, base: torch.Tensor | None = None) -> torch.Tensor:
         """ΔW of base tensor ``name`` in :meth:`delta_dtype`; with ``base`` given, a saved full copy of
-        that tensor adds its difference to it."""
+        that tensor adds its difference to it. A NaN/Inf that the adapter brings (in its matrices,
+        or s·B·A overflowing) is refused naming the adapter; one from ``base`` is left to the
+        caller, which names the base's file."""
         bias = self._bias_entry(name)
         if bias is not None:
             b_bias = self.tensors[bias.bias_key]  # type: ignore[index]
-            return (b_bias.float() * bias.scale).to(b_bias.dtype)
+            delta = (b_bias.float() * bias.scale).to(b_bias.dtype)
+            self._check_finite(name, delta, bias, (bias.bias_key,))  # type: ignore[arg-type]
+            return delta
         entry = self.modules[name]
         a, b = self.tensors[entry.a_key], self.tensors[entry.b_key]
         transpose = entry.kind == "embedding" or self.fan_in_fan_out
         delta = fold(a, b, entry.scale, transpose, self.delta_dtype(name))
+        self._check_finite(name, delta, entry, (entry.a_key, entry.b_key))
         if entry.copy_key is not None and base is not None:
             saved = self.tensors[entry.copy_key]
+            if not is_finite(base):
+                return delta  # the base's fault: the caller's check names its file
             delta = (delta.float() + (saved.float() - base.float())).to(delta.dtype)
+            self._check_finite(name, delta, entry, (entry.copy_key,))
         return delta
+
+    def _check_finite(self, name: str, delta: torch.Tensor, entry: LoraModule, keys: tuple[str, ...]) -> None:
+        if is_finite(delta):
+            return
+        for key in keys:
+            if not is_finite(self.tensors[key]):
+                raise MergelineError(f"{self.weights_file}: tensor {key!r} contains NaN or Inf")
+        raise MergelineError(
+            f"adapter {self.path}: ΔW of {name!r} overflows to Inf/NaN in {delta.dtype} (scale lora_alpha/r = "
+            f"{entry.scale:g}); check lora_alpha, alpha_pattern and the matrices in {ADAPTER_WEIGHTS}")
+
+    def folded(self, name: str, weight: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """W + ΔW in W's dtype: ``in_place`` adds ΔW into ``weight`` (rounded once), else ΔW is cast to
+        W's dtype first, as PEFT's merge adds it. A finite W that the sum takes to Inf names the adapter."""
+        delta = self.delta(name, weight)
+        base_finite = is_finite(weight)
+        out = weight.add_(delta) if in_place else weight + delta.to(weight.dtype)
+        if base_finite and not is_finite(out):
+            raise MergelineError(f"adapter {self.path}: W + ΔW of {name!r} overflows to Inf in {out.dtype} "
+                                 "(the base's weight is finite); check lora_alpha and the adapter's matrices")
+        return out
 
     def check_against(self, shapes: Mapping[str, tuple[int, ...]], base_name: str) -> None:
         """Every target module exists in the base with the shape its ΔW has (else: another architecture)."""
@@ -285,7 +291,7 @@ def fold_into_model(base_dir: str | os.PathLike[str], adapter_dir: str | os.Path
 
         def produce(name: str) -> torch.Tensor:
             weight = base.get(name)
-            return weight + adapter.delta(name, weight).to(weight.dtype) if name in changed else weight
+            return adapter.folded(name, weight) if name in changed else weight
 
         with atomic_dir(out_dir) as tmp:
             write_streaming(tmp / "model.safetensors", specs, produce, metadata={"format": "pt"})

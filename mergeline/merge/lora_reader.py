@@ -53,7 +53,7 @@ class LoraFoldedReader(CheckpointReader):
             if self._last is None or self._last[0] != name:
                 weight = super().view(name).clone()
                 super().release(name)
-                weight += self.adapter.delta(name, weight)
+                weight = self.adapter.folded(name, weight, in_place=True)
                 self._last = (name, weight)
             return self._last[1]
 

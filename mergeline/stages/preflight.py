@@ -2,13 +2,15 @@
 
 Covers what params validation cannot see: output folders that would overlap the project, task names
 against the dataset builders, user data files (missing, empty, not UTF-8, a missing field, a label
-outside the choices) and lm-eval tasks (unknown, or their data not available offline), dataset files
-already on disk (empty or malformed), whether the base model can be found and configured, and the
-checkpoints and adapters tasks are given as (``mergeline.given_models``).
+outside the choices, test examples that are training examples; repeated examples print ``warning:``
+lines) and lm-eval tasks (unknown, or their data not available offline), dataset files already on
+disk (empty or malformed), whether the base model can be found and configured, and the checkpoints
+and adapters tasks are given as (``mergeline.given_models``).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mergeline.errors import MergelineError
@@ -70,9 +72,13 @@ def _check_declared_tasks(params: ExperimentParams, root: Path) -> None:
 
     for entry in params.task_entries:
         if entry.kind == "file":
-            user_task_splits(entry, root)
+            user_task_splits(entry, root, warn=_warn)
         elif entry.kind == "lm_eval":
             lm_eval_task_splits(entry, root)
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _check_base_model(spec: str, root: Path) -> None:

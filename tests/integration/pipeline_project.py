@@ -209,3 +209,14 @@ def shared_tiny_base() -> Path:
     if not (target / "config.json").exists():
         build_tiny_llama(target, seed=0)
     return target
+
+
+def given_checkpoint(base: Path, folder: Path, seed: int = 7) -> Path:
+    """A stand-in fine-tune of the base (its tensors plus noise) with the base's tokenizer: a task's given model."""
+    from tests.merge_fixtures import finetune
+
+    finetune(base, folder, seed=seed, scale=0.01)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (base / name).is_file():
+            shutil.copyfile(base / name, folder / name)
+    return folder

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from tests.lora_fixtures import write_adapter
 from tests.merge_fixtures import finetune, load_tensors, tiny_base, write_checkpoint
 
 
@@ -108,6 +109,13 @@ def _set(tensors: dict, key: str, fn) -> None:
     tensors[key] = fn(tensors[key])
 
 
+def _with_adapter(zoo: dict[str, Path], tmp: Path, b_value: float, **config: object) -> str:
+    """``llama+adapter``: an adapter on q_proj of layer 0 whose lora_B holds ``b_value``."""
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_{}.weight"
+    tensors = {key.format("A"): torch.ones(2, 64), key.format("B"): torch.full((64, 2), b_value)}
+    return f"{zoo['llama']}+{write_adapter(tmp / 'adapter', tensors, **config)}"
+
+
 BAD = {
     "arch mismatch": (lambda z, t: z["gpt2_a"], {"weight": 1.0}, r"has no tensor '[\w.]+' \(architecture mismatch"),
     "missing tensor": (lambda z, t: _edited(z, t, "miss", lambda s: s.pop("model.norm.weight")), {"weight": 1.0},
@@ -126,12 +134,18 @@ BAD = {
     "density <= 0": (lambda z, t: z["llama_a"], {"weight": 1.0, "density": 0}, r"parameter 'density' = 0"),
     "weight inf": (lambda z, t: z["llama_a"], {"weight": float("inf"), "density": 0.5}, r"parameter 'weight' = inf"),
     "missing model": (lambda z, t: t / "nowhere", {"weight": 1.0}, r"nowhere: no such file or folder"),
+    # an adapter's pattern key is a module-name pattern, never a regular expression to run
+    "adapter pattern": (lambda z, t: _with_adapter(z, t, 0.1, rank_pattern={"(q+)+_proj": 2}), {"weight": 1.0},
+                        r"adapter/adapter_config.json: field 'rank_pattern' key '\(q\+\)\+_proj'"),
+    # a NaN/Inf that the adapter brings is the adapter's, not the base model's file
+    "adapter inf": (lambda z, t: _with_adapter(z, t, float("inf")), {"weight": 1.0, "density": 0.5},
+                    r"adapter/adapter_model.safetensors: tensor '[\w.]+lora_B.weight' contains NaN or Inf"),
 }
 
 
 # Each CLI process spends seconds importing torch, so a few cases run as real subprocesses (exit status
 # through the interpreter) and the rest through the same entry point, ``mergeline.cli.main``, in-process.
-AS_SUBPROCESS = {"arch mismatch", "nan", "pickle only"}
+AS_SUBPROCESS = {"arch mismatch", "nan", "pickle only", "adapter inf"}
 
 
 def _main_in_process(args: list[str], capsys: pytest.CaptureFixture) -> subprocess.CompletedProcess:

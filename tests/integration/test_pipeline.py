@@ -159,6 +159,19 @@ def test_bad_params_fail_fast(tiny_base: Path, tmp_path: Path, override: str, fr
     assert not (root / "data/work").exists() and not (root / "mlflow.db").exists()
 
 
+def test_hostile_user_data_fails_fast(tiny_base: Path, tmp_path: Path) -> None:
+    """A data file's oversized CSV field, and a prompt that asks str.format for padding, are one line each."""
+    root = make_project(tmp_path / "project", tiny_base)
+    (root / "t.csv").write_text("abstract,title\n" + f"{'x' * 200_000},y\n" * 10)
+    task = "{name: t, data: {path: t.csv}, type: generation, fields: {text: abstract, target: title}"
+    for override, fragment in ((f"tasks=[news,{task}}}]", "t.csv:2: unreadable CSV (field larger than field limit"),
+                               (f"tasks=[news,{task}, prompt: '{{text:>1000000000}}'}}]", "tasks.1.prompt: {text:>")):
+        result = run_cli(root, "run", "--params", "params.yaml", "--set", override, timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr[-2000:]
+    assert not (root / "data/work").exists() and not (root / "mlflow.db").exists()
+
+
 def test_malformed_dataset_and_missing_base_fail_fast(tiny_base: Path, tmp_path: Path) -> None:
     root = make_project(tmp_path / "project", tiny_base)
     bad = root / "data/tasks/news/train.jsonl"

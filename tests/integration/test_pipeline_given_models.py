@@ -8,32 +8,23 @@ one test's time down.)"""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from mergeline.io.hashing import sha256_dir, sha256_file
-from tests.integration.pipeline_project import finished_runs, make_project, run_cli, shared_tiny_base
+from tests.integration.pipeline_project import (
+    finished_runs, given_checkpoint, make_project, run_cli, shared_tiny_base,
+)
 from tests.lora_fixtures import build_lora_adapter
-from tests.merge_fixtures import finetune
 
 pytestmark = pytest.mark.slow
-
-
-def _checkpoint(base: Path, folder: Path) -> Path:
-    """A stand-in fine-tune of the base (its tensors plus noise) with the base's tokenizer."""
-    finetune(base, folder, seed=7, scale=0.01)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
-        if (base / name).is_file():
-            shutil.copyfile(base / name, folder / name)
-    return folder
 
 
 def test_checkpoint_and_adapter_tasks(tmp_path: Path) -> None:
     tiny_base = shared_tiny_base()
     models = tmp_path / "models"
-    checkpoint = _checkpoint(tiny_base, models / "sentiment-ft")
+    checkpoint = given_checkpoint(tiny_base, models / "sentiment-ft")
     adapter = build_lora_adapter(tiny_base, models / "news-lora", seed=1, r=2, lora_alpha=4)
     root = make_project(
         tmp_path / "project", tiny_base,

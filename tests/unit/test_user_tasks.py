@@ -32,10 +32,10 @@ def write_mc(root: Path, rows: int = 10, name: str = "tickets.jsonl") -> Path:
     return path
 
 
-def write_gen(root: Path) -> Path:
-    path = root / "titles.csv"
-    path.write_text("abstract,title,year\n" + "".join(f"text {i},title {i},{2000 + i}\n" for i in range(10)),
-                    encoding="utf-8")
+def write_gen(root: Path, name: str = "titles.csv", first: int = 0) -> Path:
+    path = root / name
+    rows = "".join(f"text {i},title {i},{2000 + i}\n" for i in range(first, first + 10))
+    path.write_text("abstract,title,year\n" + rows, encoding="utf-8")
     return path
 
 
@@ -66,6 +66,15 @@ def test_strings_and_mappings_are_entries_of_one_mechanism(tmp_path: Path) -> No
     ({**MC, "split": {"validation": 0.5, "test": 0.5}}, "must leave examples to train on"),
     ({"name": "x", "data": {"path": "a.jsonl"}, "type": "generation", "fields": {"target": "t"},
       "lm_eval": {"task": "y"}}, "data or lm_eval, not both"),
+    # prompts substitute column values, nothing more: str.format's attribute and index access, padding
+    # ({text:>1000000000} grew to gigabytes) and conversions are refused when the params load
+    ({**MC, "prompt": "{text.__class__}"}, "tasks.0.prompt: {text.__class__}: attribute or index access"),
+    ({**MC, "prompt": "{text[0]}"}, "tasks.0.prompt: {text[0]}: attribute or index access"),
+    ({**MC, "prompt": "{text:>1000000000}"}, "tasks.0.prompt: {text:>1000000000}: conversions and format"),
+    ({**MC, "prompt": "{text:.3}"}, "tasks.0.prompt: {text:.3}: conversions and format"),
+    ({**MC, "prompt": "{text!r}"}, "tasks.0.prompt: {text!r}: conversions and format"),
+    ({**MC, "prompt": "Q: {} A:"}, "tasks.0.prompt: {}: name the column"),
+    ({**MC, "prompt": "Q: {text"}, "tasks.0.prompt: not a valid template"),
 ])
 def test_bad_entries_fail_when_params_load(tmp_path: Path, entry: dict, fragment: str) -> None:
     with pytest.raises(MergelineError, match=None) as err:
@@ -89,15 +98,16 @@ def test_multiple_choice_jsonl_label_by_index_or_text_and_a_seeded_split(tmp_pat
 
 
 def test_generation_csv_with_given_splits_written_and_hashed(tmp_path: Path) -> None:
-    write_gen(tmp_path)
-    entry = TaskEntry.model_validate({**GEN, "data": {"splits": {s: "titles.csv" for s in ("train", "validation", "test")}}})
+    files = {"train": write_gen(tmp_path).name, "validation": write_gen(tmp_path, "titles-val.csv", 100).name,
+             "test": write_gen(tmp_path, "titles-test.csv", 200).name}
+    entry = TaskEntry.model_validate({**GEN, "data": {"splits": files}})
     task = resolve_task(entry, tmp_path)
     meta = write_task(task, tmp_path / "out")
     records = load_records(tmp_path / "out" / "train.jsonl")
     assert records[0] == {"id": "titles/train/2", "prompt": "Abstract: text 0 (2000)\nTitle:", "target": " title 0"}
     assert meta["output"] == "generation" and meta["metric"] == "exact_match"
     source = str(tmp_path / "titles.csv")
-    assert meta["source_files"] == {source: source_hashes([entry], tmp_path)[source]}
+    assert meta["source_files"] == source_hashes([entry], tmp_path) and len(meta["source_files"]) == 3
     (tmp_path / "titles.csv").write_text("abstract,title,year\nchanged,x,1\n" * 3, encoding="utf-8")
     assert source_hashes([entry], tmp_path)[source] != meta["source_files"][source]
 
@@ -116,6 +126,8 @@ def test_generation_csv_with_given_splits_written_and_hashed(tmp_path: Path) -> 
     (b'{"body": "x", "options": ["a", "b"], "answer": 0}\n', {**MC, "prompt": "{colour}: {text}"},
      "prompt field 'colour' is not in the row"),
     (b'{"body": "x", "options": ["a", "b"], "answer": 0}\n' * 2, MC, "2 example(s) cannot fill train, validation"),
+    (b'{"body": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", MC, "tickets.jsonl:1: JSON nested too deeply"),
+    (b'{"body": "x", "options": ["a", "b"], "answer": 1' + b"0" * 5000 + b"}\n", MC, "tickets.jsonl:1: unreadable JSON"),
 ])
 def test_bad_data_fails_in_preflight_naming_file_and_field(tmp_path: Path, content: bytes | None, entry: dict,
                                                           fragment: str) -> None:
@@ -126,6 +138,41 @@ def test_bad_data_fails_in_preflight_naming_file_and_field(tmp_path: Path, conte
         preflight(params, tmp_path)
     assert fragment in str(err.value), str(err.value)
     assert not (tmp_path / "data").exists()
+
+
+def test_hostile_csv_fields_and_labels_give_one_line(tmp_path: Path) -> None:
+    entry = TaskEntry.model_validate({**MC, "data": {"path": "t.csv"}})
+    header = "body,options,answer\n"
+    for row, fragment in (
+        (f"{'x' * 200_000},a|b,0\n", "t.csv:2: unreadable CSV (field larger than field limit"),
+        (f"x,a|b,{'9' * 5000}\n", "t.csv:2: field 'answer' (fields.label) = 9999"),  # int() refuses > 4300 digits
+        ('x,"[' + "[" * 100_000 + '",0\n', "t.csv:2: field 'options' (fields.choices) is not a JSON list"),
+    ):
+        (tmp_path / "t.csv").write_text(header + row * 10)
+        with pytest.raises(MergelineError) as err:
+            user_task_splits(entry, tmp_path)
+        assert fragment in str(err.value) and len(str(err.value)) < 400, str(err.value)
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 are line breaks to str.splitlines, and legal, unescaped, in a JSON string."""
+    breaks = "\u2028\u2029\u0085\x1c"
+    rows = [{"body": f"issue{breaks}{i}", "options": ["a", "b"], "answer": i % 2} for i in range(10)]
+    (tmp_path / "tickets.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    splits = user_task_splits(TaskEntry.model_validate(MC), tmp_path)
+    prompts = sorted(r["prompt"] for rows in splits.values() for r in rows)
+    assert prompts == sorted(f"Ticket: issue{breaks}{i}\nCategory:" for i in range(10))
+    write_task(resolve_task(TaskEntry.model_validate(MC), tmp_path), tmp_path / "out")
+    assert sum(len(load_records(tmp_path / "out" / f"{s}.jsonl")) for s in ("train", "validation", "test")) == 10
+
+
+def test_prompt_fields_are_substituted_as_text(tmp_path: Path) -> None:
+    (tmp_path / "tickets.jsonl").write_text("".join(
+        json.dumps({"body": "{text}", "meta": {"k": [1]}, "n": 7, "options": ["a", "b"], "answer": 0}) + "\n"
+        for _ in range(1)) * 5)
+    entry = TaskEntry.model_validate({**MC, "prompt": "{{literal}} {text} {meta} {n}:"})
+    record = user_task_splits(entry, tmp_path)["test"][0]
+    assert record["prompt"] == "{literal} {text} {'k': [1]} 7:"  # a value is never a template itself
 
 
 def test_wrong_extension_and_csv_choices(tmp_path: Path) -> None:

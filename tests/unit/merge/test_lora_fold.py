@@ -8,25 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from mergeline.errors import MergelineError
-from mergeline.merge.lora import LoraAdapter, extract_lora_vector, fold, pattern_value
-from tests.lora_fixtures import build_lora_adapter, peft_merged_state
+from mergeline.merge.lora import LoraAdapter, extract_lora_vector, fold
+from mergeline.merge.lora_patterns import PatternTable
+from tests.lora_fixtures import build_lora_adapter, peft_merged_state, write_adapter
 from tests.merge_fixtures import load_tensors, tiny_base
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_base("llama", tmp_path_factory.mktemp("lora") / "llama")
-
-
-def _write_adapter(folder: Path, tensors: dict[str, torch.Tensor], **config: object) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    settings = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]} | config
-    (folder / "adapter_config.json").write_text(json.dumps(settings))
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
-    return folder
 
 
 def test_fold_by_hand() -> None:
@@ -41,23 +33,24 @@ def test_scale_rank_and_alpha_patterns_and_rslora(tmp_path: Path) -> None:
     key = "base_model.model.model.layers.{}.self_attn.q_proj.lora_{}.weight"
     tensors = {key.format(0, "A"): torch.ones(2, 3), key.format(0, "B"): torch.ones(4, 2),
                key.format(1, "A"): torch.ones(1, 3), key.format(1, "B"): torch.ones(4, 1)}
-    plain = LoraAdapter(_write_adapter(tmp_path / "plain", tensors, rank_pattern={"layers.1.self_attn.q_proj": 1},
+    plain = LoraAdapter(write_adapter(tmp_path / "plain", tensors, rank_pattern={"layers.1.self_attn.q_proj": 1},
                                        alpha_pattern={"1.self_attn.q_proj": 3}))
     assert plain.modules["model.layers.0.self_attn.q_proj.weight"].scale == 2.0       # 4 / 2
     assert plain.modules["model.layers.1.self_attn.q_proj.weight"].scale == 3.0       # 3 / 1
     assert torch.equal(plain.delta("model.layers.0.self_attn.q_proj.weight"), torch.full((4, 3), 4.0))
-    rs = LoraAdapter(_write_adapter(tmp_path / "rs", {k: v for k, v in tensors.items() if ".0." in k},
+    rs = LoraAdapter(write_adapter(tmp_path / "rs", {k: v for k, v in tensors.items() if ".0." in k},
                                     use_rslora=True))
     assert rs.modules["model.layers.0.self_attn.q_proj.weight"].scale == pytest.approx(4 / math.sqrt(2))
-    assert pattern_value({"q_proj": 7}, "model.layers.0.self_attn.q_proj", 1) == 7
-    assert pattern_value({"proj": 7}, "model.layers.0.self_attn.q_proj", 1) == 1  # dot boundary only
+    keep = lambda key, value: value  # noqa: E731
+    assert PatternTable({"q_proj": 7}, keep).lookup("model.layers.0.self_attn.q_proj", 1) == 7
+    assert PatternTable({"proj": 7}, keep).lookup("model.layers.0.self_attn.q_proj", 1) == 1  # dot boundary only
 
 
 def test_fold_keeps_the_adapter_dtype(tmp_path: Path) -> None:
     key = "base_model.model.model.layers.0.self_attn.q_proj.lora_{}.weight"
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 3, generator=gen).bfloat16(), torch.randn(4, 2, generator=gen).bfloat16()
-    adapter = LoraAdapter(_write_adapter(tmp_path / "bf16", {key.format("A"): a, key.format("B"): b}))
+    adapter = LoraAdapter(write_adapter(tmp_path / "bf16", {key.format("A"): a, key.format("B"): b}))
     delta = adapter.delta("model.layers.0.self_attn.q_proj.weight")
     assert delta.dtype == torch.bfloat16
     # PEFT on the CPU: product in float32, cast back to the adapter's dtype
@@ -107,14 +100,14 @@ def test_bad_adapters_fail_with_one_line(llama: Path, tmp_path: Path) -> None:
     ok = {key.format("A"): torch.ones(2, 64), key.format("B"): torch.ones(64, 2)}
     cases = {
         "no such folder": (tmp_path / "nowhere", None),
-        "DoRA": (_write_adapter(tmp_path / "dora", ok, use_dora=True), None),
-        "peft_type 'IA3'": (_write_adapter(tmp_path / "ia3", ok, peft_type="IA3"), None),
-        "modules_to_save": (_write_adapter(tmp_path / "mts", ok, modules_to_save=["lm_head"]), None),
-        "conv LoRA": (_write_adapter(tmp_path / "conv", {key.format("A"): torch.ones(2, 64, 1, 1),
+        "DoRA": (write_adapter(tmp_path / "dora", ok, use_dora=True), None),
+        "peft_type 'IA3'": (write_adapter(tmp_path / "ia3", ok, peft_type="IA3"), None),
+        "modules_to_save": (write_adapter(tmp_path / "mts", ok, modules_to_save=["lm_head"]), None),
+        "conv LoRA": (write_adapter(tmp_path / "conv", {key.format("A"): torch.ones(2, 64, 1, 1),
                                                           key.format("B"): torch.ones(64, 2, 1, 1)}), None),
-        "does not have": (_write_adapter(tmp_path / "arch", {k.replace("q_proj", "c_attn"): v for k, v in ok.items()}),
+        "does not have": (write_adapter(tmp_path / "arch", {k.replace("q_proj", "c_attn"): v for k, v in ok.items()}),
                           llama),
-        "shape": (_write_adapter(tmp_path / "shape", {key.format("A"): torch.ones(2, 32),
+        "shape": (write_adapter(tmp_path / "shape", {key.format("A"): torch.ones(2, 32),
                                                        key.format("B"): torch.ones(64, 2)}), llama),
     }
     missing = tmp_path / "noweights"
