@@ -1,0 +1,163 @@
+"""Stage files and records between machines through the MLflow tracking server, over HTTP only.
+
+A worker of a work pool that runs in its own folder (its own checkout, not the project folder of
+the run that submitted the work) shares no file system with that run. What a pooled call reads and
+writes then travels as artifacts of the experiment's parent MLflow run, through the tracking
+server (which proxies the artifact store, ``mlflow server --serve-artifacts``):
+
+- ``transfer/files/<path>/…``: a stage file or folder, by its path relative to the project root,
+  with ``transfer/manifests/<path>.json`` listing the sha256 of every file in it;
+- ``transfer/records/<key>.json``: the record a pooled call returned (``key``: its Prefect flow run id).
+
+Each side shares what the other needs and fetches what it lacks: a file already there with the
+manifest's content is neither sent nor fetched again, and a fetched file is checked against the
+manifest before it is moved into place (atomically), so a damaged transfer never becomes a stage
+output. Records name their files as ``{"path": …, "sha256": …}`` pairs, found by :func:`file_refs`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mergeline.errors import MergelineError
+from mergeline.io.atomic import atomic_dir, atomic_file
+from mergeline.io.hashing import file_hashes, sha256_file
+
+FILES = "transfer/files"
+MANIFESTS = "transfer/manifests"
+RECORDS = "transfer/records"
+SINGLE_FILE = ""  # manifest key of a path that is one file, not a folder
+
+
+def is_server(tracking_uri: str) -> bool:
+    """A tracking server (HTTP): the store through which machines without a shared disk exchange files."""
+    return urlparse(tracking_uri).scheme in ("http", "https")
+
+
+def file_refs(record: Any) -> list[str]:
+    """Every ``path`` of a ``{"path": str, "sha256": str}`` pair anywhere in a JSON-like record, once each."""
+    found: dict[str, None] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("path"), str) and isinstance(node.get("sha256"), str):
+                found[node["path"]] = None
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(record)
+    return list(found)
+
+
+def _relative(path: str) -> str:
+    rel = Path(path)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise MergelineError(f"{path}: only paths inside the project folder travel between workers")
+    return rel.as_posix()
+
+
+def _manifest(local: Path) -> dict[str, str]:
+    return {SINGLE_FILE: sha256_file(local)} if local.is_file() else file_hashes(local)
+
+
+def _shared_manifest(client: MlflowClient, run_id: str, rel: str, scratch: Path) -> dict[str, str] | None:
+    try:
+        path = client.download_artifacts(run_id, f"{MANIFESTS}/{rel}.json", str(scratch))
+    except (MlflowException, OSError):
+        return None
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def share_files(run_id: str, root: Path, paths: Iterable[str]) -> list[str]:
+    """Upload each path (relative to ``root``) to ``run_id`` unless it is there with this content; returns those sent."""
+    client = MlflowClient()
+    sent = []
+    with tempfile.TemporaryDirectory(prefix="mergeline-transfer-") as tmp:
+        for path in dict.fromkeys(paths):
+            rel = _relative(path)
+            local = root / rel
+            if not local.exists():
+                raise MergelineError(f"{local}: a stage file to share with the pool's workers is missing")
+            manifest = _manifest(local)
+            if _shared_manifest(client, run_id, rel, Path(tmp)) == manifest:
+                continue
+            parent = f"{FILES}/{Path(rel).parent.as_posix()}".rstrip("/.")
+            if local.is_file():
+                client.log_artifact(run_id, str(local), parent)
+            else:
+                client.log_artifacts(run_id, str(local), f"{FILES}/{rel}")
+            listing = Path(tmp) / "manifest" / f"{Path(rel).name}.json"
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            listing.write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
+            # The manifest goes last: a reader that finds it finds every file it lists.
+            client.log_artifact(run_id, str(listing), f"{MANIFESTS}/{Path(rel).parent.as_posix()}".rstrip("/."))
+            sent.append(rel)
+    return sent
+
+
+def _check_download(local: Path, manifest: dict[str, str], rel: str) -> None:
+    got = _manifest(local)
+    if got != manifest:
+        bad = sorted(k for k in set(got) | set(manifest) if got.get(k) != manifest.get(k))
+        raise MergelineError(f"{rel}: transferred copy differs from what was shared ({', '.join(bad[:3]) or rel})")
+
+
+def fetch_files(run_id: str, root: Path, paths: Iterable[str]) -> list[str]:
+    """Download each path that is missing under ``root`` or differs from what was shared; returns those fetched.
+
+    A path that was never shared and is not here is an error naming it (the sender did not share it).
+    """
+    client = MlflowClient()
+    fetched = []
+    with tempfile.TemporaryDirectory(prefix="mergeline-transfer-") as tmp:
+        for path in dict.fromkeys(paths):
+            rel = _relative(path)
+            local = root / rel
+            manifest = _shared_manifest(client, run_id, rel, Path(tmp))
+            if manifest is None:
+                if local.exists():
+                    continue
+                raise MergelineError(f"{rel}: not in the project folder and not shared through MLflow run {run_id}")
+            if local.exists() and _manifest(local) == manifest:
+                continue
+            download = Path(client.download_artifacts(run_id, f"{FILES}/{rel}", str(Path(tmp) / "files")))
+            _check_download(download, manifest, rel)
+            if SINGLE_FILE in manifest:
+                with atomic_file(local, "wb") as handle, open(download, "rb") as source:
+                    shutil.copyfileobj(source, handle)
+            else:
+                with atomic_dir(local) as out:
+                    shutil.copytree(download, out, dirs_exist_ok=True)
+            fetched.append(rel)
+    return fetched
+
+
+def share_record(run_id: str, key: str, record: Any) -> None:
+    """The JSON record of one pooled call, under ``transfer/records/<key>.json`` of ``run_id``."""
+    mlflow.MlflowClient().log_text(run_id, json.dumps(record, sort_keys=True), f"{RECORDS}/{key}.json")
+
+
+def fetch_record(run_id: str, key: str) -> Any | None:
+    """The record :func:`share_record` stored under ``key``, or None when there is none."""
+    with tempfile.TemporaryDirectory(prefix="mergeline-transfer-") as tmp:
+        try:
+            path = MlflowClient().download_artifacts(run_id, f"{RECORDS}/{key}.json", tmp)
+        except (MlflowException, OSError):
+            return None
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+__all__ = ["fetch_files", "fetch_record", "file_refs", "is_server", "share_files", "share_record"]
