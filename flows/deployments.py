@@ -20,7 +20,7 @@ from typing import Any
 
 from mergeline.errors import MergelineError
 from mergeline.stages.train import checkpoint_name
-from tasks._results import read_state_result
+from flows.pool_transfer import pooled_result, share_inputs
 from tasks._stage import RunHandle
 
 FINETUNE_DEPLOYMENT = "mergeline-finetune/mergeline-finetune"
@@ -68,8 +68,10 @@ def submit(name: str, parameters: dict[str, Any], run_name: str) -> Any:
     return run_deployment(name, parameters=parameters, flow_run_name=run_name, timeout=0)
 
 
-def await_results(flow_runs: Mapping[str, Any], poll_seconds: float = POLL_SECONDS) -> dict[str, Any]:
-    """Wait for every run to end; return each one's result by key.
+def await_results(flow_runs: Mapping[str, Any], poll_seconds: float = POLL_SECONDS, root: str | None = None,
+                  parent_run_id: str | None = None) -> dict[str, Any]:
+    """Wait for every run to end; return each one's result by key (with ``root`` and ``parent_run_id``,
+    results a worker shared through MLflow come from there, their files into ``root``).
 
     The first run that ends in anything but Completed raises at once, naming it; runs still going
     are left to finish, and their task results are cached for the resumed experiment.
@@ -89,7 +91,7 @@ def await_results(flow_runs: Mapping[str, Any], poll_seconds: float = POLL_SECON
                 if not flow_run.state.is_completed():
                     raise RuntimeError(f"flow run {flow_run.name!r} ({flow_run.id}) for {key} ended "
                                        f"{flow_run.state.type.value}: {flow_run.state.message or ''}".strip())
-                finished[key] = read_state_result(flow_run.state)
+                finished[key] = pooled_result(flow_run, root, parent_run_id)
             if len(finished) < len(keys):
                 time.sleep(poll_seconds)
     return {key: finished[key] for key in flow_runs}
@@ -114,13 +116,14 @@ class PoolFanout:
         # ``root`` is where outputs go, so workers must see the project at this same path.
         shared = {"params": params, "base": base, "data": data, "root": self.run.root,
                   "parent_run_id": self.run.parent_run_id, "tracking_uri": mlflow.get_tracking_uri()}
+        share_inputs([base, data], self.run.root, self.run.parent_run_id)
         flow_runs = {
             f"{task}:{mode}": submit(self.deployment, {**shared, "task": task, "mode": mode},
                                      f"fine-tune-{checkpoint_name(task, mode)}")
             for task, mode in jobs
         }
         get_run_logger().info(f"fan-out: {len(flow_runs)} fine-tunes submitted to work pool {self.pool!r}")
-        return await_results(flow_runs)
+        return await_results(flow_runs, root=self.run.root, parent_run_id=self.run.parent_run_id)
 
 
 __all__ = ["FINETUNE_DEPLOYMENT", "PIPELINE_DEPLOYMENT", "PoolFanout", "await_results", "check_deployment",

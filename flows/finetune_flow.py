@@ -24,11 +24,14 @@ def finetune_flow(params: dict[str, Any], task: str, mode: str, base: dict[str, 
     """Fine-tune the base on ``task`` (``mode``: full, talos or lora) on this worker's device.
 
     The device is resolved here, not by the pipeline: this worker's GPU (``CUDA_VISIBLE_DEVICES``)
-    is what counts. ``root`` is the project folder; the checkpoint goes to its ``work_dir``.
+    is what counts. ``root`` is the submitting run's project folder; the checkpoint goes to the
+    ``work_dir`` of this worker's project folder, and travels through MLflow when that is another
+    folder (flows/pool_transfer.py).
     """
     from pathlib import Path
 
     from flows.pipeline import _call, load_params_from_dict
+    from flows.pool_transfer import fetch_inputs, share_result, worker_root
     from mergeline.stages.common import resolve_device
     from mergeline.stages.train import checkpoint_name
     from tasks import finetune as finetune_tasks
@@ -40,7 +43,13 @@ def finetune_flow(params: dict[str, Any], task: str, mode: str, base: dict[str, 
 
         # The nested run must live in the parent's store and experiment (MLflow checks both).
         configure_tracking(tracking_uri, experiment=p.experiment)
-    run = RunHandle(str(Path(root).resolve()), resolve_device(p.device), parent_run_id)
-    print(f"fine-tune {task}:{mode} on {run.device} in {run.root}")
-    return _call(finetune_tasks.finetune, [f"{p.work_dir}/checkpoints/{checkpoint_name(task, mode)}"], run,
-                 params, task, mode, base, data)
+    here, transfer = worker_root(root)
+    run = RunHandle(here, resolve_device(p.device), parent_run_id)
+    print(f"fine-tune {task}:{mode} on {run.device} in {run.root}" + (" (files through MLflow)" if transfer else ""))
+    if transfer:
+        fetch_inputs([base, data], here, parent_run_id)
+    record = _call(finetune_tasks.finetune, [f"{p.work_dir}/checkpoints/{checkpoint_name(task, mode)}"], run,
+                   params, task, mode, base, data)
+    if transfer:
+        share_result(record, here, parent_run_id)
+    return record

@@ -1,0 +1,150 @@
+"""The README's team set-up, run as written: PostgreSQL, Prefect and MLflow servers, two workers, a run.
+
+Every ``# [section]`` of the README's team block runs here in its own folder ("machine"): a
+throw-away PostgreSQL on 127.0.0.1 holds both servers' databases; the MLflow server proxies its
+artifact store; the two GPU-worker lines start CPU workers (GPU=0, 1), each in an empty folder of
+its own with its own Prefect home and result folder, knowing the servers only by URL; the run
+section fans the tiny experiment's four fine-tunes out to them from the project's checkout; the
+check section verifies and rebuilds the champion in a fresh clone of the project. Asserts: both
+workers ran fine-tunes, one at a time each, in their own folders; their checkpoints reached the
+project through MLflow, checked; the champion is in the PostgreSQL-backed registry with its files
+in the proxied store; verify and reproduce pass in the clone; every process started is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from mergeline.io.hashing import file_hashes
+from tests.integration.pipeline_project import Processes, free_port, make_project, project_env, shared_tiny_base
+from tests.integration.team_recipe import postgres, recipe
+
+pytestmark = pytest.mark.slow
+
+WORKERS = ("0", "1")
+TASK_MODES = [(t, m) for t in ("news", "sentiment") for m in ("full", "talos")]
+
+
+def _wait(url: str, procs: Processes, names: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [n for n in names if procs.started[n].poll() is not None]
+        assert not dead, f"{dead} exited:\n" + "\n".join((procs.logs / f"{n}.log").read_text()[-3000:] for n in dead)
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} not healthy after {timeout} s")
+
+
+def _project(folder: Path) -> Path:
+    """The tiny experiment as the project's params/default.yaml (what a bare `mergeline run` reads), committed."""
+    root = make_project(folder, shared_tiny_base())
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["registry"]["model_name"] = "mergeline-demo"
+    params["merge"]["methods"] = {"task_arithmetic": {"lambdas": [1.0]}}  # one variant: few evaluations
+    (root / "params").mkdir()
+    (root / "params" / "default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "params/default.yaml"], cwd=root, check=True)
+    return root
+
+
+def test_team_recipe_runs_as_written(tmp_path: Path) -> None:
+    started = time.monotonic()
+    project = _project(tmp_path / "project")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = Processes(logs)
+    env = project_env(project)
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_API_URL"):
+        env.pop(key, None)  # the recipe's own exports name the servers
+    env.update({"PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_WORKER_QUERY_SECONDS": "2",
+                "MERGELINE_FANOUT_POLL_SECONDS": "1", "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})
+    machines = {name: tmp_path / name for name in ("servers", "admin", "worker0", "worker1", "checkout")}
+    for folder in machines.values():
+        folder.mkdir(exist_ok=True)
+    try:
+        with postgres() as pg:
+            steps = recipe({**env, **pg, "PATH": f"{pg['PG_BIN']}:{env['PATH']}", "BIND": "127.0.0.1", "SERVER": "127.0.0.1", "PREFECT_PORT": str(free_port()),
+                            "MLFLOW_PORT": str(free_port()), "ARTIFACTS": str(machines["servers"] / "artifacts")})
+            home = {name: {"PREFECT_HOME": str(folder / ".prefect")} for name, folder in machines.items()}
+            steps.run("database", machines["servers"], procs)
+            steps.run("servers", machines["servers"], procs, **home["servers"])
+            steps.run("clients", machines["admin"], procs)
+            _wait(steps.env["PREFECT_API_URL"] + "/health", procs, ["servers-0", "servers-1"])
+            _wait(steps.env["MLFLOW_TRACKING_URI"] + "/health", procs, ["servers-0", "servers-1"])
+            steps.run("once", Path(__file__).resolve().parents[2], procs, **home["admin"])
+            for gpu in WORKERS:
+                steps.run("gpu-worker", machines[f"worker{gpu}"], procs, name=f"w{gpu}", GPU=gpu,
+                          **home[f"worker{gpu}"])
+            steps.run("run", project, procs, **{"PREFECT_HOME": str(project / ".prefect")})
+            print(f"team run finished after {time.monotonic() - started:.0f} s")
+            subprocess.run(["git", "clone", "-q", str(project), str(machines["checkout"] / "project")], check=True)
+            steps.run("check", machines["checkout"] / "project", procs, **home["checkout"])
+            _check_pool_and_store(steps.env, machines, project, logs)
+            tree = procs.tree()
+            procs.stop_workers(("w0-0", "w1-0"))
+            for name in ("servers-0", "servers-1"):
+                procs.stop_server(name)
+            _, alive = psutil.wait_procs(tree, timeout=15)
+            assert not alive, f"still running after their stop: {[p.pid for p in alive]}"
+    finally:
+        tree = procs.tree()
+        procs.stop_workers(("w0-0", "w1-0"))
+        for name in ("servers-0", "servers-1"):
+            if name in procs.started:
+                procs.stop_server(name)
+        for proc in psutil.wait_procs(tree, timeout=10)[1]:
+            proc.kill()
+    print(f"team recipe test: {time.monotonic() - started:.0f} s")
+
+
+def _check_pool_and_store(env: dict[str, str], machines: dict[str, Path], project: Path, logs: Path) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    # Each worker ran fine-tunes, one at a time, in its own folder; together all four.
+    ran = {gpu: re.findall(r"Flow run '([^']+)' submitted to infrastructure",
+                           (logs / f"w{gpu}-0.log").read_text(errors="replace")) for gpu in WORKERS}
+    assert all(ran.values()), ran
+    assert sorted(ran["0"] + ran["1"]) == sorted(f"fine-tune-{t}" + ("" if m == "full" else f"-{m}")
+                                                 for t, m in TASK_MODES)
+    for gpu in WORKERS:
+        own = machines[f"worker{gpu}"]
+        made = sorted(p.name for p in (own / "data/work/checkpoints").iterdir())
+        assert made == sorted(name.removeprefix("fine-tune-") for name in ran[gpu]), (gpu, made)
+        assert (own / "data/work/base/config.json").is_file()  # fetched from the run's artifacts
+        assert not (own / "mlflow.db").exists() and not (own / "data/work/merged").exists()
+        for name in made:  # the project holds the same bytes, brought back through MLflow
+            assert file_hashes(own / "data/work/checkpoints" / name) == file_hashes(
+                project / "data/work/checkpoints" / name)
+    assert not (project / "mlflow.db").exists()
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("mergeline-demo", "champion")
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.artifact_location.startswith("mlflow-artifacts:/")  # proxied by the server
+    stored = list((machines["servers"] / "artifacts").rglob(f"{model.model_id}/artifacts/model.safetensors"))
+    assert len(stored) == 1
+    parent = client.get_run(client.get_run(version.run_id).data.tags["mlflow.parentRunId"])
+    records = [a.path for a in client.list_artifacts(parent.info.run_id, "transfer/records")]
+    assert len(records) == len(TASK_MODES)
+    finetunes = client.search_runs([parent.info.experiment_id],
+                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`mergeline.stage` = 'fine-tune'")
+    assert len(finetunes) == len(TASK_MODES) and all(r.info.status == "FINISHED" for r in finetunes)
+    summary: Any = json.loads((project / "data/work/eval/metrics.json").read_text())
+    assert summary["champion"] in summary["test"]
