@@ -26,11 +26,17 @@ from tasks import merge as merge_tasks
 from tasks import prepare as prepare_tasks
 from tasks._results import PERSIST
 from tasks._stage import RunHandle, expected_output_missing
+from tasks.assets import materializing, results_artifact
 
 
-def _call(task_fn: Any, outputs: list[str], run: RunHandle, *args: Any) -> dict[str, Any]:
-    """Run a task, refreshing its cache when the outputs a cached record points at are gone."""
+def _call(task_fn: Any, outputs: list[str], run: RunHandle, *args: Any, assets: list[str] | None = None
+          ) -> dict[str, Any]:
+    """Run a task, refreshing its cache when the outputs a cached record points at are gone; it
+    materializes ``assets`` (default: ``outputs``) from what its arguments name (tasks/assets.py)."""
     fn = task_fn.with_options(refresh_cache=True) if expected_output_missing(run, *outputs) else task_fn
+    params = args[0]
+    fn = materializing(fn, params["experiment"], outputs if assets is None else assets, args[1:],
+                       group=[params["data_dir"]])
     return fn(*args, run=run)
 
 
@@ -98,7 +104,8 @@ def run_stages(params: dict[str, Any], run: RunHandle, fanout: Any = None, until
     variants = {v["name"]: v for v in plan_variants(ctx)}
     configs = {name: merge_config(ctx, v, base, vectors, importance) for name, v in variants.items()}
     # No output check: a pruned variant folder is a cache of merged.json, rebuilt where it is needed.
-    merged = {name: _call(merge_tasks.merge_variant, [], run, params, v, configs[name])
+    merged = {name: _call(merge_tasks.merge_variant, [], run, params, v, configs[name],
+                          assets=[f"{p.work_dir}/merged/{name}"])
               for name, v in variants.items()}
     write_merge_index(ctx, merged)
     records.update(variants=variants, configs=configs, merged=merged)
@@ -161,5 +168,6 @@ def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | No
             return {"stage": until, "records": records}
         summary = finish_experiment(params, params_file, records, run)
     summary["table"] = results_table(params, records)
+    results_artifact(params.experiment, summary["table"])
     logger.info("results\n" + summary["table"])
     return summary

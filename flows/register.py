@@ -20,6 +20,7 @@ from mergeline.stages.evaluate import registered_variants, write_metrics
 from mergeline.stages.merge import ensure_merged
 from mergeline.tracking.anchors import WEIGHTS_TAG, weights_digest
 from tasks._stage import RunHandle
+from tasks.assets import registering
 
 
 def _version_with_alias(name: str, alias: str):  # type: ignore[no-untyped-def]
@@ -153,8 +154,9 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
         with mlflow.start_run(run_name=f"register:{variant}", nested=True, parent_run_id=run.parent_run_id) as reg, \
                 killed_on_interrupt():
             mlflow.set_tag("mergeline.stage", "register")
-            version = register_merged_model(root / records["merged"][variant]["path"], name, lineage, [alias],
-                                            run_id=reg.info.run_id, work_dir=root)
+            merged_path = records["merged"][variant]["path"]
+            version = registering(params.experiment, name, alias, merged_path)(register_merged_model)(
+                root / merged_path, name, lineage, [alias], run_id=reg.info.run_id, work_dir=root)
         registered[variant] = {"version": version, "alias": alias,
                                "message": f"registered {name} version {version} @{alias} ({variant})"}
     for name, row in records["test_rows"].items():

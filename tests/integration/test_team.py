@@ -148,3 +148,26 @@ def _check_pool_and_store(env: dict[str, str], machines: dict[str, Path], projec
     assert len(finetunes) == len(TASK_MODES) and all(r.info.status == "FINISHED" for r in finetunes)
     summary: Any = json.loads((project / "data/work/eval/metrics.json").read_text())
     assert summary["champion"] in summary["test"]
+    _check_prefect_assets(summary["champion"])
+
+
+def _check_prefect_assets(champion: str) -> None:
+    """The asset graph base → checkpoints → vectors → merged → registered, from the materializations
+    the pipeline run and the workers' fine-tunes reported; the results table is a Markdown artifact."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"])),
+                                  limit=200)
+        upstream = {e.resource.id: {r.id for r in e.related if r.role == "asset"} for e in page.events}
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["results-mergeline-tiny"])))
+    key = "mergeline://mergeline-tiny/data/work/"
+    for task, mode in TASK_MODES:
+        name = task if mode == "full" else f"{task}-{mode}"
+        assert upstream[f"{key}checkpoints/{name}"] == {f"{key}base", "mergeline://mergeline-tiny/data/tasks"}
+        assert upstream[f"{key}vectors/{name}"] >= {f"{key}checkpoints/{name}", f"{key}base"}
+    assert upstream[f"{key}merged/{champion}"] >= {f"{key}base", f"{key}vectors/news", f"{key}vectors/sentiment"}
+    assert upstream["mlflow://registered-models/mergeline-demo/champion"] == {f"{key}merged/{champion}"}
+    assert [a.type for a in artifacts] == ["markdown"] and artifacts[0].data.startswith("| model |")
