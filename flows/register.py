@@ -159,7 +159,26 @@ def finish_experiment(params: ExperimentParams, params_file: str, records: dict[
                 root / merged_path, name, lineage, [alias], run_id=reg.info.run_id, work_dir=root)
         registered[variant] = {"version": version, "alias": alias,
                                "message": f"registered {name} version {version} @{alias} ({variant})"}
+    _log_plots(params, records, run)
     for name, row in records["test_rows"].items():
         mlflow.log_metrics({f"test/{name}/{k.replace('/', '_')}": v for k, v in row.items()})
     return {"champion": ranking[0], "registered": registered, "test_rows": records["test_rows"],
             "metrics_file": str(metrics_path)}
+
+
+def _log_plots(params: ExperimentParams, records: dict[str, Any], run: RunHandle) -> None:
+    """λ/density curves, per-task accuracy, control drift, layer weights and stage plots on the parent run."""
+    from mergeline.tracking.experiment_plots import log_experiment_plots
+
+    if run.parent_run_id is None:
+        return
+    reference = records["reference"]
+    stage = [Path(run.root) / rec["plot"] for rec in [*records.get("importance", {}).values(),
+                                                      records.get("diagnostics") or {}] if rec.get("plot")]
+    log_experiment_plots(
+        run.parent_run_id, stage_plots=stage, tasks=params.task_names, control=params.control,
+        variants=records["variants"], validation=records["validation_rows"], test=records["test_rows"],
+        base=reference["base"]["test"]["metrics"], metric=params.evaluate.select_by,
+        experts={t: reference.get(f"single-{t}-full", {}).get("test", {}).get("metrics", {}).get(t)
+                 for t in params.task_names},
+        per_layer={name: (m.get("report") or {}).get("per_layer") or {} for name, m in records["merged"].items()})
