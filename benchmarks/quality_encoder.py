@@ -1,24 +1,24 @@
-"""Quality benchmark, encoder family (issue 13): all-MiniLM-L6-v2, frozen heads, addition and negation.
+"""The seed papers' claims on the encoder family: all-MiniLM-L6-v2 with frozen task heads, every method.
 
-    python3 benchmarks/quality_encoder.py --params params/quality-encoder.yaml --seeds 0 1 2 \
-        --out /tmp/enc --device cuda [--export $OUT]
-    .venv/bin/python benchmarks/quality_encoder.py --params params/quality-encoder.yaml --seeds 0 1 2 \
-        --out bench_out/quality-encoder --report-only [--no-mlflow]
+    python3 benchmarks/quality_encoder.py --params params/quality-encoder.yaml --seeds 0 1 2 --out /tmp/enc \
+        --device cuda --export $OUT          # one process per seed; a finished seed is not recomputed
+    .venv/bin/python benchmarks/encoder_claims.py --results docs/results/claims --out docs   # the verdicts
 
-Per seed (``_quality_encoder`` has the protocol): fit one frozen linear head per task on the base
-encoder, fine-tune one expert per task through its head (lr chosen on validation), then merge the
-experts' encoders with ``mergeline.merge.engine.run_merge`` (TA, TIES, DARE-TIES, MetaGPT over the params'
-grids; best variant per method by validation mean normalized accuracy, then scored on test) and
-negate each task vector (θ0 − λτ_t). Writes ``<out>/seed<N>/encoder.json`` (every accuracy and the
-per-example correctness), ``<out>/encoder.md`` (tables with 95% intervals and McNemar tests against
-TA) and, with ``--report-only``, logs them to MLflow (the params' ``experiment``).
+Per seed (``_quality_encoder`` has the heads, fine-tunes, STA gradient and TaLoS mask):
+dense experts (lr from ``finetune.lrs`` on validation), TaLoS experts (mask on θ0 per task, lr from the
+same grid), θ_inst (θ0 fine-tuned briefly on all tasks: LATA's instruct model) and LATA experts from it,
+STA importance |g·τ| and |g·θ| at each expert. Every merge is ``mergeline.merge.run_merge`` at λ = 1;
+as each method is θ_ref + λΔ, the λ grid (the same for every method) is then swept in memory.
+Addition: best (setting, λ) per method by validation mean normalized accuracy, scored on test, and
+its λ = 1 point. Negation of each task: θ_ref − λΔ_t, the lowest validation target accuracy whose
+control (other tasks) is ≥ ``control_ratio`` × the reference model's. Premises: task-vector cosines,
+the loss along θ0 + ατ_t, the TaLoS masks' overlap vs random masks. Writes ``<out>/seed<N>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import shutil
 import sys
@@ -26,184 +26,232 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(1, str(HERE.parent))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from _quality_encoder_tables import render  # noqa: E402
+import _quality_encoder as E  # noqa: E402
+from mergeline.merge.config import MergeConfig  # noqa: E402
+from mergeline.env import configure_offline_defaults  # noqa: E402
+from mergeline.finetune.talos import mask_density, mask_overlap  # noqa: E402
+from mergeline.importance import loss_along, pairwise_cosines, quadratic_gap, random_mask_overlap  # noqa: E402
+from mergeline.merge.engine import run_merge  # noqa: E402
 
 
-def _acc(bits: str) -> float:
+def acc(bits: str) -> float:
     return bits.count("1") / len(bits)
 
 
 class Seed:
-    """One seed's models, data and heads on one device."""
-
     def __init__(self, params: dict[str, Any], seed: int, work: Path, device: str) -> None:
-        import torch
         from transformers import AutoModel, AutoTokenizer
-
-        from _quality_encoder import build_data, embed_all, encoder_dir, fit_head
-        from mergeline.env import configure_offline_defaults
 
         configure_offline_defaults()
         torch.manual_seed(seed)
-        self.params, self.seed, self.work, self.device = params, seed, work, device
+        self.p, self.seed, self.work, self.device = params, seed, work, device
         self.tasks = list(params["tasks"])
-        path = encoder_dir()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.base = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
-        self.data, classes = build_data(params["tasks"], work / "data", seed, self.tokenizer, device,
-                                        params["max_length"])
-        self.heads = {t: fit_head(embed_all(self.base, self.data[t]["train"]), self.data[t]["train"].labels,
-                                  classes[t]) for t in self.tasks}
-        self.base_dir = work / "models" / "base"
-        self.base.save_pretrained(self.base_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(E.encoder_dir())
+        self.base = AutoModel.from_pretrained(E.encoder_dir(), dtype=torch.float32).to(device).eval()
+        self.data, classes = E.build_data(params["tasks"], work / "data", seed, self.tokenizer, device, params["max_length"])
+        self.heads = {t: E.fit_head(E.embed_all(self.base, self.data[t]["train"]), self.data[t]["train"].labels,
+                                    classes[t]) for t in self.tasks}
+        self.chance = {t: 1.0 / classes[t] for t in self.tasks}
+        self.model = copy.deepcopy(self.base)  # the working copy every evaluation loads into
+        self.reports: dict[str, dict[str, Any]] = {}
+        self.states = {"base": self.state(self.base)}
+        self.save("base", self.base)
 
-    def score(self, encoder, split: str, tasks: list[str] | None = None) -> dict[str, str]:
-        from _quality_encoder import score
+    def state(self, model) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-        return {t: score(encoder, self.heads[t], self.data[t][split]) for t in tasks or self.tasks}
+    def save(self, name: str, model) -> Path:
+        (self.work / "models" / name).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(self.work / "models" / name)
+        return self.work / "models" / name
 
-    def load(self, folder: Path):
-        import torch
-        from transformers import AutoModel
+    def score(self, state: dict[str, torch.Tensor], split: str) -> dict[str, str]:
+        self.model.load_state_dict(state)
+        return {t: E.score(self.model, self.heads[t], self.data[t][split]) for t in self.tasks}
 
-        return AutoModel.from_pretrained(folder, dtype=torch.float32).to(self.device).eval()
+    def train(self, name: str, start: str, tasks: list[str], lrs: list[float], steps: int, masks=None) -> dict[str, Any]:
+        """Fine-tune ``start`` on ``tasks`` at each lr; keep the best on validation (own tasks' mean)."""
+        best, tried = None, {}
+        for lr in lrs:
+            self.model.load_state_dict(self.states[start])
+            E.finetune(self.model, [(self.heads[t], self.data[t]["train"]) for t in tasks], steps=steps,
+                       batch=self.p["finetune"]["batch_size"], lr=lr, seed=self.seed, mask=masks)
+            val = sum(acc(E.score(self.model, self.heads[t], self.data[t]["validation"])) for t in tasks) / len(tasks)
+            tried[f"{lr:g}"] = val
+            if best is None or val > best[0]:
+                best = (val, lr, self.state(self.model))
+        self.states[name] = best[2]
+        self.model.load_state_dict(best[2])
+        self.save(name, self.model)
+        print(f"seed {self.seed} {name}: lr {best[1]:g}, validation {best[0]:.3f}", flush=True)
+        return {"lr": best[1], "tried": tried}
 
-    def merge(self, name: str, method: str, models: dict[str, float], lam: float | None,
-              density: float | None) -> Path:
-        """``run_merge`` of the experts ``{task: weight}`` over the base; returns the merged folder."""
-        from mergeline.merge.config import MergeConfig
-        from mergeline.merge.engine import run_merge
-
-        entries = []
-        for task, weight in models.items():
-            per_model: dict[str, Any] = {} if method == "metagpt" else {"weight": weight}
-            if density is not None:
-                per_model["density"] = density
-            entries.append({"model": str(self.work / "models" / task), "parameters": per_model})
-        parameters: dict[str, Any] = {} if lam is None else {"lambda": lam}
-        if method == "dare_ties":
-            parameters["seed"] = self.seed
-        config = MergeConfig(merge_method=method, base_model=str(self.base_dir), models=entries,
+    def delta(self, key: str, method: str, ref: str, models: dict[str, dict[str, Any]], **parameters: Any
+              ) -> dict[str, torch.Tensor]:
+        """Δ = run_merge(λ = 1) − θ_ref for ``models`` {folder name: per-model parameters}."""
+        entries = [{"model": str(self.work / "models" / m), "parameters": mp} for m, mp in models.items()]
+        config = MergeConfig(merge_method=method, base_model=str(self.work / "models" / ref), models=entries,
                              parameters=parameters, dtype="float32", seed=self.seed)
-        out = self.work / "merged" / name
+        out = self.work / "merged" / key
         shutil.rmtree(out, ignore_errors=True)
         run_merge(config, out, device=self.device)
-        return out
+        merged = load_file(out / "model.safetensors", device=self.device)
+        self.reports[key] = json.loads((out / "merge_report.json").read_text()).get("method") or {}
+        shutil.rmtree(out, ignore_errors=True)
+        return {k: merged[k] - v for k, v in self.states[ref].items() if k in merged}
+
+    def moved(self, ref: str, delta: dict[str, torch.Tensor], lam: float) -> dict[str, torch.Tensor]:
+        return {k: v + lam * delta[k] if k in delta else v for k, v in self.states[ref].items()}
 
 
-def train_experts(s: Seed) -> dict[str, Any]:
-    """Per task: fine-tune at each lr from the base, keep the best on validation; save it."""
-    from _quality_encoder import finetune
-
-    p = s.params["finetune"]
-    out: dict[str, Any] = {}
-    for task in s.tasks:
-        tried = {}
-        best = None
-        for lr in p["lrs"]:
-            encoder = copy.deepcopy(s.base)
-            losses = finetune(encoder, s.heads[task], s.data[task]["train"], steps=p["steps"],
-                              batch=p["batch_size"], lr=lr, seed=s.seed)
-            val = _acc(s.score(encoder, "validation", [task])[task])
-            tried[f"{lr:g}"] = {"validation": val, "last_loss": losses[-1]}
-            if best is None or val > best[0]:
-                best = (val, lr, encoder)
-        assert best is not None
-        best[2].save_pretrained(s.work / "models" / task)
-        # an expert is scored on its own task only (normalized accuracy divides by that)
-        out[task] = {"lr": best[1], "tried": tried,
-                     "correct": {split: s.score(best[2], split, [task]) for split in ("validation", "test")}}
-        print(f"seed {s.seed} {task}: lr {best[1]:g}, validation {best[0]:.3f}", flush=True)
+def variants(s: Seed, sign: float, tasks: list[str]) -> dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """Every method's settings: name -> (merge method, reference model, {expert: per-model params}, params)."""
+    d = s.p["densities"]
+    one = {"weight": sign}
+    out: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
+        "TA": ("task_arithmetic", "base", {t: one for t in tasks}, {}),
+        "TaLoS": ("task_arithmetic", "base", {f"talos-{t}": one for t in tasks}, {}),
+        "TA-inst": ("task_arithmetic", "inst", {f"inst-{t}": one for t in tasks}, {}),
+    }
+    for rho in d["ties"]:
+        out[f"TIES d={rho}"] = ("ties", "base", {t: {**one, "density": rho} for t in tasks}, {"normalize": sign > 0})
+    for rho in d["dare"]:
+        out[f"DARE d={rho}"] = ("dare_ties", "base", {t: {**one, "density": rho} for t in tasks},
+                                {"normalize": False, "seed": s.seed})
+    for of in ("tau", "theta"):
+        for rho in d["sta"]:
+            out[f"STA-{of} d={rho}"] = ("sta", "base", {t: {**one, "density": rho, "importance": str(
+                s.work / "models" / t / f"sta-{of}.safetensors")} for t in tasks}, {})
+    inst = {f"inst-{t}": one for t in tasks}
+    pre = str(s.work / "models" / "base")
+    for scheme, delta, rescale in (("threshold", "median", False), ("threshold", "median", True), ("linear_rank", 0.95, False)):
+        name = f"LATA {scheme}{' median' if scheme == 'threshold' else ''}{' rescaled' if rescale else ''}"
+        out[name] = ("lata", "inst", inst, {"pretrained_model": pre, "scheme": scheme, "delta": delta,
+                                            "rescale_weights": rescale})
+    if sign > 0:
+        for g in ("model", "layer"):
+            out[f"MetaGPT {g}"] = ("metagpt", "base", {t: {} for t in tasks}, {"granularity": g})
+        out["MetaGPT+TIES"] = ("metagpt", "base", {t: {"density": d["ties"][0]} for t in tasks}, {"refine": "ties"})
+        out["MetaGPT+DARE"] = ("metagpt", "base", {t: {"density": d["dare"][-1]} for t in tasks},
+                               {"refine": "dare", "seed": s.seed})
     return out
 
 
-def run_addition(s: Seed, experts: dict[str, Any], base: dict[str, dict[str, str]]) -> dict[str, Any]:
-    own_val = {t: _acc(experts[t]["correct"]["validation"][t]) for t in s.tasks}
-    sweep, best = [], {}
-    for method, grid in s.params["addition"].items():
-        lambdas = grid.get("lambdas") or [None]
-        for lam, density in itertools.product(lambdas, grid.get("densities") or [None]):
-            name = f"{method}_l{lam}_d{density}"
-            folder = s.merge(name, method, {t: 1.0 for t in s.tasks}, lam, density)
-            correct = s.score(s.load(folder), "validation")
-            norm = sum(_acc(correct[t]) / own_val[t] for t in s.tasks) / len(s.tasks)
-            report = json.loads((folder / "merge_report.json").read_text()).get("method") or {}
-            point = {"name": name, "method": method, "lambda": lam, "density": density, "norm_acc": norm,
-                     "metagpt_lambdas": report.get("lambdas") if method == "metagpt" else None}
-            sweep.append(point)
-            key = (-norm, abs(lam or 0.0), name)
-            if method not in best or key < best[method][0]:
-                best[method] = (key, point, folder)
-    methods = {}
-    for method, (_, point, folder) in best.items():
-        methods[method] = {**point, "correct": s.score(s.load(folder), "test")}
-    for folder in (s.work / "merged").iterdir():
-        shutil.rmtree(folder, ignore_errors=True)
-    return {"sweep": sweep, "methods": methods}
+def family(name: str) -> str:
+    """The method a variant belongs to (its density or LATA scheme is chosen on validation like λ)."""
+    return "LATA" if name.startswith("LATA") else name.split(" d=")[0]
 
 
-def run_negation(s: Seed, base: dict[str, dict[str, str]]) -> dict[str, Any]:
-    q = s.params["negation"]
+def run_addition(s: Seed, experts_val: dict[str, float]) -> dict[str, Any]:
+    grid, curves, best, out = s.p["lambdas"], {}, {}, {}
+    for name, (method, ref, models, params) in variants(s, 1.0, s.tasks).items():
+        delta = s.delta(f"add {name}", method, ref, models, **params)
+        lams = [1.0] if method == "metagpt" else grid
+        curves[name] = {}
+        for lam in lams:
+            val = s.score(s.moved(ref, delta, lam), "validation")
+            curves[name][f"{lam:g}"] = norm = sum(acc(val[t]) / experts_val[t] for t in s.tasks) / len(s.tasks)
+            key = (-norm, abs(lam - 1.0))
+            if family(name) not in best or key < best[family(name)][0]:
+                best[family(name)] = (key, name, lam, delta, ref)
+        if name.startswith("LATA"):
+            out.setdefault("lata_weights", {})[name] = s.reports[f"add {name}"].get("layer_weights")
+            assert not s.reports[f"add {name}"].get("all_weights_one"), f"{name}: every LATA layer weight is 1 (= TA)"
+    chosen = {}
+    for fam, (_, name, lam, delta, ref) in best.items():
+        chosen[fam] = {"variant": name, "lambda": lam, "test": s.score(s.moved(ref, delta, lam), "test"),
+                       "test_lambda1": s.score(s.moved(ref, delta, 1.0), "test")}
+    out.update(curves=curves, chosen=chosen)
+    return out
+
+
+def run_negation(s: Seed, base_val: dict[str, dict[str, str]]) -> dict[str, Any]:
     out = {}
+    inst_val = s.score(s.states["inst"], "validation")
     for task in s.tasks:
         others = [t for t in s.tasks if t != task]
-        control_base = sum(_acc(base["validation"][t]) for t in others) / len(others)
-        floor = q["control_ratio"] * control_base
-        points = []
-        for lam in q["lambdas"]:
-            folder = s.merge(f"neg_{task}_{lam}", "task_arithmetic", {task: -1.0}, lam, None)
-            correct = s.score(s.load(folder), "validation")
-            points.append({"lambda": lam, "target": _acc(correct[task]),
-                           "control": sum(_acc(correct[t]) for t in others) / len(others)})
-        ok = [p for p in points if p["control"] >= floor]
-        chosen = min(ok, key=lambda p: (p["target"], p["lambda"])) if ok else min(points, key=lambda p: p["lambda"])
-        folder = s.merge(f"neg_{task}_{chosen['lambda']}", "task_arithmetic", {task: -1.0}, chosen["lambda"], None)
-        out[task] = {"sweep": points, "lambda": chosen["lambda"], "control_rule_met": bool(ok),
-                     "chance": 1.0 / int(s.heads[task].out_features), "others": others,
-                     "correct": s.score(s.load(folder), "test")}
-        shutil.rmtree(s.work / "merged", ignore_errors=True)
+        best, curves = {}, {}
+        for name, (method, ref, models, params) in variants(s, -1.0, [task]).items():
+            reference = base_val if ref == "base" else inst_val
+            floor = s.p["control_ratio"] * sum(acc(reference[t]) for t in others) / len(others)
+            delta = s.delta(f"neg {task} {name}", method, ref, models, **params)
+            curves[name] = {}
+            for lam in s.p["negation_lambdas"]:
+                val = s.score(s.moved(ref, delta, lam), "validation")
+                target, control = acc(val[task]), sum(acc(val[t]) for t in others) / len(others)
+                curves[name][f"{lam:g}"] = [target, control]
+                key = (control < floor, target if control >= floor else lam, lam)
+                if family(name) not in best or key < best[family(name)][0]:
+                    best[family(name)] = (key, name, lam, delta, ref)
+        chosen = {fam: {"variant": n, "lambda": lam, "test": s.score(s.moved(ref, d, lam), "test"),
+                        "control_rule_met": not key[0]} for fam, (key, n, lam, d, ref) in best.items()}
+        out[task] = {"curves": curves, "chosen": chosen, "others": others}
+        print(f"seed {s.seed} negation {task}: " + ", ".join(f"{f} {acc(c['test'][task]):.3f}" for f, c in chosen.items()), flush=True)
     return out
 
 
-def run_seed(params: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, Any]:
-    start = time.perf_counter()
-    s = Seed(params, seed, out / f"seed{seed}" / "work", device)
-    base = {split: s.score(s.base, split) for split in ("validation", "test")}
-    experts = train_experts(s)
-    result = {"seed": seed, "tasks": s.tasks, "device": device, "base": base, "experts": experts,
-              "addition": run_addition(s, experts, base), "negation": run_negation(s, base)}
-    result["seconds"] = time.perf_counter() - start
-    path = out / f"seed{seed}" / "encoder.json"
-    path.write_text(json.dumps(result, indent=1))
-    shutil.rmtree(out / f"seed{seed}" / "work" / "models", ignore_errors=True)
-    print(f"seed {seed}: done in {result['seconds']:.0f} s -> {path}", flush=True)
-    return result
+def premises(s: Seed, masks: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    base = s.states["base"]
+    vectors = {t: {k: s.states[t][k] - v for k, v in base.items() if v.is_floating_point()} for t in s.tasks}
+    losses = {}
+    for t in s.tasks:
+        params = {k: v for k, v in vectors[t].items() if k in dict(s.model.named_parameters())}
+        s.model.load_state_dict(base)
+        losses[t] = loss_along(s.model, base, params, [0.0, 0.25, 0.5, 0.75, 1.0],
+                               lambda m, t=t: E.mean_loss(m, s.heads[t], s.data[t]["validation"]))
+    pairs = [(a, b) for i, a in enumerate(s.tasks) for b in s.tasks[i + 1:]]
+    return {"cosines": pairwise_cosines(vectors),
+            "loss_along": {t: {f"{a:g}": v for a, v in l.items()} for t, l in losses.items()},
+            "quadratic_gap": {t: quadratic_gap(l) for t, l in losses.items()},
+            "talos_density": {t: mask_density(m) for t, m in masks.items()},
+            "talos_overlap": {f"{a}|{b}": {"overlap": mask_overlap(masks[a], masks[b]),
+                                           "random_per_tensor": random_mask_overlap(masks[a], masks[b]),
+                                           "random_global": random_mask_overlap(masks[a], masks[b], per_tensor=False)}
+                              for a, b in pairs}}
 
 
-def log_mlflow(params: dict[str, Any], params_file: str, results: list[dict[str, Any]], out: Path) -> None:
-    import mlflow
-
-    from mergeline.tracking import configure_tracking
-
-    configure_tracking(experiment=params["experiment"])
-    with mlflow.start_run(run_name="quality-encoder:summary"):
-        mlflow.set_tags({"mergeline.benchmark": "quality-encoder", "mergeline.params_file": params_file,
-                         "mergeline.seeds": " ".join(str(r["seed"]) for r in results)})
-        for r in results:
-            for method, entry in r["addition"]["methods"].items():
-                mean = sum(_acc(entry["correct"][t]) for t in r["tasks"]) / len(r["tasks"])
-                mlflow.log_metric(f"addition.{method}.acc_mean", mean, step=r["seed"])
-            for task, entry in r["negation"].items():
-                mlflow.log_metric(f"negation.{task}.target", _acc(entry["correct"][task]), step=r["seed"])
-        mlflow.log_artifact(str(out / "encoder.md"))
-        for r in results:
-            mlflow.log_artifact(str(out / f"seed{r['seed']}" / "encoder.json"), artifact_path=f"seed{r['seed']}")
+def run_seed(p: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    s = Seed(p, seed, out / f"work{seed}", device)
+    f = p["finetune"]
+    res: dict[str, Any] = {"seed": seed, "tasks": s.tasks, "device": device, "chance": s.chance, "experts": {}}
+    res["base"] = {split: s.score(s.states["base"], split) for split in ("validation", "test")}
+    masks = {}
+    for t in s.tasks:
+        res["experts"][t] = s.train(t, "base", [t], f["lrs"], f["steps"])
+        s.model.load_state_dict(s.states[t])  # STA importance at the expert, on held-out train records
+        calib = E.Split(*(x[-p["calib"]:] if x is not None else None for x in (
+            s.data[t]["train"].ids, s.data[t]["train"].mask, s.data[t]["train"].labels, s.data[t]["train"].types)))
+        g = E.mean_gradient(s.model, s.heads[t], calib)
+        tau = {k: s.states[t][k] - s.states["base"][k] for k in g}
+        save_file({k: (g[k] * tau[k]).abs().contiguous() for k in g}, s.work / "models" / t / "sta-tau.safetensors")
+        save_file({k: (g[k] * s.states[t][k]).abs().contiguous() for k in g}, s.work / "models" / t / "sta-theta.safetensors")
+        s.model.load_state_dict(s.states["base"])
+        masks[t] = E.talos_mask(s.model, s.heads[t], s.data[t]["validation"], keep=p["talos"]["keep"],
+                                rounds=p["talos"]["rounds"], seed=seed)
+        res["experts"][f"talos-{t}"] = s.train(f"talos-{t}", "base", [t], f["lrs"], f["steps"], masks=masks[t])
+    res["experts"]["inst"] = s.train("inst", "base", s.tasks, [p["inst"]["lr"]], p["inst"]["steps"])
+    for t in s.tasks:
+        res["experts"][f"inst-{t}"] = s.train(f"inst-{t}", "inst", [t], [res["experts"][t]["lr"]], f["steps"])
+    res["expert_correct"] = {m: {split: s.score(s.states[m], split) for split in ("validation", "test")}
+                             for m in res["experts"]}
+    experts_val = {t: acc(res["expert_correct"][t]["validation"][t]) for t in s.tasks}
+    res["premises"] = premises(s, masks)
+    res["addition"] = run_addition(s, experts_val)
+    res["negation"] = run_negation(s, res["base"]["validation"])
+    res["reports"] = {k: v for k, v in s.reports.items() if k.startswith("add LATA")}
+    res["seconds"] = time.perf_counter() - t0
+    (out / f"seed{seed}.json").write_text(json.dumps(res))
+    shutil.rmtree(out / f"work{seed}", ignore_errors=True)
+    print(f"seed {seed}: done in {res['seconds']:.0f} s", flush=True)
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,30 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="bench_out/quality-encoder")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--report-only", action="store_true", help="render (and log) the saved JSON only")
-    parser.add_argument("--no-mlflow", action="store_true")
-    parser.add_argument("--export", help="copy each seed's JSON and the tables here")
+    parser.add_argument("--export", help="copy each finished seed's JSON here")
     args = parser.parse_args(argv)
     params = yaml.safe_load(Path(args.params).read_text(encoding="utf-8"))
     out = Path(args.out)
-    results = []
+    out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        path = out / f"seed{seed}" / "encoder.json"
-        if path.is_file():  # resumable: a finished seed is not recomputed
-            results.append(json.loads(path.read_text()))
-        elif args.report_only:
-            print(f"error: {path}: no saved result for seed {seed}", file=sys.stderr)
-            return 2
-        else:
-            results.append(run_seed(params, seed, out, args.device))
-    (out / "encoder.md").write_text(render(results, params))
-    print((out / "encoder.md").read_text())
-    if args.export:
-        Path(args.export).mkdir(parents=True, exist_ok=True)
-        for r in results:
-            shutil.copy(out / f"seed{r['seed']}" / "encoder.json", Path(args.export) / f"encoder-seed{r['seed']}.json")
-    if args.report_only and not args.no_mlflow:
-        log_mlflow(params, args.params, results, out)
+        if not (out / f"seed{seed}.json").is_file():  # resumable: a finished seed is kept
+            run_seed(params, seed, out, args.device)
+        if args.export:
+            Path(args.export).mkdir(parents=True, exist_ok=True)
+            shutil.copy(out / f"seed{seed}.json", Path(args.export) / f"seed{seed}.json")
     return 0
 
 

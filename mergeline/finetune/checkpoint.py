@@ -45,6 +45,7 @@ class TalosConfig(BaseModel):
     masked_scale: float = Field(0.1, ge=0, le=1, description="forward-pass factor of masked entries during calibration")
     per_sample: Literal["vmap", "loop"] = Field("vmap", description="per-example gradients batched (vmap) or one by one")
     chunk_size: int = Field(4, ge=1, description="examples per vmap call (memory: one gradient copy each)")
+    final_norm: bool = Field(True, description="the final norm is prunable (trainable), as in the authors' code")
 
 
 def offline_env() -> None:
@@ -102,7 +103,7 @@ def finetune_checkpoint(
         t0 = time.perf_counter()
         mask = talos_mask(
             model, tokenizer, calib, talos.keep, talos.rounds, talos.seed, cfg.max_length, talos.masked_scale,
-            talos.per_sample, talos.chunk_size, cfg.delimiter, log=log, progress=progress,
+            talos.per_sample, talos.chunk_size, cfg.delimiter, log=log, progress=progress, final_norm=talos.final_norm,
         )  # fmt: skip
         meta.update(
             calib_jsonl=str(calib_jsonl or train_jsonl),

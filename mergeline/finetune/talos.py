@@ -11,8 +11,10 @@ round r keeps k^(r/R) of the entries (k = ``keep``), re-scoring each round with 
 scaled by 0.1 in the forward pass and set to +inf; entries at or below the round's global threshold
 stay trainable. Fine-tuning then trains only the mask with :class:`MaskedAdamW`.
 
-Prunable: every Linear weight/bias except the LM head, and the norm weights inside transformer
-blocks. Embeddings, LM head and everything else are frozen (absent from the mask).
+Prunable: every Linear weight/bias except the LM head, and every norm (``final_norm=True``, the
+default, as the authors' code, which masks every LayerNorm: the final norm of a Llama, BERT's
+embedding norm) or only the norms inside transformer blocks (``final_norm=False``). Embeddings, LM
+head and everything else are frozen (absent from the mask).
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ class MaskedAdamW(torch.optim.Optimizer):
         return loss
 
 
-def prunable_names(model: torch.nn.Module) -> list[str]:
-    """Parameter names TaLoS may train: Linear weights/biases (not the LM head) + in-block norms."""
+def prunable_names(model: torch.nn.Module, final_norm: bool = True) -> list[str]:
+    """Parameter names TaLoS may train: Linear weights/biases (not the LM head) + norms (every norm, or
+    with ``final_norm=False`` only those inside blocks)."""
     skip: set[int] = set()
     for getter in ("get_input_embeddings", "get_output_embeddings"):
         module = getattr(model, getter, lambda: None)()
@@ -92,7 +95,7 @@ def prunable_names(model: torch.nn.Module) -> list[str]:
             skip.update(id(p) for p in module.parameters())
     names: list[str] = []
     for mod_name, module in model.named_modules():
-        is_norm = "norm" in type(module).__name__.lower() and layer_index(mod_name + ".") is not None
+        is_norm = "norm" in type(module).__name__.lower() and (final_norm or layer_index(mod_name + ".") is not None)
         if not (isinstance(module, torch.nn.Linear) or is_norm):
             continue
         for p_name, param in module.named_parameters(recurse=False):
@@ -229,16 +232,18 @@ def talos_mask(
     delimiter: str = "",
     log: LogFn | None = None,
     progress: ProgressFn | None = None,
+    final_norm: bool = True,
 ) -> dict[str, torch.Tensor]:
     """TaLoS mask of the pretrained ``model`` on calibration ``records``: name -> bool (True = trainable).
 
-    Only prunable parameters appear (:func:`prunable_names`). Logs ``talos/density`` per round.
+    Only prunable parameters appear (:func:`prunable_names` with ``final_norm``). Logs ``talos/density``
+    per round.
     """
     if not records:
         raise MergelineError("talos: no calibration records")
     # A generation record's one answer is its target: sampling "from the choices" then always picks it.
     records = [r if "choices" in r else {**r, "choices": [r["target"]], "label": 0} for r in records]
-    names = prunable_names(model)
+    names = prunable_names(model, final_norm)
     gen = torch.Generator().manual_seed(seed)
     mask: dict[str, torch.Tensor] | None = None
     for r, fraction in enumerate(round_keep_fractions(keep, rounds), 1):

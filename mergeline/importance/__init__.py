@@ -1,6 +1,8 @@
-"""Importance scores and per-layer diagnostics: STA Taylor importance, LATA layer cosines, MetaGPT norms."""
+"""Importance scores and per-layer diagnostics: STA Taylor importance, LATA layer cosines, MetaGPT norms,
+and the papers' premises (task-vector cosines, loss along θ0 + ατ, random-mask overlap)."""
 
 from mergeline.importance.diagnostics import importance_stats, layer_similarities, vector_norms
+from mergeline.importance.premises import loss_along, pairwise_cosines, quadratic_gap, random_mask_overlap
 from mergeline.importance.sta import StaImportanceConfig, load_importance, save_importance, sta_importance
 
 __all__ = [
@@ -8,6 +10,10 @@ __all__ = [
     "importance_stats",
     "layer_similarities",
     "load_importance",
+    "loss_along",
+    "pairwise_cosines",
+    "quadratic_gap",
+    "random_mask_overlap",
     "save_importance",
     "sta_importance",
     "vector_norms",

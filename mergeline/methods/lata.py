@@ -17,14 +17,18 @@ and the task-vector default are METHODS.md §4's inferred reading (no official c
 scheme ``threshold``, δ 0.95, similarity_unit ``layer``, apply_to ``task_vector``, non_layer ``keep``
 (tensors outside blocks get weight 0: θ_inst's values stay; ``add`` gives them weight 1),
 ``rescale_weights`` false (true scales each model's w so Σ_l w_t,l = L, letting pure layers be amplified),
-``lambda`` 1.  Equal similarities rank by layer index.  A zero-norm vector has cosine 0.  Norms and dots
+``lambda`` 1.  ``delta: median`` sets δ per model to the median of its layer similarities, so about
+half of the layers are kept whatever the scale of the cosines (with experts fine-tuned from the base,
+every cosine can sit below 0.95 and then LATA = TA); the report's ``delta_used`` gives each model's δ
+and ``all_weights_one`` says when the weighting kept every layer at 1.  Equal similarities rank by layer index.  A zero-norm vector has cosine 0.  Norms and dots
 are accumulated in float64 in one statistics pass.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import statistics
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -42,8 +46,8 @@ class LataParameters(LambdaParameters):
     scheme: Literal["threshold", "linear_rank", "log_rank"] = Field(
         "threshold", description="Layer weighting: Drop-with-Threshold, Linear- or Logarithmic-Drop-by-Rank."
     )
-    delta: float = Field(
-        0.95, ge=-1.0, le=1.0, description="δ of scheme threshold: keep layers with similarity < δ."
+    delta: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["median"] = Field(
+        0.95, description="δ of scheme threshold: keep layers with similarity < δ ('median': each model's median)."
     )
     similarity_unit: Literal["layer", "tensor"] = Field(
         "layer", description="Cosine over the whole block ('layer') or mean of per-tensor cosines ('tensor')."
@@ -57,11 +61,17 @@ class LataParameters(LambdaParameters):
     rescale_weights: bool = Field(False, description="Scale each model's layer weights so they sum to L.")
 
 
-def layer_weights(similarity: dict[int, float], scheme: str, delta: float, rescale: bool) -> dict[int, float]:
+def threshold_for(similarity: dict[int, float], delta: float | str) -> float:
+    """δ itself, or the median of the layer similarities for ``delta="median"``."""
+    return statistics.median(similarity.values()) if delta == "median" else float(delta)
+
+
+def layer_weights(similarity: dict[int, float], scheme: str, delta: float | str, rescale: bool) -> dict[int, float]:
     """w_l for one model from its per-layer similarities s_l (see module docstring)."""
     if not similarity:
         return {}
     if scheme == "threshold":
+        delta = threshold_for(similarity, delta)
         weights = {l: 1.0 if s < delta else 0.0 for l, s in similarity.items()}
     else:
         order = sorted(similarity, key=lambda l: (similarity[l], l))  # ascending s; ties by layer index
@@ -169,6 +179,8 @@ class LayerAwareTaskArithmetic(MergeMethod):
             "models": [mp.model_dump() for mp in self.model_params],
             "similarity": {str(m): {str(l): s for l, s in v.items()} for m, v in self.similarity.items()},
             "layer_weights": {str(m): {str(l): w for l, w in v.items()} for m, v in self.weights.items()},
+            "delta_used": {str(m): threshold_for(v, p.delta) for m, v in self.similarity.items() if v},
+            "all_weights_one": all(w == 1.0 for v in self.weights.values() for w in v.values()),
         }
 
 

@@ -10,6 +10,12 @@ unit, reported as "none") or ``tensor``.  Squared norms are accumulated in float
 pass; tensors matching any ``exclude_from_norm`` regex (re.search on the name) are still merged but do
 not count in the norms.  A unit where every norm is 0 gets λ_t = 1/T.  The global ``lambda`` (default
 1) is an ablation knob, not part of the paper.
+
+``refine`` combines MetaGPT with a task-vector refinement, as the paper does with DARE and TIES: each
+τ_t is first refined per tensor with the model's ``density`` ρ_t, and the norms and the merge both use
+the refined τ̃_t.  ``ties``: keep the int(ρ·n) largest |τ| (TIES trim), then elect signs on the
+λ-weighted τ̃ and sum the agreeing entries (no division: Σλ = 1 already).  ``dare``: keep each entry
+with probability ρ (seeded per tensor and model, as ``dare``) and rescale by 1/ρ.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import torch
 from pydantic import Field, field_validator
 
 from mergeline.methods import register
-from mergeline.methods._fields import LambdaParameters
+from mergeline.methods._fields import LambdaParameters, density_field
+from mergeline.methods._sparsify import apply_mask, bernoulli_mask, combine, magnitude_mask, tensor_seed
 from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, TensorInputs
 
 
@@ -32,6 +39,10 @@ class MetaGPTParameters(LambdaParameters):
     exclude_from_norm: list[str] = Field(
         default_factory=list, description="Regexes (re.search) of tensor names left out of the norms."
     )
+    refine: Literal["none", "ties", "dare"] = Field(
+        "none", description="Refine each task vector first: TIES trim + sign election, or DARE drop and rescale."
+    )
+    seed: int = Field(0, ge=0, description="Seed of refine: dare's drop masks (with tensor name and model index).")
 
     @field_validator("exclude_from_norm")
     @classmethod
@@ -44,6 +55,10 @@ class MetaGPTParameters(LambdaParameters):
         return patterns
 
 
+class MetaGPTModel(ModelParameters):
+    density: float = density_field(1.0)
+
+
 @register
 class MetaGPT(MergeMethod):
     """θ = θ0 + Σ_t λ_t τ_t with λ_t = ‖τ_t‖² / Σ_k ‖τ_k‖² per unit (model / layer / tensor)."""
@@ -51,6 +66,7 @@ class MetaGPT(MergeMethod):
     name = "metagpt"
     paper = "arXiv:2406.11385"
     Parameters = MetaGPTParameters
+    PerModel = MetaGPTModel
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         super().__init__(params, model_params)
@@ -72,9 +88,26 @@ class MetaGPT(MergeMethod):
     def _excluded(self, name: str) -> bool:
         return any(p.search(name) for p in self._exclude)
 
+    def _refined(self, inputs: TensorInputs) -> list[torch.Tensor]:
+        """τ̃_t of every model (the same tensors in the statistics and the merge pass: masks are seeded)."""
+        p = inputs.params
+        if p.refine == "none":
+            return inputs.tensors
+        out = []
+        for delta, model, mp in zip(inputs.tensors, inputs.model_index, inputs.model_params):
+            density = float(mp.density)
+            if density >= 1.0:
+                out.append(delta)
+            elif p.refine == "ties":
+                out.append(delta * magnitude_mask(delta, density).to(delta.dtype))
+            else:
+                mask = bernoulli_mask(delta.shape, density, tensor_seed(p.seed, inputs.name, model), delta.device)
+                out.append(apply_mask(delta, mask, "inverse_density", density))
+        return out
+
     def accumulate(self, inputs: TensorInputs, pass_index: int) -> None:
         unit = self._sq.setdefault(self._unit(inputs), {})
-        for delta, model in zip(inputs.tensors, inputs.model_index):
+        for delta, model in zip(self._refined(inputs), inputs.model_index):
             sq = 0.0 if self._excluded(inputs.name) else float(delta.double().square().sum())
             unit[model] = unit.get(model, 0.0) + sq
 
@@ -93,10 +126,11 @@ class MetaGPT(MergeMethod):
             self.accumulate(inputs, 0)
             self._lambdas[unit] = self._lambdas_for(self._sq[unit])
         lambdas = self._lambdas[unit]
-        result = torch.zeros_like(inputs.tensors[0])
-        for delta, model in zip(inputs.tensors, inputs.model_index):
-            result.add_(delta, alpha=lambdas[model])
-        return result * float(inputs.params.lambda_) if inputs.params.lambda_ != 1 else result
+        refined = self._refined(inputs)
+        weights = [lambdas[model] for model in inputs.model_index]
+        consensus = "sum" if inputs.params.refine == "ties" else None
+        # normalize=False: Σλ_t = 1 is MetaGPT's own scale; combine returns λ·Σ (agreeing) λ_t τ̃_t.
+        return combine(refined, weights, consensus, False, float(inputs.params.lambda_))
 
     def report(self) -> dict[str, Any]:
         def key(unit: Hashable) -> str:
@@ -107,6 +141,8 @@ class MetaGPT(MergeMethod):
             "granularity": self.params.granularity,
             "lambda": self.params.lambda_,
             "exclude_from_norm": list(self.params.exclude_from_norm),
+            "refine": self.params.refine,
+            "densities": [float(mp.density) for mp in self.model_params],
             "lambdas": {key(u): {str(m): v for m, v in sorted(ls.items())} for u, ls in self._lambdas.items()},
             "squared_norms": {key(u): {str(m): v for m, v in sorted(sq.items())} for u, sq in self._sq.items()},
         }

@@ -56,14 +56,16 @@ def test_iterative_rounds_reach_each_round_density():
         assert mask_density(mask) == pytest.approx(fraction, abs=1 / 1000)
 
 
-def test_prunable_set_is_block_linears_and_norms_only(tok):
+def test_prunable_set_is_linears_and_norms_only(tok):
     model = tiny_llama(vocab_size=len(tok))
     names = prunable_names(model)
     assert "model.layers.0.self_attn.q_proj.weight" in names
     assert "model.layers.1.post_attention_layernorm.weight" in names
     assert not any("embed" in n or "lm_head" in n for n in names)
-    assert "model.norm.weight" not in names
-    assert len(names) == 2 * 9  # per block: q, k, v, o, gate, up, down + 2 norms
+    assert "model.norm.weight" in names  # the final norm trains by default, as in the authors' code
+    assert len(names) == 2 * 9 + 1  # per block: q, k, v, o, gate, up, down + 2 norms; the final norm
+    inner = prunable_names(model, final_norm=False)
+    assert "model.norm.weight" not in inner and len(inner) == 2 * 9
 
 
 def test_sensitivity_is_sum_of_squared_per_example_gradients_of_sampled_choice(tok):

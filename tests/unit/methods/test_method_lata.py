@@ -83,3 +83,25 @@ def test_lata_similarity_unit_layer_vs_tensor(run_method):
 def test_lata_needs_pretrained_tensor(run_method):
     with pytest.raises(MergelineError, match="pretrained_model"):
         run_method("lata", {"layers.0.w": [torch.ones(2)]}, base={"layers.0.w": torch.ones(2)})
+
+
+def test_lata_median_delta_keeps_the_less_similar_half_where_a_fixed_delta_keeps_all(run_method):
+    low = {0: 0.30, 1: 0.10, 2: 0.50, 3: 0.20}  # every cosine < 0.95: the default threshold keeps all
+    assert layer_weights(low, "threshold", 0.95, False) == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}
+    assert layer_weights(low, "threshold", "median", False) == {0: 0.0, 1: 1.0, 2: 0.0, 3: 1.0}
+    assert layer_weights(low, "threshold", "median", True) == {0: 0.0, 1: 2.0, 2: 0.0, 3: 2.0}  # amplified
+    inst, tau, pretrained = _layered(low)
+    _, report, _ = run_method("lata", {n: [v] for n, v in tau.items()}, base=inst, params={"delta": "median"},
+                              global_inputs={"pretrained_model": pretrained})
+    assert report["delta_used"]["0"] == pytest.approx(0.25)
+    assert report["all_weights_one"] is False
+    _, fixed, _ = run_method("lata", {n: [v] for n, v in tau.items()}, base=inst,
+                             global_inputs={"pretrained_model": pretrained})
+    assert fixed["all_weights_one"] is True
+
+
+def test_lata_delta_rejects_other_strings():
+    from mergeline.methods import get_method
+
+    with pytest.raises(Exception, match="delta"):
+        get_method("lata").Parameters.model_validate({"delta": "mean"})

@@ -50,3 +50,33 @@ def test_metagpt_exclude_from_norm(run_method, vec):
 def test_metagpt_bad_regex_fails_at_config_time():
     with pytest.raises(pydantic.ValidationError, match="exclude_from_norm"):
         get_method("metagpt").Parameters.model_validate({"exclude_from_norm": ["("]})
+
+
+def test_metagpt_refine_ties_trims_then_elects_signs(run_method, vec):
+    # density 0.5 keeps the 2 largest |τ| of 4: τ1 → [4, 0, -2, 0] (‖·‖² = 20), τ2 → [-1, 0, 0, 3]
+    # (‖·‖² = 10): λ = [2/3, 1/3]; votes [8/3 − 1/3, 0, −4/3, 1] elect [+, +, −, +] so τ2's −1 drops.
+    tensors = {"w": [vec(4, 1, -2, 0.5), vec(-1, 0.5, 0.2, 3)]}
+    out, report, _ = run_method("metagpt", tensors, params={"refine": "ties"},
+                                model_params=[{"density": 0.5}, {"density": 0.5}])
+    assert report["lambdas"]["model"] == pytest.approx({"0": 2 / 3, "1": 1 / 3})
+    assert torch.allclose(out["w"], vec(8 / 3, 0, -4 / 3, 1))
+
+
+def test_metagpt_refine_dare_norms_use_the_dropped_rescaled_vectors(run_method):
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": [torch.randn(4000, generator=g), 2 * torch.randn(4000, generator=g)]}
+    mp = [{"density": 0.25}, {"density": 0.25}]
+    out, report, _ = run_method("metagpt", tensors, params={"refine": "dare", "seed": 3}, model_params=mp)
+    again, _, _ = run_method("metagpt", tensors, params={"refine": "dare", "seed": 3}, model_params=mp)
+    assert torch.equal(out["w"], again["w"])  # seeded per tensor and model
+    kept = (out["w"] != 0).float().mean().item()
+    assert 0.4 < kept < 0.47  # 1 − 0.75² ≈ 0.44 of the entries survive in either vector
+    sq = report["squared_norms"]["model"]
+    plain = {m: float(t.double().square().sum()) for m, t in zip("01", tensors["w"])}
+    assert sq["0"] == pytest.approx(plain["0"] / 0.25, rel=0.15)  # dropped, rescaled by 1/ρ: E‖τ̃‖² = ‖τ‖²/ρ
+    assert sq["0"] != pytest.approx(plain["0"], rel=0.5)
+
+
+def test_metagpt_refine_none_ignores_density_one(run_method, vec):
+    out, _, _ = run_method("metagpt", {"w": [vec(3, 0), vec(0, 4)]}, params={"refine": "ties"})
+    assert torch.allclose(out["w"], vec(1.08, 2.56))

@@ -64,3 +64,20 @@ def test_sta_missing_or_misshaped_importance(run_method, vec):
 def test_sta_threshold_required():
     with pytest.raises(pydantic.ValidationError, match="threshold"):
         get_method("sta").Parameters.model_validate({"select": "threshold"})
+
+
+@pytest.mark.parametrize("density_of, kept", [("trainable", [0, 0, 0, 1.0]), ("all", [0, 0, 0, 0])])
+def test_sta_density_counts_trainable_entries_only(run_method, vec, density_of, kept):
+    # A frozen "embedding" (τ = 0, large |g·θ|-style scores) and a trained tensor of 4 entries.
+    # ρ = 0.25 of the trained entries keeps 1 of them; over all 8 entries the budget is 2, and the
+    # frozen tensor's scores take both slots, so nothing trained survives.
+    out, report, _ = run_method(
+        "sta",
+        {"embed.weight": [vec(0, 0, 0, 0)], "layers.0.w": [vec(1, 1, 1, 1)]},
+        params={"density_of": density_of},
+        model_params=[{"density": 0.25}],
+        model_inputs={"importance": [{"embed.weight": vec(9, 9, 9, 9), "layers.0.w": vec(1, 2, 3, 4)}]},
+    )
+    assert torch.equal(out["layers.0.w"], vec(*kept))
+    if density_of == "trainable":
+        assert report["kept_fraction"] == {"0": pytest.approx(1 / 8)}  # the frozen tensor selects nothing

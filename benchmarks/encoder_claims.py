@@ -1,0 +1,204 @@
+"""Verdicts on the seed papers' claims from the encoder family's seed JSON (``quality_encoder.py``).
+
+    .venv/bin/python benchmarks/encoder_claims.py --results docs/results/claims --out docs
+
+Pools every seed's and task's test examples (paired: the same examples for both sides), and gives for
+each claim Δ (A − B) in mean accuracy over tasks with a paired bootstrap 95% interval resampled within
+(seed, task) strata, and the exact McNemar p on the pooled examples. Writes ``<results>/claims.json``
+(the rows) and the plots ``<out>/claims_lambda.png``, ``claims_lata_weights.png``, ``claims_mask_overlap.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mergeline.stats import mcnemar_exact, paired_bootstrap  # noqa: E402
+
+
+def pooled(results: list[dict], pick, tasks_of=None) -> tuple[str, list[int]]:
+    """Bits of ``pick(seed result) -> {task: bits}`` over seeds and tasks, and their (seed, task) strata."""
+    bits, strata = "", []
+    for r in results:
+        got = pick(r)
+        for i, t in enumerate(tasks_of(r) if tasks_of else r["tasks"]):
+            bits += got[t]
+            strata += [r["seed"] * 10 + i] * len(got[t])
+    return bits, strata
+
+
+def compare(results, a, b, tasks_of=None) -> dict[str, float]:
+    x, strata = pooled(results, a, tasks_of)
+    y, _ = pooled(results, b, tasks_of)
+    out = paired_bootstrap(x, y, strata=strata, iters=4000)
+    return {"diff": out["diff"], "low": out["low"], "high": out["high"], "p": mcnemar_exact(x, y), "n": len(x)}
+
+
+def verdict(c: dict[str, float], sign: int = 1, band: float = 0.01) -> str:
+    """holds (CI on the claimed side of 0) / does not hold (CI on the other side, or inside ±band) / undecided."""
+    lo, hi = sorted((sign * c["low"], sign * c["high"]))
+    if lo > 0:
+        return "holds here"
+    if hi < 0:
+        return "does not hold here (the opposite, significantly)"
+    if -band <= lo and hi <= band:
+        return f"does not hold here (no difference: CI within ±{band:.2f})"
+    return "undecided (CI includes 0 and effects above ±0.01)"
+
+
+def addition(r, fam, key="test"):
+    return r["addition"]["chosen"][fam][key]
+
+
+def negation_target(fam):
+    return lambda r: {t: r["negation"][t]["chosen"][fam]["test"][t] for t in r["tasks"]}
+
+
+def window(curve: dict[str, float], tol: float = 0.01) -> float:
+    """Width of the λ range whose validation score is within ``tol`` of the best (grid step units)."""
+    best = max(curve.values())
+    good = [float(k) for k, v in curve.items() if v >= best - tol]
+    return max(good) - min(good)
+
+
+def rows(results: list[dict], smol: dict | None) -> list[dict[str, Any]]:
+    n_seeds = len(results)
+    tasks = results[0]["tasks"]
+    out = []
+
+    def row(claim, comparison, c, v, note=""):
+        out.append({"claim": claim, "family": "MiniLM-L6 encoder", "comparison": comparison, "n": c["n"],
+                    "seeds": n_seeds, "diff": c["diff"], "low": c["low"], "high": c["high"], "p": c["p"],
+                    "verdict": v, "note": note})
+
+    base = lambda r: r["base"]["test"]  # noqa: E731
+    c = compare(results, lambda r: addition(r, "TA"), base)
+    row("TA addition: θ0 + λΣτ is a multi-task model", "TA (tuned λ) − base θ0, mean acc", c, verdict(c))
+    c = compare(results, negation_target("TA"), base)
+    ctrl = statistics.mean(
+        sum(r["negation"][t]["chosen"]["TA"]["test"][o].count("1") / len(r["negation"][t]["chosen"]["TA"]["test"][o])
+            for o in r["negation"][t]["others"]) / 2 / (sum(r["base"]["test"][o].count("1") / len(r["base"]["test"][o])
+                                                             for o in r["negation"][t]["others"]) / 2)
+        for r in results for t in tasks)
+    row("TA negation: θ0 − λτ forgets the task, keeps the control", "TA target acc − base target acc", c,
+        verdict(c, -1), f"control kept at {ctrl:.3f} of the base's (mean)")
+    for fam, claim in (("STA-tau", "STA beats TA (addition)"), ("TaLoS", "TaLoS addition beats TA"),
+                       ("MetaGPT model", "MetaGPT beats tuned TA")):
+        c = compare(results, lambda r, f=fam: addition(r, f), lambda r: addition(r, "TA"))
+        row(claim, f"{fam} − TA, both at their validation-chosen point", c, verdict(c))
+    for fam in ("STA-theta", "TIES", "DARE", "MetaGPT layer", "MetaGPT+TIES", "MetaGPT+DARE"):
+        c = compare(results, lambda r, f=fam: addition(r, f), lambda r: addition(r, "TA"))
+        row(f"({fam} vs tuned TA)", f"{fam} − TA", c, verdict(c))
+    c = compare(results, lambda r: addition(r, "MetaGPT model"), lambda r: addition(r, "TA", "test_lambda1"))
+    row("MetaGPT beats untuned TA", "MetaGPT model − TA at λ = 1", c, verdict(c))
+    c = compare(results, lambda r: addition(r, "LATA"), lambda r: addition(r, "TA-inst"))
+    row("LATA addition beats TA", "LATA − TA on the same θ_inst experts", c, verdict(c))
+    # STA flatter in λ: the loss from not tuning (λ = 1 instead of the chosen λ), STA against TA
+    c_sta = compare(results, lambda r: addition(r, "STA-tau", "test_lambda1"), lambda r: addition(r, "STA-tau"))
+    c_ta = compare(results, lambda r: addition(r, "TA", "test_lambda1"), lambda r: addition(r, "TA"))
+    widths = {f: statistics.mean(window(r["addition"]["curves"][r["addition"]["chosen"][f]["variant"]]) for r in results)
+              for f in ("STA-tau", "TA")}
+    c = compare(results, lambda r: addition(r, "STA-tau", "test_lambda1"), lambda r: addition(r, "TA", "test_lambda1"))
+    row("STA flatter in λ (less tuning)", "STA − TA, both untuned at λ = 1", c, verdict(c),
+        f"untuned − tuned: STA {c_sta['diff']:+.3f}, TA {c_ta['diff']:+.3f}; λ window within 1 pt of the best "
+        f"(validation): STA {widths['STA-tau']:.2f}, TA {widths['TA']:.2f}")
+    for fam, claim in (("STA-tau", "STA forgets better than TA"), ("TaLoS", "TaLoS negation beats TA")):
+        c = compare(results, negation_target(fam), negation_target("TA"))
+        row(claim, f"{fam} target acc − TA target acc (control rule met by both)", c, verdict(c, -1))
+    c = compare(results, negation_target("LATA"), negation_target("TA-inst"))
+    row("LATA forgetting beats TA", "LATA target acc − TA target acc on θ_inst", c, verdict(c, -1))
+    return out
+
+
+def premises(results: list[dict], smol: dict | None) -> dict[str, Any]:
+    cos = [v for r in results for v in r["premises"]["cosines"].values()]
+    gap = [r["premises"]["quadratic_gap"][t]["max_rel_error"] for r in results for t in r["tasks"]]
+    over = [(v["overlap"], v["random_per_tensor"]) for r in results for v in r["premises"]["talos_overlap"].values()]
+    out = {"cosine_mean": statistics.mean(cos), "cosine_max": max(cos, key=abs), "quadratic_gap_max_rel_error": gap,
+           "encoder_mask_overlap": statistics.mean(o for o, _ in over),
+           "encoder_random_overlap": statistics.mean(x for _, x in over)}
+    if smol:
+        out["smollm2_mask_overlap"] = statistics.mean(v["overlap"] for v in smol["across_tasks"].values())
+        out["smollm2_random_overlap"] = statistics.mean(v["random_per_tensor"] for v in smol["across_tasks"].values())
+        if smol["across_seeds"]:
+            out["smollm2_same_task_overlap"] = statistics.mean(v["overlap"] for v in smol["across_seeds"].values())
+    return out
+
+
+def plots(results: list[dict], smol: dict | None, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for fam, chosen in results[0]["addition"]["chosen"].items():
+        curves = [r["addition"]["curves"][r["addition"]["chosen"][fam]["variant"]] for r in results]
+        lams = sorted(float(k) for k in curves[0])
+        if len(lams) > 1:
+            ax.plot(lams, [statistics.mean(c[f"{l:g}"] for c in curves) for l in lams], marker=".", label=fam)
+    ax.set(xlabel="λ", ylabel="validation mean normalized acc", title=f"Addition, MiniLM encoder ({len(results)} seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "claims_lambda.png", dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    weights = results[0]["addition"].get("lata_weights") or {}
+    for name, per_model in weights.items():
+        for model, w in (per_model or {}).items():
+            layers = sorted(w, key=int)
+            ax.plot([int(l) for l in layers], [w[l] for l in layers], marker="o", label=f"{name} / model {model}")
+    ax.set(xlabel="layer", ylabel="LATA layer weight", title="LATA layer weights (seed %d)" % results[0]["seed"])
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "claims_lata_weights.png", dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels, observed, chance = [], [], []
+    for r in results:
+        for pair, v in r["premises"]["talos_overlap"].items():
+            labels.append(f"MiniLM {pair} s{r['seed']}")
+            observed.append(v["overlap"])
+            chance.append(v["random_per_tensor"])
+    for key, v in (smol or {}).get("across_tasks", {}).items():
+        labels.append(f"SmolLM2 {key.replace('/seed', ' s')}")
+        observed.append(v["overlap"])
+        chance.append(v["random_per_tensor"])
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], observed, 0.4, label="TaLoS masks (Jaccard)")
+    ax.bar([x + 0.2 for x in xs], chance, 0.4, label="random masks, same per-tensor density")
+    ax.set_xticks(list(xs), labels, rotation=70, fontsize=6)
+    ax.set(ylabel="overlap", title="TaLoS premise: masks shared across tasks?")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "claims_mask_overlap.png", dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="docs/results/claims")
+    parser.add_argument("--out", default="docs")
+    args = parser.parse_args(argv)
+    folder = Path(args.results)
+    results = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
+    if not results:
+        print(f"error: {folder}: no seed*.json", file=sys.stderr)
+        return 2
+    smol_path = folder / "premise_talos.json"
+    smol = json.loads(smol_path.read_text()) if smol_path.is_file() else None
+    report = {"rows": rows(results, smol), "premises": premises(results, smol)}
+    (folder / "claims.json").write_text(json.dumps(report, indent=1))
+    plots(results, smol, Path(args.out))
+    for r in report["rows"]:
+        print(f"| {r['claim']} | {r['comparison']} | {r['n']} | {r['seeds']} | {r['diff']:+.3f} "
+              f"[{r['low']:+.3f}, {r['high']:+.3f}] | {r['p']:.2g} | {r['verdict']} | {r['note']} |")
+    print(json.dumps(report["premises"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
