@@ -40,20 +40,7 @@ def registered_key(name: str, alias: str) -> str:
 def read_paths(args: Any) -> list[str]:
     """Project paths a call reads: the ``path`` of each file reference in its arguments, and the
     ``base_model``/``model`` paths of a merge config."""
-    found = dict.fromkeys(file_refs(args))
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("base_model", "model") and isinstance(value, str):
-                    found[value] = None
-                walk(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                walk(value)
-
-    walk(args)
-    return list(found)
+    return file_refs(args, also=("base_model", "model"))
 
 
 def _within(path: str, folders: Iterable[str]) -> str:

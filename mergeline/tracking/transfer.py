@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -44,14 +44,16 @@ def is_server(tracking_uri: str) -> bool:
     return urlparse(tracking_uri).scheme in ("http", "https")
 
 
-def file_refs(record: Any) -> list[str]:
-    """Every ``path`` of a ``{"path": str, "sha256": str}`` pair anywhere in a JSON-like record, once each."""
+def file_refs(record: Any, also: tuple[str, ...] = ()) -> list[str]:
+    """Every ``path`` of a ``{"path": str, "sha256": str}`` pair anywhere in a JSON-like record, once
+    each; with ``also``, the string values of those keys too (a merge config's ``base_model``, ``model``)."""
     found: dict[str, None] = {}
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             if isinstance(node.get("path"), str) and isinstance(node.get("sha256"), str):
                 found[node["path"]] = None
+            found.update(dict.fromkeys(v for k, v in node.items() if k in also and isinstance(v, str)))
             for value in node.values():
                 walk(value)
         elif isinstance(node, (list, tuple)):
@@ -67,6 +69,12 @@ def _relative(path: str) -> str:
     if rel.is_absolute() or ".." in rel.parts:
         raise MergelineError(f"{path}: only paths inside the project folder travel between workers")
     return rel.as_posix()
+
+
+def _each(root: Path, paths: Iterable[str]) -> Iterator[tuple[str, Path]]:
+    for path in dict.fromkeys(paths):
+        rel = _relative(path)
+        yield rel, root / rel
 
 
 def _manifest(local: Path) -> dict[str, str]:
@@ -86,9 +94,7 @@ def share_files(run_id: str, root: Path, paths: Iterable[str]) -> list[str]:
     client = MlflowClient()
     sent = []
     with tempfile.TemporaryDirectory(prefix="mergeline-transfer-") as tmp:
-        for path in dict.fromkeys(paths):
-            rel = _relative(path)
-            local = root / rel
+        for rel, local in _each(root, paths):
             if not local.exists():
                 raise MergelineError(f"{local}: a stage file to share with the pool's workers is missing")
             manifest = _manifest(local)
@@ -123,9 +129,7 @@ def fetch_files(run_id: str, root: Path, paths: Iterable[str]) -> list[str]:
     client = MlflowClient()
     fetched = []
     with tempfile.TemporaryDirectory(prefix="mergeline-transfer-") as tmp:
-        for path in dict.fromkeys(paths):
-            rel = _relative(path)
-            local = root / rel
+        for rel, local in _each(root, paths):
             manifest = _shared_manifest(client, run_id, rel, Path(tmp))
             if manifest is None:
                 if local.exists():

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from mergeline.lineage.build import describe
 from mergeline.tracking.lineage_objects import DIGEST_CHARS, KIND_TAG, SHA256_TAG, UPSTREAM_TAG
 from mergeline.tracking.registry import model_artifact_dir, register_merged_model, resolve_version, verify_lineage
-from tests.lineage_fixtures import MODEL_NAME, TASKS, build_project, tracking_store
+from tests.lineage_fixtures import MODEL_NAME, build_project, tracking_store
 from tests.lm_fixtures import smollm2_tokenizer_dir
 
 EVALUATION = {"test/acc/alpha": 0.625, "test/acc/beta": 0.5, "test/acc/mean": 0.5625, "validation/acc/alpha": 0.75}

@@ -17,7 +17,6 @@ import json
 import re
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +25,15 @@ import pytest
 import yaml
 
 from mergeline.io.hashing import file_hashes
-from tests.integration.pipeline_project import Processes, free_port, make_project, project_env, shared_tiny_base
+from tests.integration.pipeline_project import (
+    Processes, free_port, make_project, project_env, shared_tiny_base, wait_healthy,
+)
 from tests.integration.team_recipe import postgres, recipe
 
 pytestmark = pytest.mark.slow
 
 WORKERS = ("0", "1")
 TASK_MODES = [(t, m) for t in ("news", "sentiment") for m in ("full", "talos")]
-
-
-def _wait(url: str, procs: Processes, names: list[str], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dead = [n for n in names if procs.started[n].poll() is not None]
-        assert not dead, f"{dead} exited:\n" + "\n".join((procs.logs / f"{n}.log").read_text()[-3000:] for n in dead)
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"{url} not healthy after {timeout} s")
 
 
 def _project(folder: Path) -> Path:
@@ -85,8 +71,8 @@ def test_team_recipe_runs_as_written(tmp_path: Path) -> None:
             steps.run("database", machines["servers"], procs)
             steps.run("servers", machines["servers"], procs, **home["servers"])
             steps.run("clients", machines["admin"], procs)
-            _wait(steps.env["PREFECT_API_URL"] + "/health", procs, ["servers-0", "servers-1"])
-            _wait(steps.env["MLFLOW_TRACKING_URI"] + "/health", procs, ["servers-0", "servers-1"])
+            wait_healthy(steps.env["PREFECT_API_URL"], procs.started["servers-0"], logs / "servers-0.log", 300)
+            wait_healthy(steps.env["MLFLOW_TRACKING_URI"], procs.started["servers-1"], logs / "servers-1.log", 300)
             steps.run("once", Path(__file__).resolve().parents[2], procs, **home["admin"])
             for gpu in WORKERS:
                 steps.run("gpu-worker", machines[f"worker{gpu}"], procs, name=f"w{gpu}", GPU=gpu,
