@@ -146,7 +146,10 @@ def register_merged_model(
     model_dir: Path, name: str, lineage: Lineage, aliases: list[str], run_id: str | None = None,
     work_dir: str | Path | None = None,
 ) -> str:
-    """Log ``model_dir`` with its lineage to a run and register it as a new version of ``name``.
+    """Log ``model_dir`` with its lineage as a logged model of a run; register it as a new version of ``name``.
+
+    The datasets, base, checkpoints and vectors of ``lineage`` are logged as MLflow datasets and
+    logged models first (``lineage_objects.py``), the version and the model get their descriptions.
 
     ``run_id``: log into that run (e.g. the pipeline's register-stage run); None creates a run in
     the configured experiment, nested under ``lineage.mlflow.parent_run_id`` or the active run.

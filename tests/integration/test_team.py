@@ -146,8 +146,12 @@ def _check_prefect_assets(champion: str) -> None:
 
     with get_client(sync_client=True) as client:
         page = client.read_events(EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"])),
-                                  limit=200)
-        upstream = {e.resource.id: {r.id for r in e.related if r.role == "asset"} for e in page.events}
+                                  limit=50)
+        events = list(page.events)
+        while page.next_page is not None:
+            page = client.read_events_page(page.next_page)
+            events += page.events
+        upstream = {e.resource.id: {r.id for r in e.related if r.role == "asset"} for e in events}
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["results-mergeline-tiny"])))
     key = "mergeline://mergeline-tiny/data/work/"
     for task, mode in TASK_MODES:
