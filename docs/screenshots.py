@@ -76,8 +76,10 @@ def main() -> int:
         subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
                           "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        # The UI asks the API at PREFECT_UI_API_URL, which otherwise names port 4200 whatever --port says.
         subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                         env={**env, "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
     try:
         mlflow_url, prefect_url = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{prefect_port}"

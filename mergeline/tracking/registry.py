@@ -50,7 +50,7 @@ from mergeline.tracking.lineage_objects import (
     KIND_TAG, SHA256_TAG, UPSTREAM_TAG, LineageObjects, link_models, log_model_metrics, model_name,
     record_lineage_objects,
 )
-from mergeline.tracking.mlflow_setup import current_experiment_id, param_strings
+from mergeline.tracking.mlflow_setup import NOTE_TAG, current_experiment_id, param_strings
 from mergeline.tracking.mlmodel import write_mlmodel
 
 LINEAGE_FILE = "lineage.json"
@@ -105,12 +105,12 @@ def _start_run(client: MlflowClient, name: str, lineage: Lineage) -> str:
 
 
 def _log_merged_model(client: MlflowClient, run_id: str, experiment_id: str, model_dir: Path, lineage: Lineage,
-                      upstream: LineageObjects) -> str:
+                      upstream: LineageObjects, description: str) -> str:
     """The files as a logged model of ``run_id`` (READY only once they landed intact); returns its id."""
     model = mlflow.initialize_logged_model(
         name=model_name(merged_label(lineage)), source_run_id=run_id, model_type="merged", experiment_id=experiment_id,
         params=param_strings(merged_params(lineage)),
-        tags={KIND_TAG: "merged", SHA256_TAG: weights_digest(lineage.weights),
+        tags={KIND_TAG: "merged", SHA256_TAG: weights_digest(lineage.weights), NOTE_TAG: description,
               UPSTREAM_TAG: ",".join(upstream.vectors.values()) or "-"})
     try:
         client.log_model_artifacts(model.model_id, str(model_dir))
@@ -171,11 +171,12 @@ def register_merged_model(
     try:
         experiment_id = client.get_run(run).info.experiment_id
         upstream = record_lineage_objects(client, lineage, run, experiment_id, Path(work_dir or Path.cwd()))
-        model_id = _log_merged_model(client, run, experiment_id, model_dir, lineage, upstream)
+        description = version_description(lineage, name)
+        model_id = _log_merged_model(client, run, experiment_id, model_dir, lineage, upstream, description)
         _describe_registered_model(client, name, lineage)
         tags = registry_tags(lineage) | ({WORK_DIR_TAG: str(Path(work_dir).resolve())} if work_dir else {})
         version = client.create_model_version(name, f"models:/{model_id}", run_id=run, tags=tags, model_id=model_id,
-                                              description=version_description(lineage, name)).version
+                                              description=description).version
         try:
             for alias in aliases:
                 client.set_registered_model_alias(name, alias, version)
