@@ -199,7 +199,7 @@ def write_dataset(root: Path, data_dir: str, name: str, splits: dict[str, list[d
     same = folder.is_dir() and all((folder / f"{s}.jsonl").is_file() and (folder / f"{s}.jsonl").read_bytes() == b
                                    for s, b in blobs.items())
     if not same:
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, kind="dataset") as tmp:
             for split, blob in blobs.items():
                 (tmp / f"{split}.jsonl").write_bytes(blob)
             (tmp / "meta.json").write_text(json.dumps({"task": name, "counts": {s: len(r) for s, r in splits.items()}}))

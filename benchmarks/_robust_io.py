@@ -53,14 +53,51 @@ def _link(folder: Path, models: dict[str, Path]) -> Path:
 
 
 def _overwrite_case(folder: Path) -> str:
-    """A previous mergeline output, --overwrite: replaced by the new merge, old files gone."""
+    """A previous mergeline output, --overwrite: replaced by the new merge, its old files gone (the
+    previous merge wrote several shards, the new one writes one file)."""
     models = zoo(folder)
-    out = _previous_output(folder, models)
-    (out / "stale.txt").write_text("from before")
+    out = folder / "merged"
+    code, _, err = cli(["merge", str(config(folder / "first.yaml", models)), "--out", str(out), "--shard-size", "1KB",
+                        "--quiet"])
+    assert code == 0 and len(list(out.glob("*.safetensors"))) > 1, err
     cfg = config(folder / "merge.yaml", models, parameters={"lambda": 0.25})
     code, _, err = cli(["merge", str(cfg), "--out", str(out), "--overwrite", "--quiet"])
-    replaced = "replaced" if not (out / "stale.txt").exists() and "0.25" in (out / "merge.yaml").read_text() else "not replaced"
-    return f"{outcome(code, err)}, {replaced}, {temps_left(folder)}"
+    new = [p.name for p in out.glob("*.safetensors")] == ["model.safetensors"] and "0.25" in (out / "merge.yaml").read_text()
+    return f"{outcome(code, err)}, {'replaced' if new else 'not replaced'}, {temps_left(folder)}"
+
+
+def _lookalike(folder: Path, _: dict[str, Path]) -> Path:
+    """A user's folder holding files named as mergeline's outputs name theirs, and their own work."""
+    user = _user_folder(folder, {})
+    for name in ("meta.json", "train.jsonl", "finetune.json", "task_vector.json", "merge_report.json",
+                 ".mergeline_import.json"):
+        (user / name).write_text("{}\n")
+    return user
+
+
+def _added_to_output(folder: Path, models: dict[str, Path]) -> Path:
+    out = _previous_output(folder, models)
+    (out / "notes.txt").write_text("the user's notes, kept beside the model")
+    return out
+
+
+def _vector(folder: Path, models: dict[str, Path]) -> Path:
+    """``work/vectors/a``: a task vector as the pipeline writes it (the work folder never run in)."""
+    from mergeline.finetune.checkpoint import extract_task_vector
+
+    work = folder / "project" / "work"
+    extract_task_vector(models["base"], models["a"], work / "vectors" / "a")
+    return work / "vectors" / "a"
+
+
+def _in_work_folder(folder: Path, models: dict[str, Path]) -> Path:
+    """A new folder in a work folder that a run has used (and so marked)."""
+    from mergeline.runlock import RunLock
+
+    work = _vector(folder, models).parent.parent
+    with RunLock(folder / "project", "mergeline run", work):
+        pass
+    return work / "mine"
 
 
 def _disk_full(folder: Path) -> str:
@@ -113,14 +150,18 @@ def _stage_output(previous: bool) -> Callable[[Path], str]:
     stage's own previous output."""
     def check(folder: Path) -> str:
         from mergeline.errors import MergelineError
-        from mergeline.io.atomic import MARKER, MARKER_TEXT, atomic_dir
+        from mergeline.io.atomic import atomic_dir
+        from mergeline.io.outputs import MARKER
 
-        target = _user_folder(folder, {})
         if previous:
-            (target / MARKER).write_text(MARKER_TEXT)
+            target = folder / "vector"
+            with atomic_dir(target, kind="task-vector") as tmp:
+                (tmp / "old.txt").write_text("previous output")
+        else:
+            target = _user_folder(folder, {})
         before = snapshot(target)
         try:
-            with atomic_dir(target) as tmp:
+            with atomic_dir(target, kind="task-vector") as tmp:
                 (tmp / "new.txt").write_text("new output")
             seen = "replaced" if sorted(p.name for p in target.iterdir()) == [MARKER, "new.txt"] else "mixed"
         except MergelineError:
@@ -169,6 +210,16 @@ CASES: list[Case] = [
               lambda f, m: Path("/sys") / f"mergeline-{os.getpid()}"),
     _out_case("--out needs missing parent folders", "exit 0, intact, no temp left", lambda f, m: f / "new" / "deep" / "out"),
     Case("merge", "--out is a previous mergeline output, --overwrite", "exit 0, replaced, no temp left", _overwrite_case),
+    _out_case("--out holds mergeline's file names and the user's, --overwrite", REFUSED, _lookalike,
+              watch=lambda f, m: f / "mine", overwrite=True),
+    _out_case("--out is a previous output the user added a file to, --overwrite", REFUSED, _added_to_output,
+              watch=lambda f, m: f / "merged", overwrite=True),
+    _out_case("--out is inside a task vector folder", REFUSED, lambda f, m: _vector(f, m) / "merged",
+              watch=lambda f, m: f / "project" / "work"),
+    _out_case("--out is a task vector folder of a work folder, --overwrite", REFUSED, _vector,
+              watch=lambda f, m: f / "project" / "work", overwrite=True),
+    _out_case("--out is a new folder inside a work folder", REFUSED, _in_work_folder,
+              watch=lambda f, m: f / "project" / "work"),
     Case("stage", "a stage output lands on a user's folder", "refused, intact, no temp left", _stage_output(False)),
     Case("stage", "a stage output replaces its previous output", "replaced, no temp left", _stage_output(True)),
     Case("merge", "disk full in the middle of writing", "exit 1, one line, no output, no temp left", _disk_full),

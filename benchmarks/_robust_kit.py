@@ -163,9 +163,11 @@ def intact(before: dict[str, bytes], folder: Path) -> str:
 
 
 def temps_left(folder: Path) -> str:
-    """``no temp left`` unless a mergeline temporary (``.NAME.tmp-…``, ``.NAME.old-…``) is under ``folder``."""
-    leftovers = [p for p in folder.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name or
-                 p.name.startswith(".reproduce-inputs-")]
+    """``no temp left`` unless a mergeline temporary (``.NAME.mergeline-tmp-…``, ``.NAME.mergeline-old-…``,
+    or as earlier versions named them ``.NAME.tmp-…``, ``.NAME.old-…``, ``.reproduce-inputs-…``) is under
+    ``folder``."""
+    leftovers = [p for p in folder.rglob(".*") if any(part in p.name for part in (".tmp-", ".old-", "-tmp-", "-old-"))
+                 or p.name.startswith(".reproduce-inputs-")]
     return "no temp left" if not leftovers else f"temp left ({leftovers[0].name})"
 
 

@@ -158,7 +158,7 @@ def import_base_model(spec: str, out_dir: str | os.PathLike[str], dtype: str = "
             f"{type(exc).__name__}: {first_line}"
         ) from exc
     num_params = sum(p.numel() for p in model.parameters())
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="base") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         meta = {

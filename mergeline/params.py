@@ -40,6 +40,12 @@ def vector_mode(method: str) -> str:
     return VECTOR_MODES.get(method, "full")
 
 
+# Bounds that keep a params file's cost proportionate: each task is fine-tuned and merged, each
+# variant merged and evaluated, and a params file of a few hundred lines is far below the node bound.
+MAX_TASKS = 64
+MAX_VARIANTS = 10_000
+PARAMS_YAML_NODES = 20_000
+
 # NaN/Inf are refused in every float field (weight_decay: .inf would pass ``ge=0``).
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 Seed = Annotated[int, Field(ge=0, lt=2**63, description="a seed: non-negative, below 2**63")]
@@ -218,12 +224,25 @@ class ExperimentParams(_Strict):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     registry: RegisterParams = Field(default_factory=RegisterParams)
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _few_tasks(cls, tasks: Any) -> Any:
+        # Before the items are validated: a million entries are refused by their count alone.
+        if isinstance(tasks, list) and len(tasks) > MAX_TASKS:
+            raise ValueError(f"{len(tasks)} tasks; at most {MAX_TASKS} (each is fine-tuned and merged)")
+        return tasks
+
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentParams":
         if (problem := experiment_name_problem(self.experiment)) is not None:
             raise ValueError(f"experiment: {problem}")
         if len(self.tasks) < 1:
             raise ValueError("tasks: needs at least one task")
+        if not self.merge.methods:
+            raise ValueError("merge.methods: needs at least one method")
+        if (count := self.variant_count()) > MAX_VARIANTS:
+            raise ValueError(f"merge.methods: the sweep has {count} variants; at most {MAX_VARIANTS} "
+                             "(each is merged and evaluated)")
         names = self.task_names
         if len(set(names)) != len(names):
             raise ValueError("tasks: duplicate task names")
@@ -244,6 +263,19 @@ class ExperimentParams(_Strict):
     def task_names(self) -> list[str]:
         return [entry.name for entry in self.task_entries]
 
+    def sweep_grid(self, method: str) -> tuple[list[float], list[float | None]]:
+        """The λ and density values ``method`` sweeps (every pair is a variant)."""
+        sweep = self.merge.methods[method]
+        if method == "metagpt":
+            lambdas = [1.0]  # closed-form coefficients; an extra λ would be an ablation, not MetaGPT
+        else:
+            lambdas = [self.merge.lambda_] if self.merge.lambda_ is not None else sweep.lambdas
+        return lambdas, list(sweep.densities or [None])
+
+    def variant_count(self) -> int:
+        """How many variants the merge sweep expands to, without expanding it."""
+        return sum(len(lambdas) * len(densities) for lambdas, densities in map(self.sweep_grid, self.merge.methods))
+
     def task_entry(self, name: str) -> TaskEntry:
         return next(entry for entry in self.task_entries if entry.name == name)
 
@@ -256,7 +288,7 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise MergelineError(f"--set {assignment!r}: expected key=value")
     key, raw = assignment.split("=", 1)
-    value = load_yaml_text(raw, f"--set {assignment}") if raw else None
+    value = load_yaml_text(raw, f"--set {assignment}", PARAMS_YAML_NODES) if raw else None
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -278,7 +310,9 @@ def _format_error(source: str, error: ValidationError) -> str:
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentParams:
     """Read a params YAML (default ``params/default.yaml``), apply ``key=value`` overrides, validate."""
     path = Path(path or "params/default.yaml")
-    tree = load_yaml_file(path, "params file") or {}
+    tree = load_yaml_file(path, "params file", PARAMS_YAML_NODES)
+    if tree is None:  # an empty file, or comments only
+        raise MergelineError(f"{path}: params file is empty; expected experiment params (see params/default.yaml)")
     if not isinstance(tree, dict):
         raise MergelineError(f"{path}: expected a mapping at the top level")
     for assignment in overrides or []:

@@ -1,6 +1,6 @@
 """``mergeline run [--params FILE] [--set key=value ...]``: the whole pipeline, then the results table.
 
-One run per work folder (a second one exits 2 naming the first); Ctrl-C/SIGTERM stop it within
+One run per project folder and per work folder (a second one exits 2 naming the first); Ctrl-C/SIGTERM stop it within
 seconds, leaving no process and no RUNNING MLflow run: ``mergeline/commands/_supervise.py``.
 """
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         from mergeline.stages.common import resolve_device
 
         resolve_device(params.device)  # --device cuda without a GPU: exit 2 before Prefect starts
-        return supervise(args.argv, root)
+        return supervise(args.argv, root, root / params.work_dir)
     become_worker()
     configure_pipeline_env(root)
     from flows.deployments import pool_from_env

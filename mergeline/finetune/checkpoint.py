@@ -113,7 +113,7 @@ def finetune_checkpoint(
         )
     meta.update(finetune(model, tokenizer, records, cfg, mask=mask, log=log, progress=progress))
     t0 = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="checkpoint") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if mask is not None:
@@ -150,7 +150,7 @@ def extract_task_vector(
         def delta(name: str) -> torch.Tensor:
             return tuned.get(name).float() - base.get(name).float()
 
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, kind="task-vector") as tmp:
             write_streaming(tmp / TASK_VECTOR_FILE, specs, delta)
             info = {
                 "kind": "task_vector",

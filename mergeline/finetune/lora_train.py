@@ -67,7 +67,7 @@ def finetune_lora_checkpoint(
     meta: dict[str, Any] = {"base_dir": str(base_dir), "train_jsonl": str(train_jsonl), "train_records": len(records),
                             "finetune": cfg.model_dump(), "lora": lora.model_dump()}
     meta.update(finetune(peft_model, tokenizer, records, cfg, mask=mask, log=log, progress=progress))
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="checkpoint") as tmp:
         peft_model.save_pretrained(str(tmp / ADAPTER_DIR))
         # The folded copy is for evaluation; the task vector comes from the adapter.
         peft_model.merge_and_unload().save_pretrained(str(tmp))

@@ -350,13 +350,15 @@ def run_merge(
     """Merge per ``config`` into the model folder ``out_dir`` (HF layout + merge.yaml + merge_report.json).
 
     ``out_dir`` must not be, be inside or hold an input, and an existing non-empty ``out_dir`` is
-    replaced only when ``overwrite`` and it is a previous mergeline output (``check_output_dir``).
+    replaced only when ``overwrite`` and it is a previous merge output holding only what mergeline
+    wrote there (``check_output_dir``). A place inside a work folder is allowed here (the pipeline's
+    merge stage writes there); the ``merge`` and ``reproduce`` commands refuse it before calling this.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     config = with_base_input(config)
     check_config(config)
-    check_output_dir(out_dir, input_paths(config), overwrite=overwrite, flag=None)
+    check_output_dir(out_dir, input_paths(config), kind="merge", overwrite=overwrite, flag=None, work_folder_ok=True)
     engine = _Engine(config, resolve_device(device), progress)
     with engine.stack:
         items = engine.plan()
@@ -377,7 +379,7 @@ def run_merge(
         engine.stack.enter_context(rng)
         torch.manual_seed(config.seed)
         engine.statistics(method, items)
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        with atomic_dir(out_dir, kind="merge", overwrite=overwrite) as tmp:
             writer = ShardedWriter(tmp, [it.out for it in items], max_shard_bytes)
             try:
                 engine.write_all(method, items, writer)

@@ -28,7 +28,7 @@ def compute_importance(
         scores = sta_importance(ctx.root / checkpoint["path"], ctx.root / base["path"],
                                 ctx.root / data["tasks"][task]["validation"]["path"], cfg, device=ctx.device,
                                 log=ctx.log, progress=ctx.progress)
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, kind="importance") as tmp:
             save_importance(scores, tmp / "sta.safetensors")
             stats = importance_stats(scores)
             write_json(tmp / "stats.json", stats)

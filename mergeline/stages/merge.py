@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from mergeline.io.outputs import replace_problem
 from mergeline.params import PIPELINE_METHODS, vector_mode
 from mergeline.stages.common import StageContext, rel, timed, write_json
 
@@ -16,11 +17,7 @@ def plan_variants(ctx: StageContext) -> list[dict[str, Any]]:
     """Every (method, λ, density) point to merge; ``merge.lambda`` pins λ for all methods."""
     variants = []
     for method, sweep in ctx.params.merge.methods.items():
-        lambdas = [ctx.params.merge.lambda_] if ctx.params.merge.lambda_ is not None else sweep.lambdas
-        if method == "metagpt":
-            lambdas = [1.0]  # closed-form coefficients; an extra λ would be an ablation, not MetaGPT
-        densities = sweep.densities or [None]
-        for lam, density in itertools.product(lambdas, densities):
+        for lam, density in itertools.product(*ctx.params.sweep_grid(method)):
             name = f"{_SHORT[method]}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
             variants.append({"name": name, "method": method, "lambda": lam, "density": density,
                              "options": sweep.options})
@@ -92,7 +89,10 @@ def write_merge_index(ctx: StageContext, merged: dict[str, dict[str, Any]]) -> d
 
 
 def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: list[str]) -> list[str]:
-    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all)."""
+    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all).
+
+    Only a folder that is still the merge mergeline wrote is deleted (``replace_problem``, as for any
+    replace); one holding anything else is kept, with a line saying why."""
     import shutil
 
     if ctx.params.registry.keep_merged == "all":
@@ -101,6 +101,10 @@ def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: lis
     for name, rec in sorted(merged.items()):
         folder = ctx.root / rec["path"]
         if name not in keep and folder.is_dir():
+            problem = replace_problem(folder, "merge", overwrite=True)
+            if problem is not None:
+                ctx.say(f"merge: not pruning {name}: {problem}")
+                continue
             shutil.rmtree(folder)
             pruned.append(name)
     if pruned:

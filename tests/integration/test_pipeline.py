@@ -35,18 +35,24 @@ def tiny_base() -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_project(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def finished_project(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     root = make_project(tmp_path_factory.mktemp("pipeline") / "project", tiny_base)
     result = run_cli(root, "run", "--params", "params.yaml")
     assert result.returncode == 0, result.stderr[-4000:]
-    return root, result.stdout
+    return root, result.stdout, result.stderr
 
 
-def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, str]) -> None:
+def _errors(stderr: str) -> list[str]:
+    """Lines of a successful run's stderr that a user would read as a failure."""
+    return [line for line in stderr.splitlines() if "Traceback" in line or "ERROR" in line]
+
+
+def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, str, str]) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    root, stdout = finished_project
+    root, stdout, stderr = finished_project
+    assert _errors(stderr) == [], stderr[-4000:]
     assert "| model |" in stdout and "champion" in stdout, stdout[-2000:]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     version = MlflowClient().get_model_version_by_alias("mergeline-tiny", "champion")
@@ -61,12 +67,12 @@ def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, 
     assert all(0.0 <= row[f"acc/{t}"] <= 1.0 for t in ("news", "sentiment"))
 
 
-def test_champion_loads_with_mlflow_and_the_parent_run_shows_its_lineage(finished_project: tuple[Path, str]) -> None:
+def test_champion_loads_with_mlflow_and_the_parent_run_shows_its_lineage(finished_project: tuple[Path, str, str]) -> None:
     """README's one call loads the champion; the MLflow UI's run page has the description, datasets and models."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    root, _ = finished_project
+    root, _, _ = finished_project
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     generator = mlflow.transformers.load_model("models:/mergeline-tiny@champion")
     assert generator("Review: good\nSentiment:", max_new_tokens=2, do_sample=False)[0]["generated_text"]
@@ -82,8 +88,8 @@ def test_champion_loads_with_mlflow_and_the_parent_run_shows_its_lineage(finishe
     assert kinds == {"base", "fine-tuned", "task-vector", "merged"}
 
 
-def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[Path, str]) -> None:
-    root, _ = finished_project
+def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[Path, str, str]) -> None:
+    root, _, _ = finished_project
     ok = run_cli(root, "lineage", "mergeline-tiny@champion", "--verify")
     assert ok.returncode == 0, ok.stderr
     # the champion's own first task vector (a TaLoS champion names the news-talos vector, not news)
@@ -104,8 +110,8 @@ def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[P
     assert mermaid.returncode == 0 and mermaid.stdout.lstrip().startswith("graph")
 
 
-def test_unchanged_rerun_recomputes_nothing(finished_project: tuple[Path, str]) -> None:
-    root, _ = finished_project
+def test_unchanged_rerun_recomputes_nothing(finished_project: tuple[Path, str, str]) -> None:
+    root, _, _ = finished_project
     before = {name: finished_runs(root, name) for name in ("fine-tune:news-full", "merge:ta_l0.5",
                                                            "evaluate:base-validation")}
     checkpoint = root / "data/work/checkpoints/news/model.safetensors"
@@ -116,6 +122,9 @@ def test_unchanged_rerun_recomputes_nothing(finished_project: tuple[Path, str]) 
     assert after == before, "a stage ran again on an unchanged experiment"
     assert checkpoint.stat().st_mtime_ns == mtime
     assert "already registered" in result.stdout
+    # Every task is a cache hit: the run is over in seconds, while Prefect's temporary server is still
+    # recording the task runs when it is stopped. A success prints no error and no traceback.
+    assert _errors(result.stderr) == [], result.stderr[-4000:]
 
 
 def test_killed_run_resumes_from_last_finished_stage(tiny_base: Path, tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ SUBSET = {
         "--out . (the folder holding config and models)",
         "--out is a symlink to the base model",
         "--out is a previous mergeline output, --overwrite",
+        "--out holds mergeline's file names and the user's, --overwrite",
+        "--out is inside a task vector folder",
         "disk full in the middle of writing",
         "Ctrl-C in the middle of writing (library)",
         "error on a tensor after others were written",

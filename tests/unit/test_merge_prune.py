@@ -52,3 +52,13 @@ def test_keep_all_prunes_nothing_and_changed_inputs_are_caught(merged: tuple[Sta
     finetune(ctx.work / "base", ctx.work / "checkpoints/t0", seed=7)  # an input changed under the record
     with pytest.raises(RuntimeError, match="rebuilt weights differ"):
         ensure_merged(ctx, records["ta_l1"])
+
+
+def test_a_variant_folder_holding_a_users_file_is_not_pruned(merged: tuple[StageContext, dict]) -> None:
+    ctx, records = merged
+    said: list[str] = []
+    ctx.progress = said.append
+    (ctx.work / "merged/ta_l1/notes.txt").write_text("the user's")
+    assert prune_merged(ctx, records, keep=[]) == ["ta_l0.5"]
+    assert (ctx.work / "merged/ta_l1/notes.txt").is_file() and (ctx.work / "merged/ta_l1/model.safetensors").is_file()
+    assert any("not pruning ta_l1: " in line and "holds notes.txt, which mergeline did not write" in line for line in said)
