@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir, atomic_file
 from mergeline.io.hashing import file_hashes, sha256_file
+from mergeline.io.outputs import KIND_NAMES, MARKER
 
 FILES = "transfer/files"
 MANIFESTS = "transfer/manifests"
@@ -81,12 +82,27 @@ def _manifest(local: Path) -> dict[str, str]:
     return {SINGLE_FILE: sha256_file(local)} if local.is_file() else file_hashes(local)
 
 
-def _shared_manifest(client: MlflowClient, run_id: str, rel: str, scratch: Path) -> dict[str, str] | None:
+def _kind(local: Path) -> str | None:
+    """The output kind a folder's marker names (it is written again on arrival, for the files that came)."""
+    if local.is_file():
+        return None
+    try:
+        kind = json.loads((local / MARKER).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind not in KIND_NAMES:
+        raise MergelineError(f"{local}: not a mergeline output folder (no {MARKER} naming its kind); not shared")
+    return str(kind)
+
+
+def _shared_manifest(client: MlflowClient, run_id: str, rel: str, scratch: Path) -> tuple[dict[str, str], Any] | None:
+    """(sha256 per file, output kind) of what was shared as ``rel``, or None when nothing was."""
     try:
         path = client.download_artifacts(run_id, f"{MANIFESTS}/{rel}.json", str(scratch))
     except (MlflowException, OSError):
         return None
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    listing = json.loads(Path(path).read_text(encoding="utf-8"))
+    return listing["files"], listing["kind"]
 
 
 def share_files(run_id: str, root: Path, paths: Iterable[str]) -> list[str]:
@@ -97,8 +113,8 @@ def share_files(run_id: str, root: Path, paths: Iterable[str]) -> list[str]:
         for rel, local in _each(root, paths):
             if not local.exists():
                 raise MergelineError(f"{local}: a stage file to share with the pool's workers is missing")
-            manifest = _manifest(local)
-            if _shared_manifest(client, run_id, rel, Path(tmp)) == manifest:
+            manifest, kind = _manifest(local), _kind(local)
+            if _shared_manifest(client, run_id, rel, Path(tmp)) == (manifest, kind):
                 continue
             parent = f"{FILES}/{Path(rel).parent.as_posix()}".rstrip("/.")
             if local.is_file():
@@ -107,7 +123,7 @@ def share_files(run_id: str, root: Path, paths: Iterable[str]) -> list[str]:
                 client.log_artifacts(run_id, str(local), f"{FILES}/{rel}")
             listing = Path(tmp) / "manifest" / f"{Path(rel).name}.json"
             listing.parent.mkdir(parents=True, exist_ok=True)
-            listing.write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
+            listing.write_text(json.dumps({"files": manifest, "kind": kind}, sort_keys=True), encoding="utf-8")
             # The manifest goes last: a reader that finds it finds every file it lists.
             client.log_artifact(run_id, str(listing), f"{MANIFESTS}/{Path(rel).parent.as_posix()}".rstrip("/."))
             sent.append(rel)
@@ -130,11 +146,12 @@ def fetch_files(run_id: str, root: Path, paths: Iterable[str]) -> list[str]:
     fetched = []
     with tempfile.TemporaryDirectory(prefix="mergeline-transfer-") as tmp:
         for rel, local in _each(root, paths):
-            manifest = _shared_manifest(client, run_id, rel, Path(tmp))
-            if manifest is None:
+            shared = _shared_manifest(client, run_id, rel, Path(tmp))
+            if shared is None:
                 if local.exists():
                     continue
                 raise MergelineError(f"{rel}: not in the project folder and not shared through MLflow run {run_id}")
+            manifest, kind = shared
             if local.exists() and _manifest(local) == manifest:
                 continue
             download = Path(client.download_artifacts(run_id, f"{FILES}/{rel}", str(Path(tmp) / "files")))
@@ -143,8 +160,8 @@ def fetch_files(run_id: str, root: Path, paths: Iterable[str]) -> list[str]:
                 with atomic_file(local, "wb") as handle, open(download, "rb") as source:
                     shutil.copyfileobj(source, handle)
             else:
-                with atomic_dir(local) as out:
-                    shutil.copytree(download, out, dirs_exist_ok=True)
+                with atomic_dir(local, kind=kind) as out:
+                    shutil.copytree(download, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
             fetched.append(rel)
     return fetched
 

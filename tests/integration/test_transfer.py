@@ -9,7 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mergeline.errors import MergelineError
+from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import file_hashes
+from mergeline.io.outputs import MARKER
 from mergeline.tracking.transfer import (
     FILES, fetch_files, fetch_record, file_refs, is_server, share_files, share_record,
 )
@@ -24,9 +26,11 @@ def run_id(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def _project(root: Path) -> None:
-    (root / "data/work/checkpoints/news/sub").mkdir(parents=True)
-    (root / "data/work/checkpoints/news/model.safetensors").write_bytes(b"weights" * 100)
-    (root / "data/work/checkpoints/news/sub/config.json").write_text('{"a": 1}')
+    (root / "data/work/checkpoints").mkdir(parents=True)
+    with atomic_dir(root / "data/work/checkpoints/news", kind="checkpoint") as out:
+        (out / "sub").mkdir()
+        (out / "model.safetensors").write_bytes(b"weights" * 100)
+        (out / "sub/config.json").write_text('{"a": 1}')
     (root / "data/tasks/news").mkdir(parents=True)
     (root / "data/tasks/news/train.jsonl").write_text('{"x": 1}\n')
 
@@ -39,6 +43,8 @@ def test_files_travel_between_folders_checked_and_only_once(run_id: str, tmp_pat
     assert share_files(run_id, sender, paths) == []  # same content: nothing sent again
     assert fetch_files(run_id, receiver, paths) == paths
     assert file_hashes(receiver / "data/work/checkpoints/news") == file_hashes(sender / "data/work/checkpoints/news")
+    # It arrives as an output of the same kind, marked for the files that came (a later stage may replace it).
+    assert json.loads((receiver / "data/work/checkpoints/news" / MARKER).read_text())["kind"] == "checkpoint"
     assert (receiver / "data/tasks/news/train.jsonl").read_text() == '{"x": 1}\n'
     assert fetch_files(run_id, receiver, paths) == []  # already here with that content
     # A changed local copy is replaced by what was shared; a changed share is sent again.
@@ -66,6 +72,9 @@ def test_unshared_paths_and_paths_outside_the_project_are_refused(run_id: str, t
         fetch_files(run_id, tmp_path, ["../etc"])
     with pytest.raises(MergelineError, match="missing"):
         share_files(run_id, tmp_path, ["data/absent"])
+    (tmp_path / "data/plain").mkdir(parents=True)
+    with pytest.raises(MergelineError, match="data/plain: not a mergeline output folder"):
+        share_files(run_id, tmp_path, ["data/plain"])
 
 
 def test_records_and_the_file_references_in_them(run_id: str) -> None:
