@@ -77,11 +77,12 @@ def _check_output_roots(params: ExperimentParams, root: Path) -> None:
 def _check_method_options(params: ExperimentParams) -> None:
     """A sweep's ``options`` become merge parameters: an unknown one fails now, not at the merge stage."""
     from mergeline.merge.config import check_parameter_keys
-    from mergeline.methods import get_method
-    from mergeline.params import PIPELINE_METHODS
+    from mergeline.methods import pipeline_method
 
     for name, sweep in params.merge.methods.items():
-        check_parameter_keys(get_method(PIPELINE_METHODS[name]), sweep.options, f"merge.methods.{name}.options")
+        method = pipeline_method(name)[0]
+        check_parameter_keys(method, sweep.options, f"merge.methods.{name}.options")
+        check_parameter_keys(method, sweep.grid, f"merge.methods.{name}.grid")
 
 
 def _check_declared_tasks(params: ExperimentParams, root: Path) -> None:

@@ -46,13 +46,15 @@ def is_server(tracking_uri: str) -> bool:
 
 
 def file_refs(record: Any, also: tuple[str, ...] = ()) -> list[str]:
-    """Every ``path`` of a ``{"path": str, "sha256": str}`` pair anywhere in a JSON-like record, once
+    """Every ``path`` of a ``{"path": str, "sha256": str}`` (or ``"weights"``) pair in a JSON-like record, once
     each; with ``also``, the string values of those keys too (a merge config's ``base_model``, ``model``)."""
     found: dict[str, None] = {}
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if isinstance(node.get("path"), str) and isinstance(node.get("sha256"), str):
+            # a file or folder by content: its sha256, or (a merged model) its weight files' sha256
+            if isinstance(node.get("path"), str) and (isinstance(node.get("sha256"), str)
+                                                      or isinstance(node.get("weights"), dict)):
                 found[node["path"]] = None
             found.update(dict.fromkeys(v for k, v in node.items() if k in also and isinstance(v, str)))
             for value in node.values():

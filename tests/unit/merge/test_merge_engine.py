@@ -299,7 +299,7 @@ def test_row_blocks_give_the_same_result(tmp_path: Path, monkeypatch) -> None:
                   out_dtype="bfloat16")
     run_merge(cfg, tmp_path / "whole")
     blocks: list[int] = []
-    original = merge._Engine._merge_block
+    original = merge.Engine._merge_block
 
     def recording(self, method, item, spans, b, out):
         blocks.append(spans[b] is not None)
@@ -307,7 +307,7 @@ def test_row_blocks_give_the_same_result(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(merge, "BLOCK_ELEMENTS", 20)
     monkeypatch.setattr(merge, "CHUNK_ELEMENTS", 50)
-    monkeypatch.setattr(merge._Engine, "_merge_block", recording)
+    monkeypatch.setattr(merge.Engine, "_merge_block", recording)
     result = run_merge(cfg, tmp_path / "blocks")
     assert sum(blocks) > 20 and result.report["tensors"]["tied"]
     whole, chunked = load_tensors(tmp_path / "whole"), load_tensors(tmp_path / "blocks")
