@@ -6,7 +6,7 @@ artifact store; the two GPU-worker lines start CPU workers (GPU=0, 1), each in a
 its own with its own Prefect home and result folder, knowing the servers only by URL; the run
 section fans the tiny experiment's four fine-tunes out to them from the project's checkout; the
 check section verifies and rebuilds the champion in a fresh clone of the project. Asserts: both
-workers ran fine-tunes, one at a time each, in their own folders; their checkpoints reached the
+workers ran fine-tunes (and evaluations of merged variants) in their own folders; their checkpoints reached the
 project through MLflow, checked; the champion is in the PostgreSQL-backed registry with its files
 in the proxied store; verify and reproduce pass in the clone; every process started is gone.
 """
@@ -108,18 +108,19 @@ def _check_pool_and_store(env: dict[str, str], machines: dict[str, Path], projec
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    # Each worker ran fine-tunes, one at a time, in its own folder; together all four.
+    # Each worker ran fine-tunes in its own folder, together all four; the variants' evaluations ran there too.
     ran = {gpu: re.findall(r"Flow run '([^']+)' submitted to infrastructure",
                            (logs / f"w{gpu}-0.log").read_text(errors="replace")) for gpu in WORKERS}
-    assert all(ran.values()), ran
-    assert sorted(ran["0"] + ran["1"]) == sorted(f"fine-tune-{t}" + ("" if m == "full" else f"-{m}")
-                                                 for t, m in TASK_MODES)
+    finetunes = {gpu: [n.removeprefix("fine-tune-") for n in ran[gpu] if n.startswith("fine-tune-")] for gpu in WORKERS}
+    assert all(finetunes.values()), ran
+    assert sorted(finetunes["0"] + finetunes["1"]) == sorted(f"{t}-{m}" for t, m in TASK_MODES)
+    assert any(n.startswith("evaluate-") for names in ran.values() for n in names), ran
     for gpu in WORKERS:
         own = machines[f"worker{gpu}"]
         made = sorted(p.name for p in (own / "data/work/checkpoints").iterdir())
-        assert made == sorted(name.removeprefix("fine-tune-") for name in ran[gpu]), (gpu, made)
+        assert made == sorted(label.removesuffix("-full") for label in finetunes[gpu]), (gpu, made)
         assert (own / "data/work/base/config.json").is_file()  # fetched from the run's artifacts
-        assert not (own / "mlflow.db").exists() and not (own / "data/work/merged").exists()
+        assert not (own / "mlflow.db").exists()
         for name in made:  # the project holds the same bytes, brought back through MLflow
             assert file_hashes(own / "data/work/checkpoints" / name) == file_hashes(
                 project / "data/work/checkpoints" / name)
@@ -133,7 +134,7 @@ def _check_pool_and_store(env: dict[str, str], machines: dict[str, Path], projec
     assert len(stored) == 1
     parent = client.get_run(client.get_run(version.run_id).data.tags["mlflow.parentRunId"])
     records = [a.path for a in client.list_artifacts(parent.info.run_id, "transfer/records")]
-    assert len(records) == len(TASK_MODES)
+    assert len(records) == sum(len(names) for names in ran.values())  # one per pooled call
     finetunes = client.search_runs([parent.info.experiment_id],
                                    f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`mergeline.stage` = 'fine-tune'")
     assert len(finetunes) == len(TASK_MODES) and all(r.info.status == "FINISHED" for r in finetunes)
