@@ -78,7 +78,7 @@ class Seed:
 
     def train(self, name: str, start: str, tasks: list[str], lrs: list[float], steps: int, masks=None) -> dict[str, Any]:
         """Fine-tune ``start`` on ``tasks`` at each lr; keep the best on validation (own tasks' mean)."""
-        best, tried = None, {}
+        best, tried, start_time = None, {}, time.perf_counter()
         for lr in lrs:
             self.model.load_state_dict(self.states[start])
             E.finetune(self.model, [(self.heads[t], self.data[t]["train"]) for t in tasks], steps=steps,
@@ -90,7 +90,8 @@ class Seed:
         self.states[name] = best[2]
         self.model.load_state_dict(best[2])
         self.save(name, self.model)
-        print(f"seed {self.seed} {name}: lr {best[1]:g}, validation {best[0]:.3f}", flush=True)
+        print(f"seed {self.seed} {name}: lr {best[1]:g}, validation {best[0]:.3f} "
+              f"({len(lrs)} lr in {time.perf_counter() - start_time:.0f} s)", flush=True)
         return {"lr": best[1], "tried": tried}
 
     def delta(self, key: str, method: str, ref: str, models: dict[str, dict[str, Any]], **parameters: Any
@@ -243,9 +244,13 @@ def run_seed(p: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, 
     res["expert_correct"] = {m: {split: s.score(s.states[m], split) for split in ("validation", "test")}
                              for m in res["experts"]}
     experts_val = {t: acc(res["expert_correct"][t]["validation"][t]) for t in s.tasks}
-    res["premises"] = premises(s, masks)
-    res["addition"] = run_addition(s, experts_val)
-    res["negation"] = run_negation(s, res["base"]["validation"])
+    stages = res["stage_seconds"] = {"experts": time.perf_counter() - t0}
+    for stage, work in (("premises", lambda: premises(s, masks)), ("addition", lambda: run_addition(s, experts_val)),
+                        ("negation", lambda: run_negation(s, res["base"]["validation"]))):
+        start = time.perf_counter()
+        res[stage] = work()
+        stages[stage] = time.perf_counter() - start
+        print(f"seed {seed}: {stage} in {stages[stage]:.0f} s", flush=True)
     res["reports"] = {k: v for k, v in s.reports.items() if k.startswith("add LATA")}
     res["seconds"] = time.perf_counter() - t0
     (out / f"seed{seed}.json").write_text(json.dumps(res))
