@@ -175,14 +175,14 @@ def plots(results: list[dict], smol: dict | None, out: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "claims_lambda.png", dpi=110)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     weights = results[0]["addition"].get("lata_weights") or {}
     for name, per_model in weights.items():
         for model, w in (per_model or {}).items():
             layers = sorted(w, key=int)
             ax.plot([int(l) for l in layers], [w[l] for l in layers], marker="o", label=f"{name} / model {model}")
     ax.set(xlabel="layer", ylabel="LATA layer weight", title="LATA layer weights (seed %d)" % results[0]["seed"])
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: it hid lines
     fig.tight_layout()
     fig.savefig(out / "claims_lata_weights.png", dpi=110)
     fig, ax = plt.subplots(figsize=(7, 4))

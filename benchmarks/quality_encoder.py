@@ -41,6 +41,14 @@ from mergeline.importance import loss_along, pairwise_cosines, quadratic_gap, ra
 from mergeline.merge.engine import run_merge  # noqa: E402
 
 
+START = time.perf_counter()
+
+
+def say(message: str) -> None:
+    """One progress line, stamped with the seconds since the process started (where the time goes)."""
+    print(f"[{time.perf_counter() - START:4.0f}s] {message}", flush=True)
+
+
 def acc(bits: str) -> float:
     return bits.count("1") / len(bits)
 
@@ -90,8 +98,8 @@ class Seed:
         self.states[name] = best[2]
         self.model.load_state_dict(best[2])
         self.save(name, self.model)
-        print(f"seed {self.seed} {name}: lr {best[1]:g}, validation {best[0]:.3f} "
-              f"({len(lrs)} lr in {time.perf_counter() - start_time:.0f} s)", flush=True)
+        say(f"seed {self.seed} {name}: lr {best[1]:g}, validation {best[0]:.3f} "
+            f"({len(lrs)} lr in {time.perf_counter() - start_time:.0f} s)")
         return {"lr": best[1], "tried": tried}
 
     def delta(self, key: str, method: str, ref: str, models: dict[str, dict[str, Any]], **parameters: Any
@@ -194,7 +202,7 @@ def run_negation(s: Seed, base_val: dict[str, dict[str, str]]) -> dict[str, Any]
         chosen = {fam: {"variant": n, "lambda": lam, "test": s.score(s.moved(ref, d, lam), "test"),
                         "control_rule_met": not key[0]} for fam, (key, n, lam, d, ref) in best.items()}
         out[task] = {"curves": curves, "chosen": chosen, "others": others}
-        print(f"seed {s.seed} negation {task}: " + ", ".join(f"{f} {acc(c['test'][task]):.3f}" for f, c in chosen.items()), flush=True)
+        say(f"seed {s.seed} negation {task}: " + ", ".join(f"{f} {acc(c['test'][task]):.3f}" for f, c in chosen.items()))
     return out
 
 
@@ -237,6 +245,7 @@ def run_seed(p: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, 
         s.model.load_state_dict(s.states["base"])
         masks[t] = E.talos_mask(s.model, s.heads[t], s.data[t]["validation"], keep=p["talos"]["keep"],
                                 rounds=p["talos"]["rounds"], seed=seed)
+        say(f"seed {seed} talos mask {t}: density {mask_density(masks[t]):.3f}")
         res["experts"][f"talos-{t}"] = s.train(f"talos-{t}", "base", [t], f["lrs"], f["steps"], masks=masks[t])
     res["experts"]["inst"] = s.train("inst", "base", s.tasks, [p["inst"]["lr"]], p["inst"]["steps"])
     for t in s.tasks:
@@ -250,12 +259,12 @@ def run_seed(p: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, 
         start = time.perf_counter()
         res[stage] = work()
         stages[stage] = time.perf_counter() - start
-        print(f"seed {seed}: {stage} in {stages[stage]:.0f} s", flush=True)
+        say(f"seed {seed}: {stage} in {stages[stage]:.0f} s")
     res["reports"] = {k: v for k, v in s.reports.items() if k.startswith("add LATA")}
     res["seconds"] = time.perf_counter() - t0
     (out / f"seed{seed}.json").write_text(json.dumps(res))
     shutil.rmtree(out / f"work{seed}", ignore_errors=True)
-    print(f"seed {seed}: done in {res['seconds']:.0f} s", flush=True)
+    say(f"seed {seed}: done in {res['seconds']:.0f} s")
     return res
 
 
