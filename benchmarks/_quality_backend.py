@@ -140,20 +140,20 @@ class DirectBackend:
 
     # --- steps run here, in the planner's process, once
     def prepare_data(self, params: dict[str, Any], run: Any) -> dict[str, Any]:
-        from mergeline.stages.prepare import prepare_data
+        from _quality_records import call
 
         key = _hash(["prepare_data", {k: params[k] for k in ("data", "tasks", "control", "data_dir")}])
         cached = self.cache / f"{key}.json"
         if cached.is_file() and all((self.root / s["path"]).is_file() for t in json.loads(cached.read_text())["tasks"].values()
                                     for s in t.values()):
             return json.loads(cached.read_text())
-        record = prepare_data(steps.context(params, run))
+        record = call("prepare-data", steps.context(params, run), {})
         write_json(cached, record)
         return record
 
     def import_base(self, params: dict[str, Any], run: Any, shared: Path) -> dict[str, Any]:
         """The base model imported once into ``shared/base`` for every seed (the import is seed-free)."""
-        from mergeline.stages.prepare import import_base
+        from _quality_records import call
 
         key = _hash(["import_base", params["base_model"], str(shared)])
         cached = self.cache / f"{key}.json"
@@ -165,7 +165,7 @@ class DirectBackend:
         from mergeline.stages.common import rel
 
         shared_rel = rel(shared, self.root)
-        record = import_base(steps.context(dict(params, work_dir=shared_rel), run))
+        record = call("import-base", steps.context(dict(params, work_dir=shared_rel), run))
         write_json(cached, record)
         self._learn(record)
         return record

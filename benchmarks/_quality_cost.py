@@ -34,22 +34,18 @@ def _child(spec_file: str) -> None:
     from mergeline.env import configure_offline_defaults
 
     configure_offline_defaults()
-    from mergeline.params import ExperimentParams
+    from _quality_records import call, params_of
     from mergeline.stages.common import StageContext
 
     spec = json.loads(Path(spec_file).read_text())
     params = dict(spec["params"], work_dir=spec["scratch"])
-    ctx = StageContext(ExperimentParams.model_validate(params), Path(spec["root"]), spec["device"])
+    ctx = StageContext(params_of(params), Path(spec["root"]), spec["device"])
     start = time.perf_counter()
     if spec["kind"] == "merge":
-        from mergeline.stages.merge import merge_variant
-
-        merge_variant(ctx, spec["variant"], spec["config"])
+        call("merge", ctx, spec["variant"], spec["config"])
     elif spec["kind"] == "sta":
-        from mergeline.stages.importance import compute_importance
-
         for task, (checkpoint, vector) in spec["inputs"].items():
-            compute_importance(ctx, task, spec["base"], checkpoint, vector, spec["data"])
+            call("compute-importance", ctx, task, spec["base"], checkpoint, vector, spec["data"])
     else:
         _talos_masks(ctx, spec)
     seconds = time.perf_counter() - start

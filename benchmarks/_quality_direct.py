@@ -6,8 +6,8 @@ work (fp32 safetensors written and read back, lm-eval's set-up), so one process 
 Here a pool of worker processes runs the steps side by side on one GPU.
 
 How: the experiments' code (``_quality_lata``, ``_quality_negation``, ``_quality_analogy`` and
-``run_stages`` below: ``flows.pipeline.run_stages``'s stages with the pipeline's own evaluation plan,
-``evaluate_experiment``) is run again and again
+``run_stages`` below: the pipeline's own stage table, walked with :class:`DirectCalls` as its
+executor) is run again and again
 by a planner. Each step (fine-tune, extract-vector, compute-importance, vector diagnostics,
 evaluate, merge + evaluate) is the same ``mergeline.stages`` function the pipeline's Prefect task
 wraps. A step whose result is cached (``<out>/.direct-cache/<key>.json``) returns it; a step whose
@@ -59,61 +59,87 @@ COST_GUESS_S = 150.0  # one seed's cost measurements on an H100, before one has 
 
 
 # ------------------------------------------------------------------------------------- the pipeline part
-def run_stages(params: dict[str, Any], run: DirectRun, b: DirectBackend, shared: Path) -> dict[str, Any]:
-    """``flows.pipeline.run_stages`` up to evaluation, step for step, on the direct backend.
+class DirectCalls:
+    """The pipeline walk's executor on the direct backend: each call a cached unit of the worker pool.
 
-    The evaluation plan is the pipeline's own (``mergeline.stages.evaluate.evaluate_experiment``);
-    only its scoring function differs: a merged variant is merged, scored and deleted in one step.
-    Records have the pipeline's shape, except ``merged[name]``: path, seconds and report of the merge.
+    A call whose result is not computed yet returns a typed placeholder (its paths start with
+    ``PENDING``); a merge is not run on its own but with its evaluation (``merge_and_evaluate``), so
+    a merged record here names the variant's folder and config only; before the test round of the
+    evaluation plan, ``decide`` stops the walk while any validation score is still pending.
     """
-    from mergeline.stages.evaluate import SPLITS, evaluate_experiment, evaluation_sets
-    from mergeline.stages.merge import merge_config, plan_variants
+
+    def __init__(self, params: dict[str, Any], run: DirectRun, b: DirectBackend, shared: Path) -> None:
+        self.params, self.run_handle, self.b, self.shared = params, run, b, shared
+        self.seen: list[dict[str, Any]] = []
+        self.merge_info: dict[str, dict[str, Any]] = {}  # variant -> seconds and report of its merge
+
+    def run(self, calls: Any) -> list[Any]:
+        return [self._one(call) for call in calls]
+
+    def _one(self, call: Any) -> Any:
+        from mergeline.pipeline.records import Evaluation, Merged, decode, encode
+
+        p, run, b, step = self.params, self.run_handle, self.b, call.step.name
+        args = [encode(a) for a in call.args]
+        if step == "prepare-data":
+            return decode(call.step.output, b.prepare_data(p, run))
+        if step == "import-base":
+            return decode(call.step.output, b.import_base(p, run, self.shared))
+        if step == "fine-tune":
+            return decode(call.step.output, steps.finetune(p, run, args[0]["task"], args[0]["mode"], args[1], args[2]))
+        if step == "extract-vector":
+            return decode(call.step.output, steps.extract_vector(p, run, args[0], args[1]))
+        if step == "compute-importance":
+            record = b.compute_importance(p, *args)
+            return decode(call.step.output, {"kind": "sta_taylor", "plot": "PENDING", **record})
+        if step == "vector-diagnostics":
+            return decode(call.step.output, b.vector_diagnostics(p, args[0]))
+        if step == "merge":  # merged with its evaluation, see merge_and_evaluate
+            variant, config = call.args
+            return Merged(variant=variant, config=config, path=f"{p['work_dir']}/merged/{variant.name}", weights={})
+        if step == "evaluate":
+            name, model, split, data, sets = call.args
+            if isinstance(model, Merged):
+                if split == "test":  # a method's best variant: chosen on validation scores, all computed?
+                    steps.decide(self.seen)
+                result = b.merge_and_evaluate(p, run, encode(model.variant), model.config, split, args[3], True,
+                                              list(sets))
+                if split == "validation":
+                    self.merge_info[name] = {"seconds": result["merge"]["seconds"], "report": result["merge"]["report"]}
+            else:
+                result = b.evaluate(p, run, name, args[1], split, args[3], list(sets))
+            self.seen.append(result)
+            return Evaluation(name=name, split=split, metrics=result["metrics"], raw=result.get("raw") or {})
+        raise ValueError(f"--direct: step {step} is not supported (tasks given as models are pipeline-only)")
+
+
+def run_stages(params: dict[str, Any], run: DirectRun, b: DirectBackend, shared: Path) -> dict[str, Any]:
+    """The pipeline's own stage table (``mergeline.pipeline``) walked on the direct backend, up to evaluation.
+
+    The base is scored first, as the plan scores it: negation needs those scores while the addition
+    is still being computed. Records have the pipeline's shape (``_quality_records.as_dict``), except
+    ``merged[name]``: path, seconds and report of the merge.
+    """
+    from _quality_records import as_dict
+    from mergeline.pipeline.table import stage
+    from mergeline.pipeline.walker import walk
+    from mergeline.stages.evaluate import SPLITS, evaluation_sets
 
     ctx = steps.context(params, run)
-    p = ctx.params
-    records: dict[str, Any] = {}
-    records["data"] = data = b.prepare_data(params, run)
-    records["base"] = base = b.import_base(params, run, shared)
-    modes = ["full"] + (["talos"] if p.talos.enabled else [])
-    checkpoints = {f"{t}:{m}": steps.finetune(params, run, t, m, base, data) for t in p.tasks for m in modes}
-    vectors = {k: steps.extract_vector(params, run, base, ck) for k, ck in checkpoints.items()}
-    importance: dict[str, Any] = {}
-    if "sta" in p.merge.methods:
-        importance = {t: b.compute_importance(params, t, base, checkpoints[f"{t}:full"], vectors[f"{t}:full"], data)
-                      for t in p.tasks}
-    diagnostics = b.vector_diagnostics(params, {k.replace(":", "-"): v for k, v in vectors.items()})
-    records.update(checkpoints=checkpoints, vectors=vectors, importance=importance, diagnostics=diagnostics)
-
-    variants = {v["name"]: v for v in plan_variants(ctx)}
-    configs = {name: merge_config(ctx, v, base, vectors, importance) for name, v in variants.items()}
-    to_merge = {name: {"variant": v, "config": configs[name]} for name, v in variants.items()}
-    merged = {name: {"path": f"{p.work_dir}/merged/{name}"} for name in variants}
-    records.update(variants=variants, configs=configs, merged=merged)
-    seen: list[dict[str, Any]] = []
-
-    def ev(name: str, model: dict[str, Any], split: str, sets: list[str] | None) -> dict[str, Any]:
-        if "config" not in model:  # the base or a single-task checkpoint
-            result = b.evaluate(params, run, name, model, split, data, sets)
-        else:
-            if split == "test":  # a method's best variant: chosen on validation scores, all computed?
-                steps.decide(seen)
-            result = b.merge_and_evaluate(params, run, model["variant"], model["config"], split, data, True, sets)
-            if split == "validation":
-                merged[name].update(seconds=result["merge"]["seconds"], report=result["merge"]["report"])
-        seen.append(result)
-        return result
-
-    # the base's scores first, as the plan scores them (the same steps): negation needs them while
-    # the addition is still being computed
-    records["reference"] = {"base": {s: b.evaluate(params, run, "base", base, s, data,
-                                                   evaluation_sets(ctx, "base", s)) for s in SPLITS}}
+    calls = DirectCalls(params, run, b, shared)
+    exp = walk(ctx, calls, until="merge")
+    base_scores = {s: b.evaluate(params, run, "base", as_dict(exp)["base"], s, as_dict(exp)["data"],
+                                 list(evaluation_sets(ctx, "base", s))) for s in SPLITS}
+    records = {**as_dict(exp), "reference": {"base": base_scores}}
     with steps.block():
-        evaluation = evaluate_experiment(ctx, base, checkpoints, to_merge, variants, ev)
-        steps.decide(seen)
-        records.update(evaluation)
-        for key, ck in checkpoints.items():  # full checkpoints stay: STA importance (and its cost) reads them
+        evaluate = stage("evaluate")
+        records = as_dict(evaluate.advance(evaluate, ctx, exp, calls))
+        steps.decide(calls.seen)
+        for key, ck in records["checkpoints"].items():  # full checkpoints stay: STA importance (and its cost) reads them
             if ck["mode"] == "talos":
-                steps.release(run, ck, vectors[key])
+                steps.release(run, ck, records["vectors"][key])
+    for name, info in calls.merge_info.items():
+        records["merged"][name].update(info)
     return records
 
 

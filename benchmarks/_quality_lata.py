@@ -27,7 +27,7 @@ from _quality_steps import (
     write_dataset,
 )
 from mergeline.data.common import Sizes
-from mergeline.stages.evaluate import correctness, select_best, summarize
+from _quality_records import correctness, select_best_dicts as select_best, summarize_dicts as summarize
 
 INSTRUCT = "instruct"
 

@@ -17,14 +17,14 @@ from typing import Any
 
 from _quality_params import QualityParams, only_tasks
 from _quality_steps import block, chance, context, decide, merge_and_evaluate, variant
-from mergeline.stages.evaluate import correctness
-from mergeline.stages.merge import _SHORT, merge_config
+from _quality_records import correctness, merge_config_dicts
+from mergeline.stages.merge import variant_name
 
 
 def negation_config(params: dict[str, Any], run: Any, spec: dict[str, Any], records: dict[str, Any]
                     ) -> dict[str, Any]:
     """The pipeline's merge config of ``spec`` over the single task of ``params``, with weight −1."""
-    config = merge_config(context(params, run), spec, records["base"], records["vectors"], records["importance"])
+    config = merge_config_dicts(context(params, run), spec, records)
     for model in config["models"]:
         model["parameters"]["weight"] = -1.0
     return config
@@ -57,7 +57,7 @@ def run_negation(params: dict[str, Any], quality: QualityParams, run: Any, recor
             print(f"negation: {task} with {method} ({len(sweep.lambdas)} λ)")
             points, specs = [], {}
             for lam, density in itertools.product(sweep.lambdas, sweep.densities or [None]):
-                name = f"neg-{task}-{_SHORT[method]}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
+                name = f"neg-{task}-{variant_name(method, lam, density)}"
                 spec = variant(name, method, lam, density, sweep.options)
                 specs[name] = spec
                 ev = merge_and_evaluate(sub, run, spec, negation_config(sub, run, spec, records), "validation",

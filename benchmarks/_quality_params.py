@@ -7,7 +7,7 @@
       seed_keys: [data.seed, finetune.seed, merge.seed]
       lata: {...}  negation: {...}  analogy: {...}  cost: {...}
 
-The pipeline part drives ``flows.pipeline.run_stages`` unchanged (addition: every method of
+The pipeline part walks the pipeline's stage table unchanged (addition: every method of
 ``merge.methods``); ``quality`` adds LATA, negation, analogy and cost. Per seed, the keys named in
 ``seed_keys`` are set to the seed, and ``work_dir``/``data_dir`` move under ``<out>/seed<N>/``, so
 seeds never share outputs.
@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mergeline.errors import MergelineError
+from mergeline.methods import pipeline_method
 from mergeline.params import ExperimentParams, MethodSweep
 
 NEGATION_METHODS = ("task_arithmetic", "sta", "talos")
@@ -143,10 +144,13 @@ def load_quality(path: str | Path) -> tuple[dict[str, Any], QualityParams]:
 def _check_consistent(path: Path, p: ExperimentParams, q: QualityParams) -> None:
     neg = q.negation
     if neg.enabled:
-        if "sta" in neg.methods and "sta" not in p.merge.methods:
-            raise MergelineError(f"{path}: quality.negation.methods.sta needs merge.methods.sta (its importance)")
-        if "talos" in neg.methods and not p.talos.enabled:
-            raise MergelineError(f"{path}: quality.negation.methods.talos needs talos.enabled: true")
+        for name in neg.methods:
+            entry = pipeline_method(name)[1]
+            if entry.importance and not p.importance_needed:
+                raise MergelineError(f"{path}: quality.negation.methods.{name} needs importance scores: "
+                                     "list a method that computes them (sta) under merge.methods")
+            if entry.vectors != "full" and not getattr(p, entry.vectors).enabled:
+                raise MergelineError(f"{path}: quality.negation.methods.{name} needs {entry.vectors}.enabled: true")
         for task in neg.tasks or []:
             if task not in p.tasks:
                 raise MergelineError(f"{path}: quality.negation.tasks: {task!r} is not one of tasks {p.tasks}")

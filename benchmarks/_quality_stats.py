@@ -7,7 +7,7 @@
   of mean accuracy with its paired, task-stratified bootstrap interval, and the exact McNemar p on
   all the pooled examples; ``*`` marks p < 0.05.
 
-Correctness comes as ``{task: "0110..."}`` (``mergeline.stages.evaluate.correctness``); a missing or
+Correctness comes as ``{task: "0110..."}`` (``_quality_records.correctness``); a missing or
 empty vector gives ``–`` (results recorded before per-example scores were kept).
 """
 

@@ -3,8 +3,8 @@
 Backends (``use_backend``; the experiments call only the functions of this module):
 
 ``PipelineBackend`` (default, ``quality.py`` without ``--direct``): every fine-tune, vector, merge and
-evaluation is the pipeline's Prefect task (``tasks.*``, run through ``flows.pipeline._call``), so
-the same caching and MLflow nesting as ``mergeline run``; an unchanged re-run is a cache hit.
+evaluation is the pipeline's Prefect task of that step (``tasks.stages.TASKS``), so the same caching
+and MLflow nesting as ``mergeline run``; an unchanged re-run is a cache hit.
 
 ``DirectBackend`` (``_quality_backend``, ``quality.py --direct``): the same library stage functions
 (``mergeline.stages.*``) without Prefect or MLflow, executed in parallel worker processes by a
@@ -29,7 +29,6 @@ from typing import Any
 from mergeline.data.records import dump_records, load_records
 from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import sha256_file
-from mergeline.params import ExperimentParams
 from mergeline.stages.common import StageContext, rel
 
 __all__ = ["use_backend", "backend", "context", "finetune", "extract_vector", "evaluate",
@@ -41,38 +40,41 @@ class Pending(Exception):
     """Raised by ``decide`` (direct backend) when a choice would rest on results not computed yet."""
 
 
+def _task(step: str, params: dict[str, Any], run: Any, label: str, args: tuple[Any, ...], output: str | None
+          ) -> dict[str, Any]:
+    """The pipeline's Prefect task of ``step`` on dict records; its cache refreshed when ``output`` is gone."""
+    from _quality_records import params_of, typed_args
+    from tasks._stage import expected_output_missing
+    from tasks.stages import TASKS
+
+    task = TASKS[step]
+    if output is not None and expected_output_missing(run.root, output):
+        task = task.with_options(refresh_cache=True)
+    return task(params_of(params), label, typed_args(step, args), run)
+
+
 class PipelineBackend:
-    """The pipeline's Prefect tasks (cached by input hash, one nested MLflow run per stage)."""
+    """The pipeline's Prefect tasks (cached by input hash, one nested MLflow run per call)."""
 
     name = "pipeline"
 
     def finetune(self, params: dict[str, Any], run: Any, task: str, mode: str, base: dict[str, Any],
                  data: dict[str, Any], output: str) -> dict[str, Any]:
-        from flows.pipeline import _call
-        from tasks import finetune as finetune_tasks
-
-        return _call(finetune_tasks.finetune, [output], run, params, task, mode, base, data)
+        return _task("fine-tune", params, run, f"{task}-{mode}", ({"task": task, "mode": mode}, base, data), output)
 
     def extract_vector(self, params: dict[str, Any], run: Any, base: dict[str, Any], checkpoint: dict[str, Any],
                        output: str) -> dict[str, Any]:
-        from flows.pipeline import _call
-        from tasks import finetune as finetune_tasks
-
-        return _call(finetune_tasks.extract_vector, [output], run, params, base, checkpoint)
+        return _task("extract-vector", params, run, f"{checkpoint['task']}-{checkpoint['mode']}", (base, checkpoint),
+                     output)
 
     def merge_variant(self, params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any]
                       ) -> dict[str, Any]:
-        from flows.pipeline import _call
-        from tasks import merge as merge_tasks
-
-        out = f"{params['work_dir']}/merged/{spec['name']}"
-        return _call(merge_tasks.merge_variant, [out], run, params, spec, config)
+        return _task("merge", params, run, spec["name"], (spec, config), f"{params['work_dir']}/merged/{spec['name']}")
 
     def evaluate(self, params: dict[str, Any], run: Any, name: str, model: dict[str, Any], split: str,
                  data: dict[str, Any]) -> dict[str, Any]:
-        from tasks import evaluate as evaluate_tasks
-
-        return evaluate_tasks.evaluate(params, name, model, split, data, run=run)
+        sets = (*params["tasks"], params["control"])  # what ``sets=None`` meant before: every task and the control
+        return _task("evaluate", params, run, f"{name}-{split}", (name, model, split, data, sets), None)
 
     def merge_and_evaluate(self, params: dict[str, Any], run: Any, spec: dict[str, Any], config: dict[str, Any],
                            split: str, data: dict[str, Any], prune_after: bool) -> dict[str, Any]:
@@ -105,7 +107,9 @@ def backend() -> Any:
 
 
 def context(params: dict[str, Any], run: Any) -> StageContext:
-    return StageContext(ExperimentParams.model_validate(params), Path(run.root), run.device)
+    from _quality_records import params_of
+
+    return StageContext(params_of(params), Path(run.root), run.device)
 
 
 def variant(name: str, method: str, lam: float, density: float | None = None,
@@ -117,7 +121,7 @@ def variant(name: str, method: str, lam: float, density: float | None = None,
 def finetune(params: dict[str, Any], run: Any, task: str, mode: str, base: dict[str, Any], data: dict[str, Any]
              ) -> dict[str, Any]:
     """Stage ``fine-tune`` of ``task`` from the model ``base`` (output ``checkpoints/<task>[-<mode>]``)."""
-    from mergeline.stages.train import checkpoint_name
+    from mergeline.pipeline.records import checkpoint_name
 
     output = f"{params['work_dir']}/checkpoints/{checkpoint_name(task, mode)}"
     return _BACKEND.finetune(params, run, task, mode, base, data, output)
@@ -126,7 +130,7 @@ def finetune(params: dict[str, Any], run: Any, task: str, mode: str, base: dict[
 def extract_vector(params: dict[str, Any], run: Any, base: dict[str, Any], checkpoint: dict[str, Any]
                    ) -> dict[str, Any]:
     """Stage ``extract-vector``: τ = checkpoint − base (output ``vectors/<task>[-<mode>]``)."""
-    from mergeline.stages.train import checkpoint_name
+    from mergeline.pipeline.records import checkpoint_name
 
     output = f"{params['work_dir']}/vectors/{checkpoint_name(checkpoint['task'], checkpoint['mode'])}"
     return _BACKEND.extract_vector(params, run, base, checkpoint, output)
@@ -199,7 +203,7 @@ def write_dataset(root: Path, data_dir: str, name: str, splits: dict[str, list[d
     same = folder.is_dir() and all((folder / f"{s}.jsonl").is_file() and (folder / f"{s}.jsonl").read_bytes() == b
                                    for s, b in blobs.items())
     if not same:
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, kind="dataset") as tmp:
             for split, blob in blobs.items():
                 (tmp / f"{split}.jsonl").write_bytes(blob)
             (tmp / "meta.json").write_text(json.dumps({"task": name, "counts": {s: len(r) for s, r in splits.items()}}))

@@ -44,6 +44,7 @@ def init_worker(paths: list[str], threads: int, logs: str) -> None:
 
     torch.set_num_threads(threads)
     import lm_eval  # noqa: F401  (import once per worker, not per step)
+    import mergeline.pipeline.table  # noqa: F401
     import mergeline.stages.evaluate  # noqa: F401
     import mergeline.stages.merge  # noqa: F401
     import mergeline.stages.train  # noqa: F401
@@ -53,26 +54,26 @@ def execute(unit: dict[str, Any]) -> dict[str, Any]:
     """Run one step in a worker; write its record to the cache; return timing (or the error)."""
     start = time.perf_counter()
     try:
-        from mergeline.params import ExperimentParams
-        from mergeline.stages import importance, merge, train
-        from mergeline.stages.evaluate import evaluate
+        from _quality_records import call, params_of
         from mergeline.stages.common import StageContext
 
-        ctx = StageContext(ExperimentParams.model_validate(unit["params"]), Path(unit["root"]), unit["device"])
+        ctx = StageContext(params_of(unit["params"]), Path(unit["root"]), unit["device"])
         kind, a = unit["kind"], unit["args"]
+        if a.get("sets", ()) is None:  # every task and the control set
+            a = dict(a, sets=[*unit["params"]["tasks"], unit["params"]["control"]])
         if kind == "finetune":
-            record = train.finetune(ctx, a["task"], a["mode"], a["base"], a["data"])
+            record = call("fine-tune", ctx, {"task": a["task"], "mode": a["mode"]}, a["base"], a["data"])
         elif kind == "extract_vector":
-            record = train.extract_vector(ctx, a["base"], a["checkpoint"])
+            record = call("extract-vector", ctx, a["base"], a["checkpoint"])
         elif kind == "compute_importance":
-            record = importance.compute_importance(ctx, a["task"], a["base"], a["checkpoint"], a["vector"], a["data"])
+            record = call("compute-importance", ctx, a["task"], a["base"], a["checkpoint"], a["vector"], a["data"])
         elif kind == "vector_diagnostics":
-            record = importance.vector_diagnostics(ctx, a["vectors"])
+            record = call("vector-diagnostics", ctx, a["vectors"])
         elif kind == "evaluate":
-            record = evaluate(ctx, a["name"], a["model"]["path"], a["split"], a["data"], a["sets"])
+            record = call("evaluate", ctx, a["name"], a["model"], a["split"], a["data"], a["sets"])
         elif kind == "merge_evaluate":
-            merged = merge.merge_variant(ctx, a["spec"], a["config"])
-            record = dict(evaluate(ctx, a["spec"]["name"], merged["path"], a["split"], a["data"], a["sets"]))
+            merged = call("merge", ctx, a["spec"], a["config"])
+            record = dict(call("evaluate", ctx, a["spec"]["name"], merged, a["split"], a["data"], a["sets"]))
             record["merge"] = {"seconds": merged.get("seconds"), "report": merged.get("report") or {}}
             path = Path(unit["root"]) / merged["path"]
             if path.parent.name == "merged":

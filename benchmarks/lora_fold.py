@@ -22,22 +22,38 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from mergeline.assets import SMOLLM2, import_base_model  # noqa: E402
 from mergeline.merge.config import MergeConfig  # noqa: E402
-from mergeline.merge.lora import extract_lora_vector  # noqa: E402
 from mergeline.merge.engine import run_merge  # noqa: E402
-from tests.lora_fixtures import build_lora_adapter  # noqa: E402
-from tests.merge_fixtures import load_tensors  # noqa: E402
+from mergeline.merge.lora import extract_lora_vector  # noqa: E402
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def random_adapter(base: Path, out: Path, seed: int, rank: int, targets: list[str]) -> Path:
+    """A PEFT LoRA adapter of ``base`` saved as users get them, with A and B both drawn at random
+    (``init_lora_weights=False``; PEFT's default B = 0 would fold to a zero update)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    torch.manual_seed(seed)
+    settings = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
+    get_peft_model(model, settings).save_pretrained(str(out))
+    return out
+
+
+def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return {name: tensor for file in sorted(folder.glob("*.safetensors")) for name, tensor in load_file(file).items()}
 
 
 def peft_merge(base: Path, adapter: Path, out: Path) -> None:
@@ -76,8 +92,7 @@ def main() -> None:
     base = work / "base"
     import_base_model(args.base, base)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    adapters = [build_lora_adapter(base, work / f"adapter_{k}", seed=k, r=args.rank, lora_alpha=2 * args.rank,
-                                   target_modules=targets) for k in (1, 2)]
+    adapters = [random_adapter(base, work / f"adapter_{k}", k, args.rank, targets) for k in (1, 2)]
     for name in ("vector", "peft", "ours", "mk", "mk_cache"):
         shutil.rmtree(work / name, ignore_errors=True)
     rows = []

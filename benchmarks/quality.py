@@ -4,7 +4,7 @@
 
 For each seed, one MLflow parent run ``quality:seed<N>`` in the params' experiment; inside it:
 
-1. Addition: ``flows.pipeline.run_stages`` as ``mergeline run`` runs it (fine-tune full and TaLoS,
+1. Addition: the pipeline's stage table walked as ``mergeline run`` walks it (fine-tune full and TaLoS,
    extract vectors, STA importance, merge every variant of ``merge.methods``, evaluate with lm-eval,
    best variant per method on validation, scored on test), then LATA (``_quality_lata``: with a
    *built* stand-in instruction model, since no base/instruct pair exists offline).
@@ -53,7 +53,7 @@ configure_pipeline_env(Path.cwd())
 
 from _quality_params import QualityParams, load_quality, seed_params  # noqa: E402
 from _quality_steps import own_accuracies, prune  # noqa: E402
-from mergeline.stages.evaluate import correctness  # noqa: E402
+from _quality_records import correctness  # noqa: E402
 
 EXTRAS = ("lata", "negation", "analogy", "cost")
 
@@ -107,11 +107,13 @@ def run_seed(params: dict[str, Any], quality: QualityParams, seed: int, root: Pa
     from _quality_cost import measure_costs
     from _quality_lata import run_lata
     from _quality_negation import run_negation
+    from _quality_records import as_dict, params_of
     from flows.experiment_run import git_commit
-    from flows.pipeline import run_stages
-    from mergeline.stages.common import resolve_device
+    from mergeline.pipeline.walker import walk
+    from mergeline.stages.common import StageContext, resolve_device
     from mergeline.tracking import log_params_flat
     from tasks._stage import RunHandle
+    from tasks.executor import PrefectExecutor
 
     commit, dirty = git_commit(root)
     with mlflow.start_run(run_name=f"quality:seed{seed}") as parent:
@@ -120,7 +122,9 @@ def run_seed(params: dict[str, Any], quality: QualityParams, seed: int, root: Pa
         log_params_flat(params)
         run = RunHandle(str(root), resolve_device(params["device"]), parent.info.run_id)
         print(f"seed {seed}: addition through the pipeline ({len(params['tasks'])} tasks)")
-        records = run_stages(params, run, until="evaluate")
+        validated = params_of(params)
+        ctx = StageContext(validated, root, run.device)
+        records = as_dict(walk(ctx, PrefectExecutor(validated, run), until="evaluate"))
         result: dict[str, Any] = {"seed": seed, "tasks": params["tasks"], "control": params["control"],
                                   "addition": addition_result(records, params), "stage_seconds": stage_seconds(records)}
         if quality.lata.enabled:

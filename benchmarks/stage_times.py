@@ -4,11 +4,11 @@
         [--set finetune.steps=2 ...] [--root bench_out/stage_times/cuda] [--json OUT.json]
         [--compare OTHER.json]
 
-Runs the library functions the pipeline's Prefect tasks wrap, in the order of
-``flows.pipeline.run_stages``: prepare-data, import-base, fine-tune (full and TaLoS per task),
-extract-vector, compute-importance (STA) and the vector diagnostics, merge (every planned variant),
-evaluate (lm-eval, with the pipeline's own plan ``mergeline.stages.evaluate.evaluate_experiment``: the
-base and the single-task models, every merged variant on validation, each method's best on test). Outputs go to a fresh ``--root`` folder
+Walks the pipeline's stage table (``mergeline.pipeline.walker.walk``) in this process, each call
+of each step timed: prepare-data, import-base, fine-tune (full and TaLoS per task), extract-vector,
+compute-importance (STA) and the vector diagnostics, merge (every planned variant), evaluate
+(lm-eval, with the pipeline's own plan: the base and the single-task models, every merged variant on
+validation, each method's best on test). Outputs go to a fresh ``--root`` folder
 (deleted and rebuilt on each run; a folder this script did not make is refused), so every stage
 computes instead of hitting a cache. On CUDA, fine-tune uses the stage's bf16 autocast when the GPU
 supports it; the CUDA context is started by the environment probe before the clock runs, so no
@@ -87,86 +87,67 @@ def fresh_root(root: Path) -> None:
     (root / MARKER).write_text("made by benchmarks/stage_times.py; wiped on each run\n", encoding="utf-8")
 
 
-def logprob_evaluate(ctx: Any, name: str, model_path: str, split: str, data: dict[str, Any]) -> dict[str, Any]:
+def logprob_evaluate(ctx: Any, name: str, model: Any, split: str, data: Any, sets: tuple[str, ...]) -> Any:
     """``--skip-eval`` fallback: acc = argmax_j log p(choice_j | prompt) == label, without lm-eval."""
     import torch
 
     from mergeline.evaluate import load_causal_lm
     from mergeline.finetune.batching import choice_logprobs, read_records
+    from mergeline.pipeline.records import Evaluation
 
     p = ctx.params
-    model, tokenizer = load_causal_lm(ctx.root / model_path, ctx.device)
+    loaded, tokenizer = load_causal_lm(ctx.root / model.path, ctx.device)
     metrics = {}
-    for task in [*p.tasks, p.control]:
-        records = read_records(ctx.root / data["tasks"][task][split]["path"])
-        scores = choice_logprobs(model, tokenizer, records, p.evaluate.max_length, batch_size=p.evaluate.batch_size)
+    for task in sets:
+        records = read_records(ctx.root / data.split(task, split).path)
+        scores = choice_logprobs(loaded, tokenizer, records, p.evaluate.max_length, batch_size=p.evaluate.batch_size)
         hits = [int(torch.argmax(s)) == r["label"] for s, r in zip(scores, records)]
         metrics[task] = sum(hits) / len(hits)
-    del model
-    return {"name": name, "split": split, "metrics": metrics}
+    del loaded
+    return Evaluation(name=name, split=split, metrics=metrics)
 
 
-def run(ctx: Any, clock: Clock, evaluate: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """The stages of ``flows.pipeline.run_stages`` in the same order, each call timed."""
-    from mergeline.stages.evaluate import evaluate_experiment
-    from mergeline.stages.importance import compute_importance, vector_diagnostics
-    from mergeline.stages.merge import merge_config, merge_variant, plan_variants
-    from mergeline.stages.prepare import import_base, prepare_data
-    from mergeline.stages.train import extract_vector, finetune
+class TimedCalls:
+    """The walk's executor here: each call in this process, timed on the clock under its stage (or step)."""
 
-    p = ctx.params
-    with clock("prepare-data"):
-        data = prepare_data(ctx)
-    with clock("import-base"):
-        base = import_base(ctx)
+    def __init__(self, ctx: Any, clock: Clock, evaluate: Callable[..., Any] | None) -> None:
+        self.ctx, self.clock, self.evaluate = ctx, clock, evaluate
+
+    def run(self, calls: Any) -> list[Any]:
+        records = []
+        for call in calls:
+            # rows as before the table: fine-tune per mode, evaluate per split
+            name = {"fine-tune": lambda: f"fine-tune[{call.args[0].mode}]",
+                    "evaluate": lambda: f"evaluate[{call.args[2]}]"}.get(call.step.name, lambda: call.step.name)()
+            fn = self.evaluate if call.step.name == "evaluate" and self.evaluate else call.step.fn
+            with self.clock(name, call.label):
+                records.append(fn(self.ctx, *call.args))
+        return records
+
+
+def run(ctx: Any, clock: Clock, evaluate: Callable[..., Any] | None) -> dict[str, Any]:
+    """The pipeline's own stage table, walked in this process up to evaluation, each call timed."""
+    from mergeline.pipeline.walker import walk
+
     if ctx.device.startswith("cuda"):
         import torch
 
         with clock("cuda-init"):  # first allocation; the context itself started in environment()
             torch.zeros(1, device=ctx.device)
-
-    modes = ["full"] + (["talos"] if p.talos.enabled else [])
-    checkpoints = {}
-    for task in p.tasks:
-        for mode in modes:
-            with clock(f"fine-tune[{mode}]", task):
-                checkpoints[f"{task}:{mode}"] = finetune(ctx, task, mode, base, data)
-    vectors = {}
-    for key, ck in checkpoints.items():
-        with clock("extract-vector", key):
-            vectors[key] = extract_vector(ctx, base, ck)
-    importance = {}
-    if "sta" in p.merge.methods:
-        for t in p.tasks:
-            with clock("compute-importance", t):
-                importance[t] = compute_importance(ctx, t, base, checkpoints[f"{t}:full"], vectors[f"{t}:full"], data)
-    with clock("vector-diagnostics"):
-        vector_diagnostics(ctx, {k.replace(":", "-"): v for k, v in vectors.items()})
-
-    variants = {v["name"]: v for v in plan_variants(ctx)}
-    merged = {}
-    for name, variant in variants.items():
-        with clock("merge", name):
-            merged[name] = merge_variant(ctx, variant, merge_config(ctx, variant, base, vectors, importance))
-
-    def ev(name: str, model: dict[str, Any], split: str, sets: list[str]) -> dict[str, Any]:
-        with clock(f"evaluate[{split}]", name):
-            return evaluate(ctx, name, model["path"], split, data, sets)
-
-    # the pipeline's own evaluation plan (which models on which splits and sets), not a copy of it
-    outcome = evaluate_experiment(ctx, base, checkpoints, merged, variants, ev)
-    reference, selection = outcome["reference"], outcome["selection"]
-    splits = ("validation", "test")
+    exp = walk(ctx, TimedCalls(ctx, clock, evaluate), until="evaluate")
+    scores = exp.scores
     return {
-        "n_variants": len(variants),
-        "selection": selection,
-        "base_metrics": {s: reference["base"][s]["metrics"] for s in splits},
-        "test_rows": outcome["test_rows"],
-        "finetune_dtype": sorted({str(ck["meta"]["finetune"].get("dtype", "float32")) for ck in checkpoints.values()}),
+        "n_variants": len(exp.merged),
+        "selection": {"best_per_method": scores.selection.best_per_method, "ranking": list(scores.selection.ranking),
+                      "by": scores.selection.by},
+        "base_metrics": {s: scores.reference["base"][s].metrics for s in ("validation", "test")},
+        "test_rows": scores.test_rows,
+        "finetune_dtype": sorted({str(ck.meta.get("finetune", {}).get("dtype", "float32"))
+                                  for ck in exp.checkpoints.values()}),
         # where a fine-tune's time goes (TaLoS mask search, steps, save), as the library reports it
-        "finetune_detail": {key: {k: round(v, 3) for k, v in ck["meta"].items()
-                                  if isinstance(v, float) and (k.endswith("seconds") or k.endswith("per_step"))}
-                            for key, ck in checkpoints.items()},
+        "finetune_detail": {fit.label: {k: round(v, 3) for k, v in ck.meta.items()
+                                        if isinstance(v, float) and (k.endswith("seconds") or k.endswith("per_step"))}
+                            for fit, ck in exp.checkpoints.items()},
     }
 
 
@@ -248,14 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     except (MergelineError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from mergeline.stages.evaluate import evaluate
-
     ctx = StageContext(params, root, device, progress=lambda m: print(f"  {m}", flush=True))
     env = environment(device)
     print(f"device={device} {env.get('gpu', '')} params={args.params} set={args.set} root={root}", flush=True)
     clock = Clock(device)
     start = time.perf_counter()
-    results = run(ctx, clock, logprob_evaluate if args.skip_eval else evaluate)
+    results = run(ctx, clock, logprob_evaluate if args.skip_eval else None)
     total = time.perf_counter() - start
     env["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {

@@ -1,10 +1,11 @@
 """Fan-out onto a Prefect work pool: flow runs of the deployments in ``prefect.yaml``.
 
 When ``MERGELINE_WORK_POOL`` names a pool and ``PREFECT_API_URL`` points at a Prefect server, the
-fine-tunes of an experiment (and the points of a sweep) become separate flow runs of a deployment,
+fine-tunes and the evaluations of merged variants of an experiment (and the points of a sweep)
+become separate flow runs of a deployment,
 created all at once with ``run_deployment(timeout=0)`` and then awaited. Which worker runs what,
 and how many runs a GPU takes at a time, is Prefect's business (one worker per GPU, ``--limit 1``:
-docs/gpu-workers.md); nothing here queues or schedules.
+docs/scale-and-gpu.md); nothing here queues or schedules.
 
 Records come back as the flow runs' persisted results. With local result storage the result's
 key is an absolute path, so every process that waits on it must see the same result folder
@@ -15,16 +16,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergeline.errors import MergelineError
-from mergeline.stages.train import checkpoint_name
+from mergeline.params import ExperimentParams
+from mergeline.pipeline.records import encode
+from mergeline.pipeline.steps import Call
+from mergeline.pipeline.table import STEPS
 from tasks._results import read_state_result
 from tasks._stage import RunHandle
 
-FINETUNE_DEPLOYMENT = "mergeline-finetune/mergeline-finetune"
 PIPELINE_DEPLOYMENT = "mergeline-pipeline/mergeline-pipeline"
+# The steps whose calls fan out to the pool (their table entry says ``pool``), each a deployment of its own.
+STEP_DEPLOYMENTS = {name: f"mergeline-{name.replace('-', '')}/mergeline-{name.replace('-', '')}"
+                    for name, step in STEPS.items() if step.pool}
 POOL_ENV = "MERGELINE_WORK_POOL"
 # How often to ask the server whether the submitted runs have finished; a run takes minutes.
 POLL_SECONDS = float(os.environ.get("MERGELINE_FANOUT_POLL_SECONDS", "2"))
@@ -95,33 +101,44 @@ def await_results(flow_runs: Mapping[str, Any], poll_seconds: float = POLL_SECON
     return {key: finished[key] for key in flow_runs}
 
 
-class PoolFanout:
-    """Fine-tunes as flow runs of ``mergeline-finetune`` on a work pool (see ``flows/pipeline.py``)."""
+class PoolCalls:
+    """Calls of the steps with a deployment (fine-tunes, evaluations) as flow runs on a work pool.
 
-    def __init__(self, run: RunHandle, pool: str, deployment: str = FINETUNE_DEPLOYMENT) -> None:
+    Each call is one run of its step's deployment (``mergeline-<step>``, flows/stage_flows.py),
+    named ``<step>-<label>``; all are created before any is awaited. The workers log into the same
+    MLflow store and experiment as this run, under its parent run, and write under ``root``, so
+    they must see the project at this same path.
+    """
+
+    def __init__(self, params: ExperimentParams, run: RunHandle, pool: str,
+                 deployments: Mapping[str, str] = STEP_DEPLOYMENTS) -> None:
+        self.params = params.model_dump(mode="json", by_alias=True)
         self.run = run
         self.pool = pool
-        self.deployment = deployment
+        self.deployments = dict(deployments)
 
-    def finetune_all(self, params: dict[str, Any], jobs: list[tuple[str, str]], base: dict[str, Any],
-                     data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """``{"task:mode": record}`` for every job: the same records an in-process run returns."""
+    def takes(self, call: Call) -> bool:
+        return call.step.name in self.deployments
+
+    def submit(self, calls: Sequence[Call]) -> dict[str, Any]:
         import mlflow
 
         from prefect import get_run_logger
 
-        # The workers log into the same store and experiment as this run, under its parent run;
-        # ``root`` is where outputs go, so workers must see the project at this same path.
-        shared = {"params": params, "base": base, "data": data, "root": self.run.root,
-                  "parent_run_id": self.run.parent_run_id, "tracking_uri": mlflow.get_tracking_uri()}
-        flow_runs = {
-            f"{task}:{mode}": submit(self.deployment, {**shared, "task": task, "mode": mode},
-                                     f"fine-tune-{checkpoint_name(task, mode)}")
-            for task, mode in jobs
-        }
-        get_run_logger().info(f"fan-out: {len(flow_runs)} fine-tunes submitted to work pool {self.pool!r}")
-        return await_results(flow_runs)
+        shared = {"params": self.params, "root": self.run.root, "parent_run_id": self.run.parent_run_id,
+                  "tracking_uri": mlflow.get_tracking_uri()}
+        runs = {f"{call.step.name}-{call.label}": submit(
+                    self.deployments[call.step.name],
+                    {**shared, "label": call.label, "args": encode(call.args), "outputs": list(call.outputs)},
+                    f"{call.step.name}-{call.label}")
+                for call in calls}
+        get_run_logger().info(f"fan-out: {len(runs)} calls submitted to work pool {self.pool!r}")
+        return runs
+
+    def gather(self, submitted: dict[str, Any]) -> list[dict[str, Any]]:
+        done = await_results(submitted)
+        return [done[key] for key in submitted]
 
 
-__all__ = ["FINETUNE_DEPLOYMENT", "PIPELINE_DEPLOYMENT", "PoolFanout", "await_results", "check_deployment",
+__all__ = ["PIPELINE_DEPLOYMENT", "POOL_ENV", "PoolCalls", "STEP_DEPLOYMENTS", "await_results", "check_deployment",
            "pool_from_env", "submit"]

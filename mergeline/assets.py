@@ -20,16 +20,24 @@ that does not load (named in the message).
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import sha256_dir
+
+# Stage calls run concurrently in threads, and transformers is not thread-safe in two places: it
+# resolves its names lazily on first import, and from_pretrained builds a model on the meta device by
+# patching process-wide state (a concurrent load can be left with meta tensors). Every first import of
+# transformers, peft or lm-eval and every load takes this lock.
+MODEL_LOAD_LOCK = threading.RLock()
 
 STAMP = ".mergeline_import.json"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -48,12 +56,14 @@ def ensure_offline() -> None:
     """Forbid hub access for this process (set before transformers/datasets read their config)."""
     for key, value in _OFFLINE_ENV.items():
         os.environ[key] = value
-    # libraries imported before this call froze the flag at import time: set it on them too
+    # libraries imported before this call froze the flag at import time: set it on them too. Through
+    # import_module, which waits while another thread is still importing them (sys.modules would not).
     if "huggingface_hub" in sys.modules:
-        sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = True
+        importlib.import_module("huggingface_hub.constants").HF_HUB_OFFLINE = True
     if "datasets" in sys.modules:
-        sys.modules["datasets"].config.HF_HUB_OFFLINE = True
-        sys.modules["datasets"].config.HF_DATASETS_OFFLINE = True
+        config = importlib.import_module("datasets.config")
+        config.HF_HUB_OFFLINE = True
+        config.HF_DATASETS_OFFLINE = True
 
 
 def _package_dir(package: str, spec_name: str) -> Path:
@@ -97,9 +107,15 @@ def _model_class(config):
 
 def _load(spec: str, source: dict, dtype: str):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = getattr(torch, dtype)
+    with MODEL_LOAD_LOCK:
+        return _load_locked(source, torch_dtype)
+
+
+def _load_locked(source: dict, torch_dtype: object):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     if source["kind"] == "gguf":
         folder, gguf = str(Path(source["path"]).parent), Path(source["path"]).name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
@@ -158,7 +174,7 @@ def import_base_model(spec: str, out_dir: str | os.PathLike[str], dtype: str = "
             f"{type(exc).__name__}: {first_line}"
         ) from exc
     num_params = sum(p.numel() for p in model.parameters())
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="base") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         meta = {

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from mergeline.errors import MergelineError
+
 OFFLINE_DEFAULTS: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -29,3 +31,18 @@ def configure_offline_defaults() -> dict[str, str]:
             os.environ[key] = value
             changed[key] = value
     return changed
+
+
+WORKERS_ENV = "MERGELINE_MAX_WORKERS"
+
+
+def max_workers() -> int:
+    """How many independent stage calls run at once: ``MERGELINE_MAX_WORKERS``, else up to 4 (the CPU
+    cores, if fewer). A few concurrent calls keep one GPU busy while others load weights, write files
+    or set lm-eval up; many more would compete for its memory. 1 runs every call after the other."""
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if not raw:
+        return max(1, min(4, os.cpu_count() or 1))
+    if not raw.isdigit() or int(raw) < 1:
+        raise MergelineError(f"{WORKERS_ENV}={raw!r}: expected a whole number of calls, at least 1")
+    return int(raw)

@@ -24,13 +24,14 @@ import os
 import random
 import re
 import tempfile
+import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from mergeline.assets import DTYPES, ensure_offline
+from mergeline.assets import DTYPES, MODEL_LOAD_LOCK, ensure_offline
 from mergeline.data.records import GENERATION_KEYS, load_records, record_keys
 from mergeline.errors import MergelineError
 
@@ -47,13 +48,15 @@ def load_causal_lm(model_dir: str | os.PathLike[str], device: str = "cpu", dtype
         raise MergelineError(f"dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
     ensure_offline()
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (Path(model_dir) / "config.json").is_file():
         raise MergelineError(f"{model_dir}: not a model folder (no config.json)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        with MODEL_LOAD_LOCK:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     except Exception as exc:  # bad config, missing weights, an encoder with no LM head...
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise MergelineError(f"{model_dir}: does not load as a causal LM: {type(exc).__name__}: {first}") from exc
@@ -112,23 +115,40 @@ def _score(metrics: Mapping[str, float], generation: bool) -> tuple[str, float]:
     return name, value / 100 if name in PERCENT_METRICS else value
 
 
+_ENV_REPORT_LOCK = threading.Lock()
+_env_report_users: list[object] = []  # the original add_env_info while any evaluation runs
+
+
 @contextmanager
 def _without_env_report():
     """Skip lm-eval's per-call environment report: it shells out to collect_env (pip, nvidia-smi, ...), ~1.4 s
-    per call on a 2-core CPU, and the pipeline records its environment in MLflow once per run anyway."""
-    import lm_eval.evaluator as evaluator
+    per call on a 2-core CPU, and the pipeline records its environment in MLflow once per run anyway.
 
-    original = evaluator.add_env_info
-    evaluator.add_env_info = lambda results: None
+    Evaluations may run at once in threads: the first one in patches lm-eval, the last one out restores it.
+    """
+    with MODEL_LOAD_LOCK:
+        import lm_eval.evaluator as evaluator
+    with _ENV_REPORT_LOCK:
+        if not _env_report_users:
+            _env_report_users.append(evaluator.add_env_info)
+            evaluator.add_env_info = lambda results: None
+        _env_report_users.append(evaluator.add_env_info)
     try:
         yield
     finally:
-        evaluator.add_env_info = original
+        with _ENV_REPORT_LOCK:
+            _env_report_users.pop()
+            if len(_env_report_users) == 1:
+                evaluator.add_env_info = _env_report_users.pop()
 
 
 @contextmanager
 def _preserved_state(model):
-    """Restore global RNGs and the model's training flag: lm-eval seeds globally and calls eval()."""
+    """Restore global RNGs and the model's training flag: lm-eval seeds globally and calls eval().
+
+    With evaluations running at once in threads, the RNGs end as the last one out left them; no
+    stage draws from the global RNGs without seeding them first (fine-tunes, merges).
+    """
     import numpy as np
     import torch
 
@@ -169,9 +189,10 @@ def evaluate_model(
         raise MergelineError(f"limit: must be a positive integer or None, got {limit!r}")
     counts = {name: len(load_records(path)) for name, path in tasks.items()}
     ensure_offline()
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+    with MODEL_LOAD_LOCK:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
 
     model = model.to(device)
     with tempfile.TemporaryDirectory(prefix="mergeline-eval-") as tmp, _preserved_state(model), _without_env_report():

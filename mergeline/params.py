@@ -17,31 +17,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mergeline.errors import MergelineError
 from mergeline.io.safe_read import load_yaml_file, load_yaml_text
+from mergeline.methods import PipelineEntry, pipeline_method, pipeline_methods
 from mergeline.names import alias_problem, experiment_name_problem, model_name_problem
 from mergeline.task_params import TaskEntry, TaskParam, as_entry
 
-# Methods the pipeline knows how to sweep; each maps to a merge_method of the merge library.
-PIPELINE_METHODS: dict[str, str] = {
-    "task_arithmetic": "task_arithmetic",
-    "ties": "ties",
-    "dare_ties": "dare_ties",
-    "sta": "sta",
-    "metagpt": "metagpt",
-    "talos": "talos",
-    "lata": "lata",
-    "lora": "task_arithmetic",  # TA over the LoRA fine-tunes' vectors (lora.enabled), as talos is over TaLoS's
-}
-# The fine-tune whose task vectors a pipeline method merges (every other method merges the full ones).
-VECTOR_MODES: dict[str, str] = {"talos": "talos", "lora": "lora"}
 
 
 def vector_mode(method: str) -> str:
-    """``full``, ``talos`` or ``lora``: which fine-tune's vectors ``method`` merges."""
-    return VECTOR_MODES.get(method, "full")
+    """``full``, ``talos`` or ``lora``: which fine-tune's vectors pipeline method ``method`` merges."""
+    return pipeline_method(method)[1].vectors
 
+
+# Bounds that keep a params file's cost proportionate: each task is fine-tuned and merged, each
+# variant merged and evaluated, and a params file of a few hundred lines is far below the node bound.
+MAX_TASKS = 64
+MAX_VARIANTS = 10_000
+PARAMS_YAML_NODES = 20_000
 
 # NaN/Inf are refused in every float field (weight_decay: .inf would pass ``ge=0``).
-STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+# Frozen: the params a run validated are the values every stage uses; nothing edits them on the way.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 Seed = Annotated[int, Field(ge=0, lt=2**63, description="a seed: non-negative, below 2**63")]
 
 
@@ -59,49 +54,72 @@ class DataParams(_Strict):
         "above, where a task's source holds more (or fewer) examples than the others")
 
 
+# The user's settings of fine-tuning, TaLoS, LoRA and importance. Each is the one schema of its
+# quantities: the library's configs (mergeline.finetune, mergeline.importance) extend these with what
+# the caller sets, so a default or a bound cannot differ between a params file and a library call.
 class FinetuneParams(_Strict):
     steps: int = Field(10, ge=1, description="optimizer steps per task")
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-4, gt=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(64, ge=8, description="tokens per example (prompt + answer)")
-    freeze_embeddings: bool = Field(True, description="freeze the (tied) embedding / LM head")
-    seed: Seed = 0
+    batch_size: int = Field(8, ge=1, description="examples per step")
+    lr: float = Field(1e-4, gt=0, lt=1, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW) weight decay")
+    warmup: int = Field(0, ge=0, description="linear warm-up steps before the cosine decay")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate shape after warm-up")
+    max_length: int = Field(64, ge=8, description="tokens per example, prompt + answer (prompt cut from the left)")
+    freeze_embeddings: bool = Field(
+        True, description="freeze the input embedding (and the LM head tied to it), which dominates cost on small LMs")
+    grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip; 0 disables")
+    seed: Seed = Field(0, description="seed for data order and any randomness in the model")
 
 
-class TalosParams(_Strict):
+class TalosMask(_Strict):
+    """Which entries a TaLoS fine-tune trains (METHODS.md §5)."""
+
+    keep: float = Field(0.1, gt=0, le=1, description="fraction of prunable entries left trainable (1 - sparsity)")
+    rounds: int = Field(2, ge=1, description="iterative masking rounds; round r keeps keep^(r/rounds)")
+    calib_examples: int | None = Field(16, ge=1, description="examples scored for gradient sensitivity "
+                                                             "(the first N of the calibration split; null: all)")
+
+
+class TalosParams(TalosMask):
     enabled: bool = Field(True, description="also fine-tune a TaLoS-sparse model per task")
-    keep: float = Field(0.1, gt=0, le=1, description="fraction of prunable entries left trainable")
-    rounds: int = Field(2, ge=1, description="iterative masking rounds")
-    calib_examples: int = Field(16, ge=1, description="examples scored for gradient sensitivity")
     lr: float | None = Field(
-        None, gt=0, description="peak learning rate of the masked fine-tune (None: finetune.lr); training a "
+        None, gt=0, lt=1, description="peak learning rate of the masked fine-tune (None: finetune.lr); training a "
         "small fraction of the entries needs a larger step to move as far in the same number of steps")
 
 
-class LoraParams(_Strict):
-    enabled: bool = Field(False, description="also fine-tune a LoRA adapter per task (PEFT); its vector is the fold")
-    rank: int = Field(8, ge=1, description="r of the adapters")
+class LoraSettings(_Strict):
+    """The shape of a LoRA adapter."""
+
+    rank: int = Field(8, ge=1, description="r, the rank of B A")
     alpha: float = Field(16.0, gt=0, description="α; the update is scaled by α / r")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
                                       min_length=1, description="module names (suffixes) that get an adapter")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input during training")
+
+
+class LoraParams(LoraSettings):
+    enabled: bool = Field(False, description="also fine-tune a LoRA adapter per task (PEFT); its vector is the fold")
     lr: float | None = Field(
-        None, gt=0, description="peak learning rate of the LoRA fine-tune (None: finetune.lr); adapters start "
+        None, gt=0, lt=1, description="peak learning rate of the LoRA fine-tune (None: finetune.lr); adapters start "
         "at zero and usually need a larger step than a full fine-tune")
 
 
 class ImportanceParams(_Strict):
-    calib_examples: int = Field(16, ge=1, description="examples for STA's Taylor importance")
-    importance_of: Literal["task_vector", "weight"] = "task_vector"
-    grad_at: Literal["finetuned", "pretrained"] = "finetuned"
+    """STA's Taylor importance (METHODS.md §3)."""
+
+    calib_examples: int | None = Field(16, ge=1, description="calibration records scored (the first N; null: all)")
+    importance_of: Literal["task_vector", "weight"] = Field("task_vector", description="|g·τ| (default) or |g·θ|")
+    grad_at: Literal["finetuned", "pretrained"] = Field("finetuned", description="where the loss gradient g is taken")
 
 
 class MethodSweep(_Strict):
     """Grid of one method. Lists are swept; the best point on validation wins."""
 
     lambdas: list[float] = Field(default_factory=lambda: [1.0], description="scaling coefficients λ")
-    densities: list[float] | None = Field(None, description="kept fraction (TIES/DARE/STA)")
+    densities: list[float] | None = Field(None, description="kept fraction (methods that sweep density)")
+    grid: dict[str, list[float]] = Field(
+        default_factory=dict, description="further swept parameters {name: values} (those the method's pipeline "
+        "entry lists in sweeps, e.g. tall_mask_lambda)")
     options: dict[str, Any] = Field(default_factory=dict, description="extra method parameters")
 
     @field_validator("lambdas")
@@ -123,6 +141,16 @@ class MethodSweep(_Strict):
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"density={value} is out of range (0, 1]")
         return values
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values(cls, grid: dict[str, list[float]]) -> dict[str, list[float]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"{key}: needs at least one value")
+            if (bad := _non_finite(values, key)) is not None:
+                raise ValueError(f"{bad}: must be a finite number")
+        return grid
 
     @field_validator("options")
     @classmethod
@@ -156,12 +184,29 @@ class MergeParams(_Strict):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: dict[str, MethodSweep]) -> dict[str, MethodSweep]:
-        for name in methods:
-            if name not in PIPELINE_METHODS:
-                raise ValueError(f"unknown method {name!r}; known: {', '.join(PIPELINE_METHODS)}")
+        known = pipeline_methods()
+        for name, sweep in methods.items():
+            if name not in known:
+                raise ValueError(f"unknown method {name!r}; known: {', '.join(known)}")
+            _check_sweep(name, known[name][1], sweep)
         if not methods:
             raise ValueError("needs at least one method")
         return methods
+
+
+def _check_sweep(name: str, entry: PipelineEntry, sweep: MethodSweep) -> None:
+    """A grid may only vary what the method's pipeline entry says it sweeps."""
+    if sweep.densities is not None and "density" not in entry.sweeps:
+        raise ValueError(f"{name}.densities: {name} does not sweep density")
+    if "lambda" not in entry.sweeps and sweep.lambdas != [1.0]:
+        raise ValueError(f"{name}.lambdas: {name} does not sweep λ (its coefficients are closed-form)")
+    for key in sweep.grid:
+        if key in ("lambda", "density") or key not in entry.sweeps:
+            others = [k for k in entry.sweeps if k not in ("lambda", "density")]
+            raise ValueError(f"{name}.grid.{key}: not swept by {name} (grid takes: {', '.join(others) or 'nothing'}; "
+                             "λ and density go in lambdas / densities)")
+        if key in sweep.options:
+            raise ValueError(f"{name}.grid.{key}: also given in options")
 
 
 class EvaluateParams(_Strict):
@@ -218,22 +263,40 @@ class ExperimentParams(_Strict):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     registry: RegisterParams = Field(default_factory=RegisterParams)
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _few_tasks(cls, tasks: Any) -> Any:
+        # Before the items are validated: a million entries are refused by their count alone.
+        if isinstance(tasks, list) and len(tasks) > MAX_TASKS:
+            raise ValueError(f"{len(tasks)} tasks; at most {MAX_TASKS} (each is fine-tuned and merged)")
+        return tasks
+
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentParams":
         if (problem := experiment_name_problem(self.experiment)) is not None:
             raise ValueError(f"experiment: {problem}")
         if len(self.tasks) < 1:
             raise ValueError("tasks: needs at least one task")
+        if not self.merge.methods:
+            raise ValueError("merge.methods: needs at least one method")
+        if (count := self.variant_count()) > MAX_VARIANTS:
+            raise ValueError(f"merge.methods: the sweep has {count} variants; at most {MAX_VARIANTS} "
+                             "(each is merged and evaluated)")
         names = self.task_names
         if len(set(names)) != len(names):
             raise ValueError("tasks: duplicate task names")
         if self.control in names:
             raise ValueError(f"control {self.control!r} must not be a training task")
-        if "talos" in self.merge.methods and not self.talos.enabled:
-            raise ValueError("merge.methods.talos needs talos.enabled: true")
-        if "lora" in self.merge.methods and not self.lora.enabled:
-            raise ValueError("merge.methods.lora needs lora.enabled: true")
+        for name in self.merge.methods:
+            mode = vector_mode(name)
+            if mode != "full" and not getattr(self, mode).enabled:
+                raise ValueError(f"merge.methods.{name} needs {mode}.enabled: true")
         return self
+
+    @property
+    def importance_needed(self) -> bool:
+        """Whether a swept method needs the tasks' importance scores (the compute-importance stage)."""
+        return any(pipeline_method(name)[1].importance for name in self.merge.methods)
 
     @property
     def task_entries(self) -> list[TaskEntry]:
@@ -243,6 +306,21 @@ class ExperimentParams(_Strict):
     @property
     def task_names(self) -> list[str]:
         return [entry.name for entry in self.task_entries]
+
+    def sweep_grid(self, method: str) -> list[list[Any]]:
+        """The values ``method`` sweeps, one list per swept quantity: λ, density, then each ``grid``
+        parameter in order (every combination is a variant). Without ``lambda`` in the method's
+        ``sweeps`` (closed-form coefficients) λ is 1."""
+        sweep = self.merge.methods[method]
+        if "lambda" not in pipeline_method(method)[1].sweeps:
+            lambdas = [1.0]
+        else:
+            lambdas = [self.merge.lambda_] if self.merge.lambda_ is not None else sweep.lambdas
+        return [lambdas, list(sweep.densities or [None]), *sweep.grid.values()]
+
+    def variant_count(self) -> int:
+        """How many variants the merge sweep expands to, without expanding it."""
+        return sum(math.prod(len(values) for values in self.sweep_grid(method)) for method in self.merge.methods)
 
     def task_entry(self, name: str) -> TaskEntry:
         return next(entry for entry in self.task_entries if entry.name == name)
@@ -256,7 +334,7 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise MergelineError(f"--set {assignment!r}: expected key=value")
     key, raw = assignment.split("=", 1)
-    value = load_yaml_text(raw, f"--set {assignment}") if raw else None
+    value = load_yaml_text(raw, f"--set {assignment}", PARAMS_YAML_NODES) if raw else None
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -275,15 +353,31 @@ def _format_error(source: str, error: ValidationError) -> str:
     return f"{source}: {where}: {first['msg'].removeprefix('Value error, ')}"
 
 
+_VALIDATED: dict[str, ExperimentParams] = {}
+
+
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentParams:
-    """Read a params YAML (default ``params/default.yaml``), apply ``key=value`` overrides, validate."""
+    """Read a params YAML (default ``params/default.yaml``), apply ``key=value`` overrides, validate.
+
+    Validated once per process: the same content (after overrides) returns the same frozen object.
+    """
     path = Path(path or "params/default.yaml")
-    tree = load_yaml_file(path, "params file") or {}
+    tree = load_yaml_file(path, "params file", PARAMS_YAML_NODES)
+    if tree is None:  # an empty file, or comments only
+        raise MergelineError(f"{path}: params file is empty; expected experiment params (see params/default.yaml)")
     if not isinstance(tree, dict):
         raise MergelineError(f"{path}: expected a mapping at the top level")
     for assignment in overrides or []:
         _apply_override(tree, assignment)
-    try:
-        return ExperimentParams.model_validate(tree)
-    except ValidationError as exc:
-        raise MergelineError(_format_error(str(path), exc)) from None
+    return params_from_tree(tree, str(path))
+
+
+def params_from_tree(tree: dict[str, Any], source: str = "params") -> ExperimentParams:
+    """Validate params already read (``source`` names them in an error); once per process per content."""
+    content = json.dumps(tree, sort_keys=True, default=str)
+    if content not in _VALIDATED:
+        try:
+            _VALIDATED[content] = ExperimentParams.model_validate(tree)
+        except ValidationError as exc:
+            raise MergelineError(_format_error(source, exc)) from None
+    return _VALIDATED[content]

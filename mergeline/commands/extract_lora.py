@@ -18,7 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rank", type=int, required=True, help="LoRA rank r (>= 1)")
     parser.add_argument("--out", required=True, help="adapter folder: new or empty (written atomically)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out when it holds a previous mergeline output (never any other folder)")
+                        help="replace --out when it is a previous adapter of mergeline holding only the files its "
+                             "marker (.mergeline-output) lists (never any other folder)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="dtype of the factors (default: the model's)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rank < 1:
         raise MergelineError(f"--rank: must be >= 1, got {args.rank}")
-    check_output_dir(args.out, [args.model, args.base], overwrite=args.overwrite)
+    check_output_dir(args.out, [args.model, args.base], kind="adapter", overwrite=args.overwrite)
     with CheckpointReader(args.model) as model, CheckpointReader(args.base) as base:
         for name in model.names():
             if name not in base:
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         factors, report = extract_lora(model.names(), read_pair, args.rank, dtype=dtype, progress=progress)
     if not factors:
         raise MergelineError(f"{args.model}: no linear weight matrices to extract")
-    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+    with atomic_dir(args.out, kind="adapter", overwrite=args.overwrite) as tmp:
         save_file(factors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         config = adapter_config(report, base_model=str(args.base))
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")

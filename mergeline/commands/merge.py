@@ -15,7 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True,
                         help="output model folder: new or empty (written atomically when complete)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out when it holds a previous mergeline output (never any other folder)")
+                        help="replace --out when it is a previous merged model of mergeline holding only the files "
+                             "its marker (.mergeline-output) lists (never any other folder)")
     parser.add_argument("--device", default="cpu", help="compute device: cpu (default) or cuda[:N]")
     parser.add_argument("--shard-size", default="2GB", help="largest weight shard, e.g. 500MB, 2GB (default 2GB)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from mergeline.merge.engine import run_merge
 
     config = load_merge_config(args.config)
-    check_output_dir(args.out, [args.config, *input_paths(config)], overwrite=args.overwrite)
+    check_output_dir(args.out, [args.config, *input_paths(config)], kind="merge", overwrite=args.overwrite)
     result = run_merge(
         config, args.out, device=args.device, max_shard_bytes=parse_size(args.shard_size), overwrite=args.overwrite,
         progress=None if args.quiet else (lambda line: print(line, flush=True)),

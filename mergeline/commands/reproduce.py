@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mergeline.commands.lineage import SPEC_HELP, add_store_arguments, open_version, version_label
+from mergeline.io.owned_temps import remove_abandoned, temp_dir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", metavar="NAME[@VERSION|@ALIAS]", help=SPEC_HELP)
     parser.add_argument("--out", required=True, help="folder for the rebuilt model: new or empty (written atomically)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out when it holds a previous mergeline output (never any other folder)")
+                        help="replace --out when it is a previous merged model of mergeline holding only the files "
+                             "its marker (.mergeline-output) lists (never any other folder)")
     parser.add_argument("--device", default="cpu", help="compute device: cpu (default) or cuda[:N]")
     add_store_arguments(parser)
 
@@ -79,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
     index = {recorded_path(a.path, root).resolve(): a for _, a in lineage.artifacts()}
     # Every lineage artifact is an input, and the registered copy of the model must survive too.
     registered = local_path(version.source)
-    out = check_output_dir(args.out, [*index, *([registered] if registered else [])], overwrite=args.overwrite)
+    out = check_output_dir(args.out, [*index, *([registered] if registered else [])], kind="merge",
+                           overwrite=args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".reproduce-inputs-", dir=out.parent))
+    remove_abandoned(out.parent)
+    scratch = temp_dir(out.with_name(f"{out.name}-inputs"))
     try:
         problems: list[str] = []
         config = _resolve_inputs(lineage.merge.config, index, root, scratch, problems)

@@ -1,12 +1,13 @@
 """``mergeline run [--params FILE] [--set key=value ...]``: the whole pipeline, then the results table.
 
-One run per work folder (a second one exits 2 naming the first); Ctrl-C/SIGTERM stop it within
+One run per project folder and per work folder (a second one exits 2 naming the first); Ctrl-C/SIGTERM stop it within
 seconds, leaving no process and no RUNNING MLflow run: ``mergeline/commands/_supervise.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -20,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="override a param, e.g. --set merge.lambda=0.5 (repeatable)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None,
                         help="where the stages run (params `device`; auto = cuda when available)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="independent stage calls run at once (default: MERGELINE_MAX_WORKERS, else up to 4; "
+                             "1: one after the other)")
     parser.set_defaults(func=run)
 
 
@@ -28,8 +32,13 @@ def run(args: argparse.Namespace) -> int:
     from mergeline.commands._supervise import become_worker, is_worker, supervise
     from mergeline.params import load_params
 
+    from mergeline.env import WORKERS_ENV, max_workers
+
     root = Path.cwd()
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
+    if args.workers is not None:
+        os.environ[WORKERS_ENV] = str(args.workers)
+    max_workers()  # a bad --workers or MERGELINE_MAX_WORKERS: exit 2 before anything starts
     if not is_worker():
         # Validate before Prefect/MLflow start (seconds, not minutes, to a one-line error), in this
         # process: bad input never takes the folder's lock nor starts the worker.
@@ -40,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         from mergeline.stages.common import resolve_device
 
         resolve_device(params.device)  # --device cuda without a GPU: exit 2 before Prefect starts
-        return supervise(args.argv, root)
+        return supervise(args.argv, root, root / params.work_dir)
     become_worker()
     configure_pipeline_env(root)
     from flows.deployments import pool_from_env

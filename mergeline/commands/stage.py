@@ -1,6 +1,7 @@
 """``mergeline stage NAME [--params params.yaml]``: one stage, as ``dvc.yaml`` calls it.
 
-A stage is the experiment flow run up to that stage; earlier stages are Prefect cache hits.
+A stage is the experiment flow run up to that stage; earlier stages are Prefect cache hits. The
+stages are the stage table's (``mergeline/pipeline/table.py``), in its order.
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergeline.pipeline.table import STAGE_NAMES
+
 if TYPE_CHECKING:
     from mergeline.params import ExperimentParams
-
-STAGE_NAMES = ("prepare-data", "import-base", "fine-tune", "extract-vector", "compute-importance", "merge",
-               "evaluate", "register")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         params = load_params(args.params, args.overrides)
         preflight(params, root)  # bad input: one line here, no worker
         check_dvc_deps(params, root)
-        return supervise(args.argv, root)
+        return supervise(args.argv, root, root / params.work_dir)
     become_worker()
     configure_pipeline_env(root)
     from flows.pipeline import pipeline

@@ -147,7 +147,7 @@ def write_task(task: ResolvedTask, out_dir: str | os.PathLike[str], seed: int = 
                   "files": {}, "counts": {}}
     if task.sizes is not None:
         meta["sizes"] = task.sizes
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="dataset") as tmp:
         for split in task.splits:
             path = tmp / f"{split}.jsonl"
             path.write_bytes(dump_records(splits[split]))

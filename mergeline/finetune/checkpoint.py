@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from mergeline.assets import MODEL_LOAD_LOCK
 from mergeline.errors import MergelineError
 from mergeline.finetune.batching import read_records
 from mergeline.finetune.full import FinetuneConfig, LogFn, ProgressFn, finetune
@@ -28,20 +29,17 @@ from mergeline.finetune.talos import mask_density, talos_mask
 from mergeline.finetune.weights import TASK_VECTOR_FILE, TensorReader, is_float_code, save_tensors, write_streaming
 from mergeline.io.atomic import atomic_dir
 from mergeline.io.hashing import sha256_file, sha256_path
+from mergeline.params import TalosMask
 
 MASK_FILE = "talos_mask.safetensors"
 META_FILE = "finetune.json"
 
 
-class TalosConfig(BaseModel):
-    """TaLoS mask settings (METHODS.md §5); fine-tuning settings stay in :class:`FinetuneConfig`."""
+class TalosConfig(TalosMask):
+    """The ``talos:`` mask params (:class:`~mergeline.params.TalosMask`, one schema) plus how the mask is
+    computed; fine-tuning settings stay in :class:`FinetuneConfig`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    keep: float = Field(0.1, gt=0, le=1, description="fraction of prunable entries left trainable (1 - sparsity)")
-    rounds: int = Field(4, ge=1, description="pruning rounds; round r keeps keep^(r/rounds)")
     seed: int = Field(0, description="seed of the sampled choices")
-    max_examples: int | None = Field(None, ge=1, description="calibration records used (first N; None: all)")
     masked_scale: float = Field(0.1, ge=0, le=1, description="forward-pass factor of masked entries during calibration")
     per_sample: Literal["vmap", "loop"] = Field("vmap", description="per-example gradients batched (vmap) or one by one")
     chunk_size: int = Field(4, ge=1, description="examples per vmap call (memory: one gradient copy each)")
@@ -57,14 +55,15 @@ def offline_env() -> None:
 def load_causal_lm(model_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Module, Any]:
     """Load a Hugging Face causal LM folder in float32 plus its tokenizer; bad folder -> MergelineError."""
     offline_env()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise MergelineError(f"{path}: not a model folder (no config.json)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        with MODEL_LOAD_LOCK:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise MergelineError(f"{path}: model does not load ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     return model.to(device), tokenizer
@@ -88,7 +87,7 @@ def finetune_checkpoint(
     is trained. Returns the metadata also written to ``finetune.json``: losses, timings, density.
     """
     records = read_records(train_jsonl)
-    calib = read_records(calib_jsonl or train_jsonl, limit=talos.max_examples) if talos else None
+    calib = read_records(calib_jsonl or train_jsonl, limit=talos.calib_examples) if talos else None
     model, tokenizer = load_causal_lm(base_dir, device)
     torch.manual_seed(cfg.seed)
     meta: dict[str, Any] = {
@@ -113,7 +112,7 @@ def finetune_checkpoint(
         )
     meta.update(finetune(model, tokenizer, records, cfg, mask=mask, log=log, progress=progress))
     t0 = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="checkpoint") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if mask is not None:
@@ -150,7 +149,7 @@ def extract_task_vector(
         def delta(name: str) -> torch.Tensor:
             return tuned.get(name).float() - base.get(name).float()
 
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, kind="task-vector") as tmp:
             write_streaming(tmp / TASK_VECTOR_FILE, specs, delta)
             info = {
                 "kind": "task_vector",

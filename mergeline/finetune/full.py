@@ -17,9 +17,10 @@ from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mergeline.errors import MergelineError
+from mergeline.params import FinetuneParams
 from mergeline.finetune.batching import batch_loss, collate, encode_records, pad_id, shuffled_batches
 from mergeline.finetune.talos import MaskedAdamW
 
@@ -27,23 +28,10 @@ LogFn = Callable[[str, float, "int | None"], None]
 ProgressFn = Callable[[str], None]
 
 
-class FinetuneConfig(BaseModel):
-    """Fine-tuning hyperparameters (``finetune:`` section of the params)."""
+class FinetuneConfig(FinetuneParams):
+    """The ``finetune:`` params (:class:`~mergeline.params.FinetuneParams`, the one schema of these
+    quantities and their defaults) plus what the caller sets, not the user: compute dtype, prompt delimiter."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    steps: int = Field(30, ge=1, description="optimiser steps")
-    batch_size: int = Field(8, ge=1, description="examples per step")
-    lr: float = Field(5e-5, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW) weight decay")
-    warmup: int = Field(0, ge=0, description="linear warm-up steps before the cosine decay")
-    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate shape after warm-up")
-    max_length: int = Field(48, ge=2, description="tokens per example (prompt cut from the left)")
-    seed: int = Field(0, description="seed for data order and any randomness in the model")
-    freeze_embeddings: bool = Field(
-        True, description="freeze the input embedding (and the LM head tied to it), which dominates cost on small LMs"
-    )
-    grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip; 0 disables")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="autocast compute dtype (weights stay fp32)")
     delimiter: str = Field("", description="text between prompt and answer; must match lm-eval target_delimiter")
 

@@ -19,27 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from mergeline.errors import MergelineError
 from mergeline.finetune.batching import read_records
+from mergeline.assets import MODEL_LOAD_LOCK
 from mergeline.finetune.checkpoint import META_FILE, load_causal_lm
 from mergeline.finetune.full import FinetuneConfig, LogFn, ProgressFn, finetune
 from mergeline.io.atomic import atomic_dir
+from mergeline.params import LoraSettings
 
 ADAPTER_DIR = "adapter"
-
-
-class LoraSettings(BaseModel):
-    """The adapter's shape (``lora:`` section of the params, less ``enabled`` and ``lr``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rank: int = Field(8, ge=1, description="r, the rank of B A")
-    alpha: float = Field(16.0, gt=0, description="α; the update is scaled by α / r")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                      description="module names (suffixes) that get an adapter")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input during training")
 
 
 def finetune_lora_checkpoint(
@@ -53,8 +42,8 @@ def finetune_lora_checkpoint(
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter of ``base_dir`` on ``train_jsonl``; write merged model + ``adapter/`` atomically."""
-    from peft import LoraConfig, get_peft_model
-
+    with MODEL_LOAD_LOCK:
+        from peft import LoraConfig, get_peft_model
     records = read_records(train_jsonl)
     model, tokenizer = load_causal_lm(base_dir, device)
     torch.manual_seed(cfg.seed)
@@ -67,7 +56,7 @@ def finetune_lora_checkpoint(
     meta: dict[str, Any] = {"base_dir": str(base_dir), "train_jsonl": str(train_jsonl), "train_records": len(records),
                             "finetune": cfg.model_dump(), "lora": lora.model_dump()}
     meta.update(finetune(peft_model, tokenizer, records, cfg, mask=mask, log=log, progress=progress))
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="checkpoint") as tmp:
         peft_model.save_pretrained(str(tmp / ADAPTER_DIR))
         # The folded copy is for evaluation; the task vector comes from the adapter.
         peft_model.merge_and_unload().save_pretrained(str(tmp))

@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 
 from mergeline.errors import MergelineError
+from mergeline.io.owned_temps import remove_abandoned, temp_file
 from mergeline.io.safetensors_format import DTYPE_CODES as _DTYPE_CODES
 
 TASK_VECTOR_FILE = "task_vector.safetensors"
@@ -147,7 +148,8 @@ def save_tensors(
     target = Path(target)
     specs = [(name, list(t.shape), t.dtype) for name, t in sorted(tensors.items())]
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    remove_abandoned(target.parent)
+    tmp = temp_file(target)
     try:
         write_streaming(tmp, specs, lambda name: tensors[name], metadata)
         os.replace(tmp, target)

@@ -21,25 +21,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mergeline.errors import MergelineError
 from mergeline.finetune.batching import answer_nll, collate, encode_records, pad_id, read_records
 from mergeline.finetune.checkpoint import load_causal_lm
 from mergeline.finetune.weights import TensorReader, load_tensors, save_tensors
+from mergeline.params import ImportanceParams
 
 LogFn = Callable[[str, float, "int | None"], None]
 ProgressFn = Callable[[str], None]
 
 
-class StaImportanceConfig(BaseModel):
-    """Settings of the STA importance stage (METHODS.md §3)."""
+class StaImportanceConfig(ImportanceParams):
+    """The ``importance:`` params (:class:`~mergeline.params.ImportanceParams`, one schema) plus how records
+    are read (the pipeline passes its fine-tune's batch size and length)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    importance_of: Literal["task_vector", "weight"] = Field("task_vector", description="|g·τ| (default) or |g·θ|")
-    grad_at: Literal["finetuned", "pretrained"] = Field("finetuned", description="where the loss gradient g is taken")
-    max_examples: int | None = Field(None, ge=1, description="calibration records used (first N; None: all)")
     batch_size: int = Field(8, ge=1, description="records per forward/backward pass")
     max_length: int = Field(48, ge=2, description="tokens per record (prompt cut from the left)")
     delimiter: str = Field("", description="text between prompt and answer, as in fine-tuning")
@@ -96,7 +93,7 @@ def sta_importance(
 ) -> dict[str, torch.Tensor]:
     """Element-wise STA importance (float32, on CPU) of every float parameter not excluded."""
     cfg = cfg or StaImportanceConfig()
-    records = read_records(calib_jsonl, limit=cfg.max_examples)
+    records = read_records(calib_jsonl, limit=cfg.calib_examples)
     excluded = [re.compile(p) for p in cfg.exclude]
     grad_dir = finetuned_dir if cfg.grad_at == "finetuned" else base_dir
     t0 = time.perf_counter()

@@ -1,71 +1,47 @@
 """Write outputs to a temporary path beside the target and rename when complete, never over user data.
 
 A crash or a bad input therefore never leaves a half-written output at the target path, and no
-temporary folder survives a failure (an exception in the body, in the swap, or Ctrl-C).
+temporary folder survives a failure (an exception in the body, in the swap, Ctrl-C, or SIGTERM/SIGHUP,
+which the CLI turns into an exit through this cleanup). What ``kill -9`` leaves behind, the next
+atomic write in the same folder removes (:mod:`mergeline.io.owned_temps`: the temporaries' names
+prove their writer is gone).
 
-An output folder mergeline writes carries a marker file, ``.mergeline-output``. An existing target is
-replaced only when it is empty or is such an output (or a mergeline output written before the marker
-existed, recognised by its stamp files); any other folder, or a file, is refused with a one-line
+Every output folder ends with mergeline's marker (``mergeline.io.outputs``: its kind and the files
+written), and an existing target is replaced only when ``replace_problem`` finds it empty or a previous
+output of the same kind holding nothing else; anything else is refused with a one-line
 :class:`MergelineError`. :func:`check_output_dir` adds the checks that need to know the inputs: an
-output equal to, inside, or holding an input, or the current folder, is refused before any work.
+output equal to, inside, or holding an input, the current folder, or a place in a work folder is
+refused before any work.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from mergeline.errors import MergelineError
-
-MARKER = ".mergeline-output"
-# Constant content: an output's bytes must depend on its inputs only (DVC and lineage hash them).
-MARKER_TEXT = '{"written_by": "mergeline"}\n'
-# Files that mark the outputs of mergeline versions before the marker: merge, task vector,
-# imported base, fine-tuned checkpoint (a task's dataset folder: meta.json beside its JSONL splits).
-LEGACY_STAMPS = ("merge_report.json", "task_vector.json", ".mergeline_import.json", "finetune.json")
+from mergeline.io.outputs import OutputKind, replace_problem, work_folder_of, write_marker
+from mergeline.io.owned_temps import remove_abandoned, temp_dir, temp_file
 
 
-def is_mergeline_output(folder: Path) -> bool:
-    if not folder.is_dir():
-        return False
-    if any((folder / name).is_file() for name in (MARKER, *LEGACY_STAMPS)):
-        return True
-    return (folder / "meta.json").is_file() and any(folder.glob("*.jsonl"))
+def _check_replaceable(target: Path, kind: OutputKind, overwrite: bool, flag: str | None) -> None:
+    problem = replace_problem(target, kind, overwrite, flag)
+    if problem is not None:
+        raise MergelineError(problem)
 
 
-def _check_replaceable(target: Path, overwrite: bool, flag: str | None) -> None:
-    """Refuse ``target`` when writing it would destroy something that is not a mergeline output."""
-    if target.is_symlink():
-        raise MergelineError(f"{target}: is a symbolic link; give the folder itself as the output")
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise MergelineError(f"{target}: exists and is not a folder; refusing to replace it")
-    if not any(target.iterdir()):
-        return
-    if (target / "lineage.json").is_file():
-        # A registered version's artifact folder (a copy of an output, marker included): the registry's.
-        raise MergelineError(f"{target}: holds a registered model's lineage.json; refusing to replace it")
-    if not overwrite:
-        hint = f"; pass {flag} to replace a previous mergeline output" if flag else ""
-        raise MergelineError(f"{target}: output folder exists and is not empty{hint}")
-    if not is_mergeline_output(target):
-        raise MergelineError(
-            f"{target}: exists and is not a mergeline output (no {MARKER}); refusing to replace it"
-        )
-
-
-def check_output_dir(target: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = (),
-                     overwrite: bool = False, flag: str | None = "--overwrite") -> Path:
+def check_output_dir(target: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = (), *,
+                     kind: OutputKind, overwrite: bool = False, flag: str | None = "--overwrite",
+                     work_folder_ok: bool = False) -> Path:
     """Refuse an output folder that would destroy user data, before any work starts.
 
     Refused: the current folder or one holding it; a folder equal to, inside, or holding one of
-    ``inputs`` (model folders, weight files, configs); an existing file; an existing non-empty folder
-    unless ``overwrite`` (and then only a previous mergeline output); a place that cannot be written.
+    ``inputs`` (model folders, weight files, configs); a pipeline's work folder or a place inside one
+    (its stage outputs are the pipeline's; unless ``work_folder_ok``, for the stages themselves);
+    whatever ``replace_problem`` refuses; a place that cannot be written.
     """
     target = Path(target)
     if target.is_symlink():
@@ -80,7 +56,12 @@ def check_output_dir(target: str | os.PathLike[str], inputs: Iterable[str | os.P
             raise MergelineError(
                 f"{target}: is, is inside or holds the input {item}; choose another output folder"
             )
-    _check_replaceable(target, overwrite, flag)
+    work = None if work_folder_ok else work_folder_of(where)
+    if work is not None:
+        inside = "is" if work == where else f"is inside {work},"
+        raise MergelineError(f"{target}: {inside} a mergeline work folder (a pipeline's stage outputs); "
+                             "choose an output folder outside it")
+    _check_replaceable(target, kind, overwrite, flag)
     parent = where.parent
     while not parent.exists():
         parent = parent.parent
@@ -100,27 +81,29 @@ def _remove_created(created: list[Path]) -> None:
 
 
 @contextmanager
-def atomic_dir(target: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike[str], *, kind: OutputKind, overwrite: bool = True) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``target``; on success it replaces ``target``.
 
-    ``target`` may be replaced only when it is absent, empty or a previous mergeline output (and, for
-    a non-empty one, ``overwrite``); checked before the body runs and again before the swap. On any
-    exception the temporary directory (and any parent folder made for it) is removed and ``target``
-    is left as it was.
+    The finished folder gets the marker of a ``kind`` output. ``target`` may be replaced only when it
+    is absent, empty or a previous output of ``kind`` holding nothing else (and, for a non-empty one,
+    ``overwrite``); checked before the body runs and again before the swap. On any exception the
+    temporary directory (and any parent folder made for it) is removed and ``target`` is left as it was.
     """
     target = Path(os.path.abspath(target))  # "." has no name to put a sibling beside
-    _check_replaceable(target, overwrite, None)
+    _check_replaceable(target, kind, overwrite, None)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # deepest first
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        remove_abandoned(target.parent)
+        _check_replaceable(target, kind, overwrite, None)  # an abandoned swap may have put a previous output back
+        tmp = temp_dir(target)
         yield tmp
-        (tmp / MARKER).write_text(MARKER_TEXT)
-        _check_replaceable(target, overwrite, None)  # the body took time: look again
+        write_marker(tmp, kind)
+        _check_replaceable(target, kind, overwrite, None)  # the body took time: look again
         if target.exists():
             # Move the old output aside first so the rename below is a single atomic step.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = temp_dir(target, "old")
             try:
                 os.replace(target, old)
             except BaseException:
@@ -146,12 +129,12 @@ def atomic_file(target: str | os.PathLike[str], mode: str = "w") -> Iterator:
     """Open a temporary file beside ``target`` for writing; rename it over ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
+    remove_abandoned(target.parent)
+    tmp_name = temp_file(target)
     try:
         with open(tmp_name, mode) as handle:
             yield handle
         os.replace(tmp_name, target)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp_name.unlink(missing_ok=True)
         raise

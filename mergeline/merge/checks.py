@@ -8,6 +8,7 @@ config's types, so the check cannot live in ``config`` itself.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -20,8 +21,10 @@ from mergeline.merge.config import (
     check_model_keys,
     check_numbers,
     check_parameter_keys,
+    ignored_parameters,
     input_indices,
     parse_merge_config,
+    with_base_input,
 )
 from mergeline.merge.slices import check_slices
 from mergeline.merge.tokenizer import check_tokenizer_settings
@@ -58,3 +61,14 @@ def check_config(config: MergeConfig) -> None:
     check_parameter_keys(method, config.parameters, "parameters")
     for i in input_indices(config, method):
         check_model_keys(method, config.models[i].parameters, f"models[{i}] ({config.models[i].model})")
+
+
+def checked(config: MergeConfig) -> tuple[MergeConfig, list[str]]:
+    """The config as merged (base appended where it is an input) after every check, and the ignored
+    parameters, each printed as one ``warning:`` line."""
+    config = with_base_input(config)
+    check_config(config)
+    ignored = ignored_parameters(config)
+    for line in ignored:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    return config, ignored

@@ -49,7 +49,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from mergeline.errors import MergelineError
-from mergeline.methods import MergeMethod, get_method
+from mergeline.methods import MergeMethod, get_method, method_names
 from mergeline.parameters import (  # noqa: F401 - re-exported: callers import them from here
     ConditionalParameter,
     ParameterSetting,
@@ -172,7 +172,10 @@ class MergeConfig(BaseModel):
         return _dtype("dtype", self.dtype or "float32")
 
     def output_dtype(self) -> torch.dtype | None:
-        """mergekit's rule: ``out_dtype``, else ``dtype``; None (neither given): each tensor keeps the base's."""
+        """mergekit's rule: ``out_dtype``, else the method's own result dtype (``result_dtype``: float32 for
+        arcee_fusion and ramplus_tl), else ``dtype``; None: each tensor keeps the base's."""
+        if self.out_dtype is None and self.method_class().result_dtype is not None:
+            return self.method_class().result_dtype
         name = self.out_dtype or self.dtype
         return None if name is None else _dtype("out_dtype" if self.out_dtype else "dtype", name)
 
@@ -298,23 +301,59 @@ def check_model_count(method: type[MergeMethod], n: int, where: str) -> None:
         raise MergelineError(f"{where}merge_method {method.name!r} takes {limit} model(s) besides the base, got {n}")
 
 
+def foreign_model_keys(method: type[MergeMethod]) -> set[str]:
+    """Per-model parameters of other methods that ``method`` does not take (``weight`` for slerp, …).
+
+    mergekit configs often give them (its own tests do); mergekit ignores them, so they are accepted
+    with a warning (:func:`ignored_parameters`). Any other unknown key is a typo and refused.
+    """
+    own = set(config_keys(method.PerModel)) | set(config_keys(method.Parameters))
+    return {key for name in method_names() for key in config_keys(get_method(name).PerModel)} - own
+
+
 def check_parameter_keys(method: type[MergeMethod], settings: dict[str, Any] | None, where: str) -> None:
-    """Keys of a shared ``parameters:`` block (method-wide or per-model defaults) must be the method's."""
+    """Keys of a shared ``parameters:`` block (method-wide or per-model defaults) must be the method's
+    (or another method's per-model parameter, ignored with a warning)."""
     shared, per_model = config_keys(method.Parameters), config_keys(method.PerModel)
+    foreign = foreign_model_keys(method)
     for key in settings or {}:
-        if key not in shared and key not in per_model:
+        if key not in shared and key not in per_model and key not in foreign:
             known = f"{known_keys(method.Parameters)}; per model: {known_keys(method.PerModel)}"
             raise MergelineError(f"{where}: unknown parameter {key!r} for merge_method {method.name!r} (known: {known})")
 
 
 def check_model_keys(method: type[MergeMethod], settings: dict[str, Any] | None, where: str) -> None:
     per_model = config_keys(method.PerModel)
+    foreign = foreign_model_keys(method)
     for key in settings or {}:
-        if key not in per_model:
+        if key not in per_model and key not in foreign:
             raise MergelineError(
                 f"{where}: unknown per-model parameter {key!r} for merge_method {method.name!r} "
                 f"(known: {known_keys(method.PerModel)})"
             )
+
+
+def ignored_parameters(config: MergeConfig) -> list[str]:
+    """One line per per-model parameter the config gives that its method does not use (mergekit
+    ignores them too), naming where it is given."""
+    method = config.method_class()
+    foreign = foreign_model_keys(method)
+    found: dict[str, list[str]] = {}
+
+    def scan(settings: dict[str, Any] | None, where: str) -> None:
+        for key in settings or {}:
+            if key in foreign:
+                found.setdefault(key, []).append(where)
+
+    scan(config.parameters, "parameters")
+    for i in input_indices(config, method) if config.models else []:
+        scan(config.models[i].parameters, f"models[{i}]")  # type: ignore[index]
+    for k, piece in enumerate(config.slices or []):
+        scan(piece.parameters, f"slices[{k}].parameters")
+        for j, source in enumerate(piece.sources):
+            scan(source.parameters, f"slices[{k}].sources[{j}]")
+    return [f"parameter {key!r} ({', '.join(wheres)}) is not used by merge_method {method.name!r}; "
+            "ignored, as mergekit ignores it" for key, wheres in found.items()]
 
 
 def check_numbers(where: str, settings: dict[str, Any] | None, largest: float) -> None:

@@ -51,7 +51,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -60,8 +60,8 @@ from typing import Any
 
 import torch
 
-from mergeline.merge.checks import check_config
-from mergeline.merge.config import MergeConfig, input_paths, with_base_input
+from mergeline.merge.checks import checked
+from mergeline.merge.config import MergeConfig, input_paths
 from mergeline.errors import MergelineError
 from mergeline.io.atomic import atomic_dir, check_output_dir
 from mergeline.io.safetensors_io import (
@@ -92,9 +92,6 @@ Progress = Callable[[str], None]
 # writer thread output chunks of about CHUNK_ELEMENTS entries.
 BLOCK_ELEMENTS = 1 << 17
 CHUNK_ELEMENTS = 1 << 24
-# Methods whose output element depends only on the same element of the inputs (so row blocks give the
-# same result as whole tensors), besides those that declare ``row_separable = True`` themselves.
-ROW_SEPARABLE = ("task_arithmetic", "linear")
 
 
 @dataclass
@@ -106,11 +103,13 @@ class MergeResult:
     weight_sha256: dict[str, str]
 
 
-class _Engine(MergeInputs, PrefetchedTensors):
+class Engine(MergeInputs, PrefetchedTensors):
     """One merge: the open readers, the plan (:class:`MergeInputs`), and the tensor loop."""
 
-    def __init__(self, config: MergeConfig, device: torch.device, progress: Progress | None) -> None:
+    def __init__(self, config: MergeConfig, device: torch.device, progress: Progress | None,
+                 readers: Mapping[str, CheckpointReader] | None = None) -> None:
         self.config = config
+        self.memory = dict(readers or {})  # inputs already in memory, by the name the config gives them
         self.device = device
         self.progress = progress or (lambda line: None)
         self.method_cls = config.method_class()
@@ -130,7 +129,7 @@ class _Engine(MergeInputs, PrefetchedTensors):
 
     def use(self, method: MergeMethod) -> None:
         """How to run ``method``: in row blocks or whole tensors; NaN/Inf checked on inputs or output."""
-        self.row_separable = bool(method.row_separable or method.name in ROW_SEPARABLE)
+        self.row_separable = bool(method.row_separable)
         self.check_inputs = not method.nonfinite_propagates
 
     @property
@@ -158,6 +157,8 @@ class _Engine(MergeInputs, PrefetchedTensors):
         return self.buffers.take(("ws", key), like.shape, dtype or like.dtype)
 
     def open(self, path: str) -> CheckpointReader:
+        if path in self.memory:
+            return self.memory[path]
         return self.stack.enter_context(open_checkpoint(path))
 
     def statistics(self, method: MergeMethod, items: list[PlanItem]) -> None:
@@ -339,6 +340,31 @@ class _Engine(MergeInputs, PrefetchedTensors):
             torch.set_num_threads(threads)  # the pool threads' setting is also torch's global default
 
 
+def prepare(engine: Engine) -> tuple[MergeMethod, list[PlanItem]]:
+    """Plan, build the method, run its statistics passes: everything before the first output tensor.
+    Call inside ``engine.stack``."""
+    config = engine.config
+    items = engine.plan()
+    first = next((it for it in items if it.floating), None)
+    if first is None:
+        raise MergelineError(f"{engine.ref.path}: has no floating-point tensor to merge")
+    method = engine.method_cls(first.params, first.model_params)
+    if config.slices and method.statistics_passes():
+        raise MergelineError(f"slices: merge_method {config.merge_method!r} (with these parameters) needs "
+                             "whole-model statistics; not supported with slices (use models:)")
+    engine.use(method)
+    engine.progress(
+        f"{config.merge_method}: {len(items)} tensors, {len(config.all_models())} model(s), "
+        f"{engine.compute} on {engine.device}"
+    )
+    # Methods that draw from torch's global RNG stay reproducible, and the caller's RNG is untouched.
+    rng = torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else [])
+    engine.stack.enter_context(rng)
+    torch.manual_seed(config.seed)
+    engine.statistics(method, items)
+    return method, items
+
+
 def run_merge(
     config: MergeConfig,
     out_dir: str | Path,
@@ -350,34 +376,18 @@ def run_merge(
     """Merge per ``config`` into the model folder ``out_dir`` (HF layout + merge.yaml + merge_report.json).
 
     ``out_dir`` must not be, be inside or hold an input, and an existing non-empty ``out_dir`` is
-    replaced only when ``overwrite`` and it is a previous mergeline output (``check_output_dir``).
+    replaced only when ``overwrite`` and it is a previous merge output holding only what mergeline
+    wrote there (``check_output_dir``). A place inside a work folder is allowed here (the pipeline's
+    merge stage writes there); the ``merge`` and ``reproduce`` commands refuse it before calling this.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    config = with_base_input(config)
-    check_config(config)
-    check_output_dir(out_dir, input_paths(config), overwrite=overwrite, flag=None)
-    engine = _Engine(config, resolve_device(device), progress)
+    config, ignored = checked(config)
+    check_output_dir(out_dir, input_paths(config), kind="merge", overwrite=overwrite, flag=None, work_folder_ok=True)
+    engine = Engine(config, resolve_device(device), progress)
     with engine.stack:
-        items = engine.plan()
-        first = next((it for it in items if it.floating), None)
-        if first is None:
-            raise MergelineError(f"{engine.ref.path}: has no floating-point tensor to merge")
-        method = engine.method_cls(first.params, first.model_params)
-        if config.slices and method.statistics_passes():
-            raise MergelineError(f"slices: merge_method {config.merge_method!r} (with these parameters) needs "
-                                 "whole-model statistics; not supported with slices (use models:)")
-        engine.use(method)
-        engine.progress(
-            f"{config.merge_method}: {len(items)} tensors, {len(config.all_models())} model(s), "
-            f"{engine.compute} on {engine.device}"
-        )
-        # Methods that draw from torch's global RNG stay reproducible, and the caller's RNG is untouched.
-        rng = torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else [])
-        engine.stack.enter_context(rng)
-        torch.manual_seed(config.seed)
-        engine.statistics(method, items)
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        method, items = prepare(engine)
+        with atomic_dir(out_dir, kind="merge", overwrite=overwrite) as tmp:
             writer = ShardedWriter(tmp, [it.out for it in items], max_shard_bytes)
             try:
                 engine.write_all(method, items, writer)
@@ -387,6 +397,8 @@ def run_merge(
                 raise
             copied = write_model_files(config, engine.ref.model_dir, tmp, dtype_name(engine.out_dtype), engine.vocab)
             report = build_report(config, engine, method, items, hashes, copied, time.perf_counter() - start)
+            if ignored:
+                report["ignored_parameters"] = ignored
             (tmp / "merge.yaml").write_text(resolved_config(config).to_yaml())
             (tmp / "merge_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     engine.progress(f"wrote {len(hashes)} weight file(s) to {out_dir} in {report['seconds']:.1f} s")

@@ -19,7 +19,6 @@ import torch
 
 from mergeline.merge.config import ParameterResolver, same_path
 from mergeline.errors import MergelineError
-from mergeline.merge.lora_reader import open_checkpoint
 from mergeline.io.safetensors_io import CheckpointReader, TensorSpec
 from mergeline.merge.layers import layer_index
 from mergeline.methods import MethodParameters, ModelParameters, TensorInputs
@@ -120,7 +119,7 @@ class MergeInputs:
         return f"{group.label}.sources[{index}] ({path})" if group.label else f"models[{index}] ({path})"
 
     def _num_layers(self) -> int | None:
-        ref = self.base or open_checkpoint(self.config.models[0].model)  # type: ignore[index]
+        ref = self.base or self.open_model(self.config.models[0].model)  # type: ignore[index]
         layers = [layer_index(n) for n in ref.names()]
         found = [layer for layer in layers if layer is not None]
         return max(found) + 1 if found else None

@@ -264,7 +264,7 @@ def extract_lora_vector(base_dir: str | os.PathLike[str], adapter_dir: str | os.
                 return adapter.delta(name, base.get(name))
             return torch.zeros(base.shape(name), dtype=torch.float32)
 
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, kind="task-vector") as tmp:
             write_streaming(tmp / TASK_VECTOR_FILE, specs, produce)
             info = {
                 "kind": "task_vector", "source": "lora",
@@ -293,7 +293,7 @@ def fold_into_model(base_dir: str | os.PathLike[str], adapter_dir: str | os.Path
             weight = base.get(name)
             return adapter.folded(name, weight) if name in changed else weight
 
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, kind="checkpoint") as tmp:
             write_streaming(tmp / "model.safetensors", specs, produce, metadata={"format": "pt"})
             copy_model_files(Path(base_dir), tmp)
     return {"adapter_sha256": sha256_path(adapter_dir), "lora_tensors": len(changed)}

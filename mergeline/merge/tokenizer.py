@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from mergeline.assets import MODEL_LOAD_LOCK
 from mergeline.merge.config import MergeConfig, ModelToken, TokenSource, ZeroToken
 from mergeline.errors import MergelineError
 
@@ -74,9 +75,10 @@ def _why(exc: Exception) -> str:
 
 
 def _load(path: str | Path) -> Any:
-    from transformers import AutoTokenizer
+    with MODEL_LOAD_LOCK:  # merges run concurrently: transformers' first import is not thread-safe
+        from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=False)
 
 
 def _vocab_size(path: str | Path) -> int | None:

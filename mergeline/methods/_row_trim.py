@@ -18,8 +18,14 @@ If the band misses (the sample was unlucky, or NaN made it meaningless), the sta
 with a band that surely holds ``cut`` ([hi, ∞] or [0, lo]): exact in every case, never a sort.
 Tensors of at most ``SMALL`` entries use the band [0, ∞] (all magnitudes) directly.
 
+Which entries equal to ``cut`` are kept when they straddle the cut-off follows mergekit, whose
+``torch.argsort(|δ|, descending=True)`` is unstable: its order among equal keys depends on the whole
+tensor. Then (``TrimState.gather``) one more pass hands over the blocks' magnitudes, the same argsort
+runs on the whole tensor's, and the kept entries are stored as a mask (``Cut.mask``). Without such
+ties the counts alone decide.
+
 The merge pass then trims each block with :func:`block_mask`: ``|δ| > cut``, plus the block's share
-of entries equal to ``cut`` (all, none, or the first ``keep`` of them by a cumulative count).
+of entries equal to ``cut`` (all or none), or the block's slice of the stored mask.
 NaN magnitudes compare false everywhere, so they are never counted or kept; the caller's output keeps
 them visible (δ·mask keeps NaN), which is how a NaN input is detected.
 """
@@ -100,12 +106,15 @@ def observe(magnitudes: torch.Tensor, lo: float, hi: float, scratch: torch.Tenso
 @dataclass
 class Cut:
     """The trim of one (tensor, model): keep |δ| > value, plus ``keep[b]`` of block b's entries == value
-    (of ``equal[b]``); ``kept`` entries in all."""
+    (of ``equal[b]``); ``kept`` entries in all. With ``mask`` (ties straddling the cut-off): the kept
+    entries of the whole tensor, block b's at flat offsets ``starts[b]`` onwards."""
 
     value: float
     keep: list[int]
     equal: list[int]
     kept: int
+    mask: torch.Tensor | None = None
+    starts: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -118,6 +127,7 @@ class TrimState:
     hi: float
     tries: int = 0
     result: Cut | None = field(default=None)
+    gather: bool = False  # ties straddle the cut-off: the next pass gathers the magnitudes for the sort
 
 
 def resolve(state: TrimState, observations: list[Observation]) -> bool:
@@ -165,23 +175,43 @@ def resolve(state: TrimState, observations: list[Observation]) -> bool:
         keep.append(take)
         ties -= take
     state.result = Cut(cut, keep, equal, greater + sum(keep))
+    state.gather = 0 < sum(keep) < sum(equal)  # some of the tied entries, not all: mergekit's sort decides
     return True
+
+
+def gathered(magnitudes: torch.Tensor) -> torch.Tensor:
+    """A block's magnitudes as mergekit sorts them: flat, float32, on the CPU."""
+    return magnitudes.reshape(-1).to("cpu", torch.float32, copy=True)
+
+
+def resolve_by_sort(state: TrimState, blocks: list[torch.Tensor]) -> None:
+    """Keep the k entries ``argsort(|δ|, descending=True)`` ranks first over the whole tensor (mergekit)."""
+    magnitudes = torch.cat(blocks)
+    mask = torch.zeros(magnitudes.numel(), dtype=torch.bool)
+    mask[torch.argsort(magnitudes, descending=True)[:state.k]] = True
+    starts = [0]
+    for block in blocks[:-1]:
+        starts.append(starts[-1] + block.numel())
+    assert state.result is not None
+    state.result.mask, state.result.starts = mask, starts
+    state.result.kept = state.k
+    state.gather = False
 
 
 def block_mask(magnitudes: torch.Tensor, cut: Cut, block: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Float 0/1 mask of the kept entries of row block ``block`` (``magnitudes`` = its |δ|).
 
+    Without a stored mask a block keeps all or none of its entries equal to the cut-off.
     [x > t] = max(sign(x − t), 0) with float ops (exact: x − t is 0 only when x == t); [x ≥ cut] is
-    [x > t] for t the float32 just below ``cut``.
+    [x > t] for t the value just below ``cut`` in the magnitudes' dtype.
     """
-    keep, equal = cut.keep[block], cut.equal[block]
     out = torch.empty_like(magnitudes) if out is None else out
-    if keep == 0 or keep == equal:
-        threshold = cut.value
-        if keep == equal > 0:  # every entry equal to the cut-off is kept here: x ≥ cut
-            threshold = float(torch.nextafter(torch.tensor(cut.value), torch.tensor(-_INF)))
-        return torch.sub(magnitudes, threshold, out=out).sign_().clamp_min_(0)
-    at = magnitudes == cut.value
-    flat = at.reshape(-1)
-    flat &= torch.cumsum(flat, dim=0) <= keep
-    return out.copy_((magnitudes > cut.value) | at)
+    if cut.mask is not None:
+        start = cut.starts[block]
+        return out.copy_(cut.mask[start:start + magnitudes.numel()].reshape(magnitudes.shape))
+    threshold = cut.value
+    if cut.keep[block] == cut.equal[block] > 0:  # every entry equal to the cut-off is kept here: x ≥ cut
+        # the next value below in the magnitudes' own dtype (a float32 one would round back to cut in bf16)
+        down = torch.tensor([cut.value, -_INF], dtype=magnitudes.dtype)
+        threshold = float(torch.nextafter(down[0], down[1]))
+    return torch.sub(magnitudes, threshold, out=out).sign_().clamp_min_(0)

@@ -4,9 +4,14 @@ Pure tensor functions (tensor in, tensor out), used by task_arithmetic, ties, da
 talos. Semantics follow mergekit 0.1.5 (``mergekit/sparsify.py``, ``generalized_task_arithmetic.py``)
 where mergekit has the method; the differences are stated per function.
 
-Tie rule of the per-tensor magnitude trim: exactly ``k`` entries are kept; among entries whose magnitude
-equals the k-th largest, those with the lowest flat index win. mergekit breaks such ties by an unstable
-argsort, so results agree exactly only when magnitudes at the cut-off are distinct.
+Tie rule of the per-tensor magnitude trims (TIES, Breadcrumbs): exactly ``k`` entries are kept, and when
+entries equal to the k-th largest magnitude straddle the cut-off, the ones kept are those mergekit keeps:
+mergekit ranks by ``torch.argsort(|δ|, descending=True)`` (Breadcrumbs: an ascending ``torch.sort``),
+unstable, on float32 magnitudes on the CPU. An unstable sort's order among equal keys depends on the
+whole tensor (on AVX-512 CPUs torch uses a vectorised quicksort), so that case runs the same sort on
+the same values, on the CPU also in a CUDA merge (CPU and CUDA merges then keep the same entries;
+mergekit's own ``--cuda`` sorts on the GPU and may keep others); without straddling ties the fast
+selection (no sort) gives the same set. Methods of this project's own keep the lowest flat index first (``ties="index"``).
 """
 
 from __future__ import annotations
@@ -61,11 +66,30 @@ def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(flat, n - k + 1).values
 
 
-def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of exactly ``k`` largest ``scores`` (ties at the cut-off: lowest flat index first).
+TieRule = Literal["index", "argsort", "topk"]
+
+
+def _mergekit_pick(flat: torch.Tensor, k: int, ties: TieRule) -> torch.Tensor:
+    """The ``k`` entries mergekit's selection on the CPU returns (boolean mask on ``flat``'s device), by
+    the same torch call on the same values: ``argsort(descending)[:k]`` of float32 magnitudes
+    (``magnitude``), or ``topk`` (``sce``). Always run on the CPU, so a CUDA merge keeps the entries a
+    CPU merge keeps (a GPU sort orders equal keys its own way)."""
+    host = flat.cpu()
+    mask = torch.zeros(host.numel(), dtype=torch.bool)
+    if ties == "topk":
+        mask[torch.topk(host, k, largest=True).indices] = True
+    else:
+        mask[torch.argsort(host.float(), descending=True)[:k]] = True
+    return mask.to(flat.device)
+
+
+def topk_mask(scores: torch.Tensor, k: int, ties: TieRule = "index") -> torch.Tensor:
+    """Boolean mask of exactly ``k`` largest ``scores``.
 
     One exact k-th-value selection (:func:`kth_largest`) instead of a sort, so the cost is a few
-    elementwise passes and memory stays O(n) booleans.
+    elementwise passes and memory stays O(n) booleans. Entries equal to the k-th largest that straddle
+    the cut-off: ``index`` keeps the lowest flat indices; ``argsort`` / ``topk`` keep mergekit's (module
+    docstring), found by its sort, which then runs only on such tensors.
     """
     flat = scores.reshape(-1)
     n = flat.numel()
@@ -76,20 +100,22 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     cut = kth_largest(flat, k)
     above = flat > cut
     at_cut = flat == cut
-    if flat.is_cuda:
+    if flat.is_cuda and ties == "index":
         # No round trip to the host: the tie budget stays on the device, where the cumsum is cheap.
         at_cut &= torch.cumsum(at_cut, dim=0) <= k - above.sum()
         return (above | at_cut).reshape(scores.shape)
     need = k - int(above.sum())
     if int(at_cut.sum()) > need:
+        if ties != "index":
+            return _mergekit_pick(flat, k, ties).reshape(scores.shape)
         # Ties at the cut-off: the first `need` of them in flat order (cumsum only on this rare path).
         at_cut &= torch.cumsum(at_cut, dim=0) <= need
     return (above | at_cut).reshape(scores.shape)
 
 
-def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+def magnitude_mask(delta: torch.Tensor, density: float, ties: TieRule = "index") -> torch.Tensor:
     """TIES trim: keep the k = max(1, int(density·n)) largest |δ| of one tensor."""
-    return topk_mask(delta.abs(), keep_count(density, delta.numel()))
+    return topk_mask(delta.abs(), keep_count(density, delta.numel()), ties)
 
 
 def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -97,6 +123,7 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Ten
 
     When ``int(γ·n) + int(density·n) > n`` fewer outliers are dropped so that ``int(density·n)`` entries
     remain (as mergekit). ``int(γ·n) = 0`` simply drops no outliers: the whole tensor is never zeroed.
+    Ties straddling either cut-off are resolved as mergekit's ascending ``torch.sort`` does.
     """
     n = delta.numel()
     target = int(density * n)
@@ -104,7 +131,21 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Ten
     magnitudes = delta.abs()
     keep_upto = topk_mask(magnitudes, n_top + target)  # the n_top + target largest
     drop_top = topk_mask(magnitudes, n_top)  # the n_top largest (same tie order, so a subset)
+    if _straddles(magnitudes, n_top + target) or _straddles(magnitudes, n_top):
+        order = torch.sort(magnitudes.reshape(-1).cpu().float(), descending=False).indices  # as mergekit on the CPU
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[order[n - n_top - target:n - n_top]] = True
+        return keep.reshape(delta.shape).to(delta.device)
     return keep_upto & ~drop_top
+
+
+def _straddles(magnitudes: torch.Tensor, k: int) -> bool:
+    """Whether entries equal to the k-th largest magnitude lie on both sides of the cut-off."""
+    flat = magnitudes.reshape(-1)
+    if k <= 0 or k >= flat.numel():
+        return False
+    cut = kth_largest(flat, k)
+    return int((flat >= cut).sum()) > k
 
 
 def tensor_seed(seed: int, name: str, model_index: int) -> int:
@@ -172,6 +213,9 @@ def combine(
     # exactly as there.
     buf = scratch or (lambda key, like, dtype=None: torch.empty_like(like, dtype=dtype))
     first = deltas[0]
+    # mergekit holds the weights in a tensor of the compute dtype: in bfloat16 a weight of 0.7 is
+    # 0.69921875 there (in float32 the same rounding happens anyway when a tensor is multiplied by it)
+    weights = [float(torch.tensor(w, dtype=first.dtype)) for w in weights]
 
     def scaled(i: int, key: object) -> torch.Tensor:
         u = torch.mul(deltas[i], weights[i], out=buf(key, first))

@@ -13,7 +13,9 @@ The quantiles of a tensor of more than 1,000,000 entries are taken on 1,000,000 
 sampled with replacement, as mergekit does; the sample is drawn from a CPU generator seeded with
 sha256(seed, tensor name), so a merge reproduces on any device (mergekit uses torch's global RNG, so
 for such tensors the threshold agrees in distribution only). Smaller tensors are exact and bit-equal
-to mergekit's. Exactly one model besides the base; no parameters but ``seed``.
+to mergekit's. The importance and its threshold are computed on the CPU also in a CUDA merge (the
+KL is ill-conditioned in float32 and GPU rounding would change the kept entries), so CUDA and CPU
+merges are equal. Exactly one model besides the base; no parameters but ``seed``.
 """
 
 from __future__ import annotations
@@ -66,16 +68,20 @@ class ArceeFusion(MergeMethod):
     kind = "weights"
     requires_base = True
     Parameters = ArceeFusionParameters
+    result_dtype = torch.float32  # as mergekit writes it
     min_models = 1
     max_models = 1
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         a, (b,) = inputs.base, inputs.tensors
         assert a is not None
-        scores = importance(a, b)
-        keep = (scores >= fusion_threshold(scores, tensor_seed(inputs.params.seed, inputs.name, 0))).to(a.dtype)
+        # The KL of two nearly equal softmaxes is ill-conditioned in float32: GPU kernels round it
+        # differently and flip about a tenth of the kept entries, so the selection runs on the CPU.
+        host_a, host_b = a.cpu(), b.cpu()
+        scores = importance(host_a, host_b)
+        keep = scores >= fusion_threshold(scores, tensor_seed(inputs.params.seed, inputs.name, 0))
         del scores
-        return a + (b - a) * keep
+        return a + (b - a) * keep.to(device=a.device, dtype=a.dtype)
 
     def report(self) -> dict[str, Any]:
         return {"method": self.name, "seed": self.params.seed, "quantile_sample": SAMPLE_SIZE}

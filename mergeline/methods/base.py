@@ -69,6 +69,26 @@ class TensorInputs:
         return torch.empty_like(like, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class PipelineEntry:
+    """How the experiment pipeline sweeps a method: one key under ``merge.methods`` in the params.
+
+    ``name``: that key (None: the method's own ``name``). ``short``: the prefix of its variants' names
+    (``ta_l0.5_d0.2``). ``vectors``: which fine-tune's task vectors it merges: ``full``, ``talos`` or
+    ``lora`` (the last two need ``talos.enabled`` / ``lora.enabled``). ``importance``: it needs each
+    task's importance scores (the compute-importance stage), given as the per-model ``importance``.
+    ``sweeps``: the parameters its grid may vary: ``lambda`` (global), ``density`` (per model) and any
+    other parameter of the method, listed under ``grid:`` in the params. Without ``lambda`` the method
+    gets no ``lambda`` (closed-form coefficients) and its variants are named with λ = 1.
+    """
+
+    short: str
+    name: str | None = None
+    vectors: Literal["full", "talos", "lora"] = "full"
+    importance: bool = False
+    sweeps: tuple[str, ...] = ("lambda",)
+
+
 class MergeMethod(ABC):
     """One merge method. Subclasses are registered with :func:`mergeline.methods.register`.
 
@@ -92,6 +112,11 @@ class MergeMethod(ABC):
         parallel, in any order. May be a property of the instance.
       nonfinite_propagates: a NaN/Inf in any input makes the output non-finite at some element, so
         the engine checks the output alone and inspects the inputs only when the output is not finite.
+      result_dtype: the dtype its results are written in when the config sets no ``out_dtype`` (None:
+        mergekit's rule, ``dtype`` else the base's). mergekit's arcee_fusion and ramplus_tl return
+        float32 whatever the inputs, and mergekit writes that.
+      pipeline: how the experiment pipeline sweeps the method (:class:`PipelineEntry`, one per
+        ``merge.methods`` key it answers to); empty: ``mergeline merge`` only.
     """
 
     name: ClassVar[str]
@@ -108,6 +133,8 @@ class MergeMethod(ABC):
     max_models: ClassVar[int | None] = None
     row_separable: ClassVar[bool] = False
     nonfinite_propagates: ClassVar[bool] = False
+    result_dtype: ClassVar[torch.dtype | None] = None
+    pipeline: ClassVar[tuple[PipelineEntry, ...]] = ()
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         self.params = params

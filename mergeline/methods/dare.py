@@ -25,7 +25,7 @@ from mergeline.methods import register
 from mergeline.methods._fields import Consensus, SparseModel, TaskArithmeticFamilyParameters
 from mergeline.methods._gta import TaskArithmeticFamily
 from mergeline.methods._sparsify import apply_mask, bernoulli_mask, tensor_seed
-from mergeline.methods.base import TensorInputs
+from mergeline.methods.base import PipelineEntry, TensorInputs
 
 
 class DareParameters(TaskArithmeticFamilyParameters):
@@ -77,3 +77,4 @@ class DareTies(_Dare):
     name = "dare_ties"
     Parameters = DareTiesParameters
     uses_consensus: ClassVar[bool] = True
+    pipeline = (PipelineEntry(short="dare", sweeps=("lambda", "density")),)

@@ -36,7 +36,7 @@ from pydantic import Field
 from mergeline.errors import MergelineError
 from mergeline.methods import register
 from mergeline.methods._fields import LambdaParameters, OptionalWeightModel
-from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, TensorInputs
+from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, PipelineEntry, TensorInputs
 
 
 class LataParameters(LambdaParameters):
@@ -100,6 +100,7 @@ class LayerAwareTaskArithmetic(MergeMethod):
     Parameters = LataParameters
     PerModel = OptionalWeightModel
     global_inputs = ("pretrained_model",)
+    pipeline = (PipelineEntry(short="lata"),)
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         super().__init__(params, model_params)

@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 from mergeline.methods import register
 from mergeline.methods._fields import LambdaParameters, density_field
 from mergeline.methods._sparsify import apply_mask, bernoulli_mask, combine, magnitude_mask, tensor_seed
-from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, TensorInputs
+from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, PipelineEntry, TensorInputs
 
 
 class MetaGPTParameters(LambdaParameters):
@@ -67,6 +67,8 @@ class MetaGPT(MergeMethod):
     paper = "arXiv:2406.11385"
     Parameters = MetaGPTParameters
     PerModel = MetaGPTModel
+    # closed-form coefficients: λ is not swept (it would be an ablation, not MetaGPT)
+    pipeline = (PipelineEntry(short="metagpt", sweeps=("density",)),)  # density: with refine (ties / dare)
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         super().__init__(params, model_params)

@@ -88,6 +88,7 @@ class RamPlusTensorLocal(_Ram):
 
     name = "ramplus_tl"
     Parameters = RamPlusParameters
+    result_dtype = torch.float32  # as mergekit writes it
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         p = inputs.params

@@ -10,9 +10,10 @@ Per tensor, with task vectors τ_t = θ_t − θ0 (t = 1..T):
     θ = θ0 + Σ_t a_t w_t τ_t / max(Σ_t a_t w_t, 1e-6)
 
 Defaults and parameters as mergekit 0.1.5 ``sce``: ``select_topk`` 1 (no selection), ``int8_mask``
-(memory hint only, accepted); no per-model weights. Ties in variance at the cut-off: lowest flat index
-first (see ``_sparsify``). The variance of each entry over the T models is computed row chunk by row
-chunk (T·chunk extra floats, not T stacked tensors).
+(memory hint only, accepted); no per-model weights. Ties in variance at the cut-off: the entries
+mergekit's ``torch.topk`` returns (see ``_sparsify``). The variance of each entry over the T models is computed row chunk by row
+chunk (T·chunk extra floats, not T stacked tensors). On CUDA the selection mask is computed on the CPU
+(the tensors are copied to the host), so CUDA and CPU merges select the same entries.
 """
 
 from __future__ import annotations
@@ -51,9 +52,13 @@ def selection_mask(tensors: list[torch.Tensor], share: float) -> torch.Tensor | 
     """SCE's select step: 0/1 mask of the top-variance entries (None: keep everything)."""
     if share >= 1.0:
         return None
+    if tensors[0].device.type != "cpu":
+        # The selection is made on the CPU: GPU reductions round the variances differently and flip
+        # entries at the cut-off, so a CUDA merge would not keep what a CPU merge (and mergekit) keeps.
+        return selection_mask([t.cpu() for t in tensors], share).to(tensors[0].device)
     var = variance_across(tensors)
     k = int(int(torch.count_nonzero(var)) * share)
-    return topk_mask(var.abs(), k).reshape(tensors[0].shape).to(tensors[0].dtype)
+    return topk_mask(var.abs(), k, ties="topk").reshape(tensors[0].shape).to(tensors[0].dtype)
 
 
 def sce_weights(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -31,7 +31,7 @@ from mergeline.methods import register
 from mergeline.methods._fields import LambdaParameters, OptionalWeightModel, density_field
 from mergeline.methods._global_topk import GlobalTopK
 from mergeline.methods._sparsify import keep_count, magnitude_mask
-from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, TensorInputs
+from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, PipelineEntry, TensorInputs
 
 
 class StaParameters(LambdaParameters):
@@ -74,6 +74,7 @@ class SelectiveTaskArithmetic(MergeMethod):
     Parameters = StaParameters
     PerModel = StaModel
     model_inputs = ("importance",)
+    pipeline = (PipelineEntry(short="sta", importance=True, sweeps=("lambda", "density")),)
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         super().__init__(params, model_params)

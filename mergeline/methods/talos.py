@@ -20,7 +20,7 @@ from mergeline.methods import register
 from mergeline.methods._fields import OptionalWeightModel, TaskArithmeticFamilyParameters
 from mergeline.methods._gta import TaskArithmeticFamily
 from mergeline.methods._sparsify import apply_mask
-from mergeline.methods.base import MethodParameters, ModelParameters, TensorInputs
+from mergeline.methods.base import MethodParameters, ModelParameters, PipelineEntry, TensorInputs
 from pydantic import Field
 
 
@@ -39,6 +39,7 @@ class TaLoS(TaskArithmeticFamily):
     Parameters = TaskArithmeticFamilyParameters
     PerModel = TalosModel
     model_inputs = ("mask",)
+    pipeline = (PipelineEntry(short="talos", vectors="talos"),)
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         super().__init__(params, model_params)

@@ -15,6 +15,7 @@ from pydantic import Field
 from mergeline.methods import register
 from mergeline.methods._fields import TaskArithmeticFamilyParameters, WeightedModel
 from mergeline.methods._gta import TaskArithmeticFamily
+from mergeline.methods.base import PipelineEntry
 
 
 class TaskArithmeticModel(WeightedModel):
@@ -34,6 +35,8 @@ class TaskArithmetic(TaskArithmeticFamily):
     Parameters = TaskArithmeticParameters
     PerModel = TaskArithmeticModel
     row_separable = True
+    # the pipeline's ``lora`` is TA over the LoRA fine-tunes' folded vectors (lora.enabled)
+    pipeline = (PipelineEntry(short="ta"), PipelineEntry(name="lora", short="lora", vectors="lora"))
     # sub, multiply and add only: a NaN stays NaN and an Inf gives ±Inf or NaN (Inf − Inf, 0·Inf), so a
     # non-finite input always leaves a non-finite output element; the engine checks the output alone.
     nonfinite_propagates = True

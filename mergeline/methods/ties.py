@@ -7,7 +7,7 @@ arXiv 2306.01708, NeurIPS 2023).
     θ = θ0 + λ τ_m
 
 Defaults follow mergekit ``ties``: trim **per tensor** keeping exactly k = max(1, int(density·n))
-entries (tie rule: at equal magnitude the lowest flat index is kept; see ``_sparsify``), election
+entries (entries tied at the cut-off: the ones mergekit's argsort keeps; see ``_sparsify``), election
 ``sum`` on the weighted deltas, zeros never vote, weight-weighted disjoint mean (``normalize: true``;
 ``false`` gives the disjoint sum), ``lambda`` 1.  Paper option ``trim_scope: global``: each task vector
 keeps its top density share over the **whole model** (official TIES code), found exactly with two
@@ -16,7 +16,9 @@ kept.  ``rescale: true`` rescales each trimmed vector to its original L1 norm (m
 
 Per-tensor trim without rescale is row-separable (``_row_trim``): per tensor and model a statistics pass
 over the row blocks finds the cut-off magnitude and how many entries equal to it each block keeps, then
-the engine merges the tensor in row blocks (memory: a few blocks, not one float32 copy per model).
+the engine merges the tensor in row blocks (memory: a few blocks, not one float32 copy per model). When
+entries equal to the cut-off straddle it, one more pass gathers that model's magnitudes and mergekit's
+argsort picks among them (memory then as mergekit's: the tensor's magnitudes and their order).
 A NaN/Inf input reaches the output (masks multiply), so the engine checks the output alone.
 """
 
@@ -34,7 +36,7 @@ from mergeline.methods._global_topk import GlobalTopK
 from mergeline.methods import _row_trim
 from mergeline.methods._gta import TaskArithmeticFamily
 from mergeline.methods._sparsify import apply_mask, combine, keep_count, magnitude_mask, topk_mask
-from mergeline.methods.base import MethodParameters, ModelParameters, TensorInputs
+from mergeline.methods.base import MethodParameters, ModelParameters, PipelineEntry, TensorInputs
 
 
 class TiesParameters(TaskArithmeticFamilyParameters):
@@ -58,6 +60,7 @@ class Ties(TaskArithmeticFamily):
     PerModel = SparseModel
     uses_consensus = True
     nonfinite_propagates = True
+    pipeline = (PipelineEntry(short="ties", sweeps=("lambda", "density")),)
 
     def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
         super().__init__(params, model_params)
@@ -92,21 +95,29 @@ class Ties(TaskArithmeticFamily):
         self._trim_models[name] = (list(model_index), numel)
         return any(st is not None for st in states)
 
-    def observe_block(self, inputs: TensorInputs) -> list[_row_trim.Observation | None]:
-        out: list[_row_trim.Observation | None] = []
+    def observe_block(self, inputs: TensorInputs) -> list[_row_trim.Observation | torch.Tensor | None]:
+        out: list[_row_trim.Observation | torch.Tensor | None] = []
         for delta, st in zip(inputs.tensors, self._trims[inputs.name]):
-            if st is None:
+            if st is None or (st.result is not None and not st.gather):
                 out.append(None)
                 continue
             magnitudes = torch.abs(delta, out=inputs.scratch("magnitude", delta))
-            out.append(_row_trim.observe(magnitudes, st.lo, st.hi, inputs.scratch("count", delta)))
+            if st.gather:  # ties straddle the cut-off: the whole tensor's magnitudes go to the sort
+                out.append(_row_trim.gathered(magnitudes))
+            else:
+                out.append(_row_trim.observe(magnitudes, st.lo, st.hi, inputs.scratch("count", delta)))
         return out
 
-    def end_observation(self, name: str, observations: list[list[_row_trim.Observation | None]]) -> bool:
+    def end_observation(self, name: str, observations: list[list[Any]]) -> bool:
         done = True
         for i, st in enumerate(self._trims[name]):
-            if st is not None and st.result is None:
-                if not _row_trim.resolve(st, [obs[i] for obs in observations]):  # type: ignore[misc]
+            if st is None:
+                continue
+            seen = [obs[i] for obs in observations]
+            if st.gather:
+                _row_trim.resolve_by_sort(st, seen)
+            elif st.result is None:
+                if not _row_trim.resolve(st, seen) or st.gather:
                     done = False
         return done
 
@@ -148,7 +159,8 @@ class Ties(TaskArithmeticFamily):
         numel = inputs.tensors[0].numel()
         for delta, model, mp in zip(inputs.tensors, inputs.model_index, inputs.model_params):
             k = keep_count(float(mp.density), numel)
-            masks.append(None if k >= numel else topk_mask(torch.abs(delta, out=inputs.scratch("magnitude", delta)), k))
+            masks.append(None if k >= numel else
+                         topk_mask(torch.abs(delta, out=inputs.scratch("magnitude", delta)), k, ties="argsort"))
             self._kept[model] = self._kept.get(model, 0) + min(k, numel)
             self._total[model] = self._total.get(model, 0) + numel
         p = inputs.params
@@ -189,7 +201,7 @@ class Ties(TaskArithmeticFamily):
         if self._global is not None:
             mask = self._global.mask(model, delta.abs())
         else:
-            mask = magnitude_mask(delta, float(inputs.model_params[position].density))
+            mask = magnitude_mask(delta, float(inputs.model_params[position].density), ties="argsort")
         self._kept[model] = self._kept.get(model, 0) + int(mask.sum())
         self._total[model] = self._total.get(model, 0) + mask.numel()
         return apply_mask(delta, mask, "l1" if inputs.params.rescale else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,8 @@ from mergeline.params import ExperimentParams
 
 LogFn = Callable[[str, float, int | None], None]
 ProgressFn = Callable[[str], None]
+ParamsFn = Callable[[Mapping[str, Any]], None]
+ArtifactFn = Callable[[Path, str], None]
 
 
 def resolve_device(preference: str) -> str:
@@ -39,6 +41,8 @@ class StageContext:
     device: str = "cpu"
     log: LogFn | None = None
     progress: ProgressFn | None = None
+    log_params: ParamsFn | None = None
+    log_artifact: ArtifactFn | None = None
 
     @property
     def work(self) -> Path:
@@ -56,6 +60,20 @@ class StageContext:
         if self.log:
             self.log(name, float(value), step)
 
+    def used(self, values: Mapping[str, Any]) -> None:
+        """Report the settings a stage call runs with, as it uses them (tracked as the run's params).
+
+        Stages report what they pass on, not the params sections they were given: a TaLoS
+        fine-tune reports ``lr`` = ``talos.lr``, the step its optimizer takes.
+        """
+        if self.log_params:
+            self.log_params(values)
+
+    def artifact(self, path: Path, folder: str) -> None:
+        """Keep a file the call wrote (a plot) with its tracked run, under ``folder``."""
+        if self.log_artifact:
+            self.log_artifact(path, folder)
+
 
 def rel(path: Path, root: Path) -> str:
     """Paths in records are relative to the project root, so records survive a move of the checkout."""
@@ -70,8 +88,15 @@ def write_json(path: Path, payload: Any) -> None:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
 
 
+@dataclass
+class Clock:
+    seconds: float = 0.0
+
+
 @contextmanager
-def timed(record: dict[str, Any], key: str = "seconds") -> Iterator[None]:
+def timed() -> Iterator[Clock]:
+    """Wall time of the block, in ``clock.seconds`` once it ends (rounded to ms)."""
+    clock = Clock()
     start = time.perf_counter()
-    yield
-    record[key] = round(time.perf_counter() - start, 3)
+    yield clock
+    clock.seconds = round(time.perf_counter() - start, 3)

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mergeline.params import vector_mode
+from mergeline.pipeline.records import (
+    BaseRecord, Checkpoint, DataRecord, Evaluation, Fit, Merged, Scores, Selection, Variant,
+)
 from mergeline.stages.common import StageContext, timed, write_json
+from mergeline.stages.merge import ensure_merged
 
 SPLITS = ("validation", "test")
-# (result name, model record with "path", split, sets) -> the record of :func:`evaluate`
-EvaluateFn = Callable[[str, dict[str, Any], str, list[str]], dict[str, Any]]
 
 
-def evaluation_sets(ctx: StageContext, role: str, split: str, task: str | None = None) -> list[str]:
+@dataclass(frozen=True)
+class Scoring:
+    """One evaluation the plan asks for: ``model`` on ``split`` of ``sets``, reported as ``name``."""
+
+    name: str
+    model: BaseRecord | Checkpoint | Merged
+    split: str
+    sets: tuple[str, ...]
+
+
+# Scores a batch of independent evaluations (all at once where the executor can), in order.
+ScoreFn = Callable[[Sequence[Scoring]], list[Evaluation]]
+
+
+def evaluation_sets(ctx: StageContext, role: str, split: str, task: str | None = None) -> tuple[str, ...]:
     """The sets a model is scored on: ``role`` is ``base``, ``single`` (fine-tuned on ``task``) or ``variant``.
 
     The base always gets every task and the control (drift is measured against it). A single-task
@@ -23,54 +39,51 @@ def evaluation_sets(ctx: StageContext, role: str, split: str, task: str | None =
     selection reads only the task accuracies.
     """
     p = ctx.params
-    every = [*p.task_names, p.control]
     if role == "single" and p.evaluate.singles == "own":
         if task is None:
             raise ValueError("evaluation_sets: a single-task model needs its task")
-        return [task]
+        return (task,)
     if role == "variant" and split == "validation" and not p.evaluate.validation_control:
-        return list(p.task_names)
-    return every
+        return tuple(p.task_names)
+    return (*p.task_names, p.control)
 
 
-def evaluate(ctx: StageContext, name: str, model_path: str, split: str, data: dict[str, Any],
-             sets: list[str] | None = None) -> dict[str, Any]:
-    """Accuracy of one model folder on ``split`` of ``sets`` (default: every task and the control set)."""
+def evaluate(ctx: StageContext, name: str, model: BaseRecord | Checkpoint | Merged, split: str, data: DataRecord,
+             sets: tuple[str, ...]) -> Evaluation:
+    """Accuracy of one model on ``split`` of ``sets`` (task and control sets); a merged variant whose folder
+    was pruned after an earlier scoring is rebuilt first (its record holds the config)."""
     from mergeline.evaluate import evaluate_model, load_causal_lm
 
-    chosen = sets if sets is not None else evaluation_sets(ctx, "base", split)
-    files = {t: ctx.root / data["tasks"][t][split]["path"] for t in chosen}
+    if isinstance(model, Merged):
+        ensure_merged(ctx, model)
+    files = {t: ctx.root / data.split(t, split).path for t in sets}
+    ctx.used({"model": name, "split": split, "sets": ",".join(sets), "batch_size": ctx.params.evaluate.batch_size,
+              "max_length": ctx.params.evaluate.max_length})
     ctx.say(f"evaluate[{split}]: {name}")
-    record: dict[str, Any] = {"name": name, "split": split}
-    with timed(record):
-        model, tokenizer = load_causal_lm(ctx.root / model_path, ctx.device)
-        kinds = data.get("kinds", {})
-        metrics = evaluate_model(model, tokenizer, files, batch_size=ctx.params.evaluate.batch_size,
+    with timed() as clock:
+        loaded, tokenizer = load_causal_lm(ctx.root / model.path, ctx.device)
+        metrics = evaluate_model(loaded, tokenizer, files, batch_size=ctx.params.evaluate.batch_size,
                                  device=ctx.device, max_length=ctx.params.evaluate.max_length,
-                                 metrics={t: kinds[t]["metric"] for t in chosen if t in kinds})
-        del model
-    record["metrics"] = {t: m["acc"] for t, m in metrics.items()}
-    record["raw"] = metrics
-    return record
+                                 metrics={t: data.kinds[t].metric for t in sets if t in data.kinds})
+        del loaded
+    for task, scored in metrics.items():
+        ctx.metric(f"{split}/acc/{task}", scored["acc"])
+    return Evaluation(name=name, split=split, metrics={t: m["acc"] for t, m in metrics.items()}, raw=metrics,
+                      seconds=clock.seconds)
 
 
-def correctness(evaluation: dict[str, Any]) -> dict[str, str]:
-    """``{set: "0110..."}``: per-example correctness of an evaluation record (empty for a placeholder)."""
-    return {t: m.get("correct", "") for t, m in (evaluation.get("raw") or {}).items()}
-
-
-def summarize(ctx: StageContext, evaluation: dict[str, Any], base: dict[str, Any],
-              singles: dict[str, dict[str, Any]] | None) -> dict[str, float]:
+def summarize(ctx: StageContext, evaluation: Evaluation, base: Evaluation,
+              singles: dict[str, Evaluation] | None) -> dict[str, float]:
     """Per-task accuracy, normalized accuracy (÷ the single-task model of the same mode), control drift
     (when the evaluation has the control set)."""
     p = ctx.params
-    acc = evaluation["metrics"]
+    acc = evaluation.metrics
     row: dict[str, float] = {}
     norm = []
     for task in p.task_names:
         row[f"acc/{task}"] = acc[task]
         if singles is not None:
-            reference = singles[task]["metrics"][task]
+            reference = singles[task].metrics[task]
             row[f"norm_acc/{task}"] = acc[task] / reference if reference > 0 else 0.0
             norm.append(row[f"norm_acc/{task}"])
     row["acc/mean"] = sum(acc[t] for t in p.task_names) / len(p.task_names)
@@ -78,78 +91,92 @@ def summarize(ctx: StageContext, evaluation: dict[str, Any], base: dict[str, Any
         row["norm_acc/mean"] = sum(norm) / len(norm)
     if p.control in acc:  # validation may skip it (evaluate.validation_control)
         row["acc/control"] = acc[p.control]
-        row["control_drift"] = acc[p.control] - base["metrics"][p.control]
+        row["control_drift"] = acc[p.control] - base.metrics[p.control]
     return row
 
 
-def write_metrics(ctx: StageContext, records: dict[str, Any]) -> Path:
+def write_metrics(ctx: StageContext, scores: Scores) -> Path:
     """``work_dir/eval/metrics.json`` (the evaluate stage's DVC metrics file): champion, test and validation rows."""
     path = ctx.work / "eval" / "metrics.json"
-    champion = records["selection"]["ranking"][0]
-    write_json(path, {"champion": champion, "test": records["test_rows"], "validation": records["validation_rows"]})
+    write_json(path, {"champion": scores.selection.champion, "test": scores.test_rows,
+                      "validation": scores.validation_rows})
     return path
 
 
-def registered_variants(ctx: StageContext, records: dict[str, Any]) -> list[str]:
+def registered_variants(ctx: StageContext, scores: Scores) -> list[str]:
     """The variants the register stage registers: the champion and ``registry.candidates`` runners-up."""
-    return records["selection"]["ranking"][: 1 + ctx.params.registry.candidates]
+    return list(scores.selection.ranking[: 1 + ctx.params.registry.candidates])
 
 
-def select_best(rows: dict[str, dict[str, float]], variants: dict[str, dict[str, Any]],
-                by: str = "norm_acc/mean") -> dict[str, Any]:
+def select_best(rows: dict[str, dict[str, float]], variants: dict[str, Variant],
+                by: str = "norm_acc/mean") -> Selection:
     """Best variant per method on the validation score ``by``, then the overall ranking.
 
     Ties go to the smaller |λ| (the smaller edit), then to the name, so the choice is deterministic.
     """
     def key(name: str) -> tuple[float, float, str]:
-        return (-rows[name][by], abs(variants[name]["lambda"]), name)
+        return (-rows[name][by], abs(variants[name].lam), name)
 
     best: dict[str, str] = {}
     for name in rows:
-        method = variants[name]["method"]
+        method = variants[name].method
         if method not in best or key(name) < key(best[method]):
             best[method] = name
-    return {"best_per_method": best, "ranking": sorted(best.values(), key=key), "by": by}
+    return Selection(best_per_method=best, ranking=tuple(sorted(best.values(), key=key)), by=by)
 
 
-def evaluate_experiment(ctx: StageContext, base: dict[str, Any], checkpoints: dict[str, dict[str, Any]],
-                        merged: dict[str, dict[str, Any]], variants: dict[str, dict[str, Any]],
-                        ev: EvaluateFn) -> dict[str, Any]:
-    """The evaluation plan of one experiment, with ``ev`` scoring one model (a Prefect task or a plain call).
+def single_label(fit: Fit) -> str:
+    """The result name of a single-task model: ``single-<task>-<mode>``."""
+    return f"single-{fit.label}"
 
-    The base on both splits; each single-task model (``checkpoints``, keys ``task:mode``) on test, and
-    on validation too when selection uses normalized accuracy; every merged variant on validation;
-    each method's best variant on test. Returns ``reference``, ``validation_rows``, ``test_rows``,
-    ``test_correct`` (per-example correctness of those test scores, for paired tests) and ``selection``.
+
+def evaluate_experiment(ctx: StageContext, base: BaseRecord, checkpoints: dict[Fit, Checkpoint],
+                        merged: dict[str, Merged], score: ScoreFn) -> Scores:
+    """The evaluation plan of one experiment, in two rounds of independent evaluations (``score``).
+
+    First the base on both splits; each single-task model on test, and on validation too when
+    selection uses normalized accuracy; every merged variant on validation. Then, once validation
+    has chosen each method's best variant, those on test. A given model stands for its task in every
+    mode: it is scored once.
     """
     p = ctx.params
     by = p.evaluate.select_by
-    reference = {"base": {s: ev("base", base, s, evaluation_sets(ctx, "base", s)) for s in SPLITS}}
     single_splits = SPLITS if by.startswith("norm_acc") else ("test",)
-    scored: dict[int, str] = {}  # a given model stands for its task in every mode: scored once
-    for key, ck in checkpoints.items():
-        label = f"single-{key.replace(':', '-')}"
-        if id(ck) in scored:
-            reference[label] = reference[scored[id(ck)]]
+    first = [Scoring("base", base, s, evaluation_sets(ctx, "base", s)) for s in SPLITS]
+    same_as: dict[str, str] = {}
+    owner: dict[str, str] = {}  # checkpoint path -> the label it is scored under
+    for fit, ck in checkpoints.items():
+        label = single_label(fit)
+        if ck.path in owner:
+            same_as[label] = owner[ck.path]
             continue
-        scored[id(ck)] = label
-        reference[label] = {s: ev(label, ck, s, evaluation_sets(ctx, "single", s, ck["task"])) for s in single_splits}
+        owner[ck.path] = label
+        first += [Scoring(label, ck, s, evaluation_sets(ctx, "single", s, ck.task)) for s in single_splits]
+    first += [Scoring(name, rec, "validation", evaluation_sets(ctx, "variant", "validation"))
+              for name, rec in merged.items()]
+    reference: dict[str, dict[str, Evaluation]] = {}
+    validation: dict[str, Evaluation] = {}
+    for request, result in zip(first, score(first)):
+        if isinstance(request.model, Merged):
+            validation[request.name] = result
+        else:
+            reference.setdefault(request.name, {})[request.split] = result
+    reference.update({label: reference[other] for label, other in same_as.items()})
+    variants = {name: rec.variant for name, rec in merged.items()}
 
-    def rows_for(evals: dict[str, dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
+    def rows_for(evals: dict[str, Evaluation], split: str) -> dict[str, dict[str, float]]:
         rows = {}
         for name, evaluation in evals.items():
-            mode = vector_mode(variants[name]["method"])
-            singles = ({t: reference[f"single-{t}-{mode}"][split] for t in p.task_names}
+            mode = vector_mode(variants[name].method)
+            singles = ({t: reference[single_label(Fit(t, mode))][split] for t in p.task_names}
                        if split in single_splits else None)
             rows[name] = summarize(ctx, evaluation, reference["base"][split], singles)
         return rows
 
-    validation = {name: ev(name, rec, "validation", evaluation_sets(ctx, "variant", "validation"))
-                  for name, rec in merged.items()}
     validation_rows = rows_for(validation, "validation")
     selection = select_best(validation_rows, variants, by)
-    test = {name: ev(name, merged[name], "test", evaluation_sets(ctx, "variant", "test"))
-            for name in selection["ranking"]}
-    return {"reference": reference, "validation_rows": validation_rows, "test_rows": rows_for(test, "test"),
-            "test_correct": {name: correctness(evaluation) for name, evaluation in test.items()},
-            "selection": selection}
+    second = [Scoring(name, merged[name], "test", evaluation_sets(ctx, "variant", "test"))
+              for name in selection.ranking]
+    test = {request.name: result for request, result in zip(second, score(second))}
+    return Scores(reference=reference, validation_rows=validation_rows, test_rows=rows_for(test, "test"),
+                  test_correct={name: evaluation.correct for name, evaluation in test.items()}, selection=selection)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from mergeline.pipeline.records import BaseRecord, Checkpoint, DataRecord, Diagnostics, Importance, Vector
 from mergeline.stages.common import StageContext, rel, timed, write_json
 
 
-def compute_importance(
-    ctx: StageContext, task: str, base: dict[str, Any], checkpoint: dict[str, Any], vector: dict[str, Any],
-    data: dict[str, Any],
-) -> dict[str, Any]:
+def compute_importance(ctx: StageContext, task: str, base: BaseRecord, checkpoint: Checkpoint, vector: Vector,
+                       data: DataRecord) -> Importance:
     """STA importance I = |∇L(θ_ft) ⊙ τ| on the task's validation examples (METHODS.md §3)."""
     from mergeline.importance import StaImportanceConfig, importance_stats, save_importance, sta_importance
     from mergeline.io.atomic import atomic_dir
@@ -19,29 +16,25 @@ def compute_importance(
 
     p = ctx.params
     out = ctx.work / "importance" / task
-    cfg = StaImportanceConfig(max_examples=p.importance.calib_examples, importance_of=p.importance.importance_of,
-                              grad_at=p.importance.grad_at, max_length=p.finetune.max_length,
+    cfg = StaImportanceConfig(**p.importance.model_dump(), max_length=p.finetune.max_length,
                               batch_size=p.finetune.batch_size)
+    ctx.used({"task": task, **cfg.model_dump()})
     ctx.say(f"compute-importance: {task}")
-    record: dict[str, Any] = {"task": task}
-    with timed(record):
-        scores = sta_importance(ctx.root / checkpoint["path"], ctx.root / base["path"],
-                                ctx.root / data["tasks"][task]["validation"]["path"], cfg, device=ctx.device,
+    with timed() as clock:
+        scores = sta_importance(ctx.root / checkpoint.path, ctx.root / base.path,
+                                ctx.root / data.split(task, "validation").path, cfg, device=ctx.device,
                                 log=ctx.log, progress=ctx.progress)
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, kind="importance") as tmp:
             save_importance(scores, tmp / "sta.safetensors")
             stats = importance_stats(scores)
             write_json(tmp / "stats.json", stats)
             plot_importance_histograms(scores, tmp / "importance_histogram.png")
-    record.update({
-        "kind": "sta_taylor", "path": rel(out / "sta.safetensors", ctx.root),
-        "sha256": sha256_file(out / "sta.safetensors"), "plot": rel(out / "importance_histogram.png", ctx.root),
-        "config": cfg.model_dump(),
-    })
-    return record
+    return Importance(task=task, kind="sta_taylor", path=rel(out / "sta.safetensors", ctx.root),
+                      sha256=sha256_file(out / "sta.safetensors"), plot=rel(out / "importance_histogram.png", ctx.root),
+                      config=cfg.model_dump(), seconds=clock.seconds)
 
 
-def vector_diagnostics(ctx: StageContext, vectors: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def vector_diagnostics(ctx: StageContext, vectors: dict[str, Vector]) -> Diagnostics:
     """MetaGPT norms and per-layer cosines between task vectors (LATA-style layer view), with a heat map."""
     from mergeline.importance import layer_similarities, vector_norms
     from mergeline.plots import plot_layer_heatmap
@@ -49,7 +42,7 @@ def vector_diagnostics(ctx: StageContext, vectors: dict[str, dict[str, Any]]) ->
     out = ctx.work / "importance" / "_vectors"
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(vectors)
-    files = {n: ctx.root / vectors[n]["path"] / "task_vector.safetensors" for n in names}
+    files = {n: ctx.root / vectors[n].path / "task_vector.safetensors" for n in names}
     norms = {n: vector_norms(files[n], "model") for n in names}
     heat: dict[str, dict[int, float]] = {}
     for i, a in enumerate(names):
@@ -58,6 +51,7 @@ def vector_diagnostics(ctx: StageContext, vectors: dict[str, dict[str, Any]]) ->
     plot = out / "layer_cosine_heatmap.png"
     if heat:
         plot_layer_heatmap(heat, plot, "per-layer cosine between task vectors")
+        ctx.artifact(plot, "plots")
     summary = {"norms": norms, "layer_cosines": {k: {str(l): v for l, v in d.items()} for k, d in heat.items()}}
     write_json(out / "diagnostics.json", summary)
-    return {"path": rel(out, ctx.root), "summary": summary, "plot": rel(plot, ctx.root) if heat else None}
+    return Diagnostics(path=rel(out, ctx.root), summary=summary, plot=rel(plot, ctx.root) if heat else None)

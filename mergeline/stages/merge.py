@@ -5,102 +5,124 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from mergeline.params import PIPELINE_METHODS, vector_mode
+from mergeline.io.outputs import replace_problem
+from mergeline.methods import pipeline_method
+from mergeline.parameters import config_keys
+from mergeline.params import vector_mode
+from mergeline.pipeline.records import BaseRecord, Fit, Importance, Merged, Variant, Vector
 from mergeline.stages.common import StageContext, rel, timed, write_json
 
-_SHORT = {"task_arithmetic": "ta", "ties": "ties", "dare_ties": "dare", "sta": "sta", "metagpt": "metagpt",
-          "talos": "talos", "lata": "lata", "lora": "lora"}
+
+def variant_name(method: str, lam: float, density: float | None, grid: dict[str, float] | None = None) -> str:
+    """``<short>_l<λ>[_d<density>][_<tag><value>...]``; a grid parameter's tag is its words' initials."""
+    name = f"{pipeline_method(method)[1].short}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
+    for key, value in (grid or {}).items():
+        name += "_" + "".join(word[0] for word in key.split("_")) + f"{value:g}"
+    return name
 
 
-def plan_variants(ctx: StageContext) -> list[dict[str, Any]]:
-    """Every (method, λ, density) point to merge; ``merge.lambda`` pins λ for all methods."""
+def plan_variants(ctx: StageContext) -> list[Variant]:
+    """Every (method, λ, density, grid) point to merge; ``merge.lambda`` pins λ for all methods that sweep it.
+
+    A grid point's values join the variant's ``options`` (merge parameters, global or per-model default).
+    """
     variants = []
     for method, sweep in ctx.params.merge.methods.items():
-        lambdas = [ctx.params.merge.lambda_] if ctx.params.merge.lambda_ is not None else sweep.lambdas
-        if method == "metagpt":
-            lambdas = [1.0]  # closed-form coefficients; an extra λ would be an ablation, not MetaGPT
-        densities = sweep.densities or [None]
-        for lam, density in itertools.product(lambdas, densities):
-            name = f"{_SHORT[method]}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
-            variants.append({"name": name, "method": method, "lambda": lam, "density": density,
-                             "options": sweep.options})
+        keys = list(sweep.grid)
+        for lam, density, *values in itertools.product(*ctx.params.sweep_grid(method)):
+            grid = dict(zip(keys, values))
+            variants.append(Variant(name=variant_name(method, lam, density, grid), method=method, lam=lam,
+                                    density=density, options={**sweep.options, **grid}))
     return variants
 
 
-def merge_config(ctx: StageContext, variant: dict[str, Any], base: dict[str, Any],
-                 vectors: dict[str, dict[str, Any]], importance: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow)."""
-    method = variant["method"]
-    mode = vector_mode(method)
+def merge_config(ctx: StageContext, variant: Variant, base: BaseRecord, vectors: dict[Fit, Vector],
+                 importance: dict[str, Importance]) -> dict[str, Any]:
+    """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow).
+
+    What goes in follows the method's class: ``weight: 1`` per model where it takes a weight, ``lambda``
+    where it sweeps λ, each task's importance where its pipeline entry needs it, the merge seed where it
+    takes one.
+    """
+    method_cls, entry = pipeline_method(variant.method)
+    mode = vector_mode(variant.method)
+    takes_weight = "weight" in config_keys(method_cls.PerModel)
     models = []
     for task in ctx.params.task_names:
-        # MetaGPT's coefficients are closed-form: it takes no per-model weight.
-        per_model: dict[str, Any] = {} if method == "metagpt" else {"weight": 1.0}
-        if variant["density"] is not None:
-            per_model["density"] = variant["density"]
-        if method == "sta":
-            per_model["importance"] = importance[task]["path"]
-        models.append({"model": vectors[f"{task}:{mode}"]["path"], "parameters": per_model})
-    parameters: dict[str, Any] = dict(variant["options"])
-    if method != "metagpt":
-        parameters["lambda"] = variant["lambda"]
-    if method == "dare_ties":
+        per_model: dict[str, Any] = {"weight": 1.0} if takes_weight else {}
+        if variant.density is not None:
+            per_model["density"] = variant.density
+        if entry.importance:
+            per_model["importance"] = importance[task].path
+        models.append({"model": vectors[Fit(task, mode)].path, "parameters": per_model})
+    parameters: dict[str, Any] = dict(variant.options)
+    if "lambda" in entry.sweeps:
+        parameters["lambda"] = variant.lam
+    if "seed" in config_keys(method_cls.Parameters):
         parameters.setdefault("seed", ctx.params.merge.seed)
-    return {"merge_method": PIPELINE_METHODS[method], "base_model": base["path"], "models": models,
+    return {"merge_method": method_cls.name, "base_model": base.path, "models": models,
             "parameters": parameters, "dtype": "float32"}
 
 
-def merge_variant(ctx: StageContext, variant: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def merge_variant(ctx: StageContext, variant: Variant, config: dict[str, Any]) -> Merged:
     """Run one merge into ``work_dir/merged/<variant>`` (atomic; paths in config are root-relative)."""
     from mergeline.merge.config import MergeConfig
     from mergeline.merge.engine import run_merge
 
-    out = ctx.work / "merged" / variant["name"]
-    ctx.say(f"merge: {variant['name']}")
+    out = ctx.work / "merged" / variant.name
+    ctx.used({"method": variant.method, "lambda": variant.lam, "density": variant.density,
+              **{f"option.{k}": v for k, v in variant.options.items()}})
+    ctx.say(f"merge: {variant.name}")
     absolute = _absolutize(config, ctx)
-    record: dict[str, Any] = {"variant": variant, "config": config}
-    with timed(record):
+    with timed() as clock:
         result = run_merge(MergeConfig.model_validate(absolute), out, device=ctx.device, progress=ctx.progress)
-    record.update({"path": rel(out, ctx.root), "weights": result.weight_sha256, "report": result.report})
-    return record
+    return Merged(variant=variant, config=config, path=rel(out, ctx.root), weights=result.weight_sha256,
+                  report=result.report, seconds=clock.seconds)
 
 
-def ensure_merged(ctx: StageContext, record: dict[str, Any]) -> None:
+def ensure_merged(ctx: StageContext, record: Merged) -> None:
     """Rebuild a variant's folder from its config when it was pruned and its weights are needed again.
 
     A merge is a pure function of its config and hashed inputs, so a pruned variant costs one merge to
     get back; the rebuilt weights must equal the recorded sha256, else the inputs changed under it.
     """
-    out = ctx.root / record["path"]
-    if all((out / name).is_file() for name in record["weights"]):
+    out = ctx.root / record.path
+    if all((out / name).is_file() for name in record.weights):
         return
-    ctx.say(f"merge: rebuilding pruned variant {record['variant']['name']}")
-    rebuilt = merge_variant(ctx, record["variant"], record["config"])
-    if rebuilt["weights"] != record["weights"]:
+    ctx.say(f"merge: rebuilding pruned variant {record.variant.name}")
+    rebuilt = merge_variant(ctx, record.variant, record.config)
+    if rebuilt.weights != record.weights:
         raise RuntimeError(f"{out}: rebuilt weights differ from the recorded merge (inputs changed since)")
 
 
-def write_merge_index(ctx: StageContext, merged: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def write_merge_index(ctx: StageContext, merged: dict[str, Merged]) -> dict[str, Any]:
     """``work_dir/merged.json``: every variant as its config and weight sha256 (the merge stage's DVC out).
 
     The variant folders under ``merged/`` are a cache of it (pruned after scoring, rebuilt on demand).
     """
-    index = {name: {"config": rec["config"], "weights": rec["weights"], "path": rec["path"]}
+    index = {name: {"config": rec.config, "weights": rec.weights, "path": rec.path}
              for name, rec in sorted(merged.items())}
     write_json(ctx.work / "merged.json", index)
     return index
 
 
-def prune_merged(ctx: StageContext, merged: dict[str, dict[str, Any]], keep: list[str]) -> list[str]:
-    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all)."""
+def prune_merged(ctx: StageContext, merged: dict[str, Merged], keep: list[str]) -> list[str]:
+    """Delete the folders of scored variants not in ``keep`` (``registry.keep_merged: all`` keeps all).
+
+    Only a folder that is still the merge mergeline wrote is deleted (``replace_problem``, as for any
+    replace); one holding anything else is kept, with a line saying why."""
     import shutil
 
     if ctx.params.registry.keep_merged == "all":
         return []
     pruned = []
     for name, rec in sorted(merged.items()):
-        folder = ctx.root / rec["path"]
+        folder = ctx.root / rec.path
         if name not in keep and folder.is_dir():
+            problem = replace_problem(folder, "merge", overwrite=True)
+            if problem is not None:
+                ctx.say(f"merge: not pruning {name}: {problem}")
+                continue
             shutil.rmtree(folder)
             pruned.append(name)
     if pruned:

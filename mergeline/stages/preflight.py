@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mergeline.errors import MergelineError
+from mergeline.io.outputs import MARKER, enclosing
 from mergeline.params import ExperimentParams
 
 
@@ -41,9 +42,18 @@ def preflight(params: ExperimentParams, root: Path) -> None:
                        params.lora.target_modules if params.lora.enabled else None)
 
 
+# Folders no output belongs in: the kernel's (writes there are refused or change the system; only
+# /dev/shm is a file system for files) and those of git and DVC (an output there corrupts the
+# repository or its cache).
+KERNEL_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
+SHARED_MEMORY = Path("/dev/shm")
+TOOL_FOLDERS = (".git", ".dvc")
+
+
 def _check_output_roots(params: ExperimentParams, root: Path) -> None:
     """``work_dir`` and ``data_dir`` hold stage outputs: each needs a folder of its own, never the
-    project folder or one above it (stage outputs then replace only previous mergeline outputs)."""
+    project folder or one above it (stage outputs then replace only previous mergeline outputs),
+    nor one under /proc, /sys or /dev, nor one inside a ``.git`` or ``.dvc`` folder."""
     top = root.resolve()
     for key in ("work_dir", "data_dir"):
         value = getattr(params, key)
@@ -51,18 +61,28 @@ def _check_output_roots(params: ExperimentParams, root: Path) -> None:
         where = folder.resolve()
         if where == top or top.is_relative_to(where):
             raise MergelineError(f"{key} {value!r}: is the project folder or holds it; give the outputs a folder of their own")
+        if any(where.is_relative_to(kernel) for kernel in KERNEL_FOLDERS) and not where.is_relative_to(SHARED_MEMORY):
+            raise MergelineError(f"{key} {value!r}: {where} is a kernel folder, not a place for outputs")
+        if tool := next((part for part in where.parts if part in TOOL_FOLDERS), None):
+            raise MergelineError(f"{key} {value!r}: {where} is inside a {tool} folder (the tool's own data); "
+                                 "give the outputs a folder of their own")
         if folder.exists() and not folder.is_dir():
             raise MergelineError(f"{key} {value!r}: {folder} exists and is not a folder")
+        output = folder if (folder / MARKER).is_file() else enclosing(folder, MARKER)
+        if output is not None:
+            raise MergelineError(f"{key} {value!r}: {output} is an output mergeline wrote (a model, task vector...); "
+                                 "give the stage outputs a folder of their own")
 
 
 def _check_method_options(params: ExperimentParams) -> None:
     """A sweep's ``options`` become merge parameters: an unknown one fails now, not at the merge stage."""
     from mergeline.merge.config import check_parameter_keys
-    from mergeline.methods import get_method
-    from mergeline.params import PIPELINE_METHODS
+    from mergeline.methods import pipeline_method
 
     for name, sweep in params.merge.methods.items():
-        check_parameter_keys(get_method(PIPELINE_METHODS[name]), sweep.options, f"merge.methods.{name}.options")
+        method = pipeline_method(name)[0]
+        check_parameter_keys(method, sweep.options, f"merge.methods.{name}.options")
+        check_parameter_keys(method, sweep.grid, f"merge.methods.{name}.grid")
 
 
 def _check_declared_tasks(params: ExperimentParams, root: Path) -> None:

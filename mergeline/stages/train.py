@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mergeline.params import LoraSettings, TalosMask
+from mergeline.pipeline.records import BaseRecord, Checkpoint, DataRecord, FileRef, Fit, Vector, checkpoint_name
 from mergeline.stages.common import StageContext, rel, timed
-
-
-def checkpoint_name(task: str, mode: str) -> str:
-    return task if mode == "full" else f"{task}-{mode}"
 
 
 def autocast_dtype(device: str) -> str:
@@ -29,53 +27,50 @@ def finetune_settings(ctx: StageContext, mode: str) -> dict[str, Any]:
     return settings
 
 
-def finetune(ctx: StageContext, task: str, mode: str, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+def finetune(ctx: StageContext, fit: Fit, base: BaseRecord, data: DataRecord) -> Checkpoint:
     """Fine-tune the base on one task, fully (``full``), on a TaLoS mask (``talos``) or as a LoRA adapter (``lora``)."""
     from mergeline.finetune import FinetuneConfig, TalosConfig, finetune_checkpoint
     from mergeline.io.hashing import sha256_dir
 
-    if mode == "lora":
-        return _finetune_lora(ctx, task, base, data)
+    if fit.mode == "lora":
+        return _finetune_lora(ctx, fit, base, data)
 
     p = ctx.params
-    splits = data["tasks"][task]
-    out = ctx.work / "checkpoints" / checkpoint_name(task, mode)
-    settings = finetune_settings(ctx, mode)
-    cfg = FinetuneConfig(**settings, dtype=autocast_dtype(ctx.device))
+    out = ctx.work / "checkpoints" / fit.name
+    cfg = FinetuneConfig(**finetune_settings(ctx, fit.mode), dtype=autocast_dtype(ctx.device))
     talos = None
-    if mode == "talos":
-        talos = TalosConfig(keep=p.talos.keep, rounds=p.talos.rounds, max_examples=p.talos.calib_examples,
-                            seed=p.finetune.seed)
-    ctx.say(f"fine-tune[{mode}]: {task}")
-    record: dict[str, Any] = {"task": task, "mode": mode}
-    with timed(record):
+    if fit.mode == "talos":
+        talos = TalosConfig(**p.talos.model_dump(include=set(TalosMask.model_fields)), seed=p.finetune.seed)
+    # what the optimizer and the mask get, as they get it: MLflow's params and the lineage's are these
+    used = cfg.model_dump() | ({"talos": talos.model_dump()} if talos else {})
+    ctx.used(used)
+    ctx.say(f"fine-tune[{fit.mode}]: {fit.task}")
+    with timed() as clock:
         meta = finetune_checkpoint(
-            ctx.root / base["path"], ctx.root / splits["train"]["path"], out, cfg, talos=talos,
-            calib_jsonl=ctx.root / splits["validation"]["path"], device=ctx.device, log=ctx.log, progress=ctx.progress,
+            ctx.root / base.path, ctx.root / data.split(fit.task, "train").path, out, cfg, talos=talos,
+            calib_jsonl=ctx.root / data.split(fit.task, "validation").path, device=ctx.device, log=ctx.log,
+            progress=ctx.progress,
         )
-    record.update({"path": rel(out, ctx.root), "sha256": sha256_dir(out), "meta": meta,
-                   "params": settings | ({"talos": p.talos.model_dump()} if talos else {})})
-    return record
+    return Checkpoint(task=fit.task, mode=fit.mode, path=rel(out, ctx.root), sha256=sha256_dir(out), meta=meta,
+                      params=used, seconds=clock.seconds)
 
 
-def _finetune_lora(ctx: StageContext, task: str, base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+def _finetune_lora(ctx: StageContext, fit: Fit, base: BaseRecord, data: DataRecord) -> Checkpoint:
     from mergeline.finetune import FinetuneConfig
-    from mergeline.finetune.lora_train import LoraSettings, finetune_lora_checkpoint
+    from mergeline.finetune.lora_train import finetune_lora_checkpoint
     from mergeline.io.hashing import sha256_dir
 
-    p = ctx.params
-    out = ctx.work / "checkpoints" / checkpoint_name(task, "lora")
-    settings = finetune_settings(ctx, "lora")
-    cfg = FinetuneConfig(**settings, dtype=autocast_dtype(ctx.device))
-    lora = LoraSettings(**p.lora.model_dump(exclude={"enabled", "lr"}))
-    ctx.say(f"fine-tune[lora]: {task}")
-    record: dict[str, Any] = {"task": task, "mode": "lora"}
-    with timed(record):
-        meta = finetune_lora_checkpoint(ctx.root / base["path"], ctx.root / data["tasks"][task]["train"]["path"], out,
+    out = ctx.work / "checkpoints" / fit.name
+    cfg = FinetuneConfig(**finetune_settings(ctx, "lora"), dtype=autocast_dtype(ctx.device))
+    lora = LoraSettings(**ctx.params.lora.model_dump(include=set(LoraSettings.model_fields)))
+    used = cfg.model_dump() | {"lora": lora.model_dump()}
+    ctx.used(used)
+    ctx.say(f"fine-tune[lora]: {fit.task}")
+    with timed() as clock:
+        meta = finetune_lora_checkpoint(ctx.root / base.path, ctx.root / data.split(fit.task, "train").path, out,
                                         cfg, lora, device=ctx.device, log=ctx.log, progress=ctx.progress)
-    record.update({"path": rel(out, ctx.root), "sha256": sha256_dir(out), "meta": meta,
-                   "params": settings | {"lora": p.lora.model_dump()}})
-    return record
+    return Checkpoint(task=fit.task, mode="lora", path=rel(out, ctx.root), sha256=sha256_dir(out), meta=meta,
+                      params=used, seconds=clock.seconds)
 
 
 def given_model(ctx: StageContext, task: str) -> Path:
@@ -84,46 +79,53 @@ def given_model(ctx: StageContext, task: str) -> Path:
     return ctx.root / str(entry.checkpoint or entry.adapter)
 
 
-def import_task_model(ctx: StageContext, task: str, base: dict[str, Any]) -> dict[str, Any]:
+def import_task_model(ctx: StageContext, task: str, base: BaseRecord, given_sha256: str) -> Checkpoint:
     """A task given as a model: a checkpoint is used where it is; an adapter is folded onto the base
-    into ``work_dir/checkpoints/<task>`` (the model evaluation loads). Nothing is fine-tuned."""
+    into ``work_dir/checkpoints/<task>`` (the model evaluation loads). Nothing is fine-tuned.
+
+    ``given_sha256`` is the given folder's content hash, read before the call: it keys a cache on the
+    folder's content (an edited model is imported again), and it must still match when the call runs.
+    """
+    from mergeline.errors import MergelineError
     from mergeline.io.hashing import sha256_dir
     from mergeline.merge.lora import fold_into_model
 
     source = ctx.params.task_entry(task).source
     given = given_model(ctx, task)
+    ctx.used({"task": task, "source": source, "given": rel(given, ctx.root)})
     ctx.say(f"import-task-model[{source}]: {task} <- {given}")
-    given_sha = sha256_dir(given)
-    record: dict[str, Any] = {"task": task, "mode": "full", "source": source, "params": {},
-                              "input": {"path": rel(given, ctx.root), "sha256": given_sha}}
-    with timed(record):
+    with timed() as clock:
+        if sha256_dir(given) != given_sha256:
+            raise MergelineError(f"{given}: changed while the pipeline ran (task '{task}'); run it again")
+        meta: dict[str, Any] = {}
         if source == "adapter":
             out = ctx.work / "checkpoints" / task
-            record["meta"] = fold_into_model(ctx.root / base["path"], given, out)
+            meta = fold_into_model(ctx.root / base.path, given, out)
         else:
             out = given
-    record.update({"path": rel(out, ctx.root), "sha256": given_sha if out == given else sha256_dir(out)})
-    return record
+    return Checkpoint(task=task, mode="full", source=source, path=rel(out, ctx.root), meta=meta,
+                      sha256=given_sha256 if out == given else sha256_dir(out),
+                      given=FileRef(path=rel(given, ctx.root), sha256=given_sha256), seconds=clock.seconds)
 
 
-def extract_vector(ctx: StageContext, base: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any]:
+def extract_vector(ctx: StageContext, base: BaseRecord, checkpoint: Checkpoint) -> Vector:
     """τ = θ_ft − θ_base, written as a task-vector folder (safetensors + json with sha256); for a LoRA
     adapter (fine-tuned here or given) τ is its fold, ΔW = s·B·A per target module."""
     from mergeline.finetune import extract_task_vector
     from mergeline.finetune.lora_train import adapter_of
     from mergeline.merge.lora import extract_lora_vector
 
-    name = checkpoint_name(checkpoint["task"], checkpoint["mode"])
+    name = checkpoint_name(checkpoint.task, checkpoint.mode)
     out = ctx.work / "vectors" / name
+    ctx.used({"task": checkpoint.task, "mode": checkpoint.mode})
     ctx.say(f"extract-vector: {name}")
-    record: dict[str, Any] = {"task": checkpoint["task"], "mode": checkpoint["mode"]}
-    base_dir = ctx.root / base["path"]
-    with timed(record):
-        if checkpoint["mode"] == "lora":
-            meta = extract_lora_vector(base_dir, adapter_of(ctx.root / checkpoint["path"]), out)
-        elif checkpoint.get("source") == "adapter":
-            meta = extract_lora_vector(base_dir, ctx.root / checkpoint["input"]["path"], out)
+    base_dir = ctx.root / base.path
+    with timed() as clock:
+        if checkpoint.mode == "lora":
+            meta = extract_lora_vector(base_dir, adapter_of(ctx.root / checkpoint.path), out)
+        elif checkpoint.source == "adapter" and checkpoint.given is not None:
+            meta = extract_lora_vector(base_dir, ctx.root / checkpoint.given.path, out)
         else:
-            meta = extract_task_vector(base_dir, ctx.root / checkpoint["path"], out)
-    record.update({"path": rel(out, ctx.root), "sha256": meta["sha256"], "meta": meta})
-    return record
+            meta = extract_task_vector(base_dir, ctx.root / checkpoint.path, out)
+    return Vector(task=checkpoint.task, mode=checkpoint.mode, path=rel(out, ctx.root), sha256=meta["sha256"],
+                  meta=meta, seconds=clock.seconds)

@@ -92,9 +92,10 @@ def project_env(root: Path, results: Path | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MERGELINE, *args], cwd=root, env=project_env(root), capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(root: Path, *args: str, timeout: float = 900, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MERGELINE, *args], cwd=root, env={**project_env(root), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def free_port() -> int:

@@ -111,6 +111,25 @@ def test_reproduce_detects_a_config_that_does_not_give_the_registered_weights(
     assert code == 1 and "mismatch: vectors/beta/task_vector.safetensors" in err and "cannot rebuild" in err
 
 
+def test_reproduce_never_writes_over_or_into_a_stage_output(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    """A task vector no input of the lineage names (another task's, in the same work folder): its
+    folder is neither replaced with --overwrite nor written into."""
+    from mergeline.finetune.checkpoint import extract_task_vector
+
+    gamma = project.root / "vectors" / "gamma"
+    extract_task_vector(project.root / "base", project.root / "ft" / "alpha", gamma)
+    before = {p.name: p.read_bytes() for p in gamma.iterdir()}
+    try:
+        for out, extra, says in ((gamma, ["--overwrite"], "holds a task vector that mergeline wrote, not a merged model"),
+                                 (gamma / "rebuilt", [], "is inside " + str(gamma) + ", an output mergeline wrote")):
+            code, _, err = cli(project, capsys, "reproduce", SPEC, "--out", str(out), *extra)
+            lines = err.strip().splitlines()
+            assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {out}: {says}"), err
+        assert {p.name: p.read_bytes() for p in gamma.iterdir()} == before
+    finally:
+        shutil.rmtree(gamma)
+
+
 def test_dvc_cache_and_remote_stand_in_for_deleted_inputs(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     root = project.root
     shutil.rmtree(root / "vectors/alpha")

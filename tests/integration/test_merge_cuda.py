@@ -120,7 +120,8 @@ def test_cuda_merge_keeps_bf16_and_bounds_gpu_memory(tmp_path: Path, monkeypatch
 
 def test_cuda_ties_bf16_is_bit_equal_to_cpu(tmp_path: Path) -> None:
     """bf16 task vectors tie at the cut-off a lot: the GPU's whole-tensor top-k keeps the same entries
-    (lowest index first) as the CPU's row blocks, and reports the same kept fractions."""
+    (mergekit's CPU argsort order, resolved on the host) as the CPU's row blocks, and reports the same
+    kept fractions."""
     models = _model_set(tmp_path / "models", "bfloat16")
     config = load_merge_config(_config(models, "ties", tmp_path / "ties.yaml"))
     cpu = run_merge(config, tmp_path / "cpu", device="cpu")
@@ -157,6 +158,12 @@ MORE_METHODS = {
     "passthrough": ({"scale": 0.5}, {}),
     "ram": ({}, {"epsilon": 1e-4}),
     "ramplus_tl": ({}, {"epsilon": 1e-4}),
+    "breadcrumbs_ties": ({"weight": 0.5, "density": 0.5, "gamma": 0.05}, {}),
+    "tsv": ({"weight": 1.0}, {"lambda": 0.8}),
+    "iso_c": ({}, {}),
+    "iso_cts": ({}, {"common_space_fraction": 0.5}),
+    "consensus_ta": ({}, {"tall_mask_lambda": 0.4, "consensus_k": 1}),
+    "consensus_ties": ({"density": 0.3}, {"consensus_k": 1}),
 }
 
 
@@ -175,12 +182,24 @@ def test_cuda_more_methods_equal_cpu(tmp_path: Path, method: str) -> None:
     run_merge(config, tmp_path / "cuda", device="cuda")
     cpu, cuda = _tensors(tmp_path / "cpu"), _tensors(tmp_path / "cuda")
     assert set(cpu) == set(cuda)
+    report = {}
     for name, expected in cpu.items():
         off = (cuda[name] - expected).abs() > 1e-6
-        if method in ("sce", "arcee_fusion"):
-            # a selection by rank/threshold of values that round differently on the two devices may
-            # flip an entry at the cut-off; nothing else may differ
-            assert int(off.sum()) <= max(1, expected.numel() // 10_000), name
-        else:
-            # element-wise arithmetic is the same on both devices; sums and norms round differently
-            assert not off.any(), (name, (cuda[name] - expected).abs().max())
+        report[name] = (int(off.sum()), expected.numel(), float((cuda[name] - expected).abs().max()))
+    # element-wise arithmetic is the same on both devices and selections (SCE's variance top-k,
+    # arcee_fusion's importance threshold, tie resolution) are made on the CPU; sums, norms and SVDs
+    # round differently, by far less than 1e-6
+    assert not any(count for count, _, _ in report.values()), {n: r for n, r in report.items() if r[0]}
+
+
+def test_in_memory_merge_on_cuda_equals_file_merge(tmp_path: Path) -> None:
+    from mergeline.merge.memory import merge_state_dicts
+
+    models = _model_set(tmp_path / "models", "bfloat16")
+    config = load_merge_config(_config(models, "ties", tmp_path / "ties.yaml"))
+    run_merge(config, tmp_path / "cuda", device="cuda")
+    files = _tensors(tmp_path / "cuda")
+    memory = merge_state_dicts("ties", _tensors(models.base), [_tensors(ft) for ft in models.finetunes],
+                               model_parameters=[{"weight": 0.5, "density": 0.4}] * len(models.finetunes),
+                               device="cuda")
+    assert set(memory) == set(files) and all(torch.equal(memory[n], files[n]) for n in files)

@@ -22,7 +22,7 @@ import torch
 
 from mergeline.merge.config import ConditionalParameter, MergeConfig, evaluate_setting
 from mergeline.merge.engine import run_merge
-from tests.merge_fixtures import finetune, load_tensors, tiny_base
+from tests.merge_fixtures import finetune, load_tensors, tiny_base, write_checkpoint
 
 mergekit_config = pytest.importorskip("mergekit.config")
 mergekit_merge = pytest.importorskip("mergekit.merge")
@@ -216,3 +216,86 @@ def _assert_equal(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]
             assert torch.equal(ours[name], expected), (name, (ours[name] - expected).abs().max())
         else:
             torch.testing.assert_close(ours[name], expected, rtol=0, atol=atol)
+
+
+# mergekit's own test configs give per-model ``weight`` to methods that ignore it; mergekit runs them.
+IGNORED_WEIGHT = {
+    "slerp": lambda z: {"merge_method": "slerp", "base_model": z["llama"], "dtype": "float32", "parameters": {"t": 0.3},
+                        "models": [{"model": z["llama"], "parameters": {"weight": 0.5}},
+                                   {"model": z["llama_b"], "parameters": {"weight": 0.5}}]},
+    "model_stock": lambda z: _three(z, "model_stock", [1.0, 0.5, 0.3]),
+    "sce": lambda z: _three(z, "sce", [1.0, 0.5, 0.3], select_topk=0.5),
+    "karcher": lambda z: _three(z, "karcher", [1.0, 0.5, 0.3], base=False),
+    "nearswap": lambda z: {**_one(z, "nearswap", t=0.05), "models": [{"model": z["llama_b"], "parameters": {"weight": 1.0}}]},
+    "arcee_fusion": lambda z: {**_one(z, "arcee_fusion"), "models": [{"model": z["llama_b"], "parameters": {"weight": 1.0}}]},
+    "ram": lambda z: _three(z, "ram", [1.0, 0.5, 0.3], epsilon=0.02),
+}
+
+
+@pytest.mark.parametrize("case", list(IGNORED_WEIGHT))
+def test_ignored_weight_is_accepted_with_one_warning_and_equals_mergekit(
+        zoo: dict[str, str], tmp_path: Path, capfd: pytest.CaptureFixture[str], case: str) -> None:
+    ours, theirs = _both(IGNORED_WEIGHT[case](zoo), tmp_path)
+    _assert_equal(ours, theirs)
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"parameter 'weight'" in warnings[0] and f"merge_method {case!r}" in warnings[0]
+
+
+@pytest.fixture(scope="module")
+def zoo16(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """bf16 weights: task vectors on few magnitudes, so many entries tie at every cut-off."""
+    root = tmp_path_factory.mktemp("parity16")
+    out = {}
+    small = tiny_base("llama", root / "f32")
+    # and one matrix of 720,896 entries (hidden 512 × 1,408), merged in many row blocks
+    big = tiny_base("llama", root / "big32", hidden_size=512, intermediate_size=1408, num_hidden_layers=1)
+    for prefix, base in (("", small), ("big_", big)):
+        for name, seed, scale in (("base", 0, 0.0), ("a", 1, 0.02), ("b", 2, 0.05), ("c", 3, 0.03)):
+            source = base if name == "base" else finetune(base, root / f"{prefix}{name}32", seed=seed, scale=scale)
+            tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_tensors(source).items()}
+            out[prefix + name] = str(write_checkpoint(root / f"{prefix}{name}", tensors, config_from=base))
+    return out
+
+
+TRIMS = {
+    "ties": ({"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.3}),
+    "breadcrumbs": ({"weight": 1.0, "density": 0.6, "gamma": 0.05}, {"weight": 0.7, "density": 0.3, "gamma": 0.1}),
+    "breadcrumbs_ties": ({"weight": 1.0, "density": 0.6, "gamma": 0.05}, {"weight": 0.7, "density": 0.3}),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("method", list(TRIMS))
+def test_trims_keep_mergekits_entries_at_exact_ties(zoo16: dict[str, str], tmp_path: Path, method: str,
+                                                     dtype: str) -> None:
+    pa, pb = TRIMS[method]
+    config = {"merge_method": method, "base_model": zoo16["base"], "dtype": dtype,
+              "models": [{"model": zoo16["a"], "parameters": pa}, {"model": zoo16["b"], "parameters": pb}]}
+    ours, theirs = _both(config, tmp_path)
+    _assert_equal(ours, theirs)
+
+
+def test_ties_on_a_large_matrix_in_row_blocks_equals_mergekit(zoo16: dict[str, str], tmp_path: Path) -> None:
+    config = {"merge_method": "ties", "base_model": zoo16["big_base"], "dtype": "float32",
+              "models": [{"model": zoo16["big_a"], "parameters": {"weight": 1.0, "density": 0.2}},
+                         {"model": zoo16["big_b"], "parameters": {"weight": 0.5, "density": 0.4}}]}
+    name = "model.layers.0.mlp.down_proj.weight"
+    delta = (load_tensors(Path(zoo16["big_a"]))[name].float() - load_tensors(Path(zoo16["big_base"]))[name].float())
+    magnitudes = delta.abs().reshape(-1)
+    k = int(0.2 * magnitudes.numel())
+    cut = magnitudes.kthvalue(magnitudes.numel() - k + 1).values
+    assert int((magnitudes > cut).sum()) < k < int((magnitudes >= cut).sum())  # ties straddle the cut-off
+    ours, theirs = _both(config, tmp_path)
+    _assert_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("method", ["arcee_fusion", "ramplus_tl"])
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_float32_output_of_arcee_fusion_and_ramplus_as_mergekit(zoo16: dict[str, str], tmp_path: Path,
+                                                                 method: str, dtype: str | None) -> None:
+    models = ["a"] if method == "arcee_fusion" else ["a", "b", "c"]
+    config = {"merge_method": method, "base_model": zoo16["base"], "models": [{"model": zoo16[m]} for m in models],
+              **({"dtype": dtype} if dtype else {})}
+    ours, theirs = _both(config, tmp_path)
+    assert {t.dtype for t in theirs.values() if t.is_floating_point()} == {torch.float32}
+    assert all(ours[n].dtype == theirs[n].dtype for n in theirs)

@@ -24,6 +24,7 @@ from tests.integration.pipeline_project import (
 from tests.lm_fixtures import build_tiny_llama
 
 pytestmark = pytest.mark.slow
+TALOS_LR, FINETUNE_LR = 3e-3, 1e-3  # FINETUNE_LR: params/tiny.yaml's finetune.lr
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +36,26 @@ def tiny_base() -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_project(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    root = make_project(tmp_path_factory.mktemp("pipeline") / "project", tiny_base)
-    result = run_cli(root, "run", "--params", "params.yaml")
+def finished_project(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    # TaLoS with its own learning rate (tiny.yaml's falls back to finetune.lr): the runs must tell them apart
+    talos = {"enabled": True, "keep": 0.2, "rounds": 2, "calib_examples": 4, "lr": TALOS_LR}
+    root = make_project(tmp_path_factory.mktemp("pipeline") / "project", tiny_base, talos=talos)
+    result = run_cli(root, "run", "--params", "params.yaml", env={"MERGELINE_MAX_WORKERS": "2"})
     assert result.returncode == 0, result.stderr[-4000:]
-    return root, result.stdout
+    return root, result.stdout, result.stderr
 
 
-def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, str]) -> None:
+def _errors(stderr: str) -> list[str]:
+    """Lines of a successful run's stderr that a user would read as a failure."""
+    return [line for line in stderr.splitlines() if "Traceback" in line or "ERROR" in line]
+
+
+def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, str, str]) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    root, stdout = finished_project
+    root, stdout, stderr = finished_project
+    assert _errors(stderr) == [], stderr[-4000:]
     assert "| model |" in stdout and "champion" in stdout, stdout[-2000:]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     version = MlflowClient().get_model_version_by_alias("mergeline-tiny", "champion")
@@ -61,8 +70,44 @@ def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, 
     assert all(0.0 <= row[f"acc/{t}"] <= 1.0 for t in ("news", "sentiment"))
 
 
-def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[Path, str]) -> None:
-    root, _ = finished_project
+def test_each_fine_tune_logs_and_records_the_learning_rate_it_used(finished_project: tuple[Path, str, str]) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    root, _, _ = finished_project
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="attributes.run_name LIKE 'fine-tune:%'")
+    lr = {r.info.run_name: float(r.data.params["lr"]) for r in runs}
+    assert lr == {f"fine-tune:{t}-{m}": TALOS_LR if m == "talos" else FINETUNE_LR
+                  for t in ("news", "sentiment") for m in ("full", "talos")}
+    for alias in ("champion", "candidate"):
+        lineage = json.loads(run_cli(root, "lineage", f"mergeline-tiny@{alias}", "--format", "json").stdout)
+        for task in lineage["tasks"]:
+            expected = TALOS_LR if task["finetune"]["mode"] == "talos" else FINETUNE_LR
+            assert task["finetune"]["params"]["lr"] == expected, (alias, task["name"])
+            assert lr[f"fine-tune:{task['name']}-{task['finetune']['mode']}"] == expected
+
+
+def test_independent_calls_overlap_on_the_flow_s_task_runner(finished_project: tuple[Path, str, str]) -> None:
+    """With 2 workers, calls submitted together (the fine-tunes; a round of evaluations) run at once."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    root, _, _ = finished_project
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    for stage in ("fine-tune", "evaluate"):
+        spans = sorted((r.info.start_time, r.info.end_time) for r in runs
+                       if r.data.tags.get("mergeline.stage") == stage)
+        assert len(spans) >= 4
+        assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), f"no two {stage} calls overlapped"
+
+
+def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[Path, str, str]) -> None:
+    root, _, _ = finished_project
     ok = run_cli(root, "lineage", "mergeline-tiny@champion", "--verify")
     assert ok.returncode == 0, ok.stderr
     # the champion's own first task vector (a TaLoS champion names the news-talos vector, not news)
@@ -83,8 +128,8 @@ def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[P
     assert mermaid.returncode == 0 and mermaid.stdout.lstrip().startswith("graph")
 
 
-def test_unchanged_rerun_recomputes_nothing(finished_project: tuple[Path, str]) -> None:
-    root, _ = finished_project
+def test_unchanged_rerun_recomputes_nothing(finished_project: tuple[Path, str, str]) -> None:
+    root, _, _ = finished_project
     before = {name: finished_runs(root, name) for name in ("fine-tune:news-full", "merge:ta_l0.5",
                                                            "evaluate:base-validation")}
     checkpoint = root / "data/work/checkpoints/news/model.safetensors"
@@ -95,11 +140,14 @@ def test_unchanged_rerun_recomputes_nothing(finished_project: tuple[Path, str]) 
     assert after == before, "a stage ran again on an unchanged experiment"
     assert checkpoint.stat().st_mtime_ns == mtime
     assert "already registered" in result.stdout
+    # Every task is a cache hit: the run is over in seconds, while Prefect's temporary server is still
+    # recording the task runs when it is stopped. A success prints no error and no traceback.
+    assert _errors(result.stderr) == [], result.stderr[-4000:]
 
 
 def test_killed_run_resumes_from_last_finished_stage(tiny_base: Path, tmp_path: Path) -> None:
     root = make_project(tmp_path / "project", tiny_base)
-    env = project_env(root)
+    env = {**project_env(root), "MERGELINE_MAX_WORKERS": "1"}  # one call at a time: the kill lands between two
     proc = subprocess.Popen([*MERGELINE, "run", "--params", "params.yaml"], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = root / "data/work/checkpoints/news/model.safetensors"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mergeline.runlock import group_members
 from tests.integration.pipeline_project import MERGELINE, make_project, project_env, run_cli, shared_tiny_base
@@ -59,6 +60,16 @@ def test_ctrl_c_stops_the_run_and_a_second_run_in_the_folder_is_refused(tmp_path
         assert second.returncode == 2, second.stderr
         [line] = second.stderr.strip().splitlines()
         assert f"in use by another mergeline run (pid {proc.pid} on" in line and "run.lock" in line
+        # Another project folder naming this run's work folder: refused too, before anything starts.
+        other = tmp_path / "other"
+        other.mkdir()
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        (other / "params.yaml").write_text(yaml.safe_dump({**params, "work_dir": str(root / params["work_dir"])}))
+        third = run_cli(other, "run", "--params", "params.yaml", timeout=120)
+        assert third.returncode == 2, third.stderr[-3000:]
+        [line] = third.stderr.strip().splitlines()
+        assert f"this work folder is in use by another mergeline run (pid {proc.pid} on" in line, line
+        assert f"project {root})" in line and not (other / ".prefect").exists()
         pgid = json.loads((root / ".mergeline" / "run.json").read_text())["worker_pgid"]
         assert len(group_members(pgid)) >= 2  # the pipeline worker and Prefect's server
 

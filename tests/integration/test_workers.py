@@ -1,11 +1,12 @@
 """Scheduling on a work pool, for real: a Prefect server, process workers, prefect.yaml deployments.
 
 One run of the ``mergeline-pipeline`` deployment on a tiny Llama (2 tasks → 4 fine-tunes: full +
-TaLoS). The pipeline run goes to the pool's ``default`` queue (a "conductor" worker); its
-fine-tunes fan out as runs of ``mergeline-finetune`` on the ``finetune`` queue, served by two
-workers with ``--limit 1`` each (one per GPU on a real machine; CPU here). Asserts: the pipeline
-completed and registered ``@champion``, the fine-tunes ran on BOTH workers and never two at once
-on one worker, and every process started here is gone at the end.
+TaLoS; one merged variant). The pipeline run goes to the pool's ``default`` queue (a "conductor"
+worker); its fine-tunes fan out as runs of ``mergeline-finetune`` on the ``finetune`` queue and the
+evaluations of the variant as runs of ``mergeline-evaluate`` on the ``evaluate`` queue, both served
+by two workers with ``--limit 1`` each (one per GPU on a real machine; CPU here). Asserts: the
+pipeline completed and registered ``@champion``, the pooled runs ran on BOTH workers and never two
+at once on one worker, and every process started here is gone at the end.
 """
 
 from __future__ import annotations
@@ -77,13 +78,14 @@ def cluster(tiny_base: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
         wait_healthy(api, server, logs / "server.log")
         _cli(["work-pool", "create", "gpu", "--type", "process"], client_env, tmp_path)
         # A server-side cap for the whole queue on top of the per-worker (per-GPU) --limit 1.
-        _cli(["work-queue", "create", "finetune", "--pool", "gpu", "--limit", str(len(FINETUNE_WORKERS))],
-             client_env, tmp_path)
+        for queue in ("finetune", "evaluate"):
+            _cli(["work-queue", "create", queue, "--pool", "gpu", "--limit", str(len(FINETUNE_WORKERS))],
+                 client_env, tmp_path)
         procs.start("conductor", [*PREFECT, "worker", "start", "--pool", "gpu", "--name", "conductor",
                                   "--work-queue", "default"], worker_env, tmp_path)
         for name in FINETUNE_WORKERS:
             procs.start(name, [*PREFECT, "worker", "start", "--pool", "gpu", "--name", name, "--work-queue",
-                               "finetune", "--limit", "1"], worker_env, tmp_path)
+                               "finetune", "--work-queue", "evaluate", "--limit", "1"], worker_env, tmp_path)
         # While the workers start: MERGELINE_PROJECT_DIR is not set here, so the deployments' pull
         # step reads it on the workers, when a run starts.
         _cli(["--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml")], client_env, REPO)
@@ -150,22 +152,24 @@ def _run_and_check_pool(cluster: dict[str, Any]) -> Any:
         # prefect.yaml's example schedule is there, and off.
         schedules = client.read_deployment_by_name("mergeline-pipeline/mergeline-pipeline").schedules
         assert [(s.schedule.cron, s.active) for s in schedules] == [("0 2 * * *", False)]
-        deployment = client.read_deployment_by_name("mergeline-finetune/mergeline-finetune")
-        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+        deployments = [client.read_deployment_by_name(f"mergeline-{step}/mergeline-{step}").id
+                       for step in ("finetune", "evaluate")]
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployments)))
         assert sorted(r.name for r in runs) == sorted(
-            f"fine-tune-{t}{m}" for t in ("news", "sentiment") for m in ("", "-talos"))
+            [*(f"fine-tune-{t}-{m}" for t in ("news", "sentiment") for m in ("full", "talos")),
+             "evaluate-ta_l1-validation", "evaluate-ta_l1-test"])
         assert all(r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs]
         # Linked to the pipeline run as subflows (run_deployment inside a flow).
         assert {client.read_task_run(r.parent_task_run_id).flow_run_id for r in runs} == {pipeline_run.id}
 
     by_worker = _runs_by_worker(cluster["logs"])
     assert by_worker["conductor"] == [finished.name]
-    assert all(by_worker[w] for w in FINETUNE_WORKERS), f"a fine-tune worker ran nothing: {by_worker}"
+    assert all(by_worker[w] for w in FINETUNE_WORKERS), f"a GPU worker ran nothing: {by_worker}"
     assert sorted(by_worker["w1"] + by_worker["w2"]) == sorted(r.name for r in runs), by_worker
     spans = {r.name: (r.start_time, r.end_time) for r in runs}
     for worker in FINETUNE_WORKERS:  # --limit 1: one run at a time per worker (GPU)
         ordered = sorted(spans[name] for name in by_worker[worker])
-        assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:])), f"{worker} ran two fine-tunes at once"
+        assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:])), f"{worker} ran two runs at once"
     return pipeline_run.id
 
 

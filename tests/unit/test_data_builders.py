@@ -11,7 +11,7 @@ from mergeline.data import available_tasks, build_task, load_records, task_split
 from mergeline.data import news, sentiment
 from mergeline.errors import MergelineError
 from mergeline.io.hashing import sha256_file
-from mergeline.io.atomic import MARKER
+from mergeline.io.outputs import MARKER
 
 SMALL = {"train": 10, "validation": 6, "test": 6}
 CONTROL_SMALL = {"validation": 6, "test": 6}

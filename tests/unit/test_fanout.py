@@ -26,10 +26,11 @@ def params_file(tmp_path: Path) -> str:
 
 def test_no_pool_runs_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.fanout import fanout_from_env
+    from mergeline.params import load_params
     from tasks._stage import RunHandle
 
     monkeypatch.delenv("MERGELINE_WORK_POOL", raising=False)
-    assert fanout_from_env(RunHandle("/tmp", "cpu")) is None
+    assert fanout_from_env(load_params(REPO / "params" / "tiny.yaml"), RunHandle("/tmp", "cpu")) is None
 
 
 def test_pool_without_server_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,3 +110,21 @@ def test_autocast_dtype_bf16_on_a_bf16_gpu() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     assert autocast_dtype("cuda") == ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
+
+
+def test_max_workers_from_env_and_the_pipeline_flow_s_task_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.pipeline import pipeline
+    from mergeline.env import WORKERS_ENV, max_workers
+
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert max_workers() == 3
+    monkeypatch.delenv(WORKERS_ENV)
+    assert 1 <= max_workers() <= 4
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(WORKERS_ENV, bad)
+        with pytest.raises(MergelineError, match=f"{WORKERS_ENV}="):
+            max_workers()
+    # independent calls go to a thread pool (one process overlaps them), sized when the flow is defined
+    assert isinstance(pipeline.task_runner, ThreadPoolTaskRunner)

@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 
 def test_talos_checkpoint_trains_only_the_saved_mask(setup):
     root, base, task = setup
-    talos = TalosConfig(keep=0.2, rounds=2, max_examples=3)
+    talos = TalosConfig(keep=0.2, rounds=2, calib_examples=3)
     lines = []
     meta = finetune_checkpoint(base, task / "train.jsonl", root / "ft-talos", CFG, talos, task / "validation.jsonl", progress=lines.append)
     out = root / "ft-talos"

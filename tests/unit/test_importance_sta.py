@@ -63,7 +63,7 @@ def test_default_is_abs_grad_at_finetuned_times_task_vector(setup):
 
 def test_weight_and_pretrained_options(setup):
     root, base, ft, calib = setup
-    cfg = StaImportanceConfig(importance_of="weight", grad_at="pretrained", max_examples=2, exclude=["embed_tokens"])
+    cfg = StaImportanceConfig(importance_of="weight", grad_at="pretrained", calib_examples=2, exclude=["embed_tokens"])
     scores = sta_importance(ft, base, calib, cfg)
     grads, params = _hand_gradient(base, read_records(calib, limit=2))
     assert not any("embed_tokens" in n for n in scores)
@@ -83,7 +83,7 @@ def test_save_and_load_round_trip(setup, tmp_path):
 def test_excluding_everything_is_an_error(setup):
     root, base, ft, calib = setup
     with pytest.raises(MergelineError, match="importance.exclude"):
-        sta_importance(ft, base, calib, StaImportanceConfig(exclude=[".*"], max_examples=1))
+        sta_importance(ft, base, calib, StaImportanceConfig(exclude=[".*"], calib_examples=1))
 
 
 def test_bad_calibration_file(setup, tmp_path):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from mergeline.params import load_params
+from mergeline.pipeline.records import Variant
 from mergeline.stages.common import StageContext
 from mergeline.stages.merge import ensure_merged, merge_variant, prune_merged, write_merge_index
 from tests.merge_fixtures import finetune, tiny_base
@@ -25,7 +27,7 @@ def merged(tmp_path: Path) -> tuple[StageContext, dict]:
               "parameters": {"lambda": 0.5}}
     records = {}
     for name, lam in (("ta_l0.5", 0.5), ("ta_l1", 1.0)):
-        variant = {"name": name, "method": "task_arithmetic", "lambda": lam, "density": None, "options": {}}
+        variant = Variant(name=name, method="task_arithmetic", lam=lam, density=None)
         records[name] = merge_variant(ctx, variant, {**config, "parameters": {"lambda": lam}})
     return ctx, records
 
@@ -35,7 +37,7 @@ def test_prune_keeps_the_registered_and_ensure_rebuilds_bit_for_bit(merged: tupl
     index = write_merge_index(ctx, records)
     on_disk = json.loads((ctx.work / "merged.json").read_text())
     assert on_disk == json.loads(json.dumps(index)) and set(on_disk) == {"ta_l0.5", "ta_l1"}
-    assert on_disk["ta_l1"]["weights"] == records["ta_l1"]["weights"]
+    assert on_disk["ta_l1"]["weights"] == records["ta_l1"].weights
     assert prune_merged(ctx, records, keep=["ta_l0.5"]) == ["ta_l1"]
     assert (ctx.work / "merged/ta_l0.5/model.safetensors").is_file()
     assert not (ctx.work / "merged/ta_l1").exists()
@@ -45,10 +47,19 @@ def test_prune_keeps_the_registered_and_ensure_rebuilds_bit_for_bit(merged: tupl
 
 def test_keep_all_prunes_nothing_and_changed_inputs_are_caught(merged: tuple[StageContext, dict]) -> None:
     ctx, records = merged
-    ctx.params.registry.keep_merged = "all"
-    assert prune_merged(ctx, records, keep=[]) == []
-    ctx.params.registry.keep_merged = "registered"
+    keep_all = load_params(str(DEFAULT), ["tasks=[news,sentiment]", "registry.keep_merged=all"])
+    assert prune_merged(replace(ctx, params=keep_all), records, keep=[]) == []
     prune_merged(ctx, records, keep=[])
     finetune(ctx.work / "base", ctx.work / "checkpoints/t0", seed=7)  # an input changed under the record
     with pytest.raises(RuntimeError, match="rebuilt weights differ"):
         ensure_merged(ctx, records["ta_l1"])
+
+
+def test_a_variant_folder_holding_a_users_file_is_not_pruned(merged: tuple[StageContext, dict]) -> None:
+    ctx, records = merged
+    said: list[str] = []
+    ctx.progress = said.append
+    (ctx.work / "merged/ta_l1/notes.txt").write_text("the user's")
+    assert prune_merged(ctx, records, keep=[]) == ["ta_l0.5"]
+    assert (ctx.work / "merged/ta_l1/notes.txt").is_file() and (ctx.work / "merged/ta_l1/model.safetensors").is_file()
+    assert any("not pruning ta_l1: " in line and "holds notes.txt, which mergeline did not write" in line for line in said)

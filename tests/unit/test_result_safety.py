@@ -86,13 +86,17 @@ def test_every_stage_task_and_flow_persists_through_the_verified_storage() -> No
     import pkgutil
 
     import tasks
-    from flows import finetune_flow, pipeline, sweep
-    from prefect import Task
+    from flows import pipeline, stage_flows, sweep
+    from mergeline.pipeline.table import STEPS
+    from prefect import Flow, Task
+    from tasks.stages import TASKS
 
     runnables = [obj for info in pkgutil.iter_modules(tasks.__path__)
                  for obj in vars(importlib.import_module(f"tasks.{info.name}")).values() if isinstance(obj, Task)]
-    assert len(runnables) >= 9  # prepare, import, import-task-model, fine-tune, extract, importance x2, merge, evaluate
-    for runnable in [*runnables, pipeline.pipeline, sweep.sweep, finetune_flow.finetune_flow]:
+    assert set(TASKS) == set(STEPS)  # one task per step of the stage table
+    flows = [obj for obj in vars(stage_flows).values() if isinstance(obj, Flow)]
+    assert len(flows) >= 1
+    for runnable in [*runnables, *TASKS.values(), *flows, pipeline.pipeline, sweep.sweep]:
         assert runnable.result_storage is RESULTS, runnable.name
         assert runnable.result_serializer is PLAIN_JSON, runnable.name
 

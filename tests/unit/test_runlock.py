@@ -24,6 +24,25 @@ def test_second_run_in_a_folder_is_refused_naming_the_holder(tmp_path: Path) -> 
         assert second.previous is None
 
 
+def test_two_projects_naming_one_work_folder_are_one_run_at_a_time(tmp_path: Path) -> None:
+    work = tmp_path / "shared-work"
+    with RunLock(tmp_path / "a", "mergeline run", work) as first:
+        assert first.holder is not None
+        # Another project folder (its own project lock is free) naming the same work folder, by
+        # another path to it: refused, naming the holder and its project.
+        (tmp_path / "link").symlink_to(work)
+        with pytest.raises(MergelineError, match=rf"link/\.mergeline-work: this work folder is in use by "
+                                                 rf"another mergeline run \(pid {os.getpid()} on .*, project "
+                                                 rf"{tmp_path / 'a'}\); .*a work_dir of its own"):
+            RunLock(tmp_path / "b", "mergeline run", tmp_path / "link").acquire()
+        # The refused run took nothing: its project lock is free, no record was written for it.
+        assert not (tmp_path / "b" / ".mergeline" / "run.json").exists()
+        with RunLock(tmp_path / "b", "mergeline run", tmp_path / "b" / "work"):
+            pass
+    with RunLock(tmp_path / "b", "mergeline run", work) as later:
+        assert later.previous is None
+
+
 def test_a_run_that_did_not_end_is_handed_to_the_next_one(tmp_path: Path) -> None:
     lock = RunLock(tmp_path, "mergeline run").acquire()
     assert lock.holder is not None

@@ -1,32 +1,50 @@
-"""Stage cache keys: content of the inputs and only the params sections a stage reads."""
+"""Stage cache keys: the step, the content of its inputs and only the params sections the step reads."""
 
 from __future__ import annotations
 
-from tasks._stage import RunHandle, ScopedInputs
+from pathlib import Path
 
-PARAMS = {"finetune": {"steps": 8, "lr": 1e-4}, "merge": {"lambda": None, "seed": 0}, "work_dir": "data/work"}
+from mergeline.params import ExperimentParams, load_params
+from mergeline.pipeline.records import BaseRecord, Fit
+from mergeline.pipeline.table import STEPS
+from tasks._stage import RunHandle, StepCache, step_cache
+
+TINY = Path(__file__).resolve().parents[2] / "params" / "tiny.yaml"
 
 
-def key(policy: ScopedInputs, params: dict, record: dict | None = None, run: RunHandle | None = None) -> str:
-    inputs = {"params": params, "base": record or {"sha256": "aa"}, "run": run or RunHandle("/a", "cpu", "r1")}
+def params(*overrides: str) -> ExperimentParams:
+    return load_params(TINY, list(overrides))
+
+
+def key(policy: StepCache, p: ExperimentParams, sha: str = "aa", run: RunHandle | None = None) -> str:
+    base = BaseRecord(id="b", path="data/work/base", sha256=sha)
+    inputs = {"params": p, "label": "news-full", "args": (Fit("news", "full"), base),
+              "run": run or RunHandle("/a", "cpu", "r1")}
     return policy.compute_key(None, inputs, {})  # type: ignore[arg-type]
 
 
-def test_key_ignores_params_outside_the_stage_scope() -> None:
-    finetune = ScopedInputs(sections=("finetune", "work_dir"))
-    changed_merge = {**PARAMS, "merge": {"lambda": 0.5, "seed": 0}}
-    assert key(finetune, PARAMS) == key(finetune, changed_merge)
+def test_key_ignores_params_outside_the_step_scope() -> None:
+    finetune = step_cache(STEPS["fine-tune"])
+    assert key(finetune, params()) == key(finetune, params("merge.lambda=0.5", "evaluate.batch_size=3"))
 
 
 def test_key_follows_params_inside_the_scope_and_nested_sections() -> None:
-    finetune = ScopedInputs(sections=("finetune", "work_dir"))
-    assert key(finetune, PARAMS) != key(finetune, {**PARAMS, "finetune": {"steps": 9, "lr": 1e-4}})
-    seed_only = ScopedInputs(sections=("merge.seed",))
-    assert key(seed_only, PARAMS) == key(seed_only, {**PARAMS, "merge": {"lambda": 0.9, "seed": 0}})
-    assert key(seed_only, PARAMS) != key(seed_only, {**PARAMS, "merge": {"lambda": None, "seed": 1}})
+    finetune = step_cache(STEPS["fine-tune"])
+    assert key(finetune, params()) != key(finetune, params("finetune.steps=9"))
+    importance = step_cache(STEPS["compute-importance"])  # reads finetune.max_length, not finetune.steps
+    assert key(importance, params()) == key(importance, params("finetune.steps=9"))
+    assert key(importance, params()) != key(importance, params("finetune.max_length=40"))
 
 
-def test_key_follows_upstream_content_but_not_the_run_handle() -> None:
-    policy = ScopedInputs(sections=("work_dir",))
-    assert key(policy, PARAMS, {"sha256": "aa"}) != key(policy, PARAMS, {"sha256": "bb"})
-    assert key(policy, PARAMS, run=RunHandle("/a", "cpu", "r1")) == key(policy, PARAMS, run=RunHandle("/a", "cpu", "r2"))
+def test_key_follows_upstream_content_and_the_step_but_not_the_run_handle() -> None:
+    policy = step_cache(STEPS["extract-vector"])
+    assert key(policy, params(), "aa") != key(policy, params(), "bb")
+    assert key(policy, params(), run=RunHandle("/a", "cpu", "r1")) == key(policy, params(), run=RunHandle("/b", "cpu", "r2"))
+    # two steps reading the same sections with the same inputs never share an entry
+    same_reads = StepCache(step_name="other", sections=policy.sections, source_sha256=policy.source_sha256)
+    assert key(policy, params()) != key(same_reads, params())
+
+
+def test_every_step_is_keyed_on_exactly_the_sections_it_declares() -> None:
+    for step in STEPS.values():
+        assert step_cache(step).sections == step.reads

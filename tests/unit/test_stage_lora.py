@@ -9,6 +9,7 @@ import torch
 
 from mergeline.errors import MergelineError
 from mergeline.params import load_params
+from mergeline.pipeline.records import BaseRecord, DataRecord, FileRef, Fit, Vector
 from mergeline.stages.common import StageContext
 from mergeline.stages.merge import merge_config, plan_variants
 from mergeline.stages.train import extract_vector, finetune
@@ -30,14 +31,16 @@ def test_lora_finetune_saves_adapter_and_vector_is_its_fold(tmp_path: Path) -> N
     base = build_tiny_llama(tmp_path / "base")
     tasks = write_tiny_tasks(tmp_path / "tasks", tasks=("alpha",))
     ctx = StageContext(_params(), root=tmp_path)
-    data = {"tasks": {"alpha": {s: {"path": str(tasks["alpha"] / f"{s}.jsonl")} for s in ("train", "validation")}}}
-    checkpoint = finetune(ctx, "alpha", "lora", {"path": str(base)}, data)
-    assert checkpoint["mode"] == "lora" and checkpoint["params"]["lr"] == 0.01
-    assert checkpoint["params"]["lora"]["rank"] == 2 and len(checkpoint["meta"]["losses"]) == 2
-    folder = tmp_path / checkpoint["path"]
+    data = DataRecord(tasks={"alpha": {s: FileRef(path=str(tasks["alpha"] / f"{s}.jsonl"), sha256="")
+                                       for s in ("train", "validation")}}, sources={}, kinds={})
+    base_record = BaseRecord(id="tiny", path=str(base), sha256="")
+    checkpoint = finetune(ctx, Fit("alpha", "lora"), base_record, data)
+    assert checkpoint.mode == "lora" and checkpoint.params["lr"] == 0.01
+    assert checkpoint.params["lora"]["rank"] == 2 and len(checkpoint.meta["losses"]) == 2
+    folder = tmp_path / checkpoint.path
     assert (folder / "adapter" / "adapter_config.json").is_file() and (folder / "model.safetensors").is_file()
-    vector = extract_vector(ctx, {"path": str(base)}, checkpoint)
-    tau, theta, theta0 = load_tensors(tmp_path / vector["path"]), load_tensors(folder), load_tensors(base)
+    vector = extract_vector(ctx, base_record, checkpoint)
+    tau, theta, theta0 = load_tensors(tmp_path / vector.path), load_tensors(folder), load_tensors(base)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert tau[q].abs().sum() > 0 and tau["model.layers.0.mlp.up_proj.weight"].abs().sum() == 0
     # the saved model is PEFT's merge of the adapter; the vector is the adapter's fold
@@ -46,10 +49,11 @@ def test_lora_finetune_saves_adapter_and_vector_is_its_fold(tmp_path: Path) -> N
 
 def test_lora_method_merges_lora_vectors() -> None:
     ctx = StageContext(_params("merge.methods={task_arithmetic: {lambdas: [1.0]}, lora: {lambdas: [0.5]}}"))
-    variants = {v["name"]: v for v in plan_variants(ctx)}
+    variants = {v.name: v for v in plan_variants(ctx)}
     assert set(variants) == {"ta_l1", "lora_l0.5"}
-    vectors = {f"{t}:{m}": {"path": f"vectors/{t}-{m}"} for t in ("news", "sentiment") for m in ("full", "lora")}
-    config = merge_config(ctx, variants["lora_l0.5"], {"path": "base"}, vectors, {})
+    vectors = {Fit(t, m): Vector(task=t, mode=m, path=f"vectors/{t}-{m}", sha256="")
+               for t in ("news", "sentiment") for m in ("full", "lora")}
+    config = merge_config(ctx, variants["lora_l0.5"], BaseRecord(id="b", path="base", sha256=""), vectors, {})
     assert config["merge_method"] == "task_arithmetic" and config["parameters"]["lambda"] == 0.5
     assert [m["model"] for m in config["models"]] == ["vectors/news-lora", "vectors/sentiment-lora"]
 

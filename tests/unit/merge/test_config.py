@@ -9,7 +9,7 @@ import yaml
 
 from mergeline.errors import MergelineError
 from mergeline.merge.checks import check_config, load_merge_config
-from mergeline.merge.config import ConditionalParameter, MergeConfig, ParameterResolver, evaluate_setting
+from mergeline.merge.config import ConditionalParameter, MergeConfig, ParameterResolver, evaluate_setting, ignored_parameters
 
 
 def _config(method: str = "ties", models: list | None = None, **extra) -> MergeConfig:
@@ -110,10 +110,26 @@ def test_out_of_range_values_name_parameter_and_model(models, parameters, messag
 def test_unknown_parameters_and_method() -> None:
     with pytest.raises(MergelineError, match="parameters: unknown parameter 'densty' for merge_method 'ties'"):
         check_config(_config(parameters={"densty": 0.5}))
-    with pytest.raises(MergelineError, match=r"models\[0\] \(a\): unknown per-model parameter 'gamma'"):
-        check_config(_config(models=[{"model": "a", "parameters": {"weight": 1, "gamma": 0.1}}]))
+    with pytest.raises(MergelineError, match=r"models\[0\] \(a\): unknown per-model parameter 'gama'"):
+        check_config(_config(models=[{"model": "a", "parameters": {"weight": 1, "gama": 0.1}}]))
     with pytest.raises(MergelineError, match="unknown merge_method 'tyes'"):
         check_config(_config("tyes"))
+
+
+def test_another_methods_per_model_parameter_is_ignored_with_one_line() -> None:
+    # mergekit configs give ``weight`` to methods that ignore it (slerp, model_stock, …) and mergekit
+    # runs them; ties ignores breadcrumbs' ``gamma`` the same way
+    two = [{"model": "a", "parameters": {"weight": 0.5, "gamma": 0.1}}, {"model": "b", "parameters": {"weight": 1}}]
+    config = _config("model_stock", models=two, parameters={"density": 0.5})
+    check_config(config)
+    assert ignored_parameters(config) == [
+        "parameter 'density' (parameters) is not used by merge_method 'model_stock'; ignored, as mergekit ignores it",
+        "parameter 'weight' (models[0], models[1]) is not used by merge_method 'model_stock'; ignored, as mergekit "
+        "ignores it",
+        "parameter 'gamma' (models[0]) is not used by merge_method 'model_stock'; ignored, as mergekit ignores it",
+    ]
+    assert ignored_parameters(_config(models=two)) == [
+        "parameter 'gamma' (models[0]) is not used by merge_method 'ties'; ignored, as mergekit ignores it"]
 
 
 def test_method_level_checks() -> None:

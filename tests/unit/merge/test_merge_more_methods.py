@@ -31,6 +31,11 @@ CASES = {
     "passthrough": (None, {"scale": [{"filter": "mlp", "value": 0.5}, {"value": 1.0}]}, {}),
     "ram": ({}, {}, {"epsilon": 0.05}),
     "ramplus_tl": ({}, {}, {"epsilon": 0.05}),
+    "tsv": ({"weight": 1.0}, {"weight": 0.5}, {"lambda": 0.8}),
+    "iso_c": ({}, {}, {"lambda": 1.5}),
+    "iso_cts": ({}, {}, {"common_space_fraction": 0.5}),
+    "consensus_ta": ({}, {"tall_mask_lambda": 0.3}, {"consensus_k": 1}),
+    "consensus_ties": ({"density": 0.3}, {"density": 0.5}, {"consensus_k": 1, "lambda": 0.9}),
 }
 
 
@@ -64,6 +69,18 @@ def test_row_blocks_and_gpu_loop_write_what_whole_tensors_write(tmp_path: Path, 
     merged, base = load_tensors(tmp_path / "whole"), load_tensors(models["base"])
     assert any(not torch.equal(merged[n], base[n]) for n in base if base[n].is_floating_point())
     assert torch.equal(merged["lm_head.weight"], merged["model.embed_tokens.weight"])  # tied: merged once
+
+
+def test_consensus_ties_needs_one_density_per_model(tmp_path: Path) -> None:
+    models = _models(tmp_path, torch.float32)
+    cfg = MergeConfig.model_validate({
+        "merge_method": "consensus_ties", "base_model": str(models["base"]),
+        "models": [{"model": str(models["a"]), "parameters": {"density": [{"filter": "mlp", "value": 0.3}, {"value": 0.2}]}},
+                   {"model": str(models["b"])}]})
+    with pytest.raises(MergelineError, match=r"tensor '.*': consensus_ties trims over the whole model, so it needs one "
+                                             r"density per model; model 0 has"):
+        run_merge(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_della_epsilon_names_model_and_tensor(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Row-separable TIES trim (``_row_trim``): hand-computed cut-offs and tie budgets, and row blocks that
-give exactly the whole-tensor trim (exactly k kept, ties at the cut-off lowest flat index first)."""
+give exactly the whole-tensor trim (exactly k kept; ties straddling the cut-off: the entries mergekit's
+argsort keeps, found by one more pass that gathers the magnitudes)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,28 @@ def _trim(magnitudes: torch.Tensor, k: int, blocks: list[slice], band: tuple[flo
     state = rt.TrimState(k, n, lo, hi)
     while not rt.resolve(state, [rt.observe(magnitudes[b], state.lo, state.hi) for b in blocks]):
         pass
-    assert state.result is not None and state.result.kept == k
+    if state.gather:
+        rt.resolve_by_sort(state, [rt.gathered(magnitudes[b]) for b in blocks])
+    assert state.result is not None and state.result.kept == k and not state.gather
     return torch.cat([rt.block_mask(magnitudes[b], state.result, i) for i, b in enumerate(blocks)])
 
 
 def test_cut_and_tie_budget_by_hand() -> None:
-    # |δ| = [1, 3, 2, 2, 2, 0.5], k = 3: 3 is above the cut-off 2; two of the three 2s are kept,
-    # the first two in flat order (indices 2 and 3), split over the blocks [0:3] and [3:6].
+    # |δ| = [1, 3, 2, 2, 2, 0.5], k = 3: 3 is above the cut-off 2; two of the three 2s are kept, so the
+    # counts cannot decide: the magnitudes are gathered and argsort picks (stable on so few entries:
+    # indices 2 and 3), split over the blocks [0:3] and [3:6].
     a = torch.tensor([1.0, 3.0, 2.0, 2.0, 2.0, 0.5])
     state = rt.TrimState(3, 6, 0.0, float("inf"))
     assert rt.resolve(state, [rt.observe(a[:3], 0.0, float("inf")), rt.observe(a[3:], 0.0, float("inf"))])
     cut = state.result
-    assert cut is not None and cut.value == 2.0 and cut.equal == [1, 2] and cut.keep == [1, 1] and cut.kept == 3
+    assert cut is not None and cut.value == 2.0 and cut.equal == [1, 2] and cut.kept == 3 and state.gather
+    rt.resolve_by_sort(state, [rt.gathered(a[:3]), rt.gathered(a[3:])])
     assert rt.block_mask(a[:3], cut, 0).tolist() == [0, 1, 1]
     assert rt.block_mask(a[3:], cut, 1).tolist() == [1, 0, 0]
+    # k = 4 keeps every 2: no gathering, the counts decide
+    state = rt.TrimState(4, 6, 0.0, float("inf"))
+    assert rt.resolve(state, [rt.observe(a[:3], 0.0, float("inf")), rt.observe(a[3:], 0.0, float("inf"))])
+    assert not state.gather and rt.block_mask(a[3:], state.result, 1).tolist() == [1, 1, 0]
 
 
 def test_band_counts_its_ends_and_keeps_only_the_inside() -> None:
@@ -44,7 +53,7 @@ def test_band_counts_its_ends_and_keeps_only_the_inside() -> None:
 def test_a_missed_band_is_retried_and_stays_exact(band: tuple[float, float]) -> None:
     a = torch.tensor([1.0, 3.0, 2.0, 2.0, 2.0, 0.5, 4.0, 2.0])
     mask = _trim(a, 4, [slice(0, 3), slice(3, 5), slice(5, 8)], band)
-    assert mask.bool().tolist() == magnitude_mask(a, 0.5).tolist()  # 4, 3, then the first two 2s
+    assert mask.bool().tolist() == magnitude_mask(a, 0.5, ties="argsort").tolist()  # 4, 3, then two 2s
 
 
 @pytest.mark.parametrize("block", [1, 7, 1000, 20_000])
@@ -57,7 +66,7 @@ def test_row_blocks_equal_whole_tensor_trim_on_bf16_ties(block: int) -> None:
         k = int(density * a.numel())
         blocks = [slice(s, s + block) for s in range(0, a.numel(), block)]
         for band in (None, rt.band_from_sample(a[torch.randint(a.numel(), (4096,), generator=g)], k, a.numel())):
-            assert torch.equal(_trim(a, k, blocks, band).bool(), magnitude_mask(a, density))
+            assert torch.equal(_trim(a, k, blocks, band).bool(), magnitude_mask(a, density, ties="argsort"))
 
 
 def test_sampled_band_on_a_large_tensor_is_exact() -> None:
@@ -67,7 +76,7 @@ def test_sampled_band_on_a_large_tensor_is_exact() -> None:
     assert index is not None
     lo, hi = rt.band_from_sample(a[index], k, a.numel())
     blocks = [slice(s, s + 131_072) for s in range(0, a.numel(), 131_072)]
-    assert torch.equal(_trim(a, k, blocks, (lo, hi)).bool(), magnitude_mask(a, k / a.numel()))
+    assert torch.equal(_trim(a, k, blocks, (lo, hi)).bool(), magnitude_mask(a, k / a.numel(), ties="argsort"))
 
 
 def test_nan_magnitudes_are_never_counted_and_nan_reaches_the_output() -> None:
