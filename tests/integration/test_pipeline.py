@@ -91,6 +91,22 @@ def test_champion_loads_with_mlflow_and_the_parent_run_shows_its_lineage(finishe
     assert kinds == {"base", "fine-tuned", "task-vector", "merged"}
 
 
+def test_report_reads_the_run_back_from_mlflow(finished_project: tuple[Path, str, str], tmp_path: Path) -> None:
+    root, _, _ = finished_project
+    result = run_cli(root, "report", "mergeline-tiny", "--out", str(tmp_path / "report"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((root / "data/work/eval/metrics.json").read_text())
+    record = json.loads((tmp_path / "report" / "report.json").read_text())
+    runs = [run for group in record["groups"] for run in group["runs"]]
+    assert runs[0]["test"] == metrics["test"] and runs[0]["champion"] == metrics["champion"]
+    # every merged variant's method and λ come from its merge run; each method's best has a table row
+    assert set(record["variants"]) >= set(metrics["validation"])
+    for name, row in metrics["test"].items():
+        method = record["variants"][name]["method"]
+        assert f"| {method} | " in result.stdout and f"{row['acc/mean']:.3f}" in result.stdout
+    assert (tmp_path / "report" / "sweep-1.png").stat().st_size > 0
+
+
 def test_each_fine_tune_logs_and_records_the_learning_rate_it_used(finished_project: tuple[Path, str, str]) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
