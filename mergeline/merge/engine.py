@@ -119,6 +119,7 @@ class Engine(MergeInputs, PrefetchedTensors):
         self.aux: dict[str, CheckpointReader] = {}  # model_inputs / global_inputs, by path
         self.checked: set[tuple[int, str, Any]] = set()  # (reader id, tensor, rows) checked for NaN/Inf
         self.row_separable = False  # set by use(method)
+        self.vectors_whole = False
         self.check_inputs = True
         self._local = threading.local()  # per-thread buffers: pool threads merge blocks side by side
         self._prefetched: dict[tuple[int, str, Span], torch.Tensor] = {}  # the GPU loop's current inputs
@@ -130,6 +131,7 @@ class Engine(MergeInputs, PrefetchedTensors):
     def use(self, method: MergeMethod) -> None:
         """How to run ``method``: in row blocks or whole tensors; NaN/Inf checked on inputs or output."""
         self.row_separable = bool(method.row_separable)
+        self.vectors_whole = method.vectors_whole
         self.check_inputs = not method.nonfinite_propagates
 
     @property
@@ -176,7 +178,7 @@ class Engine(MergeInputs, PrefetchedTensors):
         handed to the writer one at a time."""
         shape = item.out.shape
         numel = math.prod(shape)
-        if len(shape) == 0 or numel <= self.block_elements:
+        if len(shape) == 0 or numel <= self.block_elements or (len(shape) == 1 and self.vectors_whole):
             return [None], [[0]]
         row = max(1, math.prod(shape[1:]))
         block_rows = max(1, self.block_elements // row)

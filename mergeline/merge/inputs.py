@@ -293,7 +293,7 @@ class MergeInputs:
         return TensorInputs(
             name=item.name, base=base, tensors=tensors, model_index=list(group.inputs), params=item.params,
             model_params=item.model_params, layer=item.layer, model_inputs=model_inputs, global_inputs=global_inputs,
-            block=block, workspace=self.workspace,
+            block=block, workspace=self.workspace, rows=span if block is not None else None,
         )
 
     def _aux(self, path: Any, name: str, slot: object, span: Span, index: torch.Tensor | None,

@@ -31,7 +31,10 @@ class TaskArithmeticFamily(MergeMethod):
         return getattr(params, "consensus_method", "sum")
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
-        deltas = [self.sparsify(delta, i, inputs) for i, delta in enumerate(inputs.tensors)]
+        return self.combine([self.sparsify(delta, i, inputs) for i, delta in enumerate(inputs.tensors)], inputs)
+
+    def combine(self, deltas: list[torch.Tensor], inputs: TensorInputs) -> torch.Tensor:
+        """Weight, elect (if the method does) and combine the sparsified task vectors of one tensor."""
         weights = [float(mp.weight) for mp in inputs.model_params]
         p = inputs.params
         return combine(deltas, weights, self.consensus(p), bool(p.normalize), float(p.lambda_),

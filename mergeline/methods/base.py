@@ -45,7 +45,8 @@ class TensorInputs:
     already applied), so methods must read per-tensor values from here, not from ``self.params``.
     ``layer`` is the transformer block index from ``mergeline.merge.layers.layer_index`` (None: outside blocks).
     ``block`` is the index of this row block within the tensor (flat order) when the engine hands a
-    row-separable method one block at a time; None means the whole tensor. ``workspace(key, like,
+    row-separable method one block at a time, and ``rows`` its rows [start, stop) along dim 0; None
+    means the whole tensor. ``workspace(key, like,
     dtype=None)`` returns a reusable scratch tensor shaped like ``like`` (valid during this call only);
     None means allocate.
     """
@@ -61,6 +62,7 @@ class TensorInputs:
     global_inputs: dict[str, torch.Tensor | None] = field(default_factory=dict)
     block: int | None = None
     workspace: Callable[..., torch.Tensor] | None = None
+    rows: tuple[int, int] | None = None
 
     def scratch(self, key: object, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A scratch tensor shaped like ``like`` (from ``workspace`` when the engine gives one)."""
@@ -110,6 +112,8 @@ class MergeMethod(ABC):
       row_separable: each output element depends only on the same element of the inputs (given the
         per-tensor statistics below, if any), so the engine may merge a tensor in row blocks, in
         parallel, in any order. May be a property of the instance.
+      vectors_whole: (row-separable methods) a 1-D tensor is one unit of the method (DELLA ranks it
+        as one row), so the engine hands it whole instead of in pieces.
       nonfinite_propagates: a NaN/Inf in any input makes the output non-finite at some element, so
         the engine checks the output alone and inspects the inputs only when the output is not finite.
       result_dtype: the dtype its results are written in when the config sets no ``out_dtype`` (None:
@@ -132,6 +136,7 @@ class MergeMethod(ABC):
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
     row_separable: ClassVar[bool] = False
+    vectors_whole: ClassVar[bool] = False
     nonfinite_propagates: ClassVar[bool] = False
     result_dtype: ClassVar[torch.dtype | None] = None
     pipeline: ClassVar[tuple[PipelineEntry, ...]] = ()
@@ -159,8 +164,10 @@ class MergeMethod(ABC):
     # For a row-separable method whose blocks need a tensor-wide quantity (TIES: each model's
     # magnitude cut-off). Per tensor the engine calls: tensor_sample; begin_tensor (with the sampled
     # inputs); if that returns True, observe_block on every row block (any thread, any order: it must
-    # only return what it saw) and end_observation with the observations in block order, repeated
-    # while that returns False; then merge_tensor per block; then finish_tensor.
+    # only return what it saw, or write into its own block's place of a buffer begin_tensor's state
+    # owns) and end_observation with the observations in block order (in the engine's thread, torch on
+    # one thread), repeated while that returns False;
+    # then merge_tensor per block; then finish_tensor.
     def tensor_sample(self, name: str, numel: int) -> torch.Tensor | None:
         """Flat indices of entries the method wants to see before the blocks (None: none)."""
         return None
@@ -172,7 +179,8 @@ class MergeMethod(ABC):
         return False
 
     def observe_block(self, inputs: TensorInputs) -> Any:  # pragma: no cover
-        """Statistics of one row block (``inputs.block``); called concurrently, must not mutate state."""
+        """Statistics of one row block (``inputs.block``); called concurrently, must not mutate shared
+        state (beyond its own block's place in a per-tensor buffer)."""
 
     def end_observation(self, name: str, observations: list[Any]) -> bool:  # pragma: no cover
         """Combine the blocks' observations (block order); False asks for another observation pass."""

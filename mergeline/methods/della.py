@@ -25,25 +25,40 @@ agree in distribution, not bit for bit; given the same generator state the mask 
 same on CPU and CUDA); mergekit's unstable argsort may order them differently, which only moves
 p_j by multiples of 2ε/(n − 1) among equal magnitudes. A row of one entry keeps it with p = d
 (mergekit fails there: 0/0).
+
+The CPU engine merges DELLA in row blocks (``_della_rows``: each row ranked, each mask drawn once,
+the L1 norms summed over whole tensors as here), bit-equal to this whole-tensor path; CUDA, tensors
+re-indexed to a tokenizer and direct calls take the whole-tensor path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
 from mergeline.methods import register
+from mergeline.methods._della_rows import (
+    DRAW_CHUNK,
+    RowState,
+    UniformDraws,
+    block_offset,
+    l1_rescale,
+    pack,
+    uniform_dtype,
+    unpack,
+)
 from mergeline.methods._fields import Consensus, SparseModel, TaskArithmeticFamilyParameters
 from mergeline.methods._gta import TaskArithmeticFamily
 from mergeline.methods._sparsify import apply_mask, tensor_seed
-from mergeline.methods.base import TensorInputs
+from mergeline.methods.base import MethodParameters, ModelParameters, TensorInputs
 
 _RANK_CHUNK = 1 << 20  # entries ranked at once (per thread): bounds the sort's int64 indices to 8 MB
-DRAW_CHUNK = 1 << 20  # entries of the mask drawn from one generator
 
 
 class DellaModel(SparseModel):
@@ -160,6 +175,16 @@ def magprune_mask(delta: torch.Tensor, density: float, epsilon: float, seed: int
 class _Della(TaskArithmeticFamily):
     paper = "arXiv:2406.11617"
     PerModel = DellaModel
+    row_separable = True  # in row blocks of whole rows (dim 1), with per-tensor statistics: _della_rows
+    vectors_whole = True  # a 1-D tensor is one row
+
+    def __init__(self, params: MethodParameters, model_params: list[ModelParameters]) -> None:
+        super().__init__(params, model_params)
+        self._rows: dict[str, RowState] = {}
+        self._magnitudes: torch.Tensor | None = None  # |τ| of one model's whole tensor (the L1 sums)
+        self._lock = threading.Lock()
+        # the whole-tensor path's torch threads (the engine merges row blocks with torch on one thread)
+        self._threads = torch.get_num_threads()
 
     def sparsify(self, delta: torch.Tensor, position: int, inputs: TensorInputs) -> torch.Tensor:
         mp = inputs.model_params[position]
@@ -168,6 +193,77 @@ class _Della(TaskArithmeticFamily):
         seed = tensor_seed(inputs.params.seed, inputs.name, inputs.model_index[position])
         mask = magprune_mask(delta, float(mp.density), float(mp.epsilon), seed)
         return apply_mask(delta, mask, "l1" if inputs.params.rescale else None, into_mask=True)
+
+    # ---- row blocks: each pass draws masks; with rescale, one pass per pruned model sums its norms ----
+    def begin_tensor(self, name: str, numel: int, model_index: list[int], model_params: list[ModelParameters],
+                     sample: list[torch.Tensor] | None) -> bool:
+        self._rows[name] = RowState(numel, [i for i, mp in enumerate(model_params) if mp.density < 1.0])
+        return bool(self._rows[name].pruned)
+
+    def _buffer(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        with self._lock:
+            if self._magnitudes is None or self._magnitudes.numel() < numel or self._magnitudes.dtype != dtype:
+                self._magnitudes = torch.empty(numel, dtype=dtype)
+            return self._magnitudes[:numel]
+
+    def _draws(self, state: RowState, position: int, inputs: TensorInputs, delta: torch.Tensor) -> UniformDraws:
+        with state.lock:
+            if position not in state.draws:
+                seed = tensor_seed(inputs.params.seed, inputs.name, inputs.model_index[position])
+                state.draws[position] = UniformDraws(lambda k: chunk_seed(seed, k), state.numel, uniform_dtype(delta))
+            return state.draws[position]
+
+    def observe_block(self, inputs: TensorInputs) -> tuple[bool, list[tuple[int, int, int, np.ndarray]]]:
+        """This block's masks (position, offset, length, bits); with rescale, the model of this pass only,
+        and its |τ| written into the block's place in the tensor-sized buffer."""
+        state = self._rows[inputs.name]
+        rescale = bool(inputs.params.rescale)
+        offset = block_offset(inputs)
+        seen = []
+        for position in [state.pruned[state.current]] if rescale else state.pruned:
+            delta, mp = inputs.tensors[position], inputs.model_params[position]
+            draws = self._draws(state, position, inputs, delta)
+            draws.prepare(offset, offset + delta.numel())
+            probs = keep_probabilities(delta, float(mp.density), float(mp.epsilon))
+            uniforms = draws.take(offset, offset + delta.numel())
+            mask = uniforms.view(delta.shape) < probs.to(uniforms.dtype)
+            seen.append((position, offset, delta.numel(), pack(mask)))
+            if rescale:
+                torch.abs(delta, out=self._buffer(state.numel, delta.dtype)[offset:offset + delta.numel()].view(delta.shape))
+        return rescale, seen
+
+    def end_observation(self, name: str, observations: list[tuple[bool, list[tuple[int, int, int, np.ndarray]]]]) -> bool:
+        state = self._rows[name]
+        blocks = [entry for _, seen in observations for entry in seen]
+        for position, offset, _, bits in blocks:
+            state.masks[(position, offset)] = bits
+        if not observations[0][0]:  # no rescale: every mask is drawn
+            return True
+        position = state.pruned[state.current]
+        buffer = self._buffer(state.numel, self._magnitudes.dtype)  # type: ignore[union-attr]
+        state.scales[position] = l1_rescale(buffer, [(o, n, bits) for _, o, n, bits in blocks], self._threads)
+        state.current += 1
+        return state.current == len(state.pruned)
+
+    def finish_tensor(self, name: str) -> None:
+        self._rows.pop(name, None)
+
+    def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
+        state = self._rows.get(inputs.name)
+        if state is None:  # a whole tensor outside the engine's row blocks
+            return super().merge_tensor(inputs)
+        offset = block_offset(inputs)
+        deltas = []
+        for position, delta in enumerate(inputs.tensors):
+            if position not in state.pruned:
+                deltas.append(delta)
+                continue
+            # as apply_mask(delta, mask, into_mask=True): m ⊙ δ, then × ‖τ‖₁ / ‖m ⊙ τ‖₁
+            masked = unpack(state.masks[(position, offset)], delta, inputs.scratch(("magprune", position), delta))
+            masked.mul_(delta)
+            scale = state.scales.get(position)
+            deltas.append(masked if scale is None else masked.mul_(scale))
+        return self.combine(deltas, inputs)
 
     def report(self) -> dict[str, Any]:
         out = super().report()
