@@ -21,7 +21,7 @@ from _quality_worker import write_json
 
 @dataclass(frozen=True)
 class DirectRun:
-    """What the experiments read of a run handle (``tasks._stage.RunHandle`` without Prefect)."""
+    """What the experiments read of a run handle (``tasks.RunHandle`` without Prefect)."""
 
     root: str
     device: str

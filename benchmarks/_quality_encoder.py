@@ -150,11 +150,15 @@ def finetune(encoder, tasks: Sequence[tuple[torch.nn.Linear, Split]], *, steps: 
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    # every step's batch is drawn up front (the same draws as one call per step) and the losses are read
+    # once at the end: no host-device synchronisation inside the loop, the launches run ahead of the GPU
+    draws = torch.stack([torch.randint(0, tasks[step % len(tasks)][1].labels.shape[0], (batch,), generator=generator)
+                         for step in range(steps)]).to(tasks[0][1].ids.device)
     losses = []
     encoder.train()
     for step in range(steps):
         head, split = tasks[step % len(tasks)]
-        index = torch.randint(0, split.labels.shape[0], (batch,), generator=generator).to(split.ids.device)
+        index = draws[step]
         with torch.autocast(split.ids.device.type, dtype=torch.bfloat16, enabled=split.ids.is_cuda):
             logits = head(embed(encoder, split, index).float())
         loss = torch.nn.functional.cross_entropy(logits, split.labels[index])
@@ -162,11 +166,11 @@ def finetune(encoder, tasks: Sequence[tuple[torch.nn.Linear, Split]], *, steps: 
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())
     encoder.eval()
     for param in encoder.parameters():
         param.requires_grad_(True)
-    return losses
+    return torch.stack(losses).tolist() if losses else []
 
 
 def mean_loss(encoder, head: torch.nn.Linear, split: Split, batch: int = 256) -> float:
@@ -211,14 +215,15 @@ def talos_mask(encoder, head: torch.nn.Linear, split: Split, *, keep: float, rou
                     params[n].copy_(theta[n] * scale[n])
                 probs = torch.softmax(head(embed_all(encoder, split)), -1).cpu()
             picked = torch.multinomial(probs, 1, generator=generator)[:, 0].tolist()
-            scores = {n: torch.zeros_like(t) for n, t in theta.items()}
+            scores = [torch.zeros_like(theta[n]) for n in names]
+            scales = [scale[n] for n in names] if scale else []
             for i, label in enumerate(picked):
                 logit = head(embed(encoder, split, slice(i, i + 1)))[0, label]
-                grads = torch.autograd.grad(logit, [params[n] for n in names])
-                for n, g in zip(names, grads):
-                    # d/dθ of the logit at w = s·θ is s·(d/dw): the chain rule through the scaling
-                    scores[n] += (g * scale[n]).pow(2) if n in scale else g.pow(2)
-            mask = global_mask_round(scores, mask, fraction)
+                grads = list(torch.autograd.grad(logit, [params[n] for n in names]))
+                if scales:  # d/dθ of the logit at w = s·θ is s·(d/dw): the chain rule through the scaling
+                    grads = torch._foreach_mul(grads, scales)
+                torch._foreach_add_(scores, torch._foreach_mul(grads, grads))  # multi-tensor: few launches
+            mask = global_mask_round(dict(zip(names, scores)), mask, fraction)
     finally:
         with torch.no_grad():
             for n in names:

@@ -44,7 +44,7 @@ def _task(step: str, params: dict[str, Any], run: Any, label: str, args: tuple[A
           ) -> dict[str, Any]:
     """The pipeline's Prefect task of ``step`` on dict records; its cache refreshed when ``output`` is gone."""
     from _quality_records import params_of, typed_args
-    from tasks._stage import expected_output_missing
+    from tasks import expected_output_missing
     from tasks.stages import TASKS
 
     task = TASKS[step]

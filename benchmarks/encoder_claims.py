@@ -136,6 +136,34 @@ def premises(results: list[dict], smol: dict | None) -> dict[str, Any]:
     return out
 
 
+def grid_edges(results: list[dict]) -> dict[str, Any]:
+    """Where the validation choices fell on their grids: each family's chosen λ (addition: one a seed;
+    negation: one a seed and task) with how many sat at the grid's top, and each expert's chosen lr
+    against its grid's ends. A choice at an end means the grid may have cut the optimum off."""
+    def summary(values: list[float], top: float) -> dict[str, Any]:
+        return {"chosen": values, "grid_top": top, "at_top": sum(v >= top for v in values)}
+
+    out: dict[str, Any] = {"addition": {}, "negation": {}, "lr": {}}
+    for fam in results[0]["addition"]["chosen"]:
+        grids = [[float(k) for k in r["addition"]["curves"][r["addition"]["chosen"][fam]["variant"]]] for r in results]
+        if len(grids[0]) > 1:  # MetaGPT has no λ (one point)
+            out["addition"][fam] = summary([r["addition"]["chosen"][fam]["lambda"] for r in results],
+                                           max(max(g) for g in grids))
+    for fam in results[0]["negation"][results[0]["tasks"][0]]["chosen"]:
+        chosen = [r["negation"][t]["chosen"][fam] for r in results for t in r["tasks"]]
+        top = max(float(k) for r in results for t in r["tasks"] for k in r["negation"][t]["curves"][
+            r["negation"][t]["chosen"][fam]["variant"]])
+        out["negation"][fam] = {**summary([c["lambda"] for c in chosen], top),
+                                "control_rule_met": sum(c["control_rule_met"] for c in chosen)}
+    for name in results[0]["experts"]:
+        tried = [sorted(float(k) for k in r["experts"][name]["tried"]) for r in results]
+        lrs = [r["experts"][name]["lr"] for r in results]
+        if len(tried[0]) > 1:
+            out["lr"][name] = {"chosen": lrs, "grid": tried[0], "at_top": sum(lr >= t[-1] for lr, t in zip(lrs, tried)),
+                               "at_bottom": sum(lr <= t[0] for lr, t in zip(lrs, tried))}
+    return out
+
+
 def plots(results: list[dict], smol: dict | None, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for fam, chosen in results[0]["addition"]["chosen"].items():
@@ -147,14 +175,14 @@ def plots(results: list[dict], smol: dict | None, out: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "claims_lambda.png", dpi=110)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     weights = results[0]["addition"].get("lata_weights") or {}
     for name, per_model in weights.items():
         for model, w in (per_model or {}).items():
             layers = sorted(w, key=int)
             ax.plot([int(l) for l in layers], [w[l] for l in layers], marker="o", label=f"{name} / model {model}")
     ax.set(xlabel="layer", ylabel="LATA layer weight", title="LATA layer weights (seed %d)" % results[0]["seed"])
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: it hid lines
     fig.tight_layout()
     fig.savefig(out / "claims_lata_weights.png", dpi=110)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -190,13 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     smol_path = folder / "premise_talos.json"
     smol = json.loads(smol_path.read_text()) if smol_path.is_file() else None
-    report = {"rows": rows(results, smol), "premises": premises(results, smol)}
+    report = {"rows": rows(results, smol), "premises": premises(results, smol), "grid_edges": grid_edges(results)}
     (folder / "claims.json").write_text(json.dumps(report, indent=1))
     plots(results, smol, Path(args.out))
     for r in report["rows"]:
         print(f"| {r['claim']} | {r['comparison']} | {r['n']} | {r['seeds']} | {r['diff']:+.3f} "
               f"[{r['low']:+.3f}, {r['high']:+.3f}] | {r['p']:.2g} | {r['verdict']} | {r['note']} |")
     print(json.dumps(report["premises"], indent=1))
+    print(json.dumps(report["grid_edges"]))
     return 0
 
 

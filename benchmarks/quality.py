@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the checkout's mergeline/flows/tasks, also where the package is not installed
     sys.path.insert(1, str(ROOT))
 
-from mergeline.commands._pipeline_env import configure_pipeline_env  # noqa: E402
+from mergeline.env import configure_pipeline_env  # noqa: E402
 from mergeline.env import configure_offline_defaults  # noqa: E402
 
 # Before Prefect is imported (only on the pipeline path): it reads its settings at import time.
@@ -112,7 +112,7 @@ def run_seed(params: dict[str, Any], quality: QualityParams, seed: int, root: Pa
     from mergeline.pipeline.walker import walk
     from mergeline.stages.common import StageContext, resolve_device
     from mergeline.tracking import log_params_flat
-    from tasks._stage import RunHandle
+    from tasks import RunHandle
     from tasks.executor import PrefectExecutor
 
     commit, dirty = git_commit(root)

@@ -41,6 +41,14 @@ from mergeline.importance import loss_along, pairwise_cosines, quadratic_gap, ra
 from mergeline.merge.engine import run_merge  # noqa: E402
 
 
+START = time.perf_counter()
+
+
+def say(message: str) -> None:
+    """One progress line, stamped with the seconds since the process started (where the time goes)."""
+    print(f"[{time.perf_counter() - START:4.0f}s] {message}", flush=True)
+
+
 def acc(bits: str) -> float:
     return bits.count("1") / len(bits)
 
@@ -78,7 +86,7 @@ class Seed:
 
     def train(self, name: str, start: str, tasks: list[str], lrs: list[float], steps: int, masks=None) -> dict[str, Any]:
         """Fine-tune ``start`` on ``tasks`` at each lr; keep the best on validation (own tasks' mean)."""
-        best, tried = None, {}
+        best, tried, start_time = None, {}, time.perf_counter()
         for lr in lrs:
             self.model.load_state_dict(self.states[start])
             E.finetune(self.model, [(self.heads[t], self.data[t]["train"]) for t in tasks], steps=steps,
@@ -90,7 +98,8 @@ class Seed:
         self.states[name] = best[2]
         self.model.load_state_dict(best[2])
         self.save(name, self.model)
-        print(f"seed {self.seed} {name}: lr {best[1]:g}, validation {best[0]:.3f}", flush=True)
+        say(f"seed {self.seed} {name}: lr {best[1]:g}, validation {best[0]:.3f} "
+            f"({len(lrs)} lr in {time.perf_counter() - start_time:.0f} s)")
         return {"lr": best[1], "tried": tried}
 
     def delta(self, key: str, method: str, ref: str, models: dict[str, dict[str, Any]], **parameters: Any
@@ -193,7 +202,7 @@ def run_negation(s: Seed, base_val: dict[str, dict[str, str]]) -> dict[str, Any]
         chosen = {fam: {"variant": n, "lambda": lam, "test": s.score(s.moved(ref, d, lam), "test"),
                         "control_rule_met": not key[0]} for fam, (key, n, lam, d, ref) in best.items()}
         out[task] = {"curves": curves, "chosen": chosen, "others": others}
-        print(f"seed {s.seed} negation {task}: " + ", ".join(f"{f} {acc(c['test'][task]):.3f}" for f, c in chosen.items()), flush=True)
+        say(f"seed {s.seed} negation {task}: " + ", ".join(f"{f} {acc(c['test'][task]):.3f}" for f, c in chosen.items()))
     return out
 
 
@@ -236,6 +245,7 @@ def run_seed(p: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, 
         s.model.load_state_dict(s.states["base"])
         masks[t] = E.talos_mask(s.model, s.heads[t], s.data[t]["validation"], keep=p["talos"]["keep"],
                                 rounds=p["talos"]["rounds"], seed=seed)
+        say(f"seed {seed} talos mask {t}: density {mask_density(masks[t]):.3f}")
         res["experts"][f"talos-{t}"] = s.train(f"talos-{t}", "base", [t], f["lrs"], f["steps"], masks=masks[t])
     res["experts"]["inst"] = s.train("inst", "base", s.tasks, [p["inst"]["lr"]], p["inst"]["steps"])
     for t in s.tasks:
@@ -243,14 +253,18 @@ def run_seed(p: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, 
     res["expert_correct"] = {m: {split: s.score(s.states[m], split) for split in ("validation", "test")}
                              for m in res["experts"]}
     experts_val = {t: acc(res["expert_correct"][t]["validation"][t]) for t in s.tasks}
-    res["premises"] = premises(s, masks)
-    res["addition"] = run_addition(s, experts_val)
-    res["negation"] = run_negation(s, res["base"]["validation"])
+    stages = res["stage_seconds"] = {"experts": time.perf_counter() - t0}
+    for stage, work in (("premises", lambda: premises(s, masks)), ("addition", lambda: run_addition(s, experts_val)),
+                        ("negation", lambda: run_negation(s, res["base"]["validation"]))):
+        start = time.perf_counter()
+        res[stage] = work()
+        stages[stage] = time.perf_counter() - start
+        say(f"seed {seed}: {stage} in {stages[stage]:.0f} s")
     res["reports"] = {k: v for k, v in s.reports.items() if k.startswith("add LATA")}
     res["seconds"] = time.perf_counter() - t0
     (out / f"seed{seed}.json").write_text(json.dumps(res))
     shutil.rmtree(out / f"work{seed}", ignore_errors=True)
-    print(f"seed {seed}: done in {res['seconds']:.0f} s", flush=True)
+    say(f"seed {seed}: done in {res['seconds']:.0f} s")
     return res
 
 

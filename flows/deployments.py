@@ -24,7 +24,7 @@ from mergeline.params import ExperimentParams
 from mergeline.pipeline.records import encode
 from mergeline.pipeline.steps import Call
 from mergeline.pipeline.table import STEPS
-from tasks._results import read_state_result
+from flows.pool_transfer import pooled_result, share_inputs
 from tasks._stage import RunHandle
 
 PIPELINE_DEPLOYMENT = "mergeline-pipeline/mergeline-pipeline"
@@ -74,8 +74,10 @@ def submit(name: str, parameters: dict[str, Any], run_name: str) -> Any:
     return run_deployment(name, parameters=parameters, flow_run_name=run_name, timeout=0)
 
 
-def await_results(flow_runs: Mapping[str, Any], poll_seconds: float = POLL_SECONDS) -> dict[str, Any]:
-    """Wait for every run to end; return each one's result by key.
+def await_results(flow_runs: Mapping[str, Any], poll_seconds: float = POLL_SECONDS, root: str | None = None,
+                  parent_run_id: str | None = None) -> dict[str, Any]:
+    """Wait for every run to end; return each one's result by key (with ``root`` and ``parent_run_id``,
+    results a worker shared through MLflow come from there, their files into ``root``).
 
     The first run that ends in anything but Completed raises at once, naming it; runs still going
     are left to finish, and their task results are cached for the resumed experiment.
@@ -95,7 +97,7 @@ def await_results(flow_runs: Mapping[str, Any], poll_seconds: float = POLL_SECON
                 if not flow_run.state.is_completed():
                     raise RuntimeError(f"flow run {flow_run.name!r} ({flow_run.id}) for {key} ended "
                                        f"{flow_run.state.type.value}: {flow_run.state.message or ''}".strip())
-                finished[key] = read_state_result(flow_run.state)
+                finished[key] = pooled_result(flow_run, root, parent_run_id)
             if len(finished) < len(keys):
                 time.sleep(poll_seconds)
     return {key: finished[key] for key in flow_runs}
@@ -106,8 +108,8 @@ class PoolCalls:
 
     Each call is one run of its step's deployment (``mergeline-<step>``, flows/stage_flows.py),
     named ``<step>-<label>``; all are created before any is awaited. The workers log into the same
-    MLflow store and experiment as this run, under its parent run, and write under ``root``, so
-    they must see the project at this same path.
+    MLflow store and experiment as this run, under its parent run, and write under ``root`` when
+    they see it, else in their own folders with the files going through MLflow (flows/pool_transfer.py).
     """
 
     def __init__(self, params: ExperimentParams, run: RunHandle, pool: str,
@@ -127,6 +129,7 @@ class PoolCalls:
 
         shared = {"params": self.params, "root": self.run.root, "parent_run_id": self.run.parent_run_id,
                   "tracking_uri": mlflow.get_tracking_uri()}
+        share_inputs([encode(call.args) for call in calls], self.run.root, self.run.parent_run_id)
         runs = {f"{call.step.name}-{call.label}": submit(
                     self.deployments[call.step.name],
                     {**shared, "label": call.label, "args": encode(call.args), "outputs": list(call.outputs)},
@@ -136,7 +139,7 @@ class PoolCalls:
         return runs
 
     def gather(self, submitted: dict[str, Any]) -> list[dict[str, Any]]:
-        done = await_results(submitted)
+        done = await_results(submitted, root=self.run.root, parent_run_id=self.run.parent_run_id)
         return [done[key] for key in submitted]
 
 

@@ -30,6 +30,7 @@ from mergeline.stages.common import StageContext, resolve_device
 from mergeline.tracking import configure_tracking
 from tasks._results import PERSIST
 from tasks._stage import RunHandle
+from tasks.assets import results_artifact
 from tasks.executor import PrefectExecutor
 
 @flow(name="mergeline-pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=max_workers()),
@@ -55,5 +56,6 @@ def pipeline(params_file: str = "params/default.yaml", overrides: list[str] | No
             return {"stage": until}
         summary = finish_experiment(params, params_file, exp, run, str(flow_run.id) if flow_run.id else None)
     summary["table"] = results_table(params, exp)
+    results_artifact(params.experiment, summary["table"])
     logger.info("results\n" + summary["table"])
     return summary

@@ -21,10 +21,12 @@ from mergeline.pipeline.report import results_table
 from mergeline.stages.common import StageContext
 from mergeline.stages.evaluate import registered_variants, write_metrics
 from mergeline.stages.merge import ensure_merged
-from mergeline.tracking import killed_on_interrupt
+from mergeline.tracking import describe_run, killed_on_interrupt
 from mergeline.tracking.anchors import WEIGHTS_TAG, weights_digest
 from mergeline.tracking.registry import register_merged_model
+from mergeline.tracking.experiment_plots import log_experiment_plots
 from tasks._stage import RunHandle
+from tasks.assets import registering
 
 
 def _version_with_alias(name: str, alias: str) -> Any:
@@ -43,7 +45,9 @@ def finish_experiment(params: ExperimentParams, params_file: str, exp: Experimen
     ctx = StageContext(params, root, run.device)
     metrics_path = write_metrics(ctx, scores)  # also written by the evaluate stage; the same bytes
     mlflow.log_artifact(str(metrics_path), artifact_path="eval")
-    mlflow.log_text(results_table(params, exp), "results.md")
+    table = results_table(params, exp)
+    mlflow.log_text(table, "results.md")
+    describe_run(table)  # the parent run's description in the MLflow UI
     registered: dict[str, dict[str, str]] = {}
     name = params.registry.model_name
     for position, variant in enumerate(registered_variants(ctx, scores)):
@@ -62,11 +66,30 @@ def finish_experiment(params: ExperimentParams, params_file: str, exp: Experimen
         with mlflow.start_run(run_name=f"register:{variant}", nested=True, parent_run_id=run.parent_run_id) as reg, \
                 killed_on_interrupt():
             mlflow.set_tag("mergeline.stage", "register")
-            version = register_merged_model(root / merged.path, name, lineage, [alias],
-                                            run_id=reg.info.run_id, work_dir=root)
+            version = registering(params.experiment, name, alias, merged.path)(register_merged_model)(
+                root / merged.path, name, lineage, [alias], run_id=reg.info.run_id, work_dir=root)
         registered[variant] = {"version": version, "alias": alias,
                                "message": f"registered {name} version {version} @{alias} ({variant})"}
+    _log_plots(params, exp, run)
     for variant, row in scores.test_rows.items():
         mlflow.log_metrics({f"test/{variant}/{k.replace('/', '_')}": v for k, v in row.items()})
     return {"champion": scores.selection.champion, "registered": registered, "test_rows": scores.test_rows,
             "metrics_file": str(metrics_path)}
+
+
+def _log_plots(params: ExperimentParams, exp: Experiment, run: RunHandle) -> None:
+    """λ/density curves, per-task accuracy, control drift, layer weights and stage plots on the parent run."""
+    if run.parent_run_id is None or exp.scores is None:
+        return
+    reference = exp.scores.reference
+    stage = [Path(run.root) / p for p in [*(i.plot for i in exp.importance.values()),
+                                          exp.diagnostics.plot if exp.diagnostics else None] if p]
+    log_experiment_plots(
+        run.parent_run_id, stage_plots=stage, tasks=params.task_names, control=params.control,
+        variants={name: {"method": m.variant.method, "lambda": m.variant.lam, "density": m.variant.density}
+                  for name, m in exp.merged.items()},
+        validation=exp.scores.validation_rows, test=exp.scores.test_rows,
+        base=reference["base"]["test"].metrics, metric=params.evaluate.select_by,
+        experts={t: reference[f"single-{t}-full"]["test"].metrics.get(t) if "test" in reference.get(
+            f"single-{t}-full", {}) else None for t in params.task_names},
+        per_layer={name: m.report.get("per_layer") or {} for name, m in exp.merged.items()})

@@ -131,3 +131,30 @@ def plot_loss_curve(
     if len(series) > 1:
         ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def plot_bars(
+    series: Mapping[str, Mapping[str, float]], path: str | os.PathLike[str], ylabel: str, title: str,
+    signed: bool = False,
+) -> Path:
+    """Grouped bars: one group per category (e.g. task), one bar per series (e.g. base, expert, merged).
+
+    A series without a value for a category leaves a gap. ``signed`` draws a zero line (for drifts).
+    """
+    categories = list(dict.fromkeys(c for values in series.values() for c in values))
+    if not categories:
+        raise MergelineError("plot_bars: no values")
+    fig = Figure(figsize=(max(6, 1.4 * len(categories) + 2), 4))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        xs = [c + (i - (len(series) - 1) / 2) * width for c in range(len(categories))]
+        ax.bar(xs, [values.get(c, math.nan) for c in categories], width=width, label=label)
+    ax.set_xticks(range(len(categories)), categories)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if signed:
+        ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small", loc="best")
+    return _save(fig, path)

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from mergeline.params import ExperimentParams
-from mergeline.pipeline.records import decode
+from mergeline.pipeline.records import decode, encode
 from mergeline.pipeline.steps import Call
 from tasks._stage import RunHandle, expected_output_missing
+from tasks.assets import materializing
 from tasks.stages import TASKS
 
 
@@ -44,6 +45,10 @@ class PrefectExecutor:
             task = TASKS[call.step.name]
             if expected_output_missing(self.run_handle.root, *call.outputs):
                 task = task.with_options(refresh_cache=True)
+            # Each output a Prefect asset, upstream the files the call reads (tasks/assets.py).
+            # A merge declares no outputs (its folder is a cache of merged.json), yet its folder is the asset.
+            made = call.outputs or ((f"{self.params.work_dir}/merged/{call.label}",) if call.step.name == "merge" else ())
+            task = materializing(task, self.params.experiment, made, encode(call.args), group=[self.params.data_dir])
             futures[i] = task.submit(self.params, call.label, call.args, self.run_handle)
         results: dict[int, dict[str, Any]] = {i: future.result() for i, future in futures.items()}
         if submitted is not None and self.pool is not None:

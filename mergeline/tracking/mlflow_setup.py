@@ -198,17 +198,22 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - len(_TRUNCATED)] + _TRUNCATED
 
 
-def log_params(params: Mapping[str, Any], prefix: str = "", run_id: str | None = None) -> dict[str, str]:
-    """Log a (nested) dict as params named ``prefix.key.sub``; values stringified and truncated.
+def param_strings(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A (nested) dict as MLflow params: keys ``prefix.key.sub``, values stringified and truncated.
 
-    Returns what was logged. Keys longer than MLflow's limit are errors (a silently cut key could
-    collide with another).
+    Keys longer than MLflow's limit are errors (a silently cut key could collide with another).
     """
-    run = _run_id(run_id)
-    logged = {key: _param_value(value) for key, value in flatten(params, prefix).items()}
-    for key in logged:
+    strings = {key: _param_value(value) for key, value in flatten(params, prefix).items()}
+    for key in strings:
         if len(key) > KEY_LIMIT:
             raise MergelineError(f"mlflow param {key[:60]}…: key longer than {KEY_LIMIT} characters")
+    return strings
+
+
+def log_params(params: Mapping[str, Any], prefix: str = "", run_id: str | None = None) -> dict[str, str]:
+    """Log a (nested) dict as params (:func:`param_strings`); returns what was logged."""
+    run = _run_id(run_id)
+    logged = param_strings(params, prefix)
     items = [Param(key, value) for key, value in logged.items()]
     client = MlflowClient()
     for start in range(0, len(items), _PARAM_BATCH):
@@ -250,3 +255,11 @@ def log_artifacts(path: str | os.PathLike[str], artifact_path: str | None = None
         client.log_artifact(run, str(p), artifact_path)
     else:
         raise MergelineError(f"{path}: no such file or folder to log as an MLflow artifact")
+
+
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description (Markdown)
+
+
+def describe_run(markdown: str, run_id: str | None = None) -> None:
+    """Set the run's description, e.g. an experiment's results table on its parent run."""
+    MlflowClient().set_tag(_run_id(run_id), NOTE_TAG, markdown)

@@ -1,22 +1,26 @@
 """Register a merged model in the MLflow Model Registry with its lineage, and look versions up.
 
-A version is the run's logged ``model/`` folder (the Hugging Face files as written by the merge, plus
-``lineage.json`` and ``lineage.mmd`` beside the weights) registered with ``create_model_version``.
-We log plain artifacts rather than ``mlflow.transformers.log_model`` because log_model loads the
-model and runs it to infer a signature (6.4 s for a 135k-parameter model, much more for 135M on 2
-cores) and stores a second copy of the weights under ``models/``; plain artifacts copy the weights
-once. The version still loads back with ``transformers``' ``from_pretrained`` on
-:func:`model_artifact_dir` (tested).
+A version is an MLflow logged model holding the Hugging Face files as written by the merge, plus
+``lineage.json`` and ``lineage.mmd`` beside the weights and an ``MLmodel`` file (``mlmodel.py``), so
+``mlflow.transformers.load_model("models:/NAME@champion")`` loads it. It is registered from
+``models:/<model_id>``: MLflow's own link from the version to its logged model, whose source run
+is the registering run. We do not call ``mlflow.transformers.log_model``: it loads the model and
+runs it to infer a signature (6.4 s for a 135k-parameter model, much more for 135M on 2 cores) and
+writes the weights again; here they are copied once. The datasets, base, checkpoints and task
+vectors it was built from are logged too (``lineage_objects.py``), and the registered model and
+version carry a description (``describe.py``).
 
 Order of registration (a version never points at a missing or partial artifact):
 1. every weight file in ``lineage.weights`` exists in ``model_dir`` with that sha256, and no
    ``*.safetensors`` there is unlisted;
-2. artifacts are logged, and on a local artifact store re-hashed where they landed;
+2. the files are logged to a new logged model, on a local artifact store re-hashed where they
+   landed, and only then is the logged model READY (FAILED otherwise);
 3. only then the version is created, with its tags in the same call; aliases last (undone on failure).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,6 +28,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import mlflow
+from mlflow.entities import LoggedModelStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -37,8 +42,16 @@ from mergeline.lineage.record import Lineage
 from mergeline.lineage.render import render_mermaid
 from mergeline.lineage.verify import Problem, artifact_problems, stored_weight_problems
 from mergeline.names import alias_problem, model_name_problem
-from mergeline.tracking.anchors import MODEL_ARTIFACT_PATH, REGISTERED_VERSION_TAG, WORK_DIR_TAG, anchor_problems, registry_tags
-from mergeline.tracking.mlflow_setup import current_experiment_id
+from mergeline.tracking.anchors import (
+    REGISTERED_VERSION_TAG, WORK_DIR_TAG, anchor_problems, logged_model_id, registry_tags, weights_digest,
+)
+from mergeline.tracking.describe import merged_label, merged_params, model_description, version_description
+from mergeline.tracking.lineage_objects import (
+    KIND_TAG, SHA256_TAG, UPSTREAM_TAG, LineageObjects, link_models, log_model_metrics, model_name,
+    record_lineage_objects,
+)
+from mergeline.tracking.mlflow_setup import NOTE_TAG, current_experiment_id, param_strings
+from mergeline.tracking.mlmodel import write_mlmodel
 
 LINEAGE_FILE = "lineage.json"
 MERMAID_FILE = "lineage.mmd"
@@ -91,25 +104,52 @@ def _start_run(client: MlflowClient, name: str, lineage: Lineage) -> str:
     return client.create_run(experiment_id, run_name=f"register-{name}", tags=tags).info.run_id
 
 
-def _log_model(client: MlflowClient, run_id: str, model_dir: Path, lineage: Lineage) -> str:
-    """Log the folder and lineage files; returns the version source URI (``<run artifacts>/model``)."""
-    client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
-    with tempfile.TemporaryDirectory(prefix="mergeline-lineage-") as tmp:
-        _write_lineage_files(lineage, Path(tmp))
-        client.log_artifacts(run_id, tmp, MODEL_ARTIFACT_PATH)
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
-    landed = local_path(source)
-    if landed is not None:
-        # A short copy (full disk, killed writer) must fail here, before any version exists.
-        check_weights(landed, lineage.weights)
-    return source
+def _log_merged_model(client: MlflowClient, run_id: str, experiment_id: str, model_dir: Path, lineage: Lineage,
+                      upstream: LineageObjects, description: str) -> str:
+    """The files as a logged model of ``run_id`` (READY only once they landed intact); returns its id."""
+    model = mlflow.initialize_logged_model(
+        name=model_name(merged_label(lineage)), source_run_id=run_id, model_type="merged", experiment_id=experiment_id,
+        params=param_strings(merged_params(lineage)),
+        tags={KIND_TAG: "merged", SHA256_TAG: weights_digest(lineage.weights), NOTE_TAG: description,
+              UPSTREAM_TAG: ",".join(upstream.vectors.values()) or "-"})
+    try:
+        client.log_model_artifacts(model.model_id, str(model_dir))
+        with tempfile.TemporaryDirectory(prefix="mergeline-lineage-") as tmp:
+            _write_lineage_files(lineage, Path(tmp))
+            write_mlmodel(model_dir, Path(tmp), lineage.base_model.id, run_id, model.model_id)
+            client.log_model_artifacts(model.model_id, tmp)
+        landed = local_path(model.artifact_location)
+        if landed is not None:
+            # A short copy (full disk, killed writer) must fail here, before any version exists.
+            check_weights(landed, lineage.weights)
+    except BaseException:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    log_model_metrics(client, run_id, model.model_id, lineage.evaluation, upstream.datasets)
+    link_models(client, run_id, outputs=[model.model_id])
+    if upstream.parent_run:
+        link_models(client, upstream.parent_run, outputs=[model.model_id])
+    return model.model_id
+
+
+def _describe_registered_model(client: MlflowClient, name: str, lineage: Lineage) -> None:
+    try:
+        client.create_registered_model(name, description=model_description(name, lineage))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        client.update_registered_model(name, description=model_description(name, lineage))
 
 
 def register_merged_model(
     model_dir: Path, name: str, lineage: Lineage, aliases: list[str], run_id: str | None = None,
     work_dir: str | Path | None = None,
 ) -> str:
-    """Log ``model_dir`` with its lineage to a run and register it as a new version of ``name``.
+    """Log ``model_dir`` with its lineage as a logged model of a run; register it as a new version of ``name``.
+
+    The datasets, base, checkpoints and vectors of ``lineage`` are logged as MLflow datasets and
+    logged models first (``lineage_objects.py``), the version and the model get their descriptions.
 
     ``run_id``: log into that run (e.g. the pipeline's register-stage run); None creates a run in
     the configured experiment, nested under ``lineage.mlflow.parent_run_id`` or the active run.
@@ -129,20 +169,23 @@ def register_merged_model(
     lineage = lineage.model_copy(deep=True)
     lineage.mlflow.registered_run_id = run
     try:
-        source = _log_model(client, run, model_dir, lineage)
-        try:
-            client.create_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
+        experiment_id = client.get_run(run).info.experiment_id
+        upstream = record_lineage_objects(client, lineage, run, experiment_id, Path(work_dir or Path.cwd()))
+        description = version_description(lineage, name)
+        model_id = _log_merged_model(client, run, experiment_id, model_dir, lineage, upstream, description)
+        _describe_registered_model(client, name, lineage)
         tags = registry_tags(lineage) | ({WORK_DIR_TAG: str(Path(work_dir).resolve())} if work_dir else {})
-        version = client.create_model_version(name, source, run_id=run, tags=tags).version
+        version = client.create_model_version(name, f"models:/{model_id}", run_id=run, tags=tags, model_id=model_id,
+                                              description=description).version
         try:
             for alias in aliases:
                 client.set_registered_model_alias(name, alias, version)
         except BaseException:
             client.delete_model_version(name, version)
             raise
+        # MLflow's own back-link from the logged model to the versions registered from it.
+        client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps([{"name": name,
+                                                                                   "version": version}])})
         client.set_tag(run, REGISTERED_VERSION_TAG, f"{name}/{version}")
     except BaseException:
         if own_run:
@@ -197,16 +240,26 @@ def model_artifact_dir(version: ModelVersion, dest: Path | None = None) -> Path:
 
     A local folder is returned even when it was deleted, so callers can name what is missing.
     """
-    local = local_path(version.source)
+    files = files_uri(version)
+    local = local_path(files)
     if local is not None:
         return local
     dest = Path(dest or tempfile.mkdtemp(prefix="mergeline-model-"))
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest)))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=files, dst_path=str(dest)))
+
+
+def files_uri(version: ModelVersion) -> str:
+    """Where the version's files are: its logged model's artifacts (as the registry resolved them when
+    the version was created), or, for a version registered from run artifacts, its source."""
+    if logged_model_id(version.source) is None:
+        return version.source
+    return MlflowClient().get_model_version_download_uri(version.name, version.version)
 
 
 def load_lineage(version: ModelVersion) -> Lineage:
     """The version's ``lineage.json``. FileNotFoundError (naming it) when the artifact is gone."""
-    local = local_path(version.source)
+    files = files_uri(version)
+    local = local_path(files)
     if local is not None:
         path = local / LINEAGE_FILE
         if not path.is_file():
@@ -214,10 +267,10 @@ def load_lineage(version: ModelVersion) -> Lineage:
         return _parse_lineage(path)
     tmp = tempfile.mkdtemp(prefix="mergeline-lineage-")
     try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{version.source}/{LINEAGE_FILE}", dst_path=tmp)
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{files}/{LINEAGE_FILE}", dst_path=tmp)
         return _parse_lineage(Path(path))
     except MlflowException as exc:
-        raise FileNotFoundError(f"{version.source}/{LINEAGE_FILE}: cannot fetch lineage.json ({exc})") from exc
+        raise FileNotFoundError(f"{files}/{LINEAGE_FILE}: cannot fetch lineage.json ({exc})") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -70,6 +70,43 @@ def test_run_registers_champion_with_lineage_tags(finished_project: tuple[Path, 
     assert all(0.0 <= row[f"acc/{t}"] <= 1.0 for t in ("news", "sentiment"))
 
 
+def test_champion_loads_with_mlflow_and_the_parent_run_shows_its_lineage(finished_project: tuple[Path, str, str]) -> None:
+    """README's one call loads the champion; the MLflow UI's run page has the description, datasets and models."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    root, _, _ = finished_project
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    generator = mlflow.transformers.load_model("models:/mergeline-tiny@champion")
+    assert generator("Review: good\nSentiment:", max_new_tokens=2, do_sample=False)[0]["generated_text"]
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("mergeline-tiny", "champion")
+    assert version.source.startswith("models:/m-") and version.description.startswith(
+        f"**{version.tags['mergeline.method']}** merge")
+    register_run = client.get_run(version.run_id)
+    parent = client.get_run(register_run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["mlflow.note.content"].startswith("| model |")
+    assert {i.dataset.name for i in parent.inputs.dataset_inputs} >= {"news/train", "news/test", "sentiment/validation"}
+    kinds = {client.get_logged_model(m.model_id).tags["mergeline.kind"] for m in parent.outputs.model_outputs}
+    assert kinds == {"base", "fine-tuned", "task-vector", "merged"}
+
+
+def test_report_reads_the_run_back_from_mlflow(finished_project: tuple[Path, str, str], tmp_path: Path) -> None:
+    root, _, _ = finished_project
+    result = run_cli(root, "report", "mergeline-tiny", "--out", str(tmp_path / "report"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((root / "data/work/eval/metrics.json").read_text())
+    record = json.loads((tmp_path / "report" / "report.json").read_text())
+    runs = [run for group in record["groups"] for run in group["runs"]]
+    assert runs[0]["test"] == metrics["test"] and runs[0]["champion"] == metrics["champion"]
+    # every merged variant's method and λ come from its merge run; each method's best has a table row
+    assert set(record["variants"]) >= set(metrics["validation"])
+    for name, row in metrics["test"].items():
+        method = record["variants"][name]["method"]
+        assert f"| {method} | " in result.stdout and f"{row['acc/mean']:.3f}" in result.stdout
+    assert (tmp_path / "report" / "sweep-1.png").stat().st_size > 0
+
+
 def test_each_fine_tune_logs_and_records_the_learning_rate_it_used(finished_project: tuple[Path, str, str]) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient

@@ -82,6 +82,29 @@ def test_masked_adamw_with_full_mask_matches_torch_adamw():
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_masked_adamw_matches_torch_adamw_when_tensors_skip_steps():
+    # tensors without a gradient skip a step, so their step counts (and bias corrections) part ways;
+    # a full-mask tensor and a tensor without a mask must both follow torch's AdamW step for step
+    torch.manual_seed(0)
+    start = [torch.randn(4, 4), torch.randn(3)]
+    ours_p = [torch.nn.Parameter(t.clone()) for t in start]
+    ref_p = [torch.nn.Parameter(t.clone()) for t in start]
+    ours = MaskedAdamW([("w", ours_p[0]), ("b", ours_p[1])], {"w": torch.ones(4, 4, dtype=torch.bool)},
+                       lr=0.05, weight_decay=0.1)
+    ref = torch.optim.AdamW(ref_p, lr=0.05, weight_decay=0.1)
+    for step in range(6):
+        gen = torch.Generator().manual_seed(step)
+        grads = [torch.randn(4, 4, generator=gen), None if step % 2 else torch.randn(3, generator=gen)]
+        for params in (ours_p, ref_p):
+            for p, g in zip(params, grads):
+                p.grad = None if g is None else g.clone()
+        ours.step()
+        ref.step()
+    assert ours.state[ours_p[0]]["step"] == 6 and ours.state[ours_p[1]]["step"] == 3
+    for a, b in zip(ours_p, ref_p):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_finetune_with_mask_trains_only_the_mask(tok):
     model = tiny_llama(vocab_size=len(tok))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -1,0 +1,70 @@
+"""The finished pipeline runs of an experiment, as ``mergeline run`` recorded them in MLflow.
+
+Each ``mergeline run`` is one parent run ``pipeline:<experiment>`` with the params it ran with
+(flattened, as logged) and its evaluation (``eval/metrics.json``: every variant's validation row,
+each method's best on test, the champion); each merge call is a nested run ``merge:<variant>`` that
+logs the variant's ``method``, ``lambda`` and ``density``. A stopped or failed run is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from mergeline.errors import MergelineError
+from mergeline.pipeline.sweep_report import PipelineRun, Variant
+from mergeline.tracking.mlflow_setup import use_store
+
+METRICS_ARTIFACT = "eval/metrics.json"
+
+
+def _number(text: str | None) -> float | None:
+    return None if text in (None, "", "None") else float(text)  # type: ignore[arg-type]
+
+
+def _metrics(client: MlflowClient, run_id: str, folder: Path) -> dict[str, Any] | None:
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=METRICS_ARTIFACT, dst_path=str(folder))
+    except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact: the run is skipped
+        return None
+    data = json.loads(Path(path).read_text())
+    return data if isinstance(data, dict) else None
+
+
+def pipeline_runs(experiment: str, tracking_uri: str | None = None) -> tuple[list[PipelineRun], dict[str, Variant]]:
+    """The experiment's finished pipeline runs that reached evaluation (oldest first), and every
+    merged variant's method, λ and density by name. MergelineError (one line): no such store or
+    experiment, or no such run in it."""
+    uri = use_store(tracking_uri, must_exist=True)
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise MergelineError(f"experiment {experiment!r}: not in the tracking store {uri}")
+    ids = [found.experiment_id]
+    parents = client.search_runs(ids, "attributes.status = 'FINISHED' and tags.mlflow.runName LIKE 'pipeline:%'",
+                                 order_by=["attributes.start_time ASC"], max_results=10_000)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="mergeline-report-") as tmp:
+        for index, parent in enumerate(parents):
+            metrics = _metrics(client, parent.info.run_id, Path(tmp) / str(index))
+            if metrics is None:
+                continue
+            runs.append(PipelineRun(parent.info.run_id, dict(parent.data.params), metrics.get("validation", {}),
+                                    metrics.get("test", {}), metrics.get("champion")))
+    if not runs:
+        raise MergelineError(f"experiment {experiment!r}: no finished pipeline run with {METRICS_ARTIFACT} in {uri}")
+    variants: dict[str, Variant] = {}
+    for merge in client.search_runs(ids, "tags.`mergeline.step` = 'merge'", max_results=50_000):
+        name = merge.info.run_name.split(":", 1)[-1]
+        logged = merge.data.params
+        if "method" in logged and "lambda" in logged:
+            variants[name] = Variant(logged["method"], float(logged["lambda"]), _number(logged.get("density")))
+    return runs, variants
+
+
+__all__ = ["METRICS_ARTIFACT", "pipeline_runs"]
