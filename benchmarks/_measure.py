@@ -60,13 +60,17 @@ def run_measured(cmd: list[str], log: Path) -> Measured:
     return measured
 
 
-def run_entry_point(entry: str, args: list[str], log: Path) -> Measured:
-    """Run a console-script entry point (``module:function``) through ``_peak.py``, with CUDA peak."""
+def run_entry_point(entry: str, args: list[str], log: Path, timed: str | None = None) -> Measured:
+    """Run a console-script entry point (``module:function``) through ``_peak.py``, with CUDA peak, and
+    the time spent in the function ``timed`` (``module:function``) as ``inner_seconds``."""
     peak_file = log.with_suffix(".peak.json")
     peak_file.unlink(missing_ok=True)
-    measured = run_measured([sys.executable, str(HERE / "_peak.py"), str(peak_file), entry, *args], log)
+    timing = ["--time", timed] if timed else []
+    measured = run_measured([sys.executable, str(HERE / "_peak.py"), str(peak_file), *timing, entry, *args], log)
     if peak_file.exists():
-        measured.cuda_peak = json.loads(peak_file.read_text()).get("cuda_max_allocated")
+        peak = json.loads(peak_file.read_text())
+        measured.cuda_peak = peak.get("cuda_max_allocated")
+        measured.inner_seconds = peak.get("timed_seconds")
     return measured
 
 

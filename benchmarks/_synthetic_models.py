@@ -98,15 +98,17 @@ def llama_shape_for(params: float) -> LlamaShape:
     classes = [(5e6, 64, 512), (0.03e9, 256, VOCAB), (0.2e9, 768, VOCAB), (0.6e9, 1024, VOCAB),
                (2e9, 2048, VOCAB), (5e9, 3072, VOCAB), (math.inf, 4096, VOCAB)]
     hidden, vocab = next((h, v) for limit, h, v in classes if params <= limit)
-    # SwiGLU MLP width ~ 8/3 h, rounded up to a multiple of 256 as Llama does.
+    outside = llama_shape(hidden, 0, vocab).num_params()
+    per_layer = llama_shape(hidden, 1, vocab).num_params() - outside
+    return llama_shape(hidden, max(1, round((params - outside) / per_layer)), vocab)
+
+
+def llama_shape(hidden: int, layers: int, vocab: int = VOCAB) -> LlamaShape:
+    """A Llama of width ``hidden`` and ``layers`` blocks: SwiGLU MLP width ~ 8/3 h rounded up to a multiple
+    of 256 as Llama does, heads of 64, a quarter of them key/value heads."""
     inter = int(math.ceil(8 * hidden / 3 / 256) * 256)
     heads = max(4, hidden // 64)
-    kv_heads = max(1, heads // 4)
-    one_layer = LlamaShape(hidden, inter, 1, heads, kv_heads, vocab)
-    outside = LlamaShape(hidden, inter, 0, heads, kv_heads, vocab).num_params()
-    per_layer = one_layer.num_params() - outside
-    layers = max(1, round((params - outside) / per_layer))
-    return LlamaShape(hidden, inter, layers, heads, kv_heads, vocab)
+    return LlamaShape(hidden, inter, layers, heads, max(1, heads // 4), vocab)
 
 
 def _shard_plan(shapes: dict[str, tuple[int, ...]], itemsize: int, shard_bytes: int) -> list[list[str]]:
@@ -192,8 +194,11 @@ def build_model_set(
     rel_delta: float = 0.02,
     progress=print,
     device: str = "cpu",
+    shape: LlamaShape | None = None,
 ) -> ModelSet:
     """Build (or reuse) ``workdir/base`` and ``workdir/ft{i}``; see the module docstring for the weights.
+
+    ``shape`` fixes the architecture (``llama_shape``) instead of deriving it from ``params``.
 
     ``device`` draws the random numbers there (a GPU builds multi-GB sets in seconds); the values
     depend on it, so it is part of the cache key.
@@ -203,7 +208,7 @@ def build_model_set(
     """
     if dtype not in _DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    shape = llama_shape_for(params)
+    shape = shape or llama_shape_for(params)
     itemsize = torch.empty(0, dtype=_DTYPES[dtype]).element_size()
     spec = {"shape": asdict(shape), "dtype": dtype, "shard_bytes": shard_bytes,
             "rel_delta": rel_delta, "num_finetunes": num_finetunes, "version": 1,

@@ -2,19 +2,21 @@
 
     .venv/bin/python benchmarks/merge_speed.py --params 0.9e9 --finetunes 4 --dtype bfloat16 --device cpu
 
-Builds a base and N fine-tunes of a Llama-shaped model of about ``--params`` parameters offline
-(random weights, small independent per-model deltas, sharded safetensors; cached in ``--workdir``),
-then, in one run, for Task Arithmetic and TIES (and, with ``--methods``, DELLA and Model Stock) times
-each tool in its own process:
+Builds a base and N fine-tunes of a Llama-shaped model of about ``--params`` parameters (or of a given
+width and depth, ``--sizes 512x8``) offline (random weights, small independent per-model deltas,
+sharded safetensors; cached in ``--workdir``), then, in one run, for every method of ``--methods`` on
+every device of ``--device`` (``cpu,cuda``) times each tool in its own process:
   - mergeline:  ``mergeline merge CONFIG --out DIR --device D``
-  - mergekit:   ``mergekit-yaml CONFIG DIR [--cuda]`` (the same CONFIG; local absolute paths, offline)
+  - mergekit:   ``mergekit-yaml CONFIG DIR [--cuda]`` (the same CONFIG; local absolute paths, offline),
+    for the methods mergekit has (TA, TIES, DELLA, Model Stock, linear)
   - read+write: ``_rw_baseline.py copy``: read every input tensor once, write one model (no arithmetic)
-and the bound "read the input bytes once" (``_rw_baseline.py read``). It prints one markdown table
-(also written to ``--table-out``) with wall time, peak RSS (and peak CUDA memory on ``--device cuda``),
-the ratios mergeline/mergekit and mergeline/read+write, mergeline's fraction of the read bound, and
-the max |mergeline - mergekit| over every output tensor (DELLA samples its masks from different RNG
-streams in the two tools, so its outputs differ by design). With non-float32 inputs it also runs a small
-float32 set through both tools' Task Arithmetic, where the outputs must be equal.
+and the bound "read the input bytes once" (``_rw_baseline.py read``). Each tool's time is that of the
+whole command and, in parentheses, of its merge function alone (mergeline's and mergekit's
+``run_merge``, timed inside the process: no interpreter start, imports or exit). It prints one markdown
+table (``_speed_table.py``; also written to ``--table-out``), one row per size × device × method. The
+max |mergeline − mergekit| over every output tensor is in the last column (DELLA samples its masks from
+different RNG streams in the two tools, so its outputs differ by design). With non-float32 inputs it
+also runs a small float32 set through both tools' Task Arithmetic, where the outputs must be equal.
 Times are the best of ``--repeat`` runs; inputs are read once beforehand so every run sees a warm
 page cache. Exit status 1 if any run failed or a comparison found a mismatch in names/shapes.
 """
@@ -23,51 +25,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from _measure import Comparison, Measured, best_of, compare_models, run_entry_point, run_measured
+from _measure import Measured, best_of, compare_models, run_entry_point, run_measured
 from _rw_baseline import read_files
-from _synthetic_models import ModelSet, build_model_set, model_files
+from _speed_table import DeviceResult, MethodResult, SizeResult, report
+from _synthetic_models import LlamaShape, ModelSet, build_model_set, llama_shape, model_files
 
 HERE = Path(__file__).resolve().parent
 GB = 1e9
-METHODS = {"TA": "task_arithmetic", "TIES": "ties", "DELLA": "della", "MODEL_STOCK": "model_stock"}
+# label -> merge_method; the methods mergekit 0.1.5 has are also run there
+METHODS = {"TA": "task_arithmetic", "TIES": "ties", "DELLA": "della", "MODEL_STOCK": "model_stock",
+           "LINEAR": "linear", "TSV": "tsv", "ISO_C": "iso_c", "ISO_CTS": "iso_cts",
+           "CONSENSUS_TA": "consensus_ta", "CONSENSUS_TIES": "consensus_ties"}
+IN_MERGEKIT = {"task_arithmetic", "ties", "della", "model_stock", "linear"}
 TOOLS = ("mergeline", "mergekit", "baseline")
+TIMED = {"mergeline": "mergeline.merge.engine:run_merge", "mergekit": "mergekit.scripts.run_yaml:run_merge"}
 
 
 def merge_config(models: ModelSet, method: str, density: float) -> dict:
-    """A mergekit-schema config both tools read. Compute in float32, write the inputs' dtype."""
+    """A mergekit-schema config both tools read. Compute in float32, write the inputs' dtype.
+
+    Task-arithmetic family: weight 1/N per model (TIES and DELLA: ``density``); linear: weight 1/N per
+    fine-tune, no base; Model Stock and the methods mergekit lacks: no per-model parameters (their
+    defaults: weight 1, λ 1)."""
     weight = round(1.0 / len(models.finetunes), 6)
     entries = []
     for ft in models.finetunes:
-        # model_stock takes no per-model parameters (its ratio comes from the models' angles)
-        params: dict[str, float] = {} if method == "model_stock" else {"weight": weight}
+        params: dict[str, float] = {}
+        if method in ("task_arithmetic", "ties", "della", "linear"):
+            params["weight"] = weight
         if method in ("ties", "della"):
             params["density"] = density
         entries.append({"model": str(ft), **({"parameters": params} if params else {})})
-    return {"merge_method": method, "base_model": str(models.base), "models": entries,
-            "dtype": "float32", "out_dtype": models.dtype}
-
-
-@dataclass
-class MethodResult:
-    mergeline: Measured | None = None
-    mergekit: Measured | None = None
-    comparison: Comparison | None = None
-
-
-@dataclass
-class SizeResult:
-    models: ModelSet
-    input_bytes: int
-    read: Measured | None = None
-    baseline: Measured | None = None
-    methods: dict[str, MethodResult] = field(default_factory=dict)
+    base = {} if method == "linear" else {"base_model": str(models.base)}
+    return {"merge_method": method, **base, "models": entries, "dtype": "float32", "out_dtype": models.dtype}
 
 
 def _read_timed(cmd: list[str], log: Path) -> Measured:
@@ -76,6 +73,12 @@ def _read_timed(cmd: list[str], log: Path) -> Measured:
     if not measured.error:
         measured.seconds = json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
     return measured
+
+
+def parse_size(text: str) -> float | LlamaShape:
+    """``0.9e9`` (parameters) or ``512x8`` (hidden size x layers, vocabulary 32,000)."""
+    shaped = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+    return llama_shape(int(shaped[1]), int(shaped[2])) if shaped else float(text)
 
 
 class Bench:
@@ -92,7 +95,8 @@ class Bench:
     def _step(self, what: str, run) -> Measured:
         print(what, flush=True)
         measured = run()
-        print(f"  {_secs(measured)} s, peak RSS {_gb(measured.max_rss)} GB", flush=True)
+        inner = "" if measured.inner_seconds is None else f" ({measured.inner_seconds:.1f} in its merge)"
+        print(f"  {measured.seconds:.1f} s{inner}, peak RSS {measured.max_rss / GB:.2f} GB", flush=True)
         self._flush(self)
         return measured
 
@@ -108,29 +112,25 @@ class Bench:
             print(f"  failed: {result.error}", file=sys.stderr)
         return result
 
-    def mergeline(self, config: Path, out: Path, log: Path) -> Measured:
-        args = ["merge", str(config), "--out", str(out), "--device", self.args.device]
+    def mergeline(self, config: Path, out: Path, log: Path, device: str) -> Measured:
+        args = ["merge", str(config), "--out", str(out), "--device", device]
+        return self._repeat(lambda: run_entry_point("mergeline.cli:main", args, log, TIMED["mergeline"]), out)
 
-        def run() -> Measured:
-            measured = run_entry_point("mergeline.cli:main", args, log)
-            report = out / "merge_report.json"
-            if report.exists():  # run_merge's own time: the merge without interpreter start and imports
-                measured.inner_seconds = json.loads(report.read_text()).get("seconds")
-            return measured
-
-        return self._repeat(run, out)
-
-    def mergekit(self, config: Path, out: Path, log: Path) -> Measured:
+    def mergekit(self, config: Path, out: Path, log: Path, device: str) -> Measured:
         args = [str(config), str(out), "--no-copy-tokenizer", "--quiet", *self.args.mergekit_arg]
-        if self.args.device.startswith("cuda"):
+        if device.startswith("cuda"):
             args.append("--cuda")
-        return self._repeat(lambda: run_entry_point("mergekit.scripts.run_yaml:main", args, log), out)
+        return self._repeat(lambda: run_entry_point("mergekit.scripts.run_yaml:main", args, log,
+                                                    TIMED["mergekit"]), out)
 
-    def run_size(self, params: float) -> SizeResult:
+    def run_size(self, size: float | LlamaShape) -> SizeResult:
         a = self.args
-        tag = f"{params / 1e9:.3g}B-{a.dtype}-{a.finetunes}ft"
+        shape = size if isinstance(size, LlamaShape) else None
+        params = float(shape.num_params()) if shape else float(size)  # type: ignore[arg-type]
+        tag = (f"h{shape.hidden_size}x{shape.num_hidden_layers}" if shape else f"{params / 1e9:.3g}B") \
+            + f"-{a.dtype}-{a.finetunes}ft"
         models = build_model_set(self.workdir / "models" / tag, params, a.finetunes, a.dtype,
-                                 shard_bytes=int(a.shard_gb * GB), device=a.device)
+                                 shard_bytes=int(a.shard_gb * GB), device=a.devices[0], shape=shape)
         files = [f for m in models.all_models for f in model_files(m)]
         out, logs = self.workdir / "out", self.workdir / "logs" / tag
         logs.mkdir(parents=True, exist_ok=True)  # every tool writes its config and log here
@@ -141,23 +141,32 @@ class Bench:
             read_cmd = [sys.executable, str(HERE / "_rw_baseline.py"), "read", *map(str, files)]
             result.read = self._step(f"[{tag}] read bound", lambda: self._repeat(
                 lambda: _read_timed(read_cmd, logs / "read.log")))
-            copy_cmd = [sys.executable, str(HERE / "_rw_baseline.py"), "copy", "--device", a.device,
+        for device in a.devices:
+            result.devices[device] = self.run_device(result, device, tag, out, logs)
+        return result
+
+    def run_device(self, result: SizeResult, device: str, tag: str, out: Path, logs: Path) -> DeviceResult:
+        a, models = self.args, result.models
+        where = DeviceResult()
+        tag = f"{tag} {device}"
+        if "baseline" in a.tools:
+            copy_cmd = [sys.executable, str(HERE / "_rw_baseline.py"), "copy", "--device", device,
                         "--out", str(out / "baseline"), *map(str, models.all_models)]
-            result.baseline = self._step(f"[{tag}] read+write baseline", lambda: self._repeat(
-                lambda: run_measured(copy_cmd, logs / "baseline.log"), out / "baseline"))
+            where.baseline = self._step(f"[{tag}] read+write baseline", lambda: self._repeat(
+                lambda: run_measured(copy_cmd, logs / f"baseline-{device}.log"), out / "baseline"))
             shutil.rmtree(out / "baseline", ignore_errors=True)
         for label in a.methods:
             method = METHODS[label]
             config = logs / f"{method}.yaml"
             config.write_text(yaml.safe_dump(merge_config(models, method, a.density), sort_keys=False))
-            res = result.methods[label] = MethodResult()
+            res = where.methods[label] = MethodResult(in_mergekit=method in IN_MERGEKIT)
             ml_out, mk_out = out / f"mergeline-{method}", out / f"mergekit-{method}"
             if "mergeline" in a.tools:
                 res.mergeline = self._step(f"[{tag}] {label}: mergeline", lambda: self.mergeline(
-                    config, ml_out, logs / f"mergeline-{method}.log"))
-            if "mergekit" in a.tools:
+                    config, ml_out, logs / f"mergeline-{method}-{device}.log", device))
+            if "mergekit" in a.tools and res.in_mergekit:
                 res.mergekit = self._step(f"[{tag}] {label}: mergekit", lambda: self.mergekit(
-                    config, mk_out, logs / f"mergekit-{method}.log"))
+                    config, mk_out, logs / f"mergekit-{method}-{device}.log", device))
             if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
                 res.comparison = compare_models(ml_out, mk_out)
                 print(f"  mergeline vs mergekit: {res.comparison.summary()}")
@@ -168,7 +177,7 @@ class Bench:
             if not a.keep_outputs:
                 shutil.rmtree(ml_out, ignore_errors=True)
                 shutil.rmtree(mk_out, ignore_errors=True)
-        return result
+        return where
 
     def exactness_check(self) -> str | None:
         """Task Arithmetic on a small float32 set through both tools: the outputs must be equal."""
@@ -180,8 +189,8 @@ class Bench:
         config = logs / "task_arithmetic.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(merge_config(models, "task_arithmetic", a.density)))
-        ml = self.mergeline(config, out / "check-mergeline", logs / "mergeline.log")
-        mk = self.mergekit(config, out / "check-mergekit", logs / "mergekit.log")
+        ml = self.mergeline(config, out / "check-mergeline", logs / "mergeline.log", "cpu")
+        mk = self.mergekit(config, out / "check-mergekit", logs / "mergekit.log", "cpu")
         if ml.error or mk.error:
             return "TA exactness check (float32 inputs): a run failed, see logs/check"
         cmp = compare_models(out / "check-mergeline", out / "check-mergekit")
@@ -193,93 +202,15 @@ class Bench:
                 + (f"; problems: {cmp.problems[:3]}" if cmp.problems else ""))
 
 
-def _secs(m: Measured | None) -> str:
-    if m is None or m.error:
-        return "-" if m is None else "failed"
-    return f"{m.seconds:.1f}" + ("" if m.inner_seconds is None else f" ({m.inner_seconds:.1f})")
-
-
-def _gb(value: int | None) -> str:
-    return "-" if value is None else f"{value / GB:.2f}"
-
-
-def _ratio(a: Measured | None, b: Measured | None) -> float | None:
-    if a is None or b is None or a.error or b.error:
-        return None
-    return a.seconds / b.seconds
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
-def render(results: list[SizeResult], args: argparse.Namespace) -> list[str]:
-    """The markdown table, one row per (size, method), then the read bound and target lines."""
-    cuda = args.device.startswith("cuda")
-    head = ["size", "method", "mergeline s (in engine)", "mergekit s", "read+write s", "ml/mk time", "ml/rw time",
-            "ml peak RSS GB", "mk peak RSS GB", "rw peak RSS GB"]
-    if cuda:
-        head += ["ml peak CUDA GB", "mk peak CUDA GB", "read bound GB/s", "ml fraction of bound (in engine)"]
-    head.append("ml vs mk: max abs diff (elements differing)")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    notes: list[str] = []
-    for r in results:
-        size = f"{r.models.shape.num_params() / 1e9:.3g}B {r.models.dtype}"
-        for label, m in r.methods.items():
-            ml, mk, rw = m.mergeline, m.mergekit, r.baseline
-            row = [size, label, _secs(ml), _secs(mk), _secs(rw), _fmt(_ratio(ml, mk)), _fmt(_ratio(ml, rw)),
-                   _gb(ml and ml.max_rss), _gb(mk and mk.max_rss), _gb(rw and rw.max_rss)]
-            if cuda:
-                bound = None if r.read is None or r.read.error else r.input_bytes / r.read.seconds
-                frac = _fmt(_ratio(r.read, ml))  # read time / mergeline time = ml throughput / bound
-                if frac != "-" and ml.inner_seconds:
-                    frac += f" ({r.read.seconds / ml.inner_seconds:.2f})"
-                row += [_gb(ml and ml.cuda_peak), _gb(mk and mk.cuda_peak),
-                        "-" if bound is None else f"{bound / GB:.1f}", frac]
-            row.append("-" if m.comparison is None else m.comparison.summary())
-            lines.append("| " + " | ".join(row) + " |")
-        if r.read is not None and not r.read.error:
-            notes.append(f"{size}: {len(r.models.all_models)} models, {r.input_bytes / GB:.2f} GB of inputs; "
-                         f"reading them once took {r.read.seconds:.2f} s "
-                         f"({r.input_bytes / GB / r.read.seconds:.2f} GB/s)")
-    return lines + [""] + notes
-
-
-def target_lines(results: list[SizeResult], args: argparse.Namespace) -> list[str]:
-    """Issue 2 (CPU) and issue 5 (CUDA) targets, checked on the largest size."""
-    r = results[-1]
-    out = []
-
-    def check(name: str, value: float | None, ok) -> None:
-        if value is not None:
-            out.append(f"- {name}: {value:.2f} {'PASS' if ok(value) else 'MISS'}")
-
-    ta, ties = r.methods.get("TA"), r.methods.get("TIES")
-    if args.device.startswith("cuda"):
-        for label, m in r.methods.items():
-            check(f"{label} mergeline fraction of read bound >= 0.7", _ratio(r.read, m.mergeline),
-                  lambda v: v >= 0.7)
-            check(f"{label} mergeline/mergekit time < 1", _ratio(m.mergeline, m.mergekit), lambda v: v < 1)
-    else:
-        if ta:
-            check("TA mergeline/mergekit time <= 0.6", _ratio(ta.mergeline, ta.mergekit), lambda v: v <= 0.6)
-        if ties:
-            check("TIES mergeline/mergekit time <= 0.15", _ratio(ties.mergeline, ties.mergekit),
-                  lambda v: v <= 0.15)
-        for label, m in r.methods.items():
-            if m.mergeline and not m.mergeline.error:
-                check(f"{label} mergeline peak RSS GB <= 1.5", m.mergeline.max_rss / GB, lambda v: v <= 1.5)
-    return [f"Targets at {r.models.shape.num_params() / 1e9:.3g}B:"] + out if out else []
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", type=float, default=0.9e9, help="parameters per model (e.g. 0.9e9)")
-    p.add_argument("--sizes", help="comma-separated sizes to run instead of --params, e.g. 0.1e9,0.9e9")
+    p.add_argument("--sizes", help="comma-separated sizes to run instead of --params: parameter counts "
+                                   "(0.1e9) or hidden x layers (512x8)")
     p.add_argument("--finetunes", type=int, default=4, help="fine-tuned models merged onto the base")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                    help="dtype of the stored models (the merge computes in float32 and writes this dtype)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda: where both tools compute")
+    p.add_argument("--device", default="cpu", help="where both tools compute: cpu, cuda, or both (cpu,cuda)")
     p.add_argument("--methods", default="TA,TIES", help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of " + ",".join(TOOLS))
     p.add_argument("--density", type=float, default=0.5, help="TIES and DELLA density (fraction of each delta kept)")
@@ -293,34 +224,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.methods = [m.strip().upper() for m in args.methods.split(",") if m.strip()]
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    args.devices = [d.strip() for d in args.device.split(",") if d.strip()]
     bad = [m for m in args.methods if m not in METHODS] + [t for t in args.tools if t not in TOOLS]
     if bad:
         p.error(f"unknown method/tool: {', '.join(bad)}")
-    args.sizes = [float(s) for s in args.sizes.split(",")] if args.sizes else [args.params]
+    try:
+        args.sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else [args.params]
+    except ValueError:
+        p.error(f"--sizes: {args.sizes!r}: give parameter counts (0.1e9) or hidden x layers (512x8)")
     return args
-
-
-def report(bench: Bench) -> str:
-    """The whole markdown report of what has been measured so far."""
-    args = bench.args
-    title = (f"merge_speed: {args.finetunes} fine-tunes + base, Llama-shaped, device {args.device}, "
-             f"TIES density {args.density}, best of {args.repeat}")
-    lines = [f"### {title}", "", *render(bench.results, args)]
-    lines += [bench.check] if bench.check else []
-    targets = target_lines(bench.results, args) if bench.results else []
-    lines += ["", *targets] if targets else []
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     table_out = args.table_out or args.workdir / "table.md"
     table_out.parent.mkdir(parents=True, exist_ok=True)
-    bench = Bench(args, flush=lambda b: table_out.write_text(report(b)))
+    bench = Bench(args, flush=lambda b: table_out.write_text(report(b.results, b.args, b.check)))
     for size in args.sizes:
         bench.run_size(size)
     bench.check = bench.exactness_check()
-    text = report(bench)
+    text = report(bench.results, args, bench.check)
     table_out.write_text(text)
     print("\n" + text)
     return 1 if bench.failed else 0

@@ -50,6 +50,16 @@ class PlanItem:
     vocab: bool = False  # rows re-indexed to the output tokenizer's vocabulary before the merge
 
 
+def _same_data(reader: CheckpointReader, a: str, b: str) -> bool:
+    """Whether tensors ``a`` and ``b`` of ``reader`` hold equal values, compared where they are mapped
+    (copies of two embeddings per input cost more than the comparison)."""
+    try:
+        return torch.equal(reader.view(a), reader.view(b))
+    finally:
+        reader.release(a)
+        reader.release(b)
+
+
 class MergeInputs:
     """Mixed into the engine, which provides ``config``, ``device``, ``method_cls``, ``compute``,
     ``out_dtype``, ``aux``, ``checked``, ``check_inputs``, ``buffers``, ``staging``, ``workspace``,
@@ -170,7 +180,7 @@ class MergeInputs:
                 # (slices: the embedding and the head may come from different slices' sources)
                 if emb.group is not head.group or emb.out != TensorSpec(emb.name, head.out.shape, head.out.dtype):
                     continue
-                if all(torch.equal(r.get(head.name), r.get(emb.name)) for r in readers):
+                if all(_same_data(r, head.name, emb.name) for r in readers):
                     first, second = sorted((head, emb), key=lambda it: order[it.name])
                     second.alias_of = first.name
                     break

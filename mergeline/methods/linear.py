@@ -4,7 +4,9 @@
     θ = Σ_i w_i θ_i                (``normalize: false``)
 
 Works on weights, not task vectors, and needs no base model. Computed in float32 (float64 inputs stay
-float64); models are accumulated in config order, as mergekit does.
+float64) in mergekit's order and roundings, so the result is mergekit's bit for bit: 0 + w_1 θ_1 + …
+in config order, each product rounded before it is added (mergekit's ``addcmul_``, where ``add_`` with
+``alpha`` would fuse the multiply-add), then ÷ Σ_i w_i summed in the compute dtype.
 """
 
 from __future__ import annotations
@@ -35,21 +37,23 @@ class Linear(MergeMethod):
     Parameters = LinearParameters
     PerModel = WeightedModel
     row_separable = True
+    # Σ w_i θ_i keeps a NaN, and an Inf gives ±Inf or NaN (0 · Inf is NaN), never a finite value
+    nonfinite_propagates = True
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         first = inputs.tensors[0]
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
         weights = [float(mp.weight) for mp in inputs.model_params]
-        result = torch.zeros_like(first, dtype=dtype)
-        for tensor, weight in zip(inputs.tensors, weights):
-            result.add_(tensor.to(dtype), alpha=weight)
+        coefficients = torch.tensor(weights, dtype=dtype, device=first.device)
+        result = inputs.scratch("linear", first, dtype).zero_()
+        for tensor, coefficient in zip(inputs.tensors, coefficients):
+            result.addcmul_(tensor, coefficient)
         if inputs.params.normalize:
-            total = sum(weights)
-            if abs(total) < 1e-12:
+            if abs(sum(weights)) < 1e-12:
                 raise MergelineError(
                     f"tensor {inputs.name!r}: linear merge weights sum to 0; set normalize: false or change weight"
                 )
-            result.div_(total)
+            result.div_(coefficients.sum())
         return result
 
     def report(self) -> dict[str, Any]:

@@ -321,10 +321,11 @@ def test_output_over_an_input_refused(models: dict[str, Path]) -> None:
     assert (models["a"] / "model.safetensors.index.json").exists()
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "linear"])
 def test_nonfinite_inputs_named_when_only_the_output_is_checked(models: dict[str, Path], tmp_path: Path, method: str) -> None:
-    """TA and TIES check NaN/Inf on their output; a NaN, or Infs of opposite sign in two models (which a
-    sum turns into NaN rather than cancelling), still fail with the one-line error naming the tensor."""
+    """TA, TIES and linear check NaN/Inf on their output; a NaN, or Infs of opposite sign in two models
+    (which a sum turns into NaN rather than cancelling), still fail with the one-line error naming the
+    tensor."""
     name = "model.layers.2.mlp.up_proj.weight"
     a, b = load_tensors(models["a"]), load_tensors(models["b"])
     a[name][3, 1], b[name][3, 1] = float("inf"), float("-inf")
