@@ -45,10 +45,15 @@ def _ok(m: Measured | None) -> bool:
     return m is not None and not m.error
 
 
+def _num(seconds: float) -> str:
+    """Seconds to one decimal, or two significant digits below one (a tiny merge is not "0.0")."""
+    return f"{seconds:.1f}" if seconds >= 1 else f"{seconds:.2g}"
+
+
 def _secs(m: Measured | None) -> str:
     if m is None or m.error:
         return "-" if m is None else "failed"
-    return f"{m.seconds:.1f}" + ("" if m.inner_seconds is None else f" ({m.inner_seconds:.1f})")
+    return _num(m.seconds) + ("" if m.inner_seconds is None else f" ({_num(m.inner_seconds)})")
 
 
 def _gb(value: int | None) -> str:
@@ -63,20 +68,25 @@ def ratio(a: Measured | None, b: Measured | None, inner: bool = False) -> float 
     return None if x is None or not y else x / y
 
 
+def _times(x: float) -> str:
+    """A ratio to two decimals, or two significant digits below 0.1 (never a bare "0.00")."""
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+
+
 def _pair(a: Measured | None, b: Measured | None) -> str:
     """"whole (merge alone)" ratios of a to b."""
     whole, inner = ratio(a, b), ratio(a, b, inner=True)
     if whole is None:
         return "-"
-    return f"{whole:.2f}" + ("" if inner is None else f" ({inner:.2f})")
+    return _times(whole) + ("" if inner is None else f" ({_times(inner)})")
 
 
 def _fraction(read: Measured | None, ml: Measured | None) -> str:
     """Read bound time / mergeline time (whole command; merge alone): mergeline's share of the bound."""
     if not (_ok(read) and _ok(ml)):
         return "-"
-    text = f"{read.seconds / ml.seconds:.2f}"  # type: ignore[union-attr]
-    return text + ("" if not ml.inner_seconds else f" ({read.seconds / ml.inner_seconds:.2f})")  # type: ignore[union-attr]
+    text = _times(read.seconds / ml.seconds)  # type: ignore[union-attr]
+    return text + ("" if not ml.inner_seconds else f" ({_times(read.seconds / ml.inner_seconds)})")  # type: ignore[union-attr]
 
 
 def size_label(models: ModelSet) -> str:

@@ -33,7 +33,7 @@ def _table_rows(text: str) -> dict[str, dict[str, str]]:
 
 def _whole_and_alone(cell: str) -> tuple[float, float]:
     """"whole (merge alone)" -> the two numbers."""
-    match = re.fullmatch(r"([\d.]+) \(([\d.]+)\)", cell)
+    match = re.fullmatch(r"([\d.e-]+) \(([\d.e-]+)\)", cell)
     assert match, cell
     return float(match[1]), float(match[2])
 
