@@ -14,6 +14,8 @@ masked independently, so a tensor can be merged in row blocks.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import threading
 from typing import Any
 
@@ -54,9 +56,9 @@ class ConsensusMethod(MergeMethod):
         self._kept = 0
         self._total = 0
 
+    @abstractmethod
     def multi_task_vector(self, inputs: TensorInputs) -> torch.Tensor:
         """τ_MTL of this tensor (a fresh tensor)."""
-        raise NotImplementedError
 
     def merge_tensor(self, inputs: TensorInputs) -> torch.Tensor:
         merged = self.multi_task_vector(inputs)
