@@ -24,6 +24,7 @@ from mergeline.params import ExperimentParams
 from mergeline.pipeline.records import encode
 from mergeline.pipeline.steps import Call
 from mergeline.pipeline.table import STEPS
+from flows.pool import POOL_ENV, pool_from_env
 from flows.pool_transfer import pooled_result, share_inputs
 from tasks._stage import RunHandle
 
@@ -31,24 +32,8 @@ PIPELINE_DEPLOYMENT = "mergeline-pipeline/mergeline-pipeline"
 # The steps whose calls fan out to the pool (their table entry says ``pool``), each a deployment of its own.
 STEP_DEPLOYMENTS = {name: f"mergeline-{name.replace('-', '')}/mergeline-{name.replace('-', '')}"
                     for name, step in STEPS.items() if step.pool}
-POOL_ENV = "MERGELINE_WORK_POOL"
 # How often to ask the server whether the submitted runs have finished; a run takes minutes.
 POLL_SECONDS = float(os.environ.get("MERGELINE_FANOUT_POLL_SECONDS", "2"))
-
-
-def pool_from_env() -> str | None:
-    """The work pool to fan out to, or None to run in-process.
-
-    A pool without a server would wait forever on runs no worker can see, so that is bad input.
-    """
-    pool = os.environ.get(POOL_ENV, "").strip()
-    if not pool:
-        return None
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
-        raise MergelineError(f"{POOL_ENV}={pool} needs PREFECT_API_URL (a Prefect server with workers on the pool)")
-    return pool
 
 
 def check_deployment(name: str, pool: str) -> None:

@@ -49,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
         from mergeline.stages.common import resolve_device
 
         resolve_device(params.device)  # --device cuda without a GPU: exit 2 before Prefect starts
-        from flows.deployments import pool_from_env
+        from flows.pool import pool_from_env
 
         pool_from_env()  # a pool without a Prefect server: exit 2 before the work folder is locked or made
         return supervise(args.argv, root, root / params.work_dir)
     become_worker()
     configure_pipeline_env(root)
-    from flows.deployments import pool_from_env
+    from flows.pool import pool_from_env
 
     pool_from_env()  # MERGELINE_WORK_POOL without a Prefect server: exit 2 before anything starts
     from flows.pipeline import pipeline

@@ -34,7 +34,7 @@ def test_no_pool_runs_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_pool_without_server_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.deployments import pool_from_env
+    from flows.pool import pool_from_env
 
     monkeypatch.setenv("MERGELINE_WORK_POOL", "gpu")
     with pytest.raises(MergelineError, match="MERGELINE_WORK_POOL=gpu needs PREFECT_API_URL"):
@@ -44,7 +44,7 @@ def test_pool_without_server_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> No
 def test_pool_with_server_url_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deployments import pool_from_env
+    from flows.pool import pool_from_env
 
     monkeypatch.setenv("MERGELINE_WORK_POOL", " gpu ")
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
