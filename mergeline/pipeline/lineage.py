@@ -25,10 +25,10 @@ def build_lineage(params: ExperimentParams, params_file: str, exp: Experiment, v
     tasks = []
     for task in params.task_names:
         ck = exp.checkpoints[Fit(task, mode)]
-        importance = []
-        if pipeline_method(method)[1].importance and task in exp.importance:
-            imp = exp.importance[task]
-            importance.append(describe(imp.path, ImportanceArtifact, root=root, kind=imp.kind))
+        entry = pipeline_method(method)[1]
+        importance = [describe(imp.path, ImportanceArtifact, root=root, kind=imp.kind)
+                      for needed, records in ((entry.importance, exp.importance), (entry.gram, exp.grams))
+                      if needed and (imp := records.get(task)) is not None]
         tasks.append(TaskLineage(
             name=task,
             datasets=_datasets(exp.data, task, root),
@@ -88,9 +88,10 @@ def stage_runs(exp: Experiment, variant: str) -> dict[str, str]:
         for fit, rec in records.items():
             if rec.mlflow_run_id:
                 runs[f"{group}/{fit.task}:{fit.mode}"] = rec.mlflow_run_id
-    for task, imp in exp.importance.items():
-        if imp.mlflow_run_id:
-            runs[f"importance/{task}"] = imp.mlflow_run_id
+    for group, by_task in (("importance", exp.importance), ("gram", exp.grams)):
+        for task, imp in by_task.items():
+            if imp.mlflow_run_id:
+                runs[f"{group}/{task}"] = imp.mlflow_run_id
     if exp.merged[variant].mlflow_run_id:
         runs["merge"] = exp.merged[variant].mlflow_run_id  # type: ignore[assignment]
     return runs
