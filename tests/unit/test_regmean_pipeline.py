@@ -113,3 +113,17 @@ def test_bad_gram_file_is_one_line_exit_2_no_output(project: Path, tmp_path: Pat
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_in_memory_merge_takes_gram_state_dicts() -> None:
+    from mergeline.merge.memory import merge_state_dicts
+
+    gen = torch.Generator().manual_seed(0)
+    base = {"l.weight": torch.randn(3, 2, generator=gen), "l.bias": torch.randn(3, generator=gen)}
+    models = [{k: v + torch.randn(v.shape, generator=gen) for k, v in base.items()} for _ in range(2)]
+    grams = [{"l.weight": (x := torch.randn(4, 2, generator=gen)).T @ x} for _ in range(2)]
+    merged = merge_state_dicts("regmean", base, models, model_parameters=[{"gram": g} for g in grams],
+                               reduce_non_diagonal_ratio=1.0)
+    delta, _ = regmean_solve([m["l.weight"] - base["l.weight"] for m in models], [g["l.weight"] for g in grams], 1.0)
+    torch.testing.assert_close(merged["l.weight"], base["l.weight"] + delta, rtol=0, atol=1e-6)
+    torch.testing.assert_close(merged["l.bias"], (models[0]["l.bias"] + models[1]["l.bias"]) / 2, rtol=0, atol=1e-6)
