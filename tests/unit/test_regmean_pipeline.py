@@ -127,3 +127,20 @@ def test_in_memory_merge_takes_gram_state_dicts() -> None:
     delta, _ = regmean_solve([m["l.weight"] - base["l.weight"] for m in models], [g["l.weight"] for g in grams], 1.0)
     torch.testing.assert_close(merged["l.weight"], base["l.weight"] + delta, rtol=0, atol=1e-6)
     torch.testing.assert_close(merged["l.bias"], (models[0]["l.bias"] + models[1]["l.bias"]) / 2, rtol=0, atol=1e-6)
+
+
+def test_gpu_loop_writes_what_the_cpu_engine_writes(project: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from mergeline.merge.config import MergeConfig
+    from mergeline.merge.engine import run_merge
+    from tests.unit.merge.test_merge_prefetch import _use_gpu_loop
+
+    config = MergeConfig.model_validate({
+        "merge_method": "regmean", "base_model": str(project / "base"), "dtype": "float32",
+        "models": [{"model": str(project / t), "parameters": {"gram": str(project / "importance" / "_gram" / t / "gram.safetensors")}}
+                   for t in TASKS]})
+    cpu = run_merge(config, tmp_path / "cpu")
+    _use_gpu_loop(monkeypatch)
+    loop = run_merge(config, tmp_path / "loop")
+    assert cpu.weight_sha256 == loop.weight_sha256 and cpu.report["method"] == loop.report["method"]
+    assert cpu.report["method"]["regmean_matrices"] > 0
