@@ -89,6 +89,27 @@ def test_function_tag_in_an_included_yaml_outside_the_folder_is_found(tmp_path: 
     assert (shared / "base.yaml").resolve() in {p.resolve() for p in source_files(_entry(), tmp_path)}
 
 
+@pytest.mark.parametrize(("extra", "key", "shown"), [
+    ("process_docs: !!python/object/apply:os.system ['touch RAN']\n", "process_docs",
+     "!!python/object/apply:os.system ['touch RAN']"),
+    ("metric_list:\n  - metric: !!python/name:os.system\n", "metric_list[0].metric", "!!python/name:os.system"),
+])
+def test_python_tag_is_refused_naming_file_and_key_not_reported_as_a_missing_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str, key: str, shown: str) -> None:
+    # lm-eval's index skips a YAML its loader cannot read, so the task looks absent: the file that names it says why
+    monkeypatch.chdir(tmp_path)
+    task_yaml = _folder(tmp_path, extra)
+    with pytest.raises(MergelineError) as refused:
+        resolve_task(_entry(), tmp_path)
+    assert str(refused.value) == (f"{task_yaml}: {key}: {shown} would run Python from the task folder; set "
+                                  "trust_code: true beside include_path (task 'qa') to allow it")
+    with pytest.raises(MergelineError) as unloadable:  # consent does not make lm-eval's loader construct it
+        resolve_task(_entry(trust_code=True), tmp_path)
+    assert str(unloadable.value).startswith(f"{task_yaml}: {key}: {shown} is a PyYAML Python tag")
+    assert "\n" not in str(unloadable.value)
+    assert not (tmp_path / "RAN").exists() and not (tmp_path / "IMPORTED").exists()
+
+
 def test_preflight_of_the_cli_exits_2_naming_file_and_key_before_any_code_runs(tmp_path: Path) -> None:
     task_yaml = _folder(tmp_path, "doc_to_text: !function utils.process_docs\n")
     params = yaml.safe_load((REPO / "params" / "tiny.yaml").read_text())
