@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         from flows.pool import pool_from_env
 
         pool_from_env()  # a pool without a Prefect server: exit 2 before the work folder is locked or made
-        return supervise(args.argv, root, root / params.work_dir)
+        return supervise(args.argv, root, root / params.work_dir, root / params.data_dir)
     become_worker()
     configure_pipeline_env(root)
     from flows.pool import pool_from_env
