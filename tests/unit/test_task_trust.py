@@ -150,6 +150,31 @@ def test_templates_of_untrusted_tasks_render_sandboxed(tmp_path: Path, monkeypat
     assert not (tmp_path / "IMPORTED").exists()
 
 
+@pytest.mark.parametrize(("key", "template", "reason"), [
+    ("doc_to_text", "{{ 'a' * 10**10 }}", "'*' would build 10,000,000,000 characters or items; at most 1,000,000"),
+    ("doc_to_text", "{{ q|center(1000000000) }}", "filter center given 1,000,000,000 as a size"),
+    ("doc_to_text", "{{ '{:>1000000000}'.format(q) }}", "str.format(): a format width or precision of 7 digits"),
+    ("doc_to_choice", "{% for i in range(10**9) %}x{% endfor %}", "range() of 1,000,000,000 numbers"),
+    ("doc_to_target", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "loops ran over 1,000,000 iterations"),
+    ("doc_to_text", "{% set a = q * 100000 %}{% set b = a ~ a %}{{ b }}", "'~' built a value of 1,600,000 characters"),
+])
+def test_templates_of_untrusted_tasks_are_bounded_in_memory_and_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, template: str, reason: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    task_yaml = _folder(tmp_path, **{key: template})
+    with pytest.raises(MergelineError) as refused:
+        resolve_task(_entry(), tmp_path)
+    assert str(refused.value).startswith(f"{task_yaml.resolve()}: {key}: template refused by the sandbox ({reason}")
+    assert "trust_code: true" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_bounds_leave_ordinary_templates_alone(tmp_path: Path) -> None:
+    _folder(tmp_path, doc_to_text="{% for c in options %}{{ loop.index }}. {{ c }} {% endfor %}{{ '%5.2f' % 3.14159 }} "
+                                  "{{ '{:,}'.format(38000000) }} {{ options|join(', ') }} {{ 'x' ~ q ~ 'y' }}")
+    assert "1. yes 2. no  3.14 38,000,000 yes, no xbeside 3y" in _prompts(tmp_path, _entry())
+
+
 def test_sandboxed_templates_keep_filters_and_string_methods_and_trust_lifts_the_sandbox(tmp_path: Path) -> None:
     _folder(tmp_path, doc_to_text="{{ q.split(' ')[1] }}: {{ q|upper|regex_replace('BESIDE', 'B') }}")
     assert "3: B 3" in _prompts(tmp_path, _entry())
