@@ -127,19 +127,28 @@ def _work_holder(work_dir: Path) -> str:
         return "another process"
 
 
-def _flock(path: Path) -> int | None:
+def _flock(path: Path, folder: bool = False) -> int | None:
     """An open descriptor of ``path`` holding its exclusive ``flock`` (None: another process holds it).
 
-    Not inherited by children (Python's default), and never through a symbolic link."""
+    A lock file is never opened through a symbolic link; a ``folder`` is locked itself (-1: its file
+    system cannot lock a folder, as some network ones cannot). Not inherited by children (Python's
+    default)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY if folder else os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
-        raise MergelineError(f"{path}: cannot open the run lock ({exc.strerror})") from None
+        what = "the data folder" if folder else "the run lock"
+        raise MergelineError(f"{path}: cannot open {what} ({exc.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError:
+        os.close(fd)
+        if not folder:
+            raise
+        return -1  # unlocked: the work folder's lock still keeps one run per work folder
     return fd
 
 
@@ -160,24 +169,6 @@ def _make(folder: Path, key: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MergelineError(f"{key} {folder}: cannot create it ({exc.strerror})") from None
-
-
-def _flock_folder(folder: Path) -> int | None:
-    """An open descriptor of the folder ``folder`` holding its exclusive ``flock`` (None: another
-    process holds it; -1: the file system cannot lock a folder, as some network ones cannot)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise MergelineError(f"data_dir {folder}: cannot open it ({exc.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except OSError:
-        os.close(fd)
-        return -1  # unlocked: the work folder's lock still keeps one run per work folder
-    return fd
 
 
 class RunLock:
@@ -222,7 +213,7 @@ class RunLock:
 
     def _lock_data_dir(self, data_dir: Path) -> int:
         _make(data_dir, "data_dir")
-        fd = _flock_folder(data_dir)
+        fd = _flock(data_dir, folder=True)
         if fd is None:
             raise MergelineError(f"data_dir {data_dir}: this data folder is in use by another mergeline run (of "
                                  "another project naming the same data_dir); wait for it to finish or stop it, or "
