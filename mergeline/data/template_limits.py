@@ -30,8 +30,8 @@ from typing import Any
 from jinja2 import Environment, nodes
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
-from jinja2.utils import generate_lorem_ipsum
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.utils import generate_lorem_ipsum
 
 MAX_TEXT = 1_000_000  # characters or items of any value a template builds, and of what it renders
 MAX_STEPS = 1_000_000  # loop iterations per render (a prompt template loops over a few choices)
@@ -102,12 +102,11 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
 
 def _counted(values: Any) -> Iterator[Any]:
     """The loop's values, each counted against the render's budget of :data:`MAX_STEPS`."""
-    steps = _STEPS.get(None)
+    steps = _STEPS.get(None) or [0]  # rendered outside render_bounded: a budget for this loop alone
     for value in values:
-        if steps is not None:
-            steps[0] += 1
-            if steps[0] > MAX_STEPS:
-                raise SecurityError(f"loops ran over {MAX_STEPS:,} iterations")
+        steps[0] += 1
+        if steps[0] > MAX_STEPS:
+            raise SecurityError(f"loops ran over {MAX_STEPS:,} iterations")
         yield value
 
 
