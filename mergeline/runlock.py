@@ -1,4 +1,4 @@
-"""One pipeline run per project folder and per work folder, and proof of which processes a dead run
+"""One pipeline run per project folder, work folder and data folder, and proof of which processes a dead run
 left behind.
 
 ``<root>/.mergeline/run.lock`` is held with ``flock`` by the supervising ``mergeline run``/``stage``

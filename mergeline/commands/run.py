@@ -1,6 +1,6 @@
 """``mergeline run [--params FILE] [--set key=value ...]``: the whole pipeline, then the results table.
 
-One run per project folder and per work folder (a second one exits 2 naming the first); Ctrl-C/SIGTERM stop it within
+One run per project folder, work folder and data folder (a second one exits 2); Ctrl-C/SIGTERM stop it within
 seconds, leaving no process and no RUNNING MLflow run: ``mergeline/commands/_supervise.py``.
 """
 
