@@ -52,7 +52,7 @@ def stage_rows(run: Recorded) -> dict[str, dict[str, float]]:
     """Row -> calls and summed seconds, in the stage table's step order."""
     rows: dict[str, dict[str, float]] = {}
     order = list(STEPS)
-    for call in sorted(run.calls, key=lambda c: (order.index(c.step), row_of(c.step, c.label))):
+    for call in sorted(run.calls, key=lambda c: order.index(c.step)):  # stable: a step's rows in run order
         row = rows.setdefault(row_of(call.step, call.label), {"calls": 0, "seconds": 0.0})
         row["calls"] += 1
         row["seconds"] = round(row["seconds"] + call.seconds, 3)
