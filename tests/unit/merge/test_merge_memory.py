@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mergeline.errors import MergelineError
-from mergeline.merge import engine as merge_engine
+from mergeline.merge import loop as merge_loop
 from mergeline.merge.config import MergeConfig
 from mergeline.merge.engine import run_merge
 from mergeline.merge.memory import merge_state_dicts, merge_tensors
@@ -91,7 +91,7 @@ def test_memory_merge_equals_file_merge(tmp_path: Path, weights: dict[str, dict[
 
 def test_row_blocks_and_threads_give_the_same_bits(tmp_path: Path, weights: dict[str, dict[str, torch.Tensor]],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(merge_engine, "BLOCK_ELEMENTS", 16)  # 8-wide rows: blocks of 2 rows, gathered trims
+    monkeypatch.setattr(merge_loop, "BLOCK_ELEMENTS", 16)  # 8-wide rows: blocks of 2 rows, gathered trims
     files, memory = _both(tmp_path, weights, "ties", *CASES["ties"])
     assert all(torch.equal(memory[n], files[n]) for n in files)
 
