@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from mergeline.errors import MergelineError
 from mergeline.finetune.batching import Encoded, collate, encode_records, pad_id, read_records
 from mergeline.finetune.checkpoint import load_causal_lm
 
@@ -40,7 +41,14 @@ class GramConfig(BaseModel):
 
 
 def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    """Every ``nn.Linear`` by its weight's parameter name, leaving out one tied to the input embedding."""
+    """Every ``nn.Linear`` by its weight's parameter name, leaving out one tied to the input embedding.
+
+    GPT-2's ``Conv1D`` layers (weights stored (in, out)) are refused: the merge reads every weight as
+    (out, in), and averaging them instead would pass for RegMean."""
+    conv = [name for name, module in model.named_modules() if type(module).__name__ == "Conv1D"]
+    if conv:
+        raise MergelineError(f"RegMean Gram matrices: {conv[0]!r} is a Conv1D layer (GPT-2 style, weight (in, out)); "
+                             "only nn.Linear layers are supported")
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = embedding.weight if embedding is not None else None
     return {f"{name}.weight": module for name, module in model.named_modules()

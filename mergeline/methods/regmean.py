@@ -14,7 +14,8 @@ matrix without a Gram matrix) is the simple mean of the models, as in the author
 
 The Gram matrices come from the compute-importance stage (``mergeline.importance.gram``: forward hooks on
 each fine-tuned model over its task's calibration examples, one matrix per ``nn.Linear`` weight, keyed
-by the weight's tensor name, divided by the number of examples). Per model, ``gram`` names that
+by the weight's tensor name, divided by the number of examples; GPT-2's Conv1D layers are refused
+there). Per model, ``gram`` names that
 safetensors file: there is no RegMean without them. A matrix whose Gram matrix some files hold and
 others lack, a Gram matrix of the wrong shape or with NaN/Inf is refused (one line naming file and tensor).
 

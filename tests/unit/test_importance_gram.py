@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -9,14 +11,19 @@ from safetensors.torch import load_file
 from mergeline.finetune.batching import encode_records, read_records
 from mergeline.finetune.checkpoint import load_causal_lm
 from mergeline.importance.gram import GramConfig, gram_matrices, linear_layers
-from tests.lm_fixtures import build_tiny_llama, write_tiny_tasks
+from tests.lm_fixtures import build_tiny_llama
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("gram")
     model_dir = build_tiny_llama(root / "ft", seed=3)
-    calib = write_tiny_tasks(root / "tasks", n=5, tasks=("beta",))["beta"] / "train.jsonl"
+    # records of different lengths, so that batches are padded
+    words = ["apple", "river", "stone", "cloud", "maple", "tiger"]
+    calib = root / "train.jsonl"
+    calib.write_text("".join(json.dumps({"id": f"r{i}", "prompt": "Words: " + " ".join(words[:i + 1]) + "\nFirst:",
+                                         "choices": [" A", " B", " C", " D"], "label": i % 4}) + "\n"
+                             for i in range(5)))
     return model_dir, calib
 
 
@@ -44,6 +51,8 @@ def test_records_xtx_of_each_linear_input(setup):
     # batches of 2 records of different lengths: padded positions must not count
     grams = gram_matrices(model_dir, calib, GramConfig(calib_examples=5, batch_size=2, max_length=48))
     hand, model = _hand_grams(model_dir, calib, 5)
+    _, tok = load_causal_lm(model_dir)
+    assert len({len(e.input_ids) for e in encode_records(tok, read_records(calib), 48)}) == 5
     weights = load_file(model_dir / "model.safetensors")
     # the tied LM head shares the embedding: no Gram matrix; every other linear weight has one
     assert "lm_head.weight" not in grams and "lm_head.weight" not in weights
@@ -62,3 +71,13 @@ def test_first_n_examples_only(setup):
     hand, _ = _hand_grams(model_dir, calib, 2)
     name = "model.layers.1.mlp.down_proj.weight"
     torch.testing.assert_close(two[name].double(), hand[name], rtol=1e-5, atol=1e-6)
+
+
+def test_gpt2_conv1d_layers_are_refused(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mergeline.errors import MergelineError
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
+    with pytest.raises(MergelineError, match=r"'transformer.h.0.attn.c_attn' is a Conv1D layer"):
+        linear_layers(model)

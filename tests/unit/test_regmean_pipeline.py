@@ -144,3 +144,22 @@ def test_gpu_loop_writes_what_the_cpu_engine_writes(project: Path, tmp_path: Pat
     loop = run_merge(config, tmp_path / "loop")
     assert cpu.weight_sha256 == loop.weight_sha256 and cpu.report["method"] == loop.report["method"]
     assert cpu.report["method"]["regmean_matrices"] > 0
+
+
+def test_lineage_names_the_gram_files_a_regmean_merge_read(tmp_path: Path) -> None:
+    import hashlib
+
+    from mergeline.pipeline.lineage import importance_artifacts
+    from mergeline.pipeline.records import Experiment
+
+    for name in ("sta.safetensors", "gram.safetensors"):
+        (tmp_path / name).write_bytes(name.encode())
+    exp = Experiment(importance={"news": Importance(task="news", kind="sta_taylor", path="sta.safetensors",
+                                                    sha256="", plot="")},
+                     grams={"news": Importance(task="news", kind="regmean_gram", path="gram.safetensors",
+                                               sha256="", plot="")})
+    [gram] = importance_artifacts("regmean", exp, "news", tmp_path)
+    assert (gram.kind, gram.path) == ("regmean_gram", "gram.safetensors")
+    assert gram.sha256 == hashlib.sha256(b"gram.safetensors").hexdigest()
+    assert [a.kind for a in importance_artifacts("sta", exp, "news", tmp_path)] == ["sta_taylor"]
+    assert importance_artifacts("ties", exp, "news", tmp_path) == []
