@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mergeline.pipeline.records import EditChoice, encode
 from mergeline.plots import plot_sweep
 
 
@@ -38,6 +39,8 @@ class PipelineRun:
     validation: dict[str, dict[str, float]]  # variant -> its validation row
     test: dict[str, dict[str, float]]  # each method's best variant -> its test row
     champion: str | None
+    edits: tuple[EditChoice, ...] = ()  # negation and analogy choices, each scored on test
+    base: dict[str, float] | None = None  # the base model on test (set -> accuracy), when the run has edits
 
 
 SCORES = (("acc/mean", "test acc"), ("norm_acc/mean", "norm. acc"), ("control_drift", "control drift"))
@@ -107,6 +110,29 @@ def group_table(group: Group, variants: dict[str, Variant]) -> str:
     return "\n".join(lines)
 
 
+def edits_table(group: Group) -> str:
+    """Per edit (negated task × method, analogy setting): the λ each run chose, the target and control
+    accuracy on test (mean ± sd over the runs) beside the base's, and how many runs met the control rule."""
+    rows: dict[tuple[str, str, str], list[tuple[EditChoice, PipelineRun]]] = {}
+    for run in group.runs:
+        for choice in run.edits:
+            rows.setdefault((choice.edit, choice.task, choice.method), []).append((choice, run))
+    if not rows:
+        return ""
+    lines = ["| edit | task | method | runs | λ chosen | target acc | base target | control acc | base control "
+             "| control rule met |", "|---|---|---|---:|---|---:|---:|---:|---:|---|"]
+    for (edit, task, method), found in rows.items():
+        control = found[0][1].params.get("control", "control")
+        base = [r.base or {} for _, r in found]
+        rule = f"{sum(c.rule_met for c, _ in found)} of {len(found)}" if edit == "negation" else "–"
+        cells = [edit, task, method, str(len(found)), ", ".join(f"{c.chosen.lam:g}" for c, _ in found),
+                 _spread([c.test["target"] for c, _ in found]), _spread([b[task] for b in base if task in b]),
+                 _spread([c.test["control"] for c, _ in found if "control" in c.test]),
+                 _spread([b[control] for b in base if control in b]), rule]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def sweep_curves(group: Group, variants: dict[str, Variant], score: str) -> dict[str, list[tuple[float, float]]]:
     """Validation ``score`` against λ per method (and density), averaged over the group's runs."""
     points: dict[str, dict[float, list[float]]] = {}
@@ -128,6 +154,8 @@ def write_report(experiment: str, runs: Sequence[PipelineRun], variants: dict[st
     parts = [f"# {experiment}: {len(runs)} pipeline run{'s' if len(runs) != 1 else ''}", ""]
     for number, group in enumerate(groups, 1):
         parts += [group_table(group, variants), ""]
+        if edits := edits_table(group):
+            parts += ["Negation and analogy (each run's point chosen on validation, scored on test):", "", edits, ""]
         score = group.runs[0].params.get("evaluate.select_by", "acc/mean")
         curves = sweep_curves(group, variants, score)
         if curves:
@@ -138,10 +166,12 @@ def write_report(experiment: str, runs: Sequence[PipelineRun], variants: dict[st
     record = {"experiment": experiment, "groups": [
         {"setting": group.setting, "runs": [
             {"run_id": run.run_id, "params": run.params, "champion": run.champion, "test": run.test,
-             "validation": run.validation} for run in group.runs]} for group in groups],
+             "validation": run.validation, "edits": encode(run.edits), "base": run.base} for run in group.runs]}
+        for group in groups],
         "variants": {name: vars(variant) for name, variant in sorted(variants.items())}}
     (out / "report.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return text
 
 
-__all__ = ["Group", "PipelineRun", "Variant", "group_runs", "group_table", "method_rows", "sweep_curves", "write_report"]
+__all__ = ["Group", "PipelineRun", "Variant", "edits_table", "group_runs", "group_table", "method_rows", "sweep_curves",
+           "write_report"]

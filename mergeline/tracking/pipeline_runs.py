@@ -17,6 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from mergeline.errors import MergelineError
+from mergeline.pipeline.records import EditChoice, decode
 from mergeline.pipeline.sweep_report import PipelineRun, Variant
 from mergeline.tracking.mlflow_setup import use_store
 
@@ -55,7 +56,9 @@ def pipeline_runs(experiment: str, tracking_uri: str | None = None) -> tuple[lis
             if metrics is None:
                 continue
             runs.append(PipelineRun(parent.info.run_id, dict(parent.data.params), metrics.get("validation", {}),
-                                    metrics.get("test", {}), metrics.get("champion")))
+                                    metrics.get("test", {}), metrics.get("champion"),
+                                    decode(tuple[EditChoice, ...], metrics.get("edits", [])),
+                                    (metrics.get("base") or {}).get("test")))
     if not runs:
         raise MergelineError(f"experiment {experiment!r}: no finished pipeline run with {METRICS_ARTIFACT} in {uri}")
     variants: dict[str, Variant] = {}
