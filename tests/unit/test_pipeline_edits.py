@@ -115,3 +115,10 @@ def test_bad_edit_params_fail_with_one_line_naming_the_key(override: str, fragme
     with pytest.raises(MergelineError, match=fragment) as error:
         load_params(TINY, ["talos.enabled=false", "merge.methods={task_arithmetic: {}}", override])
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "params").glob("*.yaml") if "encoder" not in p.name))
+def test_every_pipeline_params_file_validates(path: str) -> None:
+    # the encoder family's files are its script's own (benchmarks/quality_encoder.py), not pipeline params
+    params = load_params(REPO / "params" / path)
+    assert params.variant_count() >= len(params.merge.methods)
