@@ -122,3 +122,19 @@ def test_every_pipeline_params_file_validates(path: str) -> None:
     # the encoder family's files are its script's own (benchmarks/quality_encoder.py), not pipeline params
     params = load_params(REPO / "params" / path)
     assert params.variant_count() >= len(params.merge.methods)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["params/quality-tiny.yaml", "--seeds", "0", "0"], "--seeds: expected distinct"),
+    (["params/quality-tiny.yaml", "--seed-keys", "finetune.nope"], "finetune.nope"),
+    (["params/no-such.yaml"], "no-such.yaml"),
+])
+def test_the_quality_script_refuses_bad_input_in_one_line_before_anything_runs(
+        args: list[str], fragment: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality.py"), *args, "--out", str(tmp_path / "o")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and fragment in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
