@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergeline.pipeline.claims import Comparison, addition_comparisons, negation_comparisons
 from mergeline.pipeline.records import EditChoice, encode
 from mergeline.plots import plot_sweep
 
@@ -41,6 +42,7 @@ class PipelineRun:
     champion: str | None
     edits: tuple[EditChoice, ...] = ()  # negation and analogy choices, each scored on test
     base: dict[str, float] | None = None  # the base model on test (set -> accuracy), when the run has edits
+    correct: dict[str, dict[str, str]] = field(default_factory=dict)  # "base" / variant -> set -> "0110..."
 
 
 SCORES = (("acc/mean", "test acc"), ("norm_acc/mean", "norm. acc"), ("control_drift", "control drift"))
@@ -133,6 +135,24 @@ def edits_table(group: Group) -> str:
     return "\n".join(lines)
 
 
+def paired_comparisons(group: Group, variants: dict[str, Variant]) -> list[Comparison]:
+    """Each method against task arithmetic, each negation against the base, pooled over the group's runs
+    (:mod:`mergeline.pipeline.claims`); none where the runs recorded no per-example scores."""
+    control = group.runs[0].params.get("control", "control")
+    tasks = [t for t in group.runs[0].correct.get("base", {}) if t != control]
+    addition = [({_method(name, variants): name for name in run.test}, run.correct) for run in group.runs]
+    negation = [({(c.task, c.method): c.correct for c in run.edits if c.edit == "negation"},
+                 run.correct.get("base", {})) for run in group.runs]
+    return [*(addition_comparisons(addition, tasks) if tasks else []), *negation_comparisons(negation)]
+
+
+def comparisons_table(comparisons: Sequence[Comparison]) -> str:
+    lines = ["| claim (A − B) | n | runs | Δ [95% CI] | McNemar p | verdict |", "|---|---:|---:|---|---:|---|"]
+    lines += [f"| {c.claim} | {c.n} | {c.runs} | {c.diff:+.3f} [{c.low:+.3f}, {c.high:+.3f}] | {c.p:.2g} | {c.verdict} |"
+              for c in comparisons]
+    return "\n".join(lines)
+
+
 def sweep_curves(group: Group, variants: dict[str, Variant], score: str) -> dict[str, list[tuple[float, float]]]:
     """Validation ``score`` against λ per method (and density), averaged over the group's runs."""
     points: dict[str, dict[float, list[float]]] = {}
@@ -156,6 +176,9 @@ def write_report(experiment: str, runs: Sequence[PipelineRun], variants: dict[st
         parts += [group_table(group, variants), ""]
         if edits := edits_table(group):
             parts += ["Negation and analogy (each run's point chosen on validation, scored on test):", "", edits, ""]
+        if comparisons := paired_comparisons(group, variants):
+            parts += ["Paired on the same test examples, pooled over the runs (mergeline/pipeline/claims.py):", "",
+                      comparisons_table(comparisons), ""]
         score = group.runs[0].params.get("evaluate.select_by", "acc/mean")
         curves = sweep_curves(group, variants, score)
         if curves:
@@ -173,5 +196,5 @@ def write_report(experiment: str, runs: Sequence[PipelineRun], variants: dict[st
     return text
 
 
-__all__ = ["Group", "PipelineRun", "Variant", "edits_table", "group_runs", "group_table", "method_rows", "sweep_curves",
+__all__ = ["Group", "PipelineRun", "Variant", "comparisons_table", "edits_table", "paired_comparisons", "group_runs", "group_table", "method_rows", "sweep_curves",
            "write_report"]

@@ -102,6 +102,7 @@ def write_metrics(ctx: StageContext, scores: Scores) -> Path:
     base = scores.reference["base"]
     write_json(path, {"champion": scores.selection.champion, "test": scores.test_rows,
                       "validation": scores.validation_rows,
+                      "correct": {"base": base["test"].correct, **scores.test_correct},  # for paired tests
                       **({"base": {split: base[split].metrics for split in SPLITS if split in base},
                           "edits": encode(scores.edits)} if scores.edits else {})})
     return path

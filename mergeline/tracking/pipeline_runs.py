@@ -58,7 +58,7 @@ def pipeline_runs(experiment: str, tracking_uri: str | None = None) -> tuple[lis
             runs.append(PipelineRun(parent.info.run_id, dict(parent.data.params), metrics.get("validation", {}),
                                     metrics.get("test", {}), metrics.get("champion"),
                                     decode(tuple[EditChoice, ...], metrics.get("edits", [])),
-                                    (metrics.get("base") or {}).get("test")))
+                                    (metrics.get("base") or {}).get("test"), metrics.get("correct") or {}))
     if not runs:
         raise MergelineError(f"experiment {experiment!r}: no finished pipeline run with {METRICS_ARTIFACT} in {uri}")
     variants: dict[str, Variant] = {}

@@ -99,3 +99,7 @@ def test_report_reads_the_edits_back_from_mlflow(project: tuple[Path, str], tmp_
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| negation |", "| analogy |"))]
     assert [row.split(" | ")[1:4] for row in rows] == [["sentiment-air", "task_arithmetic", "1"],
                                                        ["sentiment-other", "task_arithmetic", "1"]]
+    # paired on the same test examples: the negation against the base on sentiment-air (8 examples, one run)
+    paired = next(line for line in result.stdout.splitlines()
+                  if line.startswith("| task_arithmetic negation forgets sentiment-air |"))
+    assert paired.split(" | ")[1:3] == ["8", "1"]
