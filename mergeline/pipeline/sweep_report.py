@@ -1,6 +1,7 @@
 """Tables and plots over several pipeline runs of one experiment: seeds and grids as sweeps.
 
-Runs are grouped by the params that differ between them, seeds aside (any key ending in ``seed``):
+Runs are grouped by the params that differ between them, seeds (any key ending in ``seed``) and
+output folders (``work_dir``, ``data_dir``) aside:
 ``mergeline run --set finetune.seed=N`` repeated is one group of N runs; ``--set finetune.lr=…``
 repeated is one group per learning rate. Per group and method (each run's best variant of that
 method on validation, as the run chose it) the table gives the test scores' mean ± sample standard
@@ -62,9 +63,13 @@ def is_seed(key: str) -> bool:
     return key.rsplit(".", 1)[-1].endswith("seed")
 
 
+# Where a run writes is not a setting: a sweep gives each point its own folders.
+OUTPUT_KEYS = ("work_dir", "data_dir")
+
+
 def group_runs(runs: Sequence[PipelineRun]) -> list[Group]:
-    """Runs grouped by the values of the params that differ between them, seeds aside."""
-    keys = sorted({key for run in runs for key in run.params})
+    """Runs grouped by the values of the params that differ between them, seeds and output folders aside."""
+    keys = sorted({key for run in runs for key in run.params} - set(OUTPUT_KEYS))
     grid = [k for k in keys if not is_seed(k) and len({run.params.get(k) for run in runs}) > 1]
     groups: dict[tuple[str | None, ...], list[PipelineRun]] = {}
     for run in runs:

@@ -89,12 +89,13 @@ def test_report_groups_seeds_and_grid_points(store: str, tmp_path: Path, capsys:
     assert record["variants"]["ties_l1_d0.2"] == {"method": "ties", "lam": 1.0, "density": 0.2}
 
 
-def test_grouping_ignores_every_seed_key() -> None:
+def test_grouping_ignores_every_seed_key_and_the_output_folders() -> None:
     def run(**params: str) -> PipelineRun:
         return PipelineRun("id", dict(params), {}, {}, None)
 
-    groups = group_runs([run(**{"data.seed": "0", "merge.seed": "3", "x": "a"}),
-                         run(**{"data.seed": "1", "merge.seed": "4", "x": "a"}), run(**{"data.seed": "0", "x": "b"})])
+    groups = group_runs([run(**{"data.seed": "0", "merge.seed": "3", "x": "a", "work_dir": "w/sweep-1"}),
+                         run(**{"data.seed": "1", "merge.seed": "4", "x": "a", "work_dir": "w/sweep-2",
+                                "data_dir": "w/sweep-2/tasks"}), run(**{"data.seed": "0", "x": "b"})])
     assert [(g.setting, len(g.runs)) for g in groups] == [({"x": "a"}, 2), ({"x": "b"}, 1)]
 
 
