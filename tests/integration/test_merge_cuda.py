@@ -167,6 +167,17 @@ MORE_METHODS = {
 }
 
 
+# Relative tolerances (of the tensor's largest entry) where a method amplifies reduction-order rounding.
+CUDA_TOLERANCE = {
+    # arccos of a dot product near 1 (nearly collinear inputs, e.g. norm weights all ≈ 1) turns a
+    # one-ulp difference of the dot product into an angle of about sqrt(ulp) ≈ 3e-4; mergekit's
+    # formula is kept for CPU bit-equality, so the GPU result differs by that much (H100: 4.3e-4).
+    "karcher": 1e-3,
+    # the common-space SVD of the summed task vectors rounds differently on cuSOLVER (H100: 1.5e-6).
+    "iso_cts": 1e-5,
+}
+
+
 @pytest.mark.parametrize("method", list(MORE_METHODS))
 def test_cuda_more_methods_equal_cpu(tmp_path: Path, method: str) -> None:
     models = _model_set(tmp_path / "models", "float32")
@@ -182,13 +193,16 @@ def test_cuda_more_methods_equal_cpu(tmp_path: Path, method: str) -> None:
     run_merge(config, tmp_path / "cuda", device="cuda")
     cpu, cuda = _tensors(tmp_path / "cpu"), _tensors(tmp_path / "cuda")
     assert set(cpu) == set(cuda)
+    # Element-wise arithmetic is the same on both devices and selections (SCE's variance top-k,
+    # arcee_fusion's importance threshold, tie resolution) are made on the CPU; sums, norms and SVDs
+    # round differently (reduction order), by less than 1e-6 of the tensor's scale except where a
+    # method amplifies that rounding (CUDA_TOLERANCE says where and why).
+    tolerance = CUDA_TOLERANCE.get(method, 1e-6)
     report = {}
     for name, expected in cpu.items():
-        off = (cuda[name] - expected).abs() > 1e-6
+        scale = max(1.0, float(expected.abs().max()))
+        off = (cuda[name] - expected).abs() > tolerance * scale
         report[name] = (int(off.sum()), expected.numel(), float((cuda[name] - expected).abs().max()))
-    # element-wise arithmetic is the same on both devices and selections (SCE's variance top-k,
-    # arcee_fusion's importance threshold, tie resolution) are made on the CPU; sums, norms and SVDs
-    # round differently, by far less than 1e-6
     assert not any(count for count, _, _ in report.values()), {n: r for n, r in report.items() if r[0]}
 
 
