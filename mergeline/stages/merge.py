@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from mergeline.io.outputs import replace_problem
-from mergeline.methods import pipeline_method
+from mergeline.methods import get_method, pipeline_method
 from mergeline.parameters import config_keys
 from mergeline.params import vector_mode
 from mergeline.pipeline.edits import edit_variants, variant_name
@@ -68,7 +68,7 @@ def merge_variant(ctx: StageContext, variant: Variant, config: dict[str, Any]) -
     ctx.used({"method": variant.method, "lambda": variant.lam, "density": variant.density,
               **{f"option.{k}": v for k, v in variant.options.items()}})
     ctx.say(f"merge: {variant.name}")
-    absolute = _absolutize(config, ctx)
+    absolute = absolute_config(config, ctx)
     with timed() as clock:
         result = run_merge(MergeConfig.model_validate(absolute), out, device=ctx.device, progress=ctx.progress)
     return Merged(variant=variant, config=config, path=rel(out, ctx.root), weights=result.weight_sha256,
@@ -125,8 +125,15 @@ def prune_merged(ctx: StageContext, merged: dict[str, Merged], keep: list[str]) 
     return pruned
 
 
-def _absolutize(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+def absolute_config(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """The config with its model paths against the project root (a recorded config keeps them relative):
+    the base, each model, its importance, and the method's global model inputs (LATA's pretrained_model)."""
     fixed = dict(config, base_model=str(ctx.root / config["base_model"]))
+    parameters = dict(config["parameters"])
+    for key in get_method(config["merge_method"]).global_inputs:
+        if isinstance(parameters.get(key), str):
+            parameters[key] = str(ctx.root / parameters[key])
+    fixed["parameters"] = parameters
     fixed["models"] = []
     for entry in config["models"]:
         params = dict(entry["parameters"])

@@ -12,7 +12,7 @@ from mergeline.params import load_params
 from mergeline.pipeline.edits import choose_edits, pick_best, pick_negation, with_test
 from mergeline.pipeline.records import BaseRecord, EditPoint, Evaluation, Fit, Importance, Vector
 from mergeline.stages.common import StageContext
-from mergeline.stages.merge import merge_config, plan_variants
+from mergeline.stages.merge import absolute_config, merge_config, plan_variants
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "params" / "tiny.yaml"
@@ -138,3 +138,16 @@ def test_the_quality_script_refuses_bad_input_in_one_line_before_anything_runs(
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and fragment in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_lata_forgetting_is_a_negation_with_the_pretrained_model_resolved_against_the_project(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, "negation.tasks=[sentiment]",
+               "negation.methods={lata: {lambdas: [1.0], options: {pretrained_model: models/pre, delta: median}}}")
+    (variant,) = [v for v in plan_variants(ctx) if v.edit == "negation"]
+    vectors = {Fit(t, "full"): Vector(task=t, mode="full", path=f"v/{t}", sha256="s") for t in ("news", "sentiment")}
+    config = merge_config(ctx, variant, BaseRecord(id="b", path="inst", sha256="s"), vectors, {})
+    assert config["models"] == [{"model": "v/sentiment", "parameters": {"weight": -1.0}}]
+    assert config["parameters"] == {"pretrained_model": "models/pre", "delta": "median", "lambda": 1.0}
+    fixed = absolute_config(config, ctx)  # what the merge runs on; the recorded config stays root-relative
+    assert fixed["parameters"]["pretrained_model"] == str(tmp_path / "models/pre")
+    assert fixed["base_model"] == str(tmp_path / "inst") and config["parameters"]["pretrained_model"] == "models/pre"
