@@ -95,4 +95,5 @@ def _log_plots(params: ExperimentParams, exp: Experiment, run: RunHandle) -> Non
         base=reference["base"]["test"].metrics, metric=params.evaluate.select_by,
         experts={t: reference[f"single-{t}-full"]["test"].metrics.get(t) if "test" in reference.get(
             f"single-{t}-full", {}) else None for t in params.task_names},
-        per_layer={name: m.report.get("per_layer") or {} for name, m in exp.additions.items()})
+        per_layer={name: m.report.get("per_layer") or {} for name, m in exp.additions.items()},
+        edits=exp.scores.edits)
