@@ -84,7 +84,8 @@ class DomainTask:
 
     def sources(self) -> dict[str, str]:
         confidence = f">= {MIN_CONFIDENCE}" if self.kind == "sentiment" else f"< {MIN_CONFIDENCE}"
-        return {**sentiment.sources(), "filter": f"confidence {confidence}, domain {self.domain} ({AIRLINE.pattern} or not)"}
+        domain = f"{'' if self.domain == 'air' else 'not '}matching {AIRLINE.pattern}"
+        return {**sentiment.sources(), "filter": f"confidence {confidence}, {domain}"}
 
 
 TASKS = {f"{kind}-{domain}": DomainTask(kind, domain) for kind in ("sentiment", "continue") for domain in DOMAINS}

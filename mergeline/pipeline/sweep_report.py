@@ -153,8 +153,8 @@ def paired_comparisons(group: Group, variants: dict[str, Variant]) -> list[Compa
 
 def comparisons_table(comparisons: Sequence[Comparison]) -> str:
     lines = ["| claim (A − B) | n | runs | Δ [95% CI] | McNemar p | verdict |", "|---|---:|---:|---|---:|---|"]
-    lines += [f"| {c.claim} | {c.n} | {c.runs} | {c.diff:+.3f} [{c.low:+.3f}, {c.high:+.3f}] | {c.p:.2g} | {c.verdict} |"
-              for c in comparisons]
+    lines += [f"| {c.claim} | {c.n} | {c.runs} | {c.diff:+.3f} [{c.low:+.3f}, {c.high:+.3f}] | {c.p:.2g} "
+              f"| {c.verdict} |" for c in comparisons]
     return "\n".join(lines)
 
 
@@ -201,5 +201,5 @@ def write_report(experiment: str, runs: Sequence[PipelineRun], variants: dict[st
     return text
 
 
-__all__ = ["Group", "PipelineRun", "Variant", "comparisons_table", "edits_table", "paired_comparisons", "group_runs", "group_table", "method_rows", "sweep_curves",
-           "write_report"]
+__all__ = ["Group", "PipelineRun", "Variant", "comparisons_table", "edits_table", "group_runs", "group_table",
+           "method_rows", "paired_comparisons", "sweep_curves", "write_report"]

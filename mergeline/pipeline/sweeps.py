@@ -114,7 +114,8 @@ class NegationParams(_Strict):
 
 
 class AnalogyParams(_Strict):
-    """Task analogy "A is to B as C is to D": τ_D ≈ τ_C + μ (τ_B − τ_A), θ = θ0 + λ (τ_C + μ τ_B − μ τ_A).
+    """Task analogy "A is to B as C is to D": τ_D ≈ τ_C + μ (τ_B − τ_A), so θ = θ0 + λ (τ_C + μ τ_B − μ τ_A)
+    edits the model towards D without D's vector.
 
     A, B, C and D are training tasks. Three settings are scored on D's test split, each with its λ
     (and μ) chosen on D's validation split: C alone (transfer), the analogy, and τ_D itself (oracle,
