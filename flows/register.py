@@ -19,7 +19,7 @@ from mergeline.pipeline.lineage import build_lineage
 from mergeline.pipeline.records import Experiment
 from mergeline.pipeline.report import results_table
 from mergeline.stages.common import StageContext
-from mergeline.stages.evaluate import registered_variants, write_metrics
+from mergeline.stages.evaluate import DETAILS, registered_variants, write_metrics
 from mergeline.stages.merge import ensure_merged
 from mergeline.tracking import describe_run, killed_on_interrupt
 from mergeline.tracking.anchors import WEIGHTS_TAG, weights_digest
@@ -45,6 +45,7 @@ def finish_experiment(params: ExperimentParams, params_file: str, exp: Experimen
     ctx = StageContext(params, root, run.device)
     metrics_path = write_metrics(ctx, scores)  # also written by the evaluate stage; the same bytes
     mlflow.log_artifact(str(metrics_path), artifact_path="eval")
+    mlflow.log_artifact(str(metrics_path.parent / DETAILS), artifact_path="eval")
     table = results_table(params, exp)
     mlflow.log_text(table, "results.md")
     describe_run(table)  # the parent run's description in the MLflow UI

@@ -57,7 +57,8 @@ STAGES: tuple[Stage, ...] = (
           plans=("evaluate", "tasks", "control", "negation.control_ratio", "registry.candidates",
                  "registry.keep_merged"),
           needs=("prepare-data", "import-base", "fine-tune", "merge"),
-          outs=(Out("{work_dir}/eval/metrics.json", metric=True),), code=("mergeline/evaluate.py", "mergeline/eval_tasks"),
+          outs=(Out("{work_dir}/eval/metrics.json", metric=True), Out("{work_dir}/eval/details.json", persist=False)),
+          code=("mergeline/evaluate.py", "mergeline/eval_tasks", "mergeline/pipeline/edits.py"),
           plan=f"{PLAN}:evaluate"),
     Stage("register", steps=(), plans=("registry",), needs=("evaluate", "merge"), outs=(), code=(), plan=None),
 )

@@ -15,6 +15,7 @@ from mergeline.stages.common import StageContext, timed, write_json
 from mergeline.stages.merge import ensure_merged
 
 SPLITS = ("validation", "test")
+DETAILS = "details.json"
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,24 @@ def summarize(ctx: StageContext, evaluation: Evaluation, base: Evaluation,
 
 
 def write_metrics(ctx: StageContext, scores: Scores) -> Path:
-    """``work_dir/eval/metrics.json`` (the evaluate stage's DVC metrics file): champion, test and validation rows."""
+    """``work_dir/eval/metrics.json`` (the evaluate stage's DVC metrics file): champion, test and validation
+    rows; beside it :func:`write_details`."""
     path = ctx.work / "eval" / "metrics.json"
-    base = scores.reference["base"]
     write_json(path, {"champion": scores.selection.champion, "test": scores.test_rows,
-                      "validation": scores.validation_rows,
-                      "correct": {"base": base["test"].correct, **scores.test_correct},  # for paired tests
-                      **({"base": {split: base[split].metrics for split in SPLITS if split in base},
-                          "edits": encode(scores.edits)} if scores.edits else {})})
+                      "validation": scores.validation_rows})
+    write_details(ctx, scores)
+    return path
+
+
+def write_details(ctx: StageContext, scores: Scores) -> Path:
+    """``work_dir/eval/details.json``: the base's accuracies, each edit's sweep, choice and test scores, and
+    the per-example correctness on test of the base and each chosen variant (for paired tests). Not a
+    metrics file: DVC would show every 0/1 string as a metric."""
+    path = ctx.work / "eval" / DETAILS
+    base = scores.reference["base"]
+    write_json(path, {"base": {split: base[split].metrics for split in SPLITS if split in base},
+                      "edits": encode(scores.edits),
+                      "correct": {"base": base["test"].correct, **scores.test_correct}})
     return path
 
 

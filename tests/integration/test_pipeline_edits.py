@@ -44,7 +44,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_negation_s_lambda_is_the_control_rule_applied_to_the_recorded_validation_points(
         project: tuple[Path, str]) -> None:
     root, stdout = project
-    metrics = json.loads((root / "data/work/eval/metrics.json").read_text())
+    metrics = json.loads((root / "data/work/eval/details.json").read_text())
     (negation,) = [e for e in metrics["edits"] if e["edit"] == "negation"]
     assert (negation["task"], negation["method"]) == ("sentiment-air", "task_arithmetic")
     points = negation["points"]
@@ -68,7 +68,8 @@ def test_negation_s_lambda_is_the_control_rule_applied_to_the_recorded_validatio
 
 def test_analogy_settings_are_scored_on_d_and_logged_to_the_parent_run(project: tuple[Path, str]) -> None:
     root, _ = project
-    metrics = json.loads((root / "data/work/eval/metrics.json").read_text())
+    metrics = json.loads((root / "data/work/eval/details.json").read_text())
+    assert set(json.loads((root / "data/work/eval/metrics.json").read_text())) == {"champion", "test", "validation"}
     analogy = {e["edit"]: e for e in metrics["edits"] if e["edit"] != "negation"}
     assert sorted(analogy) == ["analogy", "oracle", "transfer"]
     for edit in analogy.values():
