@@ -1,7 +1,7 @@
 """Run one tool in its own process and measure it; compare two merged models (used by merge_speed.py).
 
 Wall-clock time covers the whole command (interpreter start and imports included), as a user sees it.
-Peak host memory is the tool's max RSS from ``os.wait4`` in ``_launch.py``, a small launcher, so it
+Peak host memory is the tool's max RSS from ``os.wait4`` in ``_child.py launch``, a small launcher, so it
 reports that one run alone: ``RUSAGE_CHILDREN`` keeps the maximum of all earlier children, and a tool
 forked straight from this (large) process would inherit its memory high-water mark.
 """
@@ -15,12 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
+from mergeline.env import OFFLINE_DEFAULTS
+from mergeline.io.safetensors_io import CheckpointReader
 
-from _rw_baseline import tensor_locations
-
-HERE = Path(__file__).resolve().parent
+CHILD = Path(__file__).resolve().parent / "_child.py"
 
 
 @dataclass
@@ -36,19 +34,16 @@ class Measured:
 
 def offline_env() -> dict[str, str]:
     """The children's environment: no hub access, ever; the benchmarks folder importable."""
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_HUB_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
-    return env
+    return {**os.environ, **OFFLINE_DEFAULTS, "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def run_measured(cmd: list[str], log: Path) -> Measured:
-    """Run ``cmd`` with stdout+stderr to ``log`` through ``_launch.py``; return its wall time and max RSS."""
+    """Run ``cmd`` with stdout+stderr to ``log`` through ``_child.py launch``; return its wall time and max RSS."""
     log.parent.mkdir(parents=True, exist_ok=True)
     result_file = log.with_suffix(".run.json")
     result_file.unlink(missing_ok=True)
     with open(log, "w") as out:
-        subprocess.run([sys.executable, "-S", str(HERE / "_launch.py"), str(result_file), *cmd],
+        subprocess.run([sys.executable, "-S", str(CHILD), "launch", str(result_file), *cmd],
                        stdout=out, stderr=subprocess.STDOUT, env=offline_env(), check=False)
     if not result_file.exists():
         return Measured(0.0, 0, error=f"launcher failed, see {log}")
@@ -61,12 +56,12 @@ def run_measured(cmd: list[str], log: Path) -> Measured:
 
 
 def run_entry_point(entry: str, args: list[str], log: Path, timed: str | None = None) -> Measured:
-    """Run a console-script entry point (``module:function``) through ``_peak.py``, with CUDA peak, and
+    """Run a console-script entry point (``module:function``) through ``_child.py tool``, with CUDA peak, and
     the time spent in the function ``timed`` (``module:function``) as ``inner_seconds``."""
     peak_file = log.with_suffix(".peak.json")
     peak_file.unlink(missing_ok=True)
     timing = ["--time", timed] if timed else []
-    measured = run_measured([sys.executable, str(HERE / "_peak.py"), str(peak_file), *timing, entry, *args], log)
+    measured = run_measured([sys.executable, str(CHILD), "tool", str(peak_file), *timing, entry, *args], log)
     if peak_file.exists():
         peak = json.loads(peak_file.read_text())
         measured.cuda_peak = peak.get("cuda_max_allocated")
@@ -97,20 +92,13 @@ class Comparison:
 
 def compare_models(a: Path, b: Path) -> Comparison:
     """Max |a - b| over every tensor both HF folders hold (in float32), and what does not match."""
-    where_a, where_b = tensor_locations(a), tensor_locations(b)
-    problems = [f"only in {a.name}: {n}" for n in sorted(set(where_a) - set(where_b))]
-    problems += [f"only in {b.name}: {n}" for n in sorted(set(where_b) - set(where_a))]
+    ra, rb = CheckpointReader(a), CheckpointReader(b)
+    problems = [f"only in {a.name}: {n}" for n in sorted(set(ra.names()) - set(rb.names()))]
+    problems += [f"only in {b.name}: {n}" for n in sorted(set(rb.names()) - set(ra.names()))]
     worst = 0.0
     count = differing = elements = 0
-    handles: dict[Path, object] = {}
-
-    def load(path: Path, name: str) -> torch.Tensor:
-        if path not in handles:
-            handles[path] = safe_open(str(path), framework="pt")
-        return handles[path].get_tensor(name)
-
-    for name in sorted(set(where_a) & set(where_b)):
-        ta, tb = load(where_a[name], name), load(where_b[name], name)
+    for name in sorted(set(ra.names()) & set(rb.names())):
+        ta, tb = ra.get(name), rb.get(name)
         if ta.shape != tb.shape or ta.dtype != tb.dtype:
             problems.append(f"{name}: {tuple(ta.shape)} {ta.dtype} vs {tuple(tb.shape)} {tb.dtype}")
             continue
@@ -119,4 +107,6 @@ def compare_models(a: Path, b: Path) -> Comparison:
         differing += int((ta != tb).sum())
         elements += ta.numel()
         count += 1
+    ra.close()
+    rb.close()
     return Comparison(worst, count, differing, elements, problems)

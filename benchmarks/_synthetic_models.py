@@ -1,9 +1,6 @@
 """Synthetic Llama-shaped checkpoints of a given size, for merge benchmarks and tests (no download).
 
-Used by ``benchmarks/merge_speed.py``; importable on its own:
-
-    .venv/bin/python -c "import sys; sys.path.insert(0, 'benchmarks'); import _synthetic_models as s; \
-        print(s.build_model_set(Path('bench_out/x'), 0.1e9, 2, 'bfloat16'))"
+Used by ``merge_speed.py`` and ``read_probe.py``; ``tests/integration/test_merge_cuda.py`` loads it by path.
 
 A set is one base model plus N "fine-tunes". The base has random weights (N(0, 0.02²) matrices, unit
 norm weights); fine-tune i is ``base + eps_i`` with ``eps_i ~ N(0, (rel * 0.02)²)`` drawn from its own
@@ -18,12 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+from mergeline.io.safetensors_io import ShardedWriter, TensorSpec
 
 VOCAB = 32000
 # Base weights are drawn like a freshly initialised Llama (initializer_range 0.02).
@@ -111,50 +109,16 @@ def llama_shape(hidden: int, layers: int, vocab: int = VOCAB) -> LlamaShape:
     return LlamaShape(hidden, inter, layers, heads, max(1, heads // 4), vocab)
 
 
-def _shard_plan(shapes: dict[str, tuple[int, ...]], itemsize: int, shard_bytes: int) -> list[list[str]]:
-    """Split names into consecutive shards of at most ``shard_bytes`` (a bigger tensor gets its own)."""
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, shape in shapes.items():
-        nbytes = math.prod(shape) * itemsize
-        if shards[-1] and size + nbytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
-
-
-def _shard_names(count: int) -> list[str]:
-    if count == 1:
-        return ["model.safetensors"]
-    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-
-
-def _write_model(
-    folder: Path,
-    shape: LlamaShape,
-    dtype: str,
-    shard_bytes: int,
-    make_tensor,  # (name, shape) -> torch.Tensor in the target dtype
-) -> None:
-    """Write one HF folder, one shard in memory at a time (memory bounded by ``shard_bytes``)."""
+def _write_model(folder: Path, shape: LlamaShape, dtype: str, shard_bytes: int,
+                 make_tensor: Callable[[str, tuple[int, ...]], torch.Tensor]) -> None:
+    """Write one HF folder through the product's streaming shard writer (memory: one tensor)."""
     folder.mkdir(parents=True, exist_ok=True)
     shapes = shape.tensor_shapes()
     torch_dtype = _DTYPES[dtype]
-    plan = _shard_plan(shapes, torch.empty(0, dtype=torch_dtype).element_size(), shard_bytes)
-    files = _shard_names(len(plan))
-    weight_map: dict[str, str] = {}
-    total = 0
-    for file, names in zip(files, plan):
-        tensors = {name: make_tensor(name, shapes[name]).to(torch_dtype).cpu().contiguous() for name in names}
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-        save_file(tensors, str(folder / file), metadata={"format": "pt"})
-        weight_map.update({name: file for name in names})
-        del tensors
-    if len(files) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    writer = ShardedWriter(folder, [TensorSpec(n, s, torch_dtype) for n, s in shapes.items()], shard_bytes)
+    for name, shp in shapes.items():
+        writer.add(name, make_tensor(name, shp).to(torch_dtype).cpu().contiguous())
+    writer.close()
     (folder / "config.json").write_text(json.dumps(shape.hf_config(dtype), indent=2))
 
 
@@ -239,12 +203,3 @@ def build_model_set(
 def model_files(folder: Path) -> list[Path]:
     """The safetensors files of one HF folder."""
     return sorted(folder.glob("*.safetensors"))
-
-
-def tensor_names(folder: Path) -> list[str]:
-    """Every tensor name of one HF folder, in file order."""
-    names: list[str] = []
-    for file in model_files(folder):
-        with safe_open(str(file), framework="pt") as f:
-            names.extend(f.keys())
-    return names

@@ -9,8 +9,8 @@ every device of ``--device`` (``cpu,cuda``) times each tool in its own process:
   - mergeline:  ``mergeline merge CONFIG --out DIR --device D``
   - mergekit:   ``mergekit-yaml CONFIG DIR [--cuda]`` (the same CONFIG; local absolute paths, offline),
     for the methods mergekit has (TA, TIES, DELLA, Model Stock, linear)
-  - read+write: ``_rw_baseline.py copy``: read every input tensor once, write one model (no arithmetic)
-and the bound "read the input bytes once" (``_rw_baseline.py read``). Each tool's time is that of the
+  - read+write: ``_child.py copy``: read every input tensor once, write one model (no arithmetic)
+and the bound "read the input bytes once" (``_child.py read``). Each tool's time is that of the
 whole command and, in parentheses, of its merge function alone (mergeline's and mergekit's
 ``run_merge``, timed inside the process: no interpreter start, imports or exit). It prints one markdown
 table (``_speed_table.py``; also written to ``--table-out``), one row per size × device × method. The
@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from _measure import Measured, best_of, compare_models, run_entry_point, run_measured
-from _rw_baseline import read_files
+from _child import read_files
 from _speed_table import DeviceResult, MethodResult, SizeResult, report
 from _synthetic_models import LlamaShape, ModelSet, build_model_set, llama_shape, model_files
 
@@ -138,7 +138,7 @@ class Bench:
         result = SizeResult(models, read_files(files))
         self.results.append(result)
         if "baseline" in a.tools:
-            read_cmd = [sys.executable, str(HERE / "_rw_baseline.py"), "read", *map(str, files)]
+            read_cmd = [sys.executable, str(HERE / "_child.py"), "read", *map(str, files)]
             result.read = self._step(f"[{tag}] read bound", lambda: self._repeat(
                 lambda: _read_timed(read_cmd, logs / "read.log")))
         for device in a.devices:
@@ -150,8 +150,8 @@ class Bench:
         where = DeviceResult()
         tag = f"{tag} {device}"
         if "baseline" in a.tools:
-            copy_cmd = [sys.executable, str(HERE / "_rw_baseline.py"), "copy", "--device", device,
-                        "--out", str(out / "baseline"), *map(str, models.all_models)]
+            copy_cmd = [sys.executable, str(HERE / "_child.py"), "copy", device, str(out / "baseline"),
+                        *map(str, models.all_models)]
             where.baseline = self._step(f"[{tag}] read+write baseline", lambda: self._repeat(
                 lambda: run_measured(copy_cmd, logs / f"baseline-{device}.log"), out / "baseline"))
             shutil.rmtree(out / "baseline", ignore_errors=True)

@@ -15,71 +15,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
-MARKER = ".pipeline_workers"  # a --root holding this was made by this script and may be wiped
+sys.path.insert(0, str(ROOT))
+
+from _pipeline_runs import Recorded, fresh, recorded, results_table, run_params, run_pipeline, tracking_uri  # noqa: E402
+from mergeline.errors import MergelineError  # noqa: E402
 
 
-def fresh(folder: Path) -> None:
-    from mergeline.errors import MergelineError
-
-    if folder.exists() and any(folder.iterdir()):
-        if not (folder / MARKER).is_file():
-            raise MergelineError(f"--root {folder}: not empty and not made by pipeline_workers.py; pick a new folder")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    (folder / MARKER).write_text("made by benchmarks/pipeline_workers.py; wiped on each run\n", encoding="utf-8")
-
-
-def run_once(project: Path, params: dict[str, Any], workers: int) -> float:
-    """``mergeline run`` in a new project folder; its wall time in seconds."""
-    project.mkdir(parents=True)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    env = {**os.environ, "MERGELINE_MAX_WORKERS": str(workers), "PREFECT_HOME": str(project / ".prefect"),
-           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(project / ".prefect" / "results"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
-    env.pop("PREFECT_API_URL", None)
-    env.pop("MERGELINE_WORK_POOL", None)
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "mergeline.cli", "run", "--params", "params.yaml"], cwd=project,
-                          env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"mergeline run (workers={workers}) failed:\n{done.stderr[-3000:]}")
-    (project / "stdout.txt").write_text(done.stdout, encoding="utf-8")
-    return seconds
-
-
-def stage_times(project: Path) -> dict[str, Any]:
-    """The run's timings from its MLflow store: the parent's wall time, and per stage span, call seconds, calls."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=5000)
-    parent = next(r for r in runs if r.info.run_name.startswith("pipeline:"))
+def stage_times(run: Recorded) -> dict[str, Any]:
+    """Per stage (registration left out): the span from its first call's start to its last call's end,
+    its calls and their summed ``stage_seconds``; with the pipeline flow's wall time."""
     stages: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        stage = run.data.tags.get("mergeline.stage")
-        if run.info.run_id == parent.info.run_id or not stage or stage == "register":
-            continue
-        row = stages.setdefault(stage, {"start": run.info.start_time, "end": run.info.end_time, "calls": 0,
-                                        "call_seconds": 0.0})
-        row["start"], row["end"] = min(row["start"], run.info.start_time), max(row["end"], run.info.end_time)
+    for call in run.calls:
+        row = stages.setdefault(call.stage, {"start": call.start, "end": call.end, "calls": 0, "call_seconds": 0.0})
+        row["start"], row["end"] = min(row["start"], call.start), max(row["end"], call.end)
         row["calls"] += 1
-        row["call_seconds"] += run.data.metrics.get("stage_seconds", 0.0)
-    order = sorted(stages, key=lambda s: stages[s]["start"])
-    return {"pipeline": (parent.info.end_time - parent.info.start_time) / 1000,
-            "stages": {s: {"span": (stages[s]["end"] - stages[s]["start"]) / 1000, "calls": stages[s]["calls"],
-                           "call_seconds": stages[s]["call_seconds"]} for s in order}}
+        row["call_seconds"] += call.seconds
+    return {"pipeline": run.pipeline_seconds,
+            "stages": {s: {"span": r["end"] - r["start"], "calls": r["calls"], "call_seconds": r["call_seconds"]}
+                       for s, r in stages.items()}}
 
 
 def table(results: dict[int, list[dict[str, Any]]]) -> str:
@@ -113,40 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per worker count, alternating")
     parser.add_argument("--root", default=str(ROOT / "bench_out" / "pipeline_workers"))
     args = parser.parse_args(argv)
-    from mergeline.errors import MergelineError
-    from mergeline.params import load_params
-
     try:
-        checked = load_params(args.params, args.set)
         if any(w < 1 for w in args.workers) or args.repeat < 1:
             raise MergelineError("--workers and --repeat: whole numbers, at least 1")
-        base = Path(checked.base_model)
-        if (base.is_absolute() or checked.base_model.startswith(".") or "/" in checked.base_model) \
-                and not (base.resolve() / "config.json").is_file():
-            raise MergelineError(f"base_model {checked.base_model}: no model folder there; give one with "
-                                 "--set base_model=PATH (params/tiny.yaml's is built by the tests)")
+        _, params = run_params(args.params, args.set)  # every run gets the same validated params
         root = Path(args.root).resolve()
-        fresh(root)
+        fresh(root, "pipeline_workers")
     except MergelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # every run gets the same validated params, with paths that hold from its own folder
-    params = checked.model_dump(mode="json", by_alias=True)
-    if (Path.cwd() / checked.base_model).exists():
-        params["base_model"] = str((Path.cwd() / checked.base_model).resolve())
     results: dict[int, list[dict[str, Any]]] = {w: [] for w in args.workers}
     print(f"params={args.params} set={args.set} workers={args.workers} repeat={args.repeat} "
           f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}", flush=True)
     for round_ in range(args.repeat):
         for workers in args.workers:
             project = root / f"w{workers}-r{round_}"
-            wall = run_once(project, params, workers)
-            timing = {**stage_times(project), "wall": wall}
+            wall = run_pipeline(project, params, workers)
+            timing = {**stage_times(recorded(tracking_uri(project))), "wall": wall}
             results[workers].append(timing)
             print(f"workers={workers} round {round_}: {wall:.1f} s (pipeline flow {timing['pipeline']:.1f} s, "
                   f"load {os.getloadavg()[0]:.1f})", flush=True)
-    tables = {w: (root / f"w{w}-r0" / "stdout.txt").read_text(encoding="utf-8").split("registered")[0].strip()
-              for w in args.workers}
+    tables = {w: results_table(root / f"w{w}-r0") for w in args.workers}
     same = len(set(tables.values())) == 1
     print(table(results))
     print(f"results tables identical across worker counts: {same}")

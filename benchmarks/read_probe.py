@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _rw_baseline import read_files  # noqa: E402
+from _child import read_files  # noqa: E402
 from _synthetic_models import build_model_set  # noqa: E402
 
 from mergeline.io.prefetch import TensorPrefetcher  # noqa: E402

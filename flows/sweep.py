@@ -21,6 +21,7 @@ from typing import Any
 from prefect import flow
 
 from mergeline.env import configure_offline_defaults
+from mergeline.params import ExperimentParams
 from tasks._results import PERSIST
 
 configure_offline_defaults()
@@ -75,31 +76,45 @@ def sweep(params_file: str = "params/default.yaml", points: list[list[str]] | No
           overrides: list[str] | None = None, root: str | None = None, until: str = "register"
           ) -> list[dict[str, Any]]:
     """Run the pipeline once per point; return ``[{"point", "overrides", "summary"}]`` in point order."""
-    from flows.deployments import PIPELINE_DEPLOYMENT, await_results, check_deployment, pool_from_env, submit
-    from flows.pipeline import pipeline
+    from flows.deployments import pool_from_env
 
+    from mergeline.commands._supervise import held
     from mergeline.params import load_params
-    from mergeline.tracking import configure_tracking
 
     point_sets = plan_points(params_file, overrides, points)
-    # Points may start at the same moment: create the MLflow store and experiment(s) once, here,
-    # rather than in every point at once (a fresh SQLite store's schema set-up does not survive a race).
-    for experiment in sorted({load_params(params_file, point).experiment for point in point_sets}):
-        configure_tracking(experiment=experiment)
-    root_path = str(Path(root or os.getcwd()).resolve())
+    planned = [load_params(params_file, point) for point in point_sets]
+    project = Path(root or os.getcwd()).resolve()
     pool = pool_from_env()
-    if pool is None:
-        summaries = [pipeline(params_file=params_file, overrides=point, root=root_path, until=until)
-                     for point in point_sets]
-    else:
-        check_deployment(PIPELINE_DEPLOYMENT, pool)
-        runs = {str(i): submit(PIPELINE_DEPLOYMENT, {"params_file": params_file, "overrides": point,
-                                                     "root": root_path, "until": until}, f"sweep-point-{i}")
-                for i, point in enumerate(point_sets)}
-        print(f"sweep: {len(runs)} pipeline runs submitted to work pool {pool!r}")
-        done = await_results(runs)
-        summaries = [done[str(i)] for i in range(len(point_sets))]
+    # The locks of ``mergeline run``, before anything is written: a run of this project, or of one
+    # naming a point's work_dir or data_dir, and this sweep never overlap.
+    with held(project, f"mergeline-sweep {params_file} ({len(planned)} points)",
+              [project / p.work_dir for p in planned], [project / p.data_dir for p in planned]):
+        summaries = _run_points(params_file, point_sets, planned, str(project), until, pool)
     results = [{"point": point, "overrides": planned, "summary": summary}
                for point, planned, summary in zip(points or [], point_sets, summaries)]
     print(sweep_table(results))
     return results
+
+
+def _run_points(params_file: str, point_sets: list[list[str]], planned: list[ExperimentParams], root_path: str,
+                until: str, pool: str | None) -> list[dict[str, Any]]:
+    """Each point's pipeline summary, in point order: here one after the other, or on the pool at once."""
+    from flows.deployments import PIPELINE_DEPLOYMENT, await_results, check_deployment, submit
+    from flows.pipeline import pipeline
+
+    from mergeline.tracking import configure_tracking
+
+    # Points may start at the same moment: create the MLflow store and experiment(s) once, here,
+    # rather than in every point at once (a fresh SQLite store's schema set-up does not survive a race).
+    for experiment in sorted({params.experiment for params in planned}):
+        configure_tracking(experiment=experiment)
+    if pool is None:
+        return [pipeline(params_file=params_file, overrides=point, root=root_path, until=until)
+                for point in point_sets]
+    check_deployment(PIPELINE_DEPLOYMENT, pool)
+    runs = {str(i): submit(PIPELINE_DEPLOYMENT, {"params_file": params_file, "overrides": point,
+                                                 "root": root_path, "until": until}, f"sweep-point-{i}")
+            for i, point in enumerate(point_sets)}
+    print(f"sweep: {len(runs)} pipeline runs submitted to work pool {pool!r}")
+    done = await_results(runs)
+    return [done[str(i)] for i in range(len(point_sets))]

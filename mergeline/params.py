@@ -266,6 +266,11 @@ class ExperimentParams(_Strict):
         return any(pipeline_method(name)[1].importance for name in [*self.merge.methods, *self.negation_methods])
 
     @property
+    def gram_needed(self) -> bool:
+        """Whether a swept method needs the tasks' Gram matrices of linear-layer inputs (RegMean)."""
+        return any(pipeline_method(name)[1].gram for name in self.merge.methods)
+
+    @property
     def task_entries(self) -> list[TaskEntry]:
         """Every task as an entry of the one mechanism (a string is a built-in task)."""
         return [as_entry(task) for task in self.tasks]

@@ -1,4 +1,4 @@
-"""One pipeline run per project folder and per work folder, and proof of which processes a dead run
+"""One pipeline run per project folder, work folder and data folder, and proof of which processes a dead run
 left behind.
 
 ``<root>/.mergeline/run.lock`` is held with ``flock`` by the supervising ``mergeline run``/``stage``
@@ -6,7 +6,11 @@ process for as long as the run or any process of it lives; the kernel releases i
 dies, however it dies, so a lock is never stale. The run's work folder is locked the same way, through
 ``<work_dir>/.mergeline-work`` (which also marks the folder as a work folder, ``mergeline.io.outputs``,
 and names the holder and its project): two projects naming one ``work_dir`` would otherwise share, and
-mix, one set of stage outputs. ``run.json`` beside the project lock names the holder: its pid and
+mix, one set of stage outputs. The data folder (``data_dir``, by default a sibling of the work folder,
+not inside it) is locked as well, by a ``flock`` of the folder itself: two projects naming one
+``data_dir`` would otherwise race on ``prepare-data``. Nothing is written into it, because the whole
+folder is a DVC output whose hash a lock file would change on every run; so a refused run learns
+that the folder is taken, not by whom. ``run.json`` beside the project lock names the holder: its pid and
 start time (``/proc/<pid>/stat``, so a recycled pid is never mistaken for it), the process group of
 the pipeline worker, the MLflow store and whether the run ended cleanly. A later run that takes the
 lock and finds a record that did not end cleanly owns what that record names: the surviving
@@ -21,6 +25,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,37 +119,75 @@ def leftover_processes(holder: Holder) -> list[int]:
     return [pid for pid in group_members(pgid) if pid != os.getpid()]
 
 
-def _flock(path: Path) -> int | None:
+def _work_holder(work_dir: Path) -> str:
+    try:
+        record = json.loads((work_dir / WORK_MARKER).read_text(encoding="utf-8"))
+        return f"{Holder(**record['holder']).describe()}, project {record['project']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "another process"
+
+
+def _flock(path: Path, folder: bool = False) -> int | None:
     """An open descriptor of ``path`` holding its exclusive ``flock`` (None: another process holds it).
 
-    Not inherited by children (Python's default), and never through a symbolic link."""
+    A lock file is never opened through a symbolic link; a ``folder`` is locked itself (-1: its file
+    system cannot lock a folder, as some network ones cannot). Not inherited by children (Python's
+    default)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY if folder else os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
-        raise MergelineError(f"{path}: cannot open the run lock ({exc.strerror})") from None
+        what = "the data folder" if folder else "the run lock"
+        raise MergelineError(f"{path}: cannot open {what} ({exc.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError:
+        os.close(fd)
+        if not folder:
+            raise
+        return -1  # unlocked: the work folder's lock still keeps one run per work folder
     return fd
 
 
-class RunLock:
-    """``with RunLock(root, command, work_dir) as lock:`` holds the project folder and the work folder;
-    refuses (exit 2) when either is taken."""
+Folders = Path | Sequence[Path] | None
 
-    def __init__(self, root: Path, command: str, work_dir: Path | None = None) -> None:
+
+def _paths(folders: Folders) -> tuple[Path, ...]:
+    """Each folder once (by where it resolves to): a second flock of one folder would refuse its own run."""
+    given = () if folders is None else (folders,) if isinstance(folders, (str, Path)) else folders
+    unique: dict[Path, Path] = {}
+    for folder in given:
+        unique.setdefault(Path(folder).resolve(), Path(folder))
+    return tuple(unique.values())
+
+
+def _make(folder: Path, key: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MergelineError(f"{key} {folder}: cannot create it ({exc.strerror})") from None
+
+
+class RunLock:
+    """``with RunLock(root, command, work_dir, data_dir) as lock:`` holds the project folder, the work
+    folder(s) and the data folder(s); refuses (exit 2) when any is taken, and then holds none."""
+
+    def __init__(self, root: Path, command: str, work_dir: Folders = None, data_dir: Folders = None) -> None:
         self.root = Path(root)
         self.folder = self.root / STATE_DIR
         self.lock_path = self.folder / "run.lock"
         self.record_path = self.folder / "run.json"
-        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.work_dirs = _paths(work_dir)
+        self.data_dirs = _paths(data_dir)
         self.command = command
         self.holder: Holder | None = None
         self.previous: Holder | None = None
         self._fd: int | None = None
-        self._work_fd: int | None = None
+        self._work_fds: list[int] = []
+        self._data_fds: list[int] = []
 
     def read_record(self) -> Holder | None:
         try:
@@ -158,36 +201,38 @@ class RunLock:
         tmp.write_text(json.dumps(asdict(self.holder), indent=1))
         os.replace(tmp, self.record_path)
 
-    def _lock_work_dir(self) -> int | None:
-        """Take the work folder's lock; nothing is written yet, so a refusal leaves no trace."""
-        if self.work_dir is None:
-            return None
-        try:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MergelineError(f"work_dir {self.work_dir}: cannot create it ({exc.strerror})") from None
-        fd = _flock(self.work_dir / WORK_MARKER)
+    def _lock_work_dir(self, work_dir: Path) -> int:
+        """Take a work folder's lock; nothing is written yet, so a refusal leaves no trace."""
+        _make(work_dir, "work_dir")
+        fd = _flock(work_dir / WORK_MARKER)
         if fd is None:
-            raise MergelineError(f"{self.work_dir / WORK_MARKER}: this work folder is in use by another mergeline run "
-                                 f"({self._work_holder()}); wait for it to finish or stop it, or give this "
+            raise MergelineError(f"{work_dir / WORK_MARKER}: this work folder is in use by another mergeline run "
+                                 f"({_work_holder(work_dir)}); wait for it to finish or stop it, or give this "
                                  "project a work_dir of its own")
         return fd
 
-    def _work_holder(self) -> str:
-        assert self.work_dir is not None
-        try:
-            record = json.loads((self.work_dir / WORK_MARKER).read_text(encoding="utf-8"))
-            return f"{Holder(**record['holder']).describe()}, project {record['project']}"
-        except (OSError, ValueError, TypeError, KeyError):
-            return "another process"
+    def _lock_data_dir(self, data_dir: Path) -> int:
+        _make(data_dir, "data_dir")
+        fd = _flock(data_dir, folder=True)
+        if fd is None:
+            raise MergelineError(f"data_dir {data_dir}: this data folder is in use by another mergeline run (of "
+                                 "another project naming the same data_dir); wait for it to finish or stop it, or "
+                                 "give this project a data_dir of its own")
+        return fd
 
-    def _write_work_record(self) -> None:
+    def _write_work_record(self, fd: int) -> None:
         # In place through the locked descriptor: a renamed-in file would be a new, unlocked inode.
-        assert self._work_fd is not None and self.holder is not None
+        assert self.holder is not None
         payload = json.dumps({"written_by": "mergeline", "kind": "work", "project": str(self.root.resolve()),
                               "holder": asdict(self.holder)}, indent=1).encode()
-        os.ftruncate(self._work_fd, 0)
-        os.pwrite(self._work_fd, payload, 0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, payload, 0)
+
+    def _close_folders(self) -> None:
+        for fd in [*self._work_fds, *self._data_fds]:
+            if fd >= 0:
+                os.close(fd)
+        self._work_fds, self._data_fds = [], []
 
     def acquire(self) -> RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -198,8 +243,12 @@ class RunLock:
             raise MergelineError(f"{self.lock_path}: this project folder is in use by another mergeline run ({who}); "
                                  "wait for it to finish or stop it, then run again")
         try:
-            self._work_fd = self._lock_work_dir()
+            for work_dir in self.work_dirs:
+                self._work_fds.append(self._lock_work_dir(work_dir))
+            for data_dir in self.data_dirs:
+                self._data_fds.append(self._lock_data_dir(data_dir))
         except BaseException:
+            self._close_folders()
             os.close(fd)  # before any record is written: a dead run's record stays for the next one
             raise
         self._fd = fd
@@ -209,8 +258,8 @@ class RunLock:
         self.holder = Holder(pid=pid, start=process_start(pid), host=socket.gethostname(), command=self.command,
                              since=time.time())
         self.write_record()
-        if self._work_fd is not None:
-            self._write_work_record()
+        for work_fd in self._work_fds:
+            self._write_work_record(work_fd)
         return self
 
     def release(self, ended: bool = True) -> None:
@@ -219,9 +268,7 @@ class RunLock:
         if self.holder is not None:
             self.holder.ended = ended
             self.write_record()
-        if self._work_fd is not None:
-            os.close(self._work_fd)
-            self._work_fd = None
+        self._close_folders()
         os.close(self._fd)  # closing the only descriptor drops the flock
         self._fd = None
 

@@ -1,8 +1,8 @@
 """``mergeline run`` and ``mergeline stage`` as a supervisor and a worker: stoppable, never left behind.
 
-The command the user starts is a small supervisor. It takes the project folder's and the work
-folder's locks (``mergeline.runlock``: a second run in the same project, or naming the same
-``work_dir`` from another project, exits 2 naming the holder), cleans up after a
+The command the user starts is a small supervisor. It takes the project folder's, the work folder's
+and the data folder's locks (:func:`held`, ``mergeline.runlock``: a second run in the same project,
+or naming the same ``work_dir`` or ``data_dir`` from another project, exits 2), cleans up after a
 previous run that died (its surviving processes, its RUNNING MLflow runs), and starts the pipeline as
 a worker process in a session and process group of its own, so the Prefect server and everything
 else the worker starts can be killed as one group, and a terminal's Ctrl-C reaches only the
@@ -28,9 +28,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from mergeline.runlock import Holder, RunLock, leftover_processes, process_start, set_owner
+from mergeline.runlock import Folders, Holder, RunLock, leftover_processes, process_start, set_owner
 
 OWNER_ENV = "MERGELINE_RUN_OWNER"
 GRACE_SECONDS = float(os.environ.get("MERGELINE_STOP_GRACE_SECONDS", "10"))
@@ -152,14 +153,26 @@ def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, tuple[int, float] | None]
             signal.signal(signum, handler)
 
 
-def supervise(argv: list[str], root: Path, work_dir: Path) -> int:
-    """Run ``mergeline <argv>`` as the worker under the project's and the work folder's locks; returns
-    its exit code."""
-    lock = RunLock(root, "mergeline " + " ".join(argv), work_dir).acquire()
-    cleaned = False
+@contextlib.contextmanager
+def held(root: Path, command: str, work_dirs: Folders, data_dirs: Folders) -> Iterator[RunLock]:
+    """The project folder's, work folders' and data folders' locks (:class:`RunLock`; taken: exit 2),
+    after cleaning up behind a previous run that did not end. A body that raises leaves the record
+    not ended: the next run cleans up behind this one."""
+    lock = RunLock(root, command, work_dirs, data_dirs).acquire()
+    ended = False
     try:
         if lock.previous is not None:
             _clean_up_previous(lock.previous, root)
+        yield lock
+        ended = True
+    finally:
+        lock.release(ended=ended)
+
+
+def supervise(argv: list[str], root: Path, work_dir: Path, data_dir: Path) -> int:
+    """Run ``mergeline <argv>`` as the worker under the project's, the work folder's and the data
+    folder's locks; returns its exit code."""
+    with held(root, "mergeline " + " ".join(argv), work_dir, data_dir) as lock:
         holder = lock.holder
         assert holder is not None
         holder.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -168,9 +181,9 @@ def supervise(argv: list[str], root: Path, work_dir: Path) -> int:
         holder.worker_pgid, holder.worker_start = proc.pid, process_start(proc.pid)
         lock.write_record()
         code, stopped = _wait(proc)
+        # Should this cleanup fail, the record stays not ended: the next run in this folder finishes it.
         _kill_group(holder)
         closed = _close_records(holder, root) if code != 0 else None
-        cleaned = True
         if stopped is not None:
             signum, when = stopped
             deleted = f" (deleted {', '.join(closed.deleted_versions)})" if closed and closed.deleted_versions else ""
@@ -179,9 +192,6 @@ def supervise(argv: list[str], root: Path, work_dir: Path) -> int:
                   "process of it is left", file=sys.stderr, flush=True)
             return 128 + signum
         return 128 - code if code < 0 else code  # killed by a signal: the shell's 128 + N
-    finally:
-        # Not ended cleanly (the cleanup itself failed): the next run in this folder finishes it.
-        lock.release(ended=cleaned)
 
 
-__all__ = ["become_worker", "is_worker", "supervise"]
+__all__ = ["become_worker", "held", "is_worker", "supervise"]

@@ -1,6 +1,6 @@
 """``mergeline run [--params FILE] [--set key=value ...]``: the whole pipeline, then the results table.
 
-One run per project folder and per work folder (a second one exits 2 naming the first); Ctrl-C/SIGTERM stop it within
+One run per project folder, work folder and data folder (a second one exits 2); Ctrl-C/SIGTERM stop it within
 seconds, leaving no process and no RUNNING MLflow run: ``mergeline/commands/_supervise.py``.
 """
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         from flows.pool import pool_from_env
 
         pool_from_env()  # a pool without a Prefect server: exit 2 before the work folder is locked or made
-        return supervise(args.argv, root, root / params.work_dir)
+        return supervise(args.argv, root, root / params.work_dir, root / params.data_dir)
     become_worker()
     configure_pipeline_env(root)
     from flows.pool import pool_from_env

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         params = load_params(args.params, args.overrides)
         preflight(params, root)  # bad input: one line here, no worker
         check_dvc_deps(params, root)
-        return supervise(args.argv, root, root / params.work_dir)
+        return supervise(args.argv, root, root / params.work_dir, root / params.data_dir)
     become_worker()
     configure_pipeline_env(root)
     from flows.pipeline import pipeline

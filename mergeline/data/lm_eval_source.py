@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from mergeline.assets import ensure_offline
-from mergeline.data.task_folder import TaskYaml, code_tags, key_holding, local_dataset, read_files, read_task_yaml
+from mergeline.data.task_folder import (
+    PYTHON_TAGS,
+    TaskYaml,
+    code_tags,
+    key_holding,
+    local_dataset,
+    read_files,
+    read_task_yaml,
+)
 from mergeline.data.template_sandbox import TemplateRefused, install, trusted_templates
 from mergeline.data.user import split_records
 from mergeline.errors import MergelineError
@@ -42,20 +50,53 @@ def folder_files(entry: TaskEntry, root: Path) -> tuple[Path, ...]:
     include = include_folder(entry, root)
     if include is None:
         return ()
-    configs = sorted(p for p in include.rglob("*") if p.is_file()) if include.is_dir() else [include]
-    found = list(configs)
-    for config in configs:
-        if config.suffix not in (".yaml", ".yml"):
-            continue
-        try:
-            task = read_task_yaml(config)
-        except MergelineError:
-            continue  # not a task config: lm-eval reports it if it is the task asked for
+    found = _files(include)
+    for task in _task_yamls(include):
         found += [*task.files, *read_files(local_dataset(task)[1])]
     unique: dict[Path, Path] = {}
     for path in found:
         unique.setdefault(path.resolve(), path)  # one entry per file, as first spelled
     return tuple(unique.values())
+
+
+def _files(include: Path) -> list[Path]:
+    return sorted(p for p in include.rglob("*") if p.is_file()) if include.is_dir() else [include]
+
+
+def _task_yamls(include: Path) -> list[TaskYaml]:
+    """Every task YAML of the folder (or the one file) ``include_path`` names, read as data."""
+    found = []
+    for config in _files(include):
+        if config.suffix not in (".yaml", ".yml"):
+            continue
+        try:
+            found.append(read_task_yaml(config))
+        except MergelineError:
+            continue  # not a task config: lm-eval reports it if it is the task asked for
+    return found
+
+
+def _refuse_code(entry: TaskEntry, task: TaskYaml) -> None:
+    """MergelineError naming the file and key of the first code tag in ``task``'s chain that may not run:
+    any, unless ``trust_code``; with it, a PyYAML Python tag, which lm-eval's loader cannot construct."""
+    assert entry.lm_eval is not None
+    trusted = entry.lm_eval.trust_code
+    for file, key, tag in code_tags(task):
+        if not trusted:
+            raise MergelineError(f"{file}: {key}: {tag} would run Python from the task folder; "
+                                 f"set trust_code: true beside include_path (task '{entry.name}') to allow it")
+        if tag.tag.startswith(PYTHON_TAGS):
+            raise MergelineError(f"{file}: {key}: {tag} is a PyYAML Python tag, which lm-eval does not load; "
+                                 "name task code with !function")
+
+
+def _missing(entry: TaskEntry, include: Path, name: str) -> MergelineError:
+    """Why lm-eval's index of ``include`` lacks ``name``: its index skips a YAML that its loader cannot
+    read (a ``!!python/`` tag), so the YAML that names the task, read as data, may say."""
+    for task in _task_yamls(include):
+        if task.config.get("task") == name:
+            _refuse_code(entry, task)
+    return MergelineError(f"task '{entry.name}': lm-eval task '{name}' does not exist under {include}")
 
 
 def _folder_config(entry: TaskEntry, yaml_path: Path) -> tuple[dict[str, Any], TaskYaml]:
@@ -67,12 +108,7 @@ def _folder_config(entry: TaskEntry, yaml_path: Path) -> tuple[dict[str, Any], T
     assert entry.lm_eval is not None
     task = read_task_yaml(yaml_path)
     trusted = entry.lm_eval.trust_code
-    found = code_tags(task)
-    if found and not trusted:
-        file, key, tag = found[0]
-        value = " ".join(tag.value.split())[:120]  # one line, whatever the YAML scalar holds
-        raise MergelineError(f"{file}: {key}: {tag.tag} {value} would run Python from the task folder; "
-                             f"set trust_code: true beside include_path (task '{entry.name}') to allow it")
+    _refuse_code(entry, task)
     try:
         config = load_yaml(task.path, resolve_func=trusted)
     except Exception as exc:  # noqa: BLE001 - the folder's own code fails to import: any type
@@ -119,9 +155,10 @@ def load_task(entry: TaskEntry, root: Path) -> tuple[Any, TaskYaml | None]:
     # Indexing reads YAMLs with !function unresolved: no code runs until a task is built.
     manager = TaskManager(include_path=str(include) if include else None, include_defaults=include is None)
     name = entry.lm_eval.task
-    where = f"under {include}" if include else "in lm-eval's registry"
     if name not in manager.all_tasks:
-        raise MergelineError(f"task '{entry.name}': lm-eval task '{name}' does not exist {where}")
+        if include is not None:
+            raise _missing(entry, include, name)
+        raise MergelineError(f"task '{entry.name}': lm-eval task '{name}' does not exist in lm-eval's registry")
     if name not in manager.all_subtasks:
         raise MergelineError(f"task '{entry.name}': lm-eval '{name}' is a group or tag; name one task of it")
     chain = None

@@ -24,8 +24,12 @@ import yaml
 
 from mergeline.errors import MergelineError
 
+# ``!!`` in a file: ``!!python/name:os.system`` is the tag ``tag:yaml.org,2002:python/name:os.system``.
+_YAML_PREFIX = "tag:yaml.org,2002:"
+# PyYAML's unsafe loaders import and call what these name; lm-eval's loader cannot construct them at all.
+PYTHON_TAGS = f"{_YAML_PREFIX}python/"
 # Tags whose value lm-eval (or PyYAML's unsafe loaders) turns into imported Python.
-CODE_TAGS = ("!function", "tag:yaml.org,2002:python/")
+CODE_TAGS = ("!function", PYTHON_TAGS)
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,19 @@ class Tagged:
     tag: str
     value: str
 
+    def __str__(self) -> str:
+        """The tag as written in the file, then its value, on one line (at most 120 characters of value)."""
+        tag = "!!" + self.tag.removeprefix(_YAML_PREFIX) if self.tag.startswith(_YAML_PREFIX) else self.tag
+        return f"{tag} {' '.join(self.value.split())[:120]}".rstrip()
+
 
 def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
-    value = loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else f"<{node.id}>"
+    if isinstance(node, yaml.ScalarNode):
+        value: object = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)  # arguments (``apply:os.system ['touch x']``)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
     return Tagged(str(node.tag), str(value))
 
 
@@ -46,7 +60,7 @@ class _DataLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignor
 
 
 _DataLoader.add_multi_constructor("!", _tagged)
-_DataLoader.add_multi_constructor("tag:yaml.org,2002:python/", _tagged)
+_DataLoader.add_multi_constructor(PYTHON_TAGS, _tagged)
 
 
 @dataclass(frozen=True)

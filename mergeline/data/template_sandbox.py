@@ -4,7 +4,8 @@ lm-eval 0.4.13 renders every template of a task (``doc_to_text``, ``doc_to_targe
 ``gen_prefix``, ...) through one module-level ``jinja2.Environment``, ``lm_eval.utils.env``, which lets a
 template reach Python internals (``{{ cycler.__init__.__globals__.os }}``). :func:`install` replaces it,
 once per process, with a dispatcher: a template compiles in a ``SandboxedEnvironment`` (same options
-and filters), where underscore attributes and unsafe callables raise, unless the caller is inside
+and filters), where underscore attributes and unsafe callables raise and memory and time are bounded
+(:mod:`mergeline.data.template_limits`), unless the caller is inside
 :func:`trusted_templates`. The flag is a ContextVar, so a thread starts sandboxed and one task's trust
 never leaks into another task rendered at the same time.
 """
@@ -17,7 +18,9 @@ from contextvars import ContextVar
 from typing import Any
 
 from jinja2 import Environment, Template
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
+
+from mergeline.data.template_limits import BoundedSandbox, render_bounded
 
 _TRUSTED: ContextVar[bool] = ContextVar("mergeline_trusted_templates", default=False)
 
@@ -40,7 +43,7 @@ class _Refusing:
 
     def render(self, *args: Any, **kwargs: Any) -> str:
         try:
-            return self._template.render(*args, **kwargs)
+            return render_bounded(self._template, *args, **kwargs)
         except SecurityError as exc:
             raise TemplateRefused(self._source, (str(exc).splitlines() or [""])[0]) from None
 
@@ -53,9 +56,9 @@ class _Dispatch:
 
     def __init__(self, trusted: Environment) -> None:
         self.trusted = trusted
-        self.sandboxed = SandboxedEnvironment(loader=trusted.loader, undefined=trusted.undefined,
-                                              keep_trailing_newline=trusted.keep_trailing_newline)
-        self.sandboxed.filters = trusted.filters  # lm-eval's regex_replace, and any filter added later
+        # lm-eval's filters (regex_replace), and any added later, each bounded
+        self.sandboxed = BoundedSandbox(trusted.filters, loader=trusted.loader, undefined=trusted.undefined,
+                                        keep_trailing_newline=trusted.keep_trailing_newline)
 
     def from_string(self, source: str, *args: Any, **kwargs: Any) -> Template | _Refusing:
         if _TRUSTED.get():

@@ -20,9 +20,12 @@ Tensors of at most ``SMALL`` entries use the band [0, ∞] (all magnitudes) dire
 
 Which entries equal to ``cut`` are kept when they straddle the cut-off follows mergekit, whose
 ``torch.argsort(|δ|, descending=True)`` is unstable: its order among equal keys depends on the whole
-tensor. Then (``TrimState.gather``) one more pass hands over the blocks' magnitudes, the same argsort
-runs on the whole tensor's, and the kept entries are stored as a mask (``Cut.mask``). Without such
-ties the counts alone decide.
+tensor. Then (``TrimState.gather``) one more pass copies the blocks' magnitudes into one float32 buffer
+of the tensor (``TrimState.buffer``, each block into its own place), the same argsort runs on it, and
+the kept entries are stored as a mask (``Cut.mask``). A pass gathers the models' magnitudes up to
+``GATHER_ENTRIES`` entries in all (at least one model; the others in further passes), so a large
+tensor (an embedding) holds one buffer and one sort at a time, not one per model, while small tensors
+take no extra pass. Without such ties the counts alone decide.
 
 The merge pass then trims each block with :func:`block_mask`: ``|δ| > cut``, plus the block's share
 of entries equal to ``cut`` (all or none), or the block's slice of the stored mask.
@@ -39,6 +42,7 @@ import torch
 
 SAMPLE = 1 << 16
 SMALL = 1 << 20
+GATHER_ENTRIES = 1 << 24  # magnitudes gathered in one pass, over the models (64 MB of float32)
 _INF = float("inf")
 
 
@@ -127,7 +131,8 @@ class TrimState:
     hi: float
     tries: int = 0
     result: Cut | None = field(default=None)
-    gather: bool = False  # ties straddle the cut-off: the next pass gathers the magnitudes for the sort
+    gather: bool = False  # ties straddle the cut-off: a pass gathers the magnitudes for the sort
+    buffer: torch.Tensor | None = None  # while this model's magnitudes are gathered: the whole tensor's
 
 
 def resolve(state: TrimState, observations: list[Observation]) -> bool:
@@ -179,20 +184,41 @@ def resolve(state: TrimState, observations: list[Observation]) -> bool:
     return True
 
 
-def gathered(magnitudes: torch.Tensor) -> torch.Tensor:
-    """A block's magnitudes as mergekit sorts them: flat, float32, on the CPU."""
-    return magnitudes.reshape(-1).to("cpu", torch.float32, copy=True)
+def gather_into(buffer: torch.Tensor, magnitudes: torch.Tensor, rows: tuple[int, int] | None) -> int:
+    """Copy a row block's magnitudes (rows [start, stop) of the tensor; None: all of it) into their place
+    of the tensor's flat float32 CPU ``buffer``, as mergekit sorts them; returns the block's flat start."""
+    flat = magnitudes.reshape(-1)
+    start = 0 if rows is None else rows[0] * (flat.numel() // max(1, rows[1] - rows[0]))
+    buffer[start:start + flat.numel()].copy_(flat)
+    return start
 
 
-def resolve_by_sort(state: TrimState, blocks: list[torch.Tensor]) -> None:
-    """Keep the k entries ``argsort(|δ|, descending=True)`` ranks first over the whole tensor (mergekit)."""
-    magnitudes = torch.cat(blocks)
-    mask = torch.zeros(magnitudes.numel(), dtype=torch.bool)
-    mask[torch.argsort(magnitudes, descending=True)[:state.k]] = True
-    starts = [0]
-    for block in blocks[:-1]:
-        starts.append(starts[-1] + block.numel())
-    assert state.result is not None
+def start_gathers(states: list[TrimState | None]) -> bool:
+    """Give the states waiting to be gathered, in order, the buffers the next pass fills, up to
+    ``GATHER_ENTRIES`` entries in all (always the first one); True when any was given one."""
+    used = 0
+    for state in states:
+        if state is None or not state.gather:
+            continue
+        if used and used + state.numel > GATHER_ENTRIES:
+            break
+        state.buffer = torch.empty(state.numel, dtype=torch.float32)
+        used += state.numel
+    return used > 0
+
+
+def resolve_by_sort(state: TrimState, starts: list[int]) -> None:
+    """Keep the k entries ``argsort(|δ|, descending=True)`` ranks first over the whole tensor (mergekit);
+    ``starts``: each block's flat start in the gathered buffer (block order)."""
+    assert state.result is not None and state.buffer is not None
+    # argsort(x) is sort(x).indices, the same kernel; sorting the buffer in place (it is ours) spares
+    # the copy of the values argsort would make: the order, ties included, is argsort's.
+    order = torch.empty(state.numel, dtype=torch.int64)
+    torch.sort(state.buffer, descending=True, out=(state.buffer, order))
+    state.buffer = None
+    mask = torch.zeros(state.numel, dtype=torch.bool)
+    mask[order[:state.k]] = True
+    del order
     state.result.mask, state.result.starts = mask, starts
     state.result.kept = state.k
     state.gather = False

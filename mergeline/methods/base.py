@@ -79,6 +79,8 @@ class PipelineEntry:
     (``ta_l0.5_d0.2``). ``vectors``: which fine-tune's task vectors it merges: ``full``, ``talos`` or
     ``lora`` (the last two need ``talos.enabled`` / ``lora.enabled``). ``importance``: it needs each
     task's importance scores (the compute-importance stage), given as the per-model ``importance``.
+    ``gram``: it needs each task's Gram matrices of linear-layer inputs (the compute-importance stage),
+    given as the per-model ``gram``.
     ``sweeps``: the parameters its grid may vary: ``lambda`` (global), ``density`` (per model) and any
     other parameter of the method, listed under ``grid:`` in the params. Without ``lambda`` the method
     gets no ``lambda`` (closed-form coefficients) and its variants are named with λ = 1.
@@ -88,6 +90,7 @@ class PipelineEntry:
     name: str | None = None
     vectors: Literal["full", "talos", "lora"] = "full"
     importance: bool = False
+    gram: bool = False
     sweeps: tuple[str, ...] = ("lambda",)
 
 

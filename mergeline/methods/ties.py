@@ -17,8 +17,9 @@ kept.  ``rescale: true`` rescales each trimmed vector to its original L1 norm (m
 Per-tensor trim without rescale is row-separable (``_row_trim``): per tensor and model a statistics pass
 over the row blocks finds the cut-off magnitude and how many entries equal to it each block keeps, then
 the engine merges the tensor in row blocks (memory: a few blocks, not one float32 copy per model). When
-entries equal to the cut-off straddle it, one more pass gathers that model's magnitudes and mergekit's
-argsort picks among them (memory then as mergekit's: the tensor's magnitudes and their order).
+entries equal to the cut-off straddle it, one more pass gathers that model's magnitudes into one
+float32 buffer of the tensor and mergekit's argsort order picks among them (the buffer sorted in place; a
+large tensor's models one per pass: memory then the tensor's magnitudes and their int64 order, once).
 A NaN/Inf input reaches the output (masks multiply), so the engine checks the output alone.
 """
 
@@ -95,30 +96,32 @@ class Ties(TaskArithmeticFamily):
         self._trim_models[name] = (list(model_index), numel)
         return any(st is not None for st in states)
 
-    def observe_block(self, inputs: TensorInputs) -> list[_row_trim.Observation | torch.Tensor | None]:
-        out: list[_row_trim.Observation | torch.Tensor | None] = []
+    def observe_block(self, inputs: TensorInputs) -> list[_row_trim.Observation | int | None]:
+        out: list[_row_trim.Observation | int | None] = []
         for delta, st in zip(inputs.tensors, self._trims[inputs.name]):
-            if st is None or (st.result is not None and not st.gather):
+            if st is None or (st.result is not None and st.buffer is None):  # done, or waits for its turn
                 out.append(None)
                 continue
             magnitudes = torch.abs(delta, out=inputs.scratch("magnitude", delta))
-            if st.gather:  # ties straddle the cut-off: the whole tensor's magnitudes go to the sort
-                out.append(_row_trim.gathered(magnitudes))
+            if st.buffer is not None:  # ties straddle the cut-off: the whole tensor's magnitudes go to the sort
+                out.append(_row_trim.gather_into(st.buffer, magnitudes, inputs.rows))
             else:
                 out.append(_row_trim.observe(magnitudes, st.lo, st.hi, inputs.scratch("count", delta)))
         return out
 
     def end_observation(self, name: str, observations: list[list[Any]]) -> bool:
         done = True
-        for i, st in enumerate(self._trims[name]):
+        states = self._trims[name]
+        for i, st in enumerate(states):
             if st is None:
                 continue
             seen = [obs[i] for obs in observations]
-            if st.gather:
+            if st.buffer is not None:
                 _row_trim.resolve_by_sort(st, seen)
-            elif st.result is None:
-                if not _row_trim.resolve(st, seen) or st.gather:
-                    done = False
+            elif st.result is None and not _row_trim.resolve(st, seen):
+                done = False
+        if _row_trim.start_gathers(states):  # ties straddle a cut-off: a pass gathers those magnitudes
+            return False
         return done
 
     def finish_tensor(self, name: str) -> None:

@@ -25,17 +25,13 @@ def build_lineage(params: ExperimentParams, params_file: str, exp: Experiment, v
     tasks = []
     for task in params.task_names:
         ck = exp.checkpoints[Fit(task, mode)]
-        importance = []
-        if pipeline_method(method)[1].importance and task in exp.importance:
-            imp = exp.importance[task]
-            importance.append(describe(imp.path, ImportanceArtifact, root=root, kind=imp.kind))
         tasks.append(TaskLineage(
             name=task,
             datasets=_datasets(exp.data, task, root),
             finetune=None if ck.source != "finetune" else FineTune(
                 mode=ck.mode, run_id=ck.mlflow_run_id, params=ck.params, metrics=_finetune_metrics(ck)),
             vector=describe(exp.vectors[Fit(task, mode)].path, root=root),
-            importance=importance,
+            importance=importance_artifacts(method, exp, task, root),
             source=ck.source,  # type: ignore[arg-type]
             given=describe(ck.given.path, root=root) if ck.given is not None else None,
         ))
@@ -54,6 +50,14 @@ def build_lineage(params: ExperimentParams, params_file: str, exp: Experiment, v
         params=params_info(root / params_file, params.model_dump(mode="json", by_alias=True), root),
         weights=merged.weights,
     )
+
+
+def importance_artifacts(method: str, exp: Experiment, task: str, root: Path) -> list[ImportanceArtifact]:
+    """The task's statistics the method's merges read: STA scores, RegMean's Gram matrices (by content)."""
+    entry = pipeline_method(method)[1]
+    return [describe(imp.path, ImportanceArtifact, root=root, kind=imp.kind)
+            for needed, records in ((entry.importance, exp.importance), (entry.gram, exp.grams))
+            if needed and (imp := records.get(task)) is not None]
 
 
 def _datasets(data: DataRecord, task: str, root: Path) -> dict[str, Artifact]:
@@ -88,12 +92,13 @@ def stage_runs(exp: Experiment, variant: str) -> dict[str, str]:
         for fit, rec in records.items():
             if rec.mlflow_run_id:
                 runs[f"{group}/{fit.task}:{fit.mode}"] = rec.mlflow_run_id
-    for task, imp in exp.importance.items():
-        if imp.mlflow_run_id:
-            runs[f"importance/{task}"] = imp.mlflow_run_id
+    for group, by_task in (("importance", exp.importance), ("gram", exp.grams)):
+        for task, imp in by_task.items():
+            if imp.mlflow_run_id:
+                runs[f"{group}/{task}"] = imp.mlflow_run_id
     if exp.merged[variant].mlflow_run_id:
         runs["merge"] = exp.merged[variant].mlflow_run_id  # type: ignore[assignment]
     return runs
 
 
-__all__ = ["build_lineage", "stage_runs"]
+__all__ = ["build_lineage", "importance_artifacts", "stage_runs"]

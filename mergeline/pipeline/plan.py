@@ -12,6 +12,7 @@ from mergeline.params import ExperimentParams
 from mergeline.pipeline.records import Evaluation, Experiment, Fit, Merged
 from mergeline.pipeline.steps import Call, Executor, Stage
 from mergeline.stages.common import StageContext
+from mergeline.stages.importance import GRAM_DIR
 from mergeline.stages.evaluate import Scoring, evaluate_experiment, registered_variants, write_metrics
 from mergeline.stages.merge import merge_config, plan_variants, prune_merged, write_merge_index
 from mergeline.stages.train import given_model
@@ -71,15 +72,20 @@ def extract_vector(stage: Stage, ctx: StageContext, exp: Experiment, run: Execut
 
 
 def compute_importance(stage: Stage, ctx: StageContext, exp: Experiment, run: Executor) -> Experiment:
-    """STA scores per task (when a swept method needs them) and the vector diagnostics, at once."""
+    """STA scores and RegMean Gram matrices per task (when a swept method needs them) and the vector
+    diagnostics, at once."""
     p = ctx.params
     tasks = p.task_names if p.importance_needed else []
+    gram_tasks = p.task_names if p.gram_needed else []
     calls = [Call(stage.step("compute-importance"), t,
                   (t, exp.base, exp.checkpoints[Fit(t, "full")], exp.vectors[Fit(t, "full")], exp.data),
                   outputs=(f"{p.work_dir}/importance/{t}/sta.safetensors",)) for t in tasks]
+    calls += [Call(stage.step("compute-gram"), t, (t, exp.checkpoints[Fit(t, "full")], exp.data),
+                   outputs=(f"{p.work_dir}/importance/{GRAM_DIR}/{t}/gram.safetensors",)) for t in gram_tasks]
     calls.append(Call(stage.step("vector-diagnostics"), "all", ({fit.label: v for fit, v in exp.vectors.items()},)))
-    *scores, diagnostics = run.run(calls)
-    return exp.add(importance=dict(zip(tasks, scores)), diagnostics=diagnostics)
+    *records, diagnostics = run.run(calls)
+    scores, grams = records[:len(tasks)], records[len(tasks):]
+    return exp.add(importance=dict(zip(tasks, scores)), grams=dict(zip(gram_tasks, grams)), diagnostics=diagnostics)
 
 
 def merge(stage: Stage, ctx: StageContext, exp: Experiment, run: Executor) -> Experiment:
@@ -90,7 +96,8 @@ def merge(stage: Stage, ctx: StageContext, exp: Experiment, run: Executor) -> Ex
     """
     assert exp.base is not None
     variants = plan_variants(ctx)
-    calls = [Call(stage.step("merge"), v.name, (v, merge_config(ctx, v, exp.base, exp.vectors, exp.importance)))
+    calls = [Call(stage.step("merge"), v.name,
+                  (v, merge_config(ctx, v, exp.base, exp.vectors, exp.importance, exp.grams)))
              for v in variants]
     merged = {v.name: record for v, record in zip(variants, run.run(calls))}
     write_merge_index(ctx, merged)

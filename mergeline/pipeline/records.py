@@ -233,6 +233,7 @@ class Experiment:
     checkpoints: dict[Fit, Checkpoint] = field(default_factory=dict)
     vectors: dict[Fit, Vector] = field(default_factory=dict)
     importance: dict[str, Importance] = field(default_factory=dict)
+    grams: dict[str, Importance] = field(default_factory=dict)  # RegMean's Gram matrices, by task
     diagnostics: Diagnostics | None = None
     merged: dict[str, Merged] = field(default_factory=dict)
     scores: Scores | None = None

@@ -1,9 +1,12 @@
-"""Stage ``compute-importance``: STA Taylor scores per task, plus vector diagnostics and plots."""
+"""Stage ``compute-importance``: STA Taylor scores and RegMean Gram matrices per task, plus vector diagnostics
+and plots."""
 
 from __future__ import annotations
 
 from mergeline.pipeline.records import BaseRecord, Checkpoint, DataRecord, Diagnostics, Importance, Vector
 from mergeline.stages.common import StageContext, rel, timed, write_json
+
+GRAM_DIR = "_gram"  # work_dir/importance/_gram/<task>/gram.safetensors (beside the tasks' STA folders)
 
 
 def compute_importance(ctx: StageContext, task: str, base: BaseRecord, checkpoint: Checkpoint, vector: Vector,
@@ -32,6 +35,30 @@ def compute_importance(ctx: StageContext, task: str, base: BaseRecord, checkpoin
     return Importance(task=task, kind="sta_taylor", path=rel(out / "sta.safetensors", ctx.root),
                       sha256=sha256_file(out / "sta.safetensors"), plot=rel(out / "importance_histogram.png", ctx.root),
                       config=cfg.model_dump(), seconds=clock.seconds)
+
+
+def compute_gram(ctx: StageContext, task: str, checkpoint: Checkpoint, data: DataRecord) -> Importance:
+    """RegMean's Gram matrices XᵀX of every linear layer's inputs under the task's fine-tune, on the first
+    ``importance.calib_examples`` training records (the data it was fine-tuned on, as the authors do)."""
+    from mergeline.importance import GramConfig, gram_matrices, save_importance
+    from mergeline.io.atomic import atomic_dir
+    from mergeline.io.hashing import sha256_file
+
+    p = ctx.params
+    out = ctx.work / "importance" / GRAM_DIR / task
+    cfg = GramConfig(calib_examples=p.importance.calib_examples, max_length=p.finetune.max_length,
+                     batch_size=p.finetune.batch_size)
+    split = "train" if "train" in data.tasks[task] else "validation"
+    ctx.used({"task": task, "split": split, **cfg.model_dump()})
+    ctx.say(f"compute-gram: {task}")
+    with timed() as clock:
+        grams = gram_matrices(ctx.root / checkpoint.path, ctx.root / data.split(task, split).path, cfg,
+                              device=ctx.device, progress=ctx.progress)
+        with atomic_dir(out, kind="importance") as tmp:
+            save_importance(grams, tmp / "gram.safetensors")
+    return Importance(task=task, kind="regmean_gram", path=rel(out / "gram.safetensors", ctx.root),
+                      sha256=sha256_file(out / "gram.safetensors"), plot="", config={"split": split, **cfg.model_dump()},
+                      seconds=clock.seconds)
 
 
 def vector_diagnostics(ctx: StageContext, vectors: dict[str, Vector]) -> Diagnostics:

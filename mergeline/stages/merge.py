@@ -31,12 +31,12 @@ def plan_variants(ctx: StageContext) -> list[Variant]:
 
 
 def merge_config(ctx: StageContext, variant: Variant, base: BaseRecord, vectors: dict[Fit, Vector],
-                 importance: dict[str, Importance]) -> dict[str, Any]:
+                 importance: dict[str, Importance], grams: dict[str, Importance] | None = None) -> dict[str, Any]:
     """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow).
 
     What goes in follows the method's class: ``weight: 1`` per model where it takes a weight (an edit's
-    own weights, over its tasks only), ``lambda`` where it sweeps λ, each task's importance where its
-    pipeline entry needs it, the merge seed where it takes one.
+    own weights, over its tasks only), ``lambda`` where it sweeps λ, each task's importance (or Gram
+    matrices) where its pipeline entry needs them, the merge seed where it takes one.
     """
     method_cls, entry = pipeline_method(variant.method)
     mode = vector_mode(variant.method)
@@ -49,6 +49,8 @@ def merge_config(ctx: StageContext, variant: Variant, base: BaseRecord, vectors:
             per_model["density"] = variant.density
         if entry.importance:
             per_model["importance"] = importance[task].path
+        if entry.gram:
+            per_model["gram"] = (grams or {})[task].path
         models.append({"model": vectors[Fit(task, mode)].path, "parameters": per_model})
     parameters: dict[str, Any] = dict(variant.options)
     if "lambda" in entry.sweeps:
@@ -135,9 +137,11 @@ def absolute_config(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]
             parameters[key] = str(ctx.root / parameters[key])
     fixed["parameters"] = parameters
     fixed["models"] = []
+    files = get_method(config["merge_method"]).model_inputs  # per-model parameters that name files
     for entry in config["models"]:
         params = dict(entry["parameters"])
-        if "importance" in params:
-            params["importance"] = str(ctx.root / params["importance"])
+        for key in files:
+            if key in params:
+                params[key] = str(ctx.root / params[key])
         fixed["models"].append({"model": str(ctx.root / entry["model"]), "parameters": params})
     return fixed

@@ -165,6 +165,25 @@ def test_lineage_verify_and_reproduce_after_a_real_run(finished_project: tuple[P
     assert mermaid.returncode == 0 and mermaid.stdout.lstrip().startswith("graph")
 
 
+def test_regmean_merges_with_each_task_s_gram_matrices(finished_project: tuple[Path, str, str]) -> None:
+    from safetensors import safe_open
+
+    root, _, _ = finished_project
+    merged = json.loads((root / "data/work/merged.json").read_text())
+    config = merged["regmean_l1"]["config"]
+    assert config["merge_method"] == "regmean" and config["parameters"] == {}
+    grams = [m["parameters"]["gram"] for m in config["models"]]
+    assert grams == [f"data/work/importance/_gram/{t}/gram.safetensors" for t in ("news", "sentiment")]
+    with safe_open(str(root / grams[0]), framework="pt") as handle:
+        names = set(handle.keys())
+        down = handle.get_tensor("model.layers.0.mlp.down_proj.weight")
+    assert len(names) == 7 * 2 and down.shape == (128, 128) and bool((down.diagonal() > 0).any())
+    # the compute-gram calls ran (one MLflow run each) and the merge was scored like every variant
+    assert finished_runs(root, "compute-gram:news") >= 1
+    metrics = (root / "data/work/eval/metrics.json").read_text()
+    assert "regmean_l1" in metrics
+
+
 def test_unchanged_rerun_recomputes_nothing(finished_project: tuple[Path, str, str]) -> None:
     root, _, _ = finished_project
     before = {name: finished_runs(root, name) for name in ("fine-tune:news-full", "merge:ta_l0.5",

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from mergeline.runlock import Holder, RunLock, process_start
 from mergeline.tracking import configure_tracking
 from mergeline.tracking.orphans import OWNER_TAG
+from tests.integration.pipeline_project import make_project, shared_tiny_base
 from tests.robustness.kit import Case, params
 from tests.robustness.runtime_kit import (
     env_for, lines, new_project, run_main, start_run, stop_outcome, versions, wait_for_stage,
@@ -121,6 +122,16 @@ def _stage_while_locked(folder: Path) -> str:
     return f"exit {code}, {len(lines(err))} line" + (", names holder" if f"pid {os.getpid()}" in err else "")
 
 
+def _stage_beside_a_run_on_its_data_dir(folder: Path) -> str:
+    """``mergeline stage prepare-data`` in a project whose ``data_dir`` another project's run holds."""
+    shared = folder / "shared-tasks"
+    root = make_project(folder / "project", shared_tiny_base(), data_dir=str(shared)).resolve()
+    with RunLock(folder / "other", "mergeline run", folder / "other" / "work", shared):
+        code, _, err = run_main(["stage", "prepare-data", "--params", "params.yaml"], cwd=root)
+    named = ", names data_dir" if lines(err) and lines(err)[0].startswith(f"error: data_dir {shared}:") else ""
+    return f"exit {code}, {len(lines(err))} line{named}, {'nothing' if not any(shared.iterdir()) else 'data'} written"
+
+
 def _orphans_of_a_dead_run(folder: Path) -> str:
     """A run.json left by a 'dead' run: a live process of its group and a RUNNING MLflow run of its owner.
 
@@ -150,6 +161,8 @@ def _orphans_of_a_dead_run(folder: Path) -> str:
 CASES: list[Case] = [
     Case("concurrency", "mergeline stage while a run holds the folder", "exit 2, 1 line, names holder",
          _stage_while_locked),
+    Case("concurrency", "mergeline stage naming a data_dir another project's run holds",
+         "exit 2, 1 line, names data_dir, nothing written", _stage_beside_a_run_on_its_data_dir),
     Case("concurrency", "4 processes open one new SQLite store at once", "4 of 4 opened", _parallel_store_opening),
     Case("concurrency", "a dead run's leftover process and RUNNING run, then a run (fails in its worker)",
          "exit 2, orphan killed, its run KILLED",

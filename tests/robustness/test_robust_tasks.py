@@ -1,7 +1,8 @@
 """Robustness cases: an lm-eval task folder (``include_path``) is someone else's code.
 
 Its ``!function`` tags (in the task YAML or a YAML it includes), ``!!python/`` tags and Jinja templates
-that reach Python objects must not run unless the task says ``trust_code: true``: ``mergeline run``
+that reach Python objects must not run unless the task says ``trust_code: true``, and its templates
+may not exhaust memory or time: ``mergeline run``
 refuses in one line naming the file's key, before any lock or work, and the folder's Python (whose
 import or call would leave a marker file) never runs. A plain task folder, and one trusted, pass the
 task checks and stop at the missing base model.
@@ -76,6 +77,13 @@ CASES: list[Case] = [
           lambda f: _folder(f, doc_to_choice="{{ ''.__class__.__mro__[1].__subclasses__() }}")),
     _case("Jinja reaching os through cycler's globals (doc_to_target)", "doc_to_target",
           lambda f: _folder(f, doc_to_target="{{ cycler.__init__.__globals__.os.popen('touch RAN').read() }}")),
+    _case("Jinja building a 10 GB string (doc_to_text)", "doc_to_text",
+          lambda f: _folder(f, doc_to_text="{{ 'a' * 10**10 }}")),
+    _case("Jinja nested loops of 10^10 steps (doc_to_choice)", "doc_to_choice",
+          lambda f: _folder(f, doc_to_choice="{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                                             "{% endfor %}")),
+    _case("!!python/name tag in a metric (lm-eval skips the YAML)", "metric_list",
+          lambda f: _folder(f, "metric_list:\n  - metric: !!python/name:os.system\n")),
     _case("trust_code: 'yes' (a string, not a boolean)", "trust_code", lambda f: _folder(f), trust_code="yes"),
     _case("a plain task folder (control: accepted, stops at the base model)", "base_model", _folder),
     _case("!function with trust_code: true (consented: runs)", "base_model",

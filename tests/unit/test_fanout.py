@@ -128,3 +128,25 @@ def test_max_workers_from_env_and_the_pipeline_flow_s_task_runner(monkeypatch: p
             max_workers()
     # independent calls go to a thread pool (one process overlaps them), sized when the flow is defined
     assert isinstance(pipeline.task_runner, ThreadPoolTaskRunner)
+
+
+def test_sweep_takes_the_locks_of_mergeline_run_before_anything_starts(
+        params_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.sweep import plan_points, sweep
+    from mergeline.params import load_params
+    from mergeline.runlock import RunLock
+
+    monkeypatch.delenv("MERGELINE_WORK_POOL", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    project, points = tmp_path / "project", [["merge.lambda=0.3"], ["merge.lambda=0.6"]]
+    # A run of this project: the sweep is refused naming it, before the MLflow store or any point starts.
+    with RunLock(project, "mergeline run"), pytest.raises(
+            MergelineError, match=r"project folder is in use by another mergeline run \(.*`mergeline run`"):
+        sweep.fn(params_file, points, root=str(project))
+    # A run of another project that writes into the work folder of the sweep's second point.
+    work = project / load_params(params_file, plan_points(params_file, None, points)[1]).work_dir
+    with RunLock(tmp_path / "other", "mergeline run", work), pytest.raises(
+            MergelineError, match=rf"^{work / '.mergeline-work'}: this work folder is in use .*project {tmp_path / 'other'}"):
+        sweep.fn(params_file, points, root=str(project))
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (project / "data" / "work" / "checkpoints").exists()

@@ -70,3 +70,24 @@ def test_leftover_processes_are_killed_only_when_provably_the_runs_own(tmp_path:
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_two_projects_naming_one_data_folder_are_one_run_at_a_time(tmp_path: Path) -> None:
+    # data_dir is not inside work_dir (defaults data/tasks and data/work): its own lock keeps two
+    # projects from writing one set of task splits at once.
+    data = tmp_path / "shared-tasks"
+    with RunLock(tmp_path / "a", "mergeline run", tmp_path / "a" / "work", data):
+        (tmp_path / "link").symlink_to(data)
+        with pytest.raises(MergelineError, match=rf"^data_dir {tmp_path / 'link'}: this data folder is in use by "
+                                                 r"another mergeline run .*a data_dir of its own$"):
+            RunLock(tmp_path / "b", "mergeline run", tmp_path / "b" / "work", tmp_path / "link").acquire()
+        # The refused run holds nothing: its project and work folder are free for a run of its own.
+        assert not (tmp_path / "b" / ".mergeline" / "run.json").exists()
+        with RunLock(tmp_path / "b", "mergeline run", tmp_path / "b" / "work", tmp_path / "b" / "tasks"):
+            pass
+        # One folder named twice (a sweep's points, or data_dir spelled two ways) is one lock, not a refusal.
+        with RunLock(tmp_path / "c", "mergeline sweep", (), [tmp_path / "c" / "t", tmp_path / "c" / "t" / "."]):
+            pass
+    assert list(data.iterdir()) == []  # nothing written into it: the folder is a DVC output, hashed whole
+    with RunLock(tmp_path / "b", "mergeline run", tmp_path / "b" / "work", data):
+        pass

@@ -89,6 +89,27 @@ def test_function_tag_in_an_included_yaml_outside_the_folder_is_found(tmp_path: 
     assert (shared / "base.yaml").resolve() in {p.resolve() for p in source_files(_entry(), tmp_path)}
 
 
+@pytest.mark.parametrize(("extra", "key", "shown"), [
+    ("process_docs: !!python/object/apply:os.system ['touch RAN']\n", "process_docs",
+     "!!python/object/apply:os.system ['touch RAN']"),
+    ("metric_list:\n  - metric: !!python/name:os.system\n", "metric_list[0].metric", "!!python/name:os.system"),
+])
+def test_python_tag_is_refused_naming_file_and_key_not_reported_as_a_missing_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str, key: str, shown: str) -> None:
+    # lm-eval's index skips a YAML its loader cannot read, so the task looks absent: the file that names it says why
+    monkeypatch.chdir(tmp_path)
+    task_yaml = _folder(tmp_path, extra)
+    with pytest.raises(MergelineError) as refused:
+        resolve_task(_entry(), tmp_path)
+    assert str(refused.value) == (f"{task_yaml}: {key}: {shown} would run Python from the task folder; set "
+                                  "trust_code: true beside include_path (task 'qa') to allow it")
+    with pytest.raises(MergelineError) as unloadable:  # consent does not make lm-eval's loader construct it
+        resolve_task(_entry(trust_code=True), tmp_path)
+    assert str(unloadable.value).startswith(f"{task_yaml}: {key}: {shown} is a PyYAML Python tag")
+    assert "\n" not in str(unloadable.value)
+    assert not (tmp_path / "RAN").exists() and not (tmp_path / "IMPORTED").exists()
+
+
 def test_preflight_of_the_cli_exits_2_naming_file_and_key_before_any_code_runs(tmp_path: Path) -> None:
     task_yaml = _folder(tmp_path, "doc_to_text: !function utils.process_docs\n")
     params = yaml.safe_load((REPO / "params" / "tiny.yaml").read_text())
@@ -127,6 +148,31 @@ def test_templates_of_untrusted_tasks_render_sandboxed(tmp_path: Path, monkeypat
                                          f"attribute {reason}")
     assert "trust_code: true" in str(refused.value) and "\n" not in str(refused.value)
     assert not (tmp_path / "IMPORTED").exists()
+
+
+@pytest.mark.parametrize(("key", "template", "reason"), [
+    ("doc_to_text", "{{ 'a' * 10**10 }}", "'*' would build 10,000,000,000 characters or items; at most 1,000,000"),
+    ("doc_to_text", "{{ q|center(1000000000) }}", "filter center given 1,000,000,000 as a size"),
+    ("doc_to_text", "{{ '{:>1000000000}'.format(q) }}", "str.format(): a format width or precision of 7 digits"),
+    ("doc_to_choice", "{% for i in range(10**9) %}x{% endfor %}", "range() of 1,000,000,000 numbers"),
+    ("doc_to_target", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "loops ran over 1,000,000 iterations"),
+    ("doc_to_text", "{% set a = q * 100000 %}{% set b = a ~ a %}{{ b }}", "'~' built a value of 1,600,000 characters"),
+])
+def test_templates_of_untrusted_tasks_are_bounded_in_memory_and_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, template: str, reason: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    task_yaml = _folder(tmp_path, **{key: template})
+    with pytest.raises(MergelineError) as refused:
+        resolve_task(_entry(), tmp_path)
+    assert str(refused.value).startswith(f"{task_yaml.resolve()}: {key}: template refused by the sandbox ({reason}")
+    assert "trust_code: true" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_bounds_leave_ordinary_templates_alone(tmp_path: Path) -> None:
+    _folder(tmp_path, doc_to_text="{% for c in options %}{{ loop.index }}. {{ c }} {% endfor %}{{ '%5.2f' % 3.14159 }} "
+                                  "{{ '{:,}'.format(38000000) }} {{ options|join(', ') }} {{ 'x' ~ q ~ 'y' }}")
+    assert "1. yes 2. no  3.14 38,000,000 yes, no xbeside 3y" in _prompts(tmp_path, _entry())
 
 
 def test_sandboxed_templates_keep_filters_and_string_methods_and_trust_lifts_the_sandbox(tmp_path: Path) -> None:

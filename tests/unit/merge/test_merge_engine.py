@@ -289,7 +289,7 @@ def test_cuda_matches_cpu(models: dict[str, Path], tmp_path: Path) -> None:
 def test_row_blocks_give_the_same_result(tmp_path: Path, monkeypatch) -> None:
     """Large tensors of row-separable methods are merged in row blocks: bit-identical to whole tensors,
     also for a cut embedding and a tied LM head."""
-    from mergeline.merge import engine as merge
+    from mergeline.merge import loop as merge
 
     base = _model(0, tied=True)
     models = {"base": write_checkpoint(tmp_path / "base", base),
@@ -343,7 +343,7 @@ def test_nonfinite_inputs_named_when_only_the_output_is_checked(models: dict[str
 def test_ties_row_blocks_equal_whole_tensors(tmp_path: Path, monkeypatch) -> None:
     """TIES in row blocks (per-tensor cut-off and tie budget from the statistics pass) is bit-identical
     to trimming whole tensors, also on bf16 inputs with many ties at the cut-off."""
-    from mergeline.merge import engine as merge
+    from mergeline.merge import loop as merge
 
     base = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in _model(0, vocab=40).items()}
     models = {"base": write_checkpoint(tmp_path / "base", base),

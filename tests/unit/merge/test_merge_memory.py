@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mergeline.errors import MergelineError
-from mergeline.merge import engine as merge_engine
+from mergeline.merge import loop as merge_loop
 from mergeline.merge.config import MergeConfig
 from mergeline.merge.engine import run_merge
 from mergeline.merge.memory import merge_state_dicts, merge_tensors
@@ -75,7 +75,7 @@ def _both(tmp_path: Path, weights: dict[str, dict[str, torch.Tensor]], method: s
 
 
 def test_every_method_is_covered() -> None:
-    assert set(CASES) | {"sta", "lata"} == set(method_names())
+    assert set(CASES) | {"sta", "lata", "regmean"} == set(method_names())
 
 
 @pytest.mark.parametrize("method", list(CASES))
@@ -91,7 +91,7 @@ def test_memory_merge_equals_file_merge(tmp_path: Path, weights: dict[str, dict[
 
 def test_row_blocks_and_threads_give_the_same_bits(tmp_path: Path, weights: dict[str, dict[str, torch.Tensor]],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(merge_engine, "BLOCK_ELEMENTS", 16)  # 8-wide rows: blocks of 2 rows, gathered trims
+    monkeypatch.setattr(merge_loop, "BLOCK_ELEMENTS", 16)  # 8-wide rows: blocks of 2 rows, gathered trims
     files, memory = _both(tmp_path, weights, "ties", *CASES["ties"])
     assert all(torch.equal(memory[n], files[n]) for n in files)
 
@@ -113,6 +113,18 @@ def test_per_model_inputs_as_state_dicts(tmp_path: Path, weights: dict[str, dict
     lata = merge_state_dicts("lata", weights["base"], [weights["a"]], pretrained_model=pretrained, report=report,
                              scheme="linear_rank")
     assert report["method"] == "lata" and set(lata) == set(weights["base"])
+    # RegMean's Gram matrices (one file per model) as state dicts
+    gen = torch.Generator().manual_seed(4)
+    grams = [{n: (x := torch.randn(2 * t.shape[1], t.shape[1], generator=gen)).T @ x
+              for n, t in weights["base"].items() if t.is_floating_point() and t.dim() == 2 and "embed" not in n}
+             for _ in range(2)]
+    for i, g in enumerate(grams):
+        write_checkpoint(tmp_path / f"gram{i}", g)
+    files, _ = _both(tmp_path / "regmean", weights, "regmean", [{"gram": str(tmp_path / "gram0")},
+                                                                 {"gram": str(tmp_path / "gram1")}, None], {}, True)
+    memory = merge_state_dicts("regmean", weights["base"], [weights["a"], weights["b"]], dtype="float32",
+                               model_parameters=[{"gram": g} for g in grams])
+    assert all(torch.equal(memory[n], files[n]) for n in files) and set(memory) == set(files)
 
 
 def test_merge_tensors_and_the_report() -> None:

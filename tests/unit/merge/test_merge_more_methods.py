@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline.merge import engine as merge_engine
+from mergeline.merge import loop as merge_loop
 from mergeline.merge.config import MergeConfig
 from mergeline.errors import MergelineError
 from mergeline.merge.engine import run_merge
@@ -60,7 +60,7 @@ def test_row_blocks_and_gpu_loop_write_what_whole_tensors_write(tmp_path: Path, 
     models = _models(tmp_path, torch.bfloat16 if method == "della" else torch.float32)
     cfg = _config(method, models)
     whole = run_merge(cfg, tmp_path / "whole")
-    monkeypatch.setattr(merge_engine, "BLOCK_ELEMENTS", 16)  # 8-wide rows: blocks of 2 rows
+    monkeypatch.setattr(merge_loop, "BLOCK_ELEMENTS", 16)  # 8-wide rows: blocks of 2 rows
     blocks = run_merge(cfg, tmp_path / "blocks")
     _use_gpu_loop(monkeypatch)
     loop = run_merge(cfg, tmp_path / "gpu-loop")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeline.merge import engine as merge
+from mergeline.merge import loop as merge
 from mergeline.merge import prefetch as merge_prefetch
 from mergeline.merge import support as merge_support
 from mergeline.merge.engine import run_merge

@@ -31,12 +31,16 @@ def _tied(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 def _rows(delta: torch.Tensor, k: int, block: int) -> torch.Tensor:
     """The row-block trim as the engine runs it (statistics, the gathering pass where needed, masks)."""
     magnitudes = delta.abs().reshape(-1)
-    blocks = [magnitudes[s:s + block] for s in range(0, magnitudes.numel(), block)]
+    starts = range(0, magnitudes.numel(), block)
+    blocks = [magnitudes[s:s + block] for s in starts]
     state = rt.TrimState(k, magnitudes.numel(), *rt.band_from_sample(None, k, magnitudes.numel()))
     while not rt.resolve(state, [rt.observe(b, state.lo, state.hi) for b in blocks]):
         pass
     if state.gather:
-        rt.resolve_by_sort(state, [rt.gathered(b) for b in blocks])
+        assert rt.start_gathers([state])
+        assert state.buffer is not None
+        placed = [rt.gather_into(state.buffer, b, (s, s + b.numel())) for s, b in zip(starts, blocks)]
+        rt.resolve_by_sort(state, placed)
     assert state.result is not None
     return torch.cat([rt.block_mask(b, state.result, i) for i, b in enumerate(blocks)]).bool()
 

@@ -19,9 +19,16 @@ def _trim(magnitudes: torch.Tensor, k: int, blocks: list[slice], band: tuple[flo
     while not rt.resolve(state, [rt.observe(magnitudes[b], state.lo, state.hi) for b in blocks]):
         pass
     if state.gather:
-        rt.resolve_by_sort(state, [rt.gathered(magnitudes[b]) for b in blocks])
-    assert state.result is not None and state.result.kept == k and not state.gather
+        rt.resolve_by_sort(state, _gather(state, magnitudes, blocks))
+    assert state.result is not None and state.result.kept == k and not state.gather and state.buffer is None
     return torch.cat([rt.block_mask(magnitudes[b], state.result, i) for i, b in enumerate(blocks)])
+
+
+def _gather(state: rt.TrimState, magnitudes: torch.Tensor, blocks: list[slice]) -> list[int]:
+    """The gathering pass: every block copied into its place of the state's buffer; their flat starts."""
+    assert rt.start_gathers([state])
+    assert state.buffer is not None
+    return [rt.gather_into(state.buffer, magnitudes[b], (b.start, b.start + magnitudes[b].numel())) for b in blocks]
 
 
 def test_cut_and_tie_budget_by_hand() -> None:
@@ -33,7 +40,8 @@ def test_cut_and_tie_budget_by_hand() -> None:
     assert rt.resolve(state, [rt.observe(a[:3], 0.0, float("inf")), rt.observe(a[3:], 0.0, float("inf"))])
     cut = state.result
     assert cut is not None and cut.value == 2.0 and cut.equal == [1, 2] and cut.kept == 3 and state.gather
-    rt.resolve_by_sort(state, [rt.gathered(a[:3]), rt.gathered(a[3:])])
+    assert _gather(state, a, [slice(0, 3), slice(3, 6)]) == [0, 3]
+    rt.resolve_by_sort(state, [0, 3])
     assert rt.block_mask(a[:3], cut, 0).tolist() == [0, 1, 1]
     assert rt.block_mask(a[3:], cut, 1).tolist() == [1, 0, 0]
     # k = 4 keeps every 2: no gathering, the counts decide
@@ -94,3 +102,39 @@ def test_combine_float_masks_match_the_bool_rule() -> None:
     t1, t2 = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-3.0, 1.0, 0.5])
     masks = [magnitude_mask(t, 0.7).float() for t in (t1, t2)]
     assert combine([t1, t2], [1.0, 1.0], "sum", True, 1.0, masks=masks).tolist() == [-3.0, -2.0, 0.0]
+
+
+@pytest.mark.parametrize(("budget", "passes"), [(rt.GATHER_ENTRIES, [0, 2]), (1000, [0, 1, 1])])
+def test_tied_models_are_gathered_within_the_budget(monkeypatch: pytest.MonkeyPatch, budget: int,
+                                                    passes: list[int]) -> None:
+    # Two models whose ties straddle the cut-off: the statistics pass, then their magnitudes gathered
+    # together where they fit the budget, else one model per pass (never two tensor-sized buffers at
+    # once); the merge equals the whole-tensor argsort trim either way.
+    from mergeline.methods import get_method
+    from mergeline.methods.base import TensorInputs
+
+    monkeypatch.setattr(rt, "GATHER_ENTRIES", budget)
+    g = torch.Generator().manual_seed(11)
+    deltas = [((torch.randint(1, 5, (1000,), generator=g) * (torch.randint(0, 2, (1000,), generator=g) * 2 - 1))
+               / 4).float() for _ in range(2)]
+    cls = get_method("ties")
+    params = cls.Parameters.model_validate({})
+    mps = [cls.PerModel.model_validate({"weight": 1.0, "density": d}) for d in (0.3, 0.5)]
+    ties = cls(params, mps)
+    rows = [(0, 300), (300, 700), (700, 1000)]
+
+    def block(i: int) -> TensorInputs:
+        s, e = rows[i]
+        return TensorInputs("w", None, [d[s:e] for d in deltas], [0, 1], params, mps, block=i, rows=(s, e))
+
+    assert ties.begin_tensor("w", 1000, [0, 1], mps, None)
+    buffers = []
+    while True:
+        seen = [ties.observe_block(block(i)) for i in range(len(rows))]
+        buffers.append(sum(st is not None and st.buffer is not None for st in ties._trims["w"]))
+        if ties.end_observation("w", seen):
+            break
+    assert buffers == passes  # counts; then both models' magnitudes, or model 0's and model 1's
+    merged = torch.cat([ties.merge_tensor(block(i)) for i in range(len(rows))])
+    masks = [magnitude_mask(d, mp.density, ties="argsort").float() for d, mp in zip(deltas, mps)]
+    assert torch.equal(merged, combine(deltas, [1.0, 1.0], "sum", True, 1.0, masks=masks))

@@ -1,0 +1,176 @@
+"""What ``merge_speed.py`` runs in its child processes, one subcommand each (via ``_measure.py``).
+
+    python -S benchmarks/_child.py launch RESULT.json CMD [ARG...]
+    python benchmarks/_child.py tool PEAK.json [--time MODULE:FUNC] ENTRY_MODULE:FUNC [ARG...]
+    python benchmarks/_child.py read FILE...
+    python benchmarks/_child.py copy DEVICE OUT_DIR BASE_DIR MODEL_DIR...
+
+``launch``: runs CMD and writes ``{"seconds", "max_rss", "returncode"}``, its wall time and its max RSS
+from ``os.wait4``. A child's ``ru_maxrss`` starts from the memory of the process that forked it, and
+the benchmark holds GBs after building models; this launcher is a fresh interpreter (``-S``: no site,
+nothing heavy imported), so the tool it starts is measured from ~10 MB up.
+
+``tool``: runs a console-script entry point in this process with the remaining arguments as
+``sys.argv[1:]``, as if started from its console script. At exit (also on ``sys.exit``, which
+click-based CLIs always call) writes ``{"cuda_max_allocated", "cuda_max_reserved"}`` to PEAK.json when
+the tool used CUDA. ``--time MODULE:FUNC`` wraps that function (``mergeline.merge.engine:run_merge``,
+``mergekit.scripts.run_yaml:run_merge``) to add ``"timed_seconds"``: the merge alone, without
+interpreter start, imports and exit.
+
+``read``: reads the raw bytes of every file once (64 MiB chunks, one reused buffer) and prints
+``{"bytes": N, "seconds": S}``, S timed around the reads alone: the bound "read the input bytes once".
+
+``copy``: the plain read+write of a merge's bytes, no arithmetic: every tensor of the base loaded from
+every model with safetensors (moved to DEVICE, as a merge would), the base's copy kept and
+written with the base's shard layout. Memory is bounded by one output shard, which ``save_file`` needs
+whole.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 64 << 20
+_timed: dict[str, float] = {}
+
+
+def launch(result_file: str, *cmd: str) -> None:
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, so Popen must not wait
+    Path(result_file).write_text(json.dumps({"seconds": seconds, "max_rss": usage.ru_maxrss * 1024,
+                                             "returncode": proc.returncode}))
+
+
+def _time_calls(target: str) -> None:
+    """Replace ``module:function`` by a wrapper that adds each call's wall time to ``_timed``."""
+    module_name, name = target.split(":")
+    module = importlib.import_module(module_name)
+    original = getattr(module, name)
+
+    @functools.wraps(original)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _timed["timed_seconds"] = _timed.get("timed_seconds", 0.0) + time.perf_counter() - start
+
+    setattr(module, name, timed)
+
+
+def _write_peak(path: str) -> None:
+    peak: dict[str, float] = dict(_timed)
+    torch = sys.modules.get("torch")
+    # Only query CUDA if the tool initialised it: initialising it here costs seconds and fails on
+    # machines without a driver.
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak.update(cuda_max_allocated=int(torch.cuda.max_memory_allocated()),
+                    cuda_max_reserved=int(torch.cuda.max_memory_reserved()))
+    Path(path).write_text(json.dumps(peak))
+
+
+def tool(peak_file: str, *rest: str) -> int:
+    target = None
+    if rest[0] == "--time":
+        target, *rest = rest[1:]  # type: ignore[assignment]
+    entry, *args = rest
+    module_name, func_name = entry.split(":")
+    atexit.register(_write_peak, peak_file)
+    sys.argv = [module_name.rsplit(".", 1)[-1], *args]
+    func = getattr(importlib.import_module(module_name), func_name)
+    if target is not None:
+        _time_calls(target)
+    result = func()
+    return result if isinstance(result, int) else 0
+
+
+def read_files(files: list[Path]) -> int:
+    """Read every byte of ``files`` once; return the number of bytes read."""
+    view = memoryview(bytearray(_CHUNK))
+    total = 0
+    for file in files:
+        with open(file, "rb", buffering=0) as f:
+            while n := f.readinto(view):
+                total += n
+    return total
+
+
+def shards(folder: Path) -> dict[Path, list[str]]:
+    """Safetensors file -> its tensor names, in one HF folder (the product's reader parses the headers)."""
+    # imported here, not at the top: ``launch`` runs under ``-S``, where torch is not importable
+    from mergeline.io.safetensors_io import CheckpointReader
+
+    reader = CheckpointReader(folder)
+    by_file: dict[Path, list[str]] = {}
+    for name in reader.names():
+        by_file.setdefault(reader.file(name), []).append(name)
+    reader.close()
+    return by_file
+
+
+def copy_models(base: Path, models: list[Path], out: Path, device: str) -> None:
+    """Read every tensor of base + models (to ``device``) once and write the base's tensors to ``out``."""
+    import torch  # see shards()
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    where = [{name: file for file, names in shards(m).items() for name in names} for m in models]
+    for file, names in shards(base).items():
+        # Handles live for one output shard: a safetensors handle maps its file, and every page it
+        # touched would otherwise count in this process's RSS until the end.
+        with ExitStack() as stack:
+            handles: dict[Path, Any] = {}
+
+            def tensor(path: Path, name: str) -> torch.Tensor:
+                # One handle per file and shard: safe_open parses the header, not worth paying per tensor.
+                if path not in handles:
+                    handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
+                return handles[path].get_tensor(name).to(device)
+
+            kept = {}
+            for name in names:
+                kept[name] = tensor(file, name)
+                for locations in where:
+                    tensor(locations[name], name)
+        save_file({k: v.cpu() for k, v in kept.items()}, str(out / file.name), metadata={"format": "pt"})
+        del kept
+    for extra in ("config.json", "model.safetensors.index.json"):
+        if (base / extra).exists():
+            shutil.copy(base / extra, out / extra)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str]) -> int:
+    command, *args = argv
+    if command == "launch":
+        launch(*args)
+    elif command == "tool":
+        return tool(*args)
+    elif command == "read":
+        start = time.perf_counter()
+        nbytes = read_files([Path(a) for a in args])
+        print(json.dumps({"bytes": nbytes, "seconds": time.perf_counter() - start}))
+    else:  # copy DEVICE OUT BASE MODEL...
+        device, out, base, *models = args
+        copy_models(Path(base), [Path(m) for m in models], Path(out), device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
