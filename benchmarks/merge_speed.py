@@ -135,7 +135,7 @@ class Bench:
         out, logs = self.workdir / "out", self.workdir / "logs" / tag
         logs.mkdir(parents=True, exist_ok=True)  # every tool writes its config and log here
         print(f"[{tag}] warming the page cache ({sum(f.stat().st_size for f in files) / GB:.2f} GB)")
-        result = SizeResult(models, read_files(files))
+        result = SizeResult(models, read_files(files)[0])
         self.results.append(result)
         if "baseline" in a.tools:
             read_cmd = [sys.executable, str(HERE / "_child.py"), "read", *map(str, files)]

@@ -36,12 +36,6 @@ from mergeline.io.safetensors_io import CheckpointReader  # noqa: E402
 WINDOW = 1 << 30
 
 
-def one_thread(files: list[Path]) -> float:
-    start = time.perf_counter()
-    read_files(files)
-    return time.perf_counter() - start
-
-
 def loader(readers: list[CheckpointReader], device: torch.device, threads: int, piece: int) -> float:
     with TensorPrefetcher(device, threads, piece) as load:
         start = time.perf_counter()
@@ -84,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     models = build_model_set(args.workdir / "models" / tag, args.params, 4, "bfloat16", device=args.device)
     files = sorted(f for m in models.all_models for f in m.glob("*.safetensors"))
     readers = [CheckpointReader(m) for m in models.all_models]
-    total = read_files(files)  # warm the page cache
-    bound = total / one_thread(files) / 1e9
+    total, _ = read_files(files)  # warm the page cache
+    bound = total / read_files(files)[1] / 1e9
     rows = [("one thread, 64 MB buffer (read bound)", bound)]
     for threads in (int(t) for t in args.threads.split(",")):
         for mb in (int(m) for m in args.pieces_mb.split(",")):
