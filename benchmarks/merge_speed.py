@@ -168,28 +168,36 @@ class Bench:
                 lambda: run_measured(copy_cmd, logs / f"baseline-{device}.log"), out / "baseline"))
             shutil.rmtree(out / "baseline", ignore_errors=True)
         for label in a.methods:
-            method = METHODS[label]
-            config = logs / f"{method}.yaml"
-            config.write_text(yaml.safe_dump(merge_config(models, method, a.density), sort_keys=False))
-            res = where.methods[label] = MethodResult(in_mergekit=method in IN_MERGEKIT)
-            ml_out, mk_out = out / f"mergeline-{method}", out / f"mergekit-{method}"
-            if "mergeline" in a.tools:
-                res.mergeline = self._step(f"[{tag}] {label}: mergeline", lambda: self.mergeline(
-                    config, ml_out, logs / f"mergeline-{method}-{device}.log", device))
-            if "mergekit" in a.tools and res.in_mergekit:
-                res.mergekit = self._step(f"[{tag}] {label}: mergekit", lambda: self.mergekit(
-                    config, mk_out, logs / f"mergekit-{method}-{device}.log", device))
-            if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
-                res.comparison = compare_models(ml_out, mk_out)
-                print(f"  mergeline vs mergekit: {res.comparison.summary()}")
-                if res.comparison.problems:
-                    self.failed = True
-                    print("  mismatch: " + "; ".join(res.comparison.problems[:5]), file=sys.stderr)
-                self._flush(self)
-            if not a.keep_outputs:
-                shutil.rmtree(ml_out, ignore_errors=True)
-                shutil.rmtree(mk_out, ignore_errors=True)
+            where.methods[label] = self.run_method(models, METHODS[label], device, out, logs, f"[{tag}] {label}")
         return where
+
+    def run_method(self, models: ModelSet, method: str, device: str, out: Path, logs: Path,
+                   tag: str) -> MethodResult:
+        """One method through each tool of ``--tools`` that has it, on one config; then the two
+        outputs compared, tensor by tensor."""
+        a = self.args
+        config = logs / f"{method}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(merge_config(models, method, a.density), sort_keys=False))
+        res = MethodResult(in_mergekit=method in IN_MERGEKIT)
+        ml_out, mk_out = out / f"mergeline-{method}", out / f"mergekit-{method}"
+        if "mergeline" in a.tools:
+            res.mergeline = self._step(f"{tag}: mergeline", lambda: self.mergeline(
+                config, ml_out, logs / f"mergeline-{method}-{device}.log", device))
+        if "mergekit" in a.tools and res.in_mergekit:
+            res.mergekit = self._step(f"{tag}: mergekit", lambda: self.mergekit(
+                config, mk_out, logs / f"mergekit-{method}-{device}.log", device))
+        if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
+            res.comparison = compare_models(ml_out, mk_out)
+            print(f"  mergeline vs mergekit: {res.comparison.summary()}")
+            if res.comparison.problems:
+                self.failed = True
+                print("  mismatch: " + "; ".join(res.comparison.problems[:5]), file=sys.stderr)
+            self._flush(self)
+        if not a.keep_outputs:
+            shutil.rmtree(ml_out, ignore_errors=True)
+            shutil.rmtree(mk_out, ignore_errors=True)
+        return res
 
     def probe_loader(self, size: float | LlamaShape) -> str:
         """The merge engine's loader (at most ``PREFETCH_BYTES`` in flight, as in a merge) fetching
@@ -220,18 +228,11 @@ class Bench:
         if a.dtype == "float32" or "TA" not in a.methods or not {"mergeline", "mergekit"} <= set(a.tools):
             return None
         models = build_model_set(self.workdir / "models" / "check-float32", a.check_params, 2, "float32")
-        logs, out = self.workdir / "logs" / "check", self.workdir / "out"
-        config = logs / "task_arithmetic.yaml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(merge_config(models, "task_arithmetic", a.density)))
-        ml = self.mergeline(config, out / "check-mergeline", logs / "mergeline.log", "cpu")
-        mk = self.mergekit(config, out / "check-mergekit", logs / "mergekit.log", "cpu")
-        if ml.error or mk.error:
+        res = self.run_method(models, "task_arithmetic", "cpu", self.workdir / "out",
+                              self.workdir / "logs" / "check", "[check float32] TA")
+        cmp = res.comparison
+        if cmp is None:
             return "TA exactness check (float32 inputs): a run failed, see logs/check"
-        cmp = compare_models(out / "check-mergeline", out / "check-mergekit")
-        for d in ("check-mergeline", "check-mergekit"):
-            shutil.rmtree(out / d, ignore_errors=True)
-        self.failed |= bool(cmp.problems)
         return (f"TA exactness check (float32 inputs, {models.shape.num_params() / 1e9:.3g}B, 2 fine-tunes): "
                 f"mergeline vs mergekit: {cmp.summary()} over {cmp.tensors} tensors"
                 + (f"; problems: {cmp.problems[:3]}" if cmp.problems else ""))
