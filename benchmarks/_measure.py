@@ -2,9 +2,8 @@
 loader and sha256 in this process (used by merge_speed.py).
 
 Wall-clock time covers the whole command (interpreter start and imports included), as a user sees it.
-Peak host memory is the tool's max RSS from ``os.wait4`` in ``_child.py launch``, a small launcher, so it
-reports that one run alone: ``RUSAGE_CHILDREN`` keeps the maximum of all earlier children, and a tool
-forked straight from this (large) process would inherit its memory high-water mark.
+Peak host memory is the tool's own max RSS, taken by the small launcher ``_child.py launch`` (why a
+launcher: see there).
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ class Measured:
 
 
 def offline_env() -> dict[str, str]:
-    """The children's environment: no hub access, ever; the benchmarks folder importable."""
+    """The children's environment: no hub access, ever; output unbuffered, so a log ends where a run died."""
     return {**os.environ, **OFFLINE_DEFAULTS, "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
