@@ -21,7 +21,7 @@ interpreter start, imports and exit.
 ``{"bytes": N, "seconds": S}``, S timed around the reads alone: the bound "read the input bytes once".
 
 ``copy``: the plain read+write of a merge's bytes, no arithmetic: every tensor of the base loaded from
-every model with safetensors (moved to DEVICE, as a merge would), the base's copy kept and
+every model with the product's reader (moved to DEVICE, as a merge would), the base's copy kept and
 written with the base's shard layout. Memory is bounded by one output shard, which ``save_file`` needs
 whole.
 """
@@ -37,7 +37,6 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -98,55 +97,38 @@ def tool(peak_file: str, *rest: str) -> int:
     return result if isinstance(result, int) else 0
 
 
-def read_files(files: list[Path]) -> int:
-    """Read every byte of ``files`` once; return the number of bytes read."""
+def read_files(files: list[Path]) -> tuple[int, float]:
+    """Read every byte of ``files`` once; return the bytes read and the seconds the reads took."""
     view = memoryview(bytearray(_CHUNK))
     total = 0
+    start = time.perf_counter()
     for file in files:
         with open(file, "rb", buffering=0) as f:
             while n := f.readinto(view):
                 total += n
-    return total
-
-
-def shards(folder: Path) -> dict[Path, list[str]]:
-    """Safetensors file -> its tensor names, in one HF folder (the product's reader parses the headers)."""
-    # imported here, not at the top: ``launch`` runs under ``-S``, where torch is not importable
-    from mergeline.io.safetensors_io import CheckpointReader
-
-    reader = CheckpointReader(folder)
-    by_file: dict[Path, list[str]] = {}
-    for name in reader.names():
-        by_file.setdefault(reader.file(name), []).append(name)
-    reader.close()
-    return by_file
+    return total, time.perf_counter() - start
 
 
 def copy_models(base: Path, models: list[Path], out: Path, device: str) -> None:
-    """Read every tensor of base + models (to ``device``) once and write the base's tensors to ``out``."""
-    import torch  # see shards()
-    from safetensors import safe_open
+    """Read every tensor of base + models (to ``device``) once and write the base's tensors to ``out``,
+    one output shard at a time, in the base's shard layout."""
+    # imported here, not at the top: ``launch`` runs under ``-S``, where torch is not importable
+    import torch
     from safetensors.torch import save_file
 
+    from mergeline.io.safetensors_io import CheckpointReader
+
     out.mkdir(parents=True, exist_ok=True)
-    where = [{name: file for file, names in shards(m).items() for name in names} for m in models]
-    for file, names in shards(base).items():
-        # Handles live for one output shard: a safetensors handle maps its file, and every page it
-        # touched would otherwise count in this process's RSS until the end.
-        with ExitStack() as stack:
-            handles: dict[Path, Any] = {}
-
-            def tensor(path: Path, name: str) -> torch.Tensor:
-                # One handle per file and shard: safe_open parses the header, not worth paying per tensor.
-                if path not in handles:
-                    handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
-                return handles[path].get_tensor(name).to(device)
-
-            kept = {}
-            for name in names:
-                kept[name] = tensor(file, name)
-                for locations in where:
-                    tensor(locations[name], name)
+    readers = [CheckpointReader(m) for m in (base, *models)]
+    by_file: dict[Path, list[str]] = {}
+    for name in readers[0].names():
+        by_file.setdefault(readers[0].file(name), []).append(name)
+    for file, names in by_file.items():
+        # ``get`` copies a tensor and drops its mapped pages, so RSS holds one output shard
+        kept = {}
+        for name in names:
+            loaded = [reader.get(name, device=device) for reader in readers]  # every input, once
+            kept[name] = loaded[0]
         save_file({k: v.cpu() for k, v in kept.items()}, str(out / file.name), metadata={"format": "pt"})
         del kept
     for extra in ("config.json", "model.safetensors.index.json"):
@@ -163,9 +145,8 @@ def main(argv: list[str]) -> int:
     elif command == "tool":
         return tool(*args)
     elif command == "read":
-        start = time.perf_counter()
-        nbytes = read_files([Path(a) for a in args])
-        print(json.dumps({"bytes": nbytes, "seconds": time.perf_counter() - start}))
+        nbytes, seconds = read_files([Path(a) for a in args])
+        print(json.dumps({"bytes": nbytes, "seconds": seconds}))
     else:  # copy DEVICE OUT BASE MODEL...
         device, out, base, *models = args
         copy_models(Path(base), [Path(m) for m in models], Path(out), device)

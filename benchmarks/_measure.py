@@ -1,21 +1,27 @@
-"""Run one tool in its own process and measure it; compare two merged models (used by merge_speed.py).
+"""Run one tool in its own process and measure it; compare two merged models; time the merge engine's
+loader and sha256 in this process (used by merge_speed.py).
 
 Wall-clock time covers the whole command (interpreter start and imports included), as a user sees it.
-Peak host memory is the tool's max RSS from ``os.wait4`` in ``_child.py launch``, a small launcher, so it
-reports that one run alone: ``RUSAGE_CHILDREN`` keeps the maximum of all earlier children, and a tool
-forked straight from this (large) process would inherit its memory high-water mark.
+Peak host memory is the tool's own max RSS, taken by the small launcher ``_child.py launch`` (why a
+launcher: see there).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mergeline.env import OFFLINE_DEFAULTS
+from mergeline.io.prefetch import Fetched, TensorPrefetcher
 from mergeline.io.safetensors_io import CheckpointReader
 
 CHILD = Path(__file__).resolve().parent / "_child.py"
@@ -33,7 +39,7 @@ class Measured:
 
 
 def offline_env() -> dict[str, str]:
-    """The children's environment: no hub access, ever; the benchmarks folder importable."""
+    """The children's environment: no hub access, ever; output unbuffered, so a log ends where a run died."""
     return {**os.environ, **OFFLINE_DEFAULTS, "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -110,3 +116,34 @@ def compare_models(a: Path, b: Path) -> Comparison:
     ra.close()
     rb.close()
     return Comparison(worst, count, differing, elements, problems)
+
+
+def loader_seconds(readers: list[CheckpointReader], device: torch.device, threads: int, piece_bytes: int,
+                   window: int) -> float:
+    """Seconds for :class:`TensorPrefetcher` to fetch every tensor of ``readers`` to ``device``, with at
+    most ``window`` bytes in flight (as the engine keeps it, so host memory stays bounded)."""
+    with TensorPrefetcher(device, threads, piece_bytes) as load:
+        start = time.perf_counter()
+        pending: deque[Fetched] = deque()
+        in_flight = 0
+        for reader in readers:
+            for name in reader.names():
+                pending.append(load.fetch(reader, name))
+                in_flight += pending[-1].nbytes
+                while in_flight > window:
+                    done = pending.popleft()
+                    load.wait(done)
+                    in_flight -= done.nbytes
+        while pending:
+            load.wait(pending.popleft())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+
+def sha256_seconds(nbytes: int) -> float:
+    """Seconds for sha256 of ``nbytes`` random bytes on one core."""
+    data = os.urandom(nbytes)
+    start = time.perf_counter()
+    hashlib.sha256(data).hexdigest()
+    return time.perf_counter() - start

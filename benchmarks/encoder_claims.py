@@ -24,25 +24,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mergeline.pipeline.claims import Pairs  # noqa: E402
 from mergeline.stats import mcnemar_exact, paired_bootstrap  # noqa: E402
 
 
-def pooled(results: list[dict], pick, tasks_of=None) -> tuple[str, list[int]]:
-    """Bits of ``pick(seed result) -> {task: bits}`` over seeds and tasks, and their (seed, task) strata."""
-    bits, strata = "", []
+def compare(results: list[dict], a, b) -> dict[str, float]:
+    """Δ = A − B over every seed's and task's test examples, ``a``/``b`` mapping a seed result to
+    {task: bits}; strata are the (seed, task) pairs."""
+    pairs = Pairs("", "", ())
     for r in results:
-        got = pick(r)
-        for i, t in enumerate(tasks_of(r) if tasks_of else r["tasks"]):
-            bits += got[t]
-            strata += [r["seed"] * 10 + i] * len(got[t])
-    return bits, strata
-
-
-def compare(results, a, b, tasks_of=None) -> dict[str, float]:
-    x, strata = pooled(results, a, tasks_of)
-    y, _ = pooled(results, b, tasks_of)
-    out = paired_bootstrap(x, y, strata=strata, iters=4000)
-    return {"diff": out["diff"], "low": out["low"], "high": out["high"], "p": mcnemar_exact(x, y), "n": len(x)}
+        got_a, got_b = a(r), b(r)
+        for i, t in enumerate(r["tasks"]):
+            pairs = pairs.add(got_a[t], got_b[t], r["seed"] * 10 + i)
+    out = paired_bootstrap(pairs.a, pairs.b, strata=list(pairs.strata), iters=4000)
+    return {"diff": out["diff"], "low": out["low"], "high": out["high"], "p": mcnemar_exact(pairs.a, pairs.b),
+            "n": len(pairs.a)}
 
 
 def verdict(c: dict[str, float], sign: int = 1, band: float = 0.01) -> str:

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from mergeline.assets import SMOLLM2, import_base_model  # noqa: E402
+from mergeline.finetune.weights import load_tensors  # noqa: E402
 from mergeline.merge.config import MergeConfig  # noqa: E402
 from mergeline.merge.engine import run_merge  # noqa: E402
 from mergeline.merge.lora import extract_lora_vector  # noqa: E402
@@ -50,10 +50,6 @@ def random_adapter(base: Path, out: Path, seed: int, rank: int, targets: list[st
     settings = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
     get_peft_model(model, settings).save_pretrained(str(out))
     return out
-
-
-def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    return {name: tensor for file in sorted(folder.glob("*.safetensors")) for name, tensor in load_file(file).items()}
 
 
 def peft_merge(base: Path, adapter: Path, out: Path) -> None:

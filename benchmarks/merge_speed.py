@@ -30,12 +30,15 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
-from _measure import Measured, best_of, compare_models, run_entry_point, run_measured
+from _measure import Measured, best_of, compare_models, loader_seconds, run_entry_point, run_measured, sha256_seconds
 from _child import read_files
 from _speed_table import DeviceResult, MethodResult, SizeResult, report
 from _synthetic_models import LlamaShape, ModelSet, build_model_set, llama_shape, model_files
+from mergeline.io.safetensors_io import CheckpointReader
+from mergeline.merge.prefetch import PREFETCH_BYTES
 
 HERE = Path(__file__).resolve().parent
 GB = 1e9
@@ -68,10 +71,11 @@ def merge_config(models: ModelSet, method: str, density: float) -> dict:
 
 
 def _read_timed(cmd: list[str], log: Path) -> Measured:
-    """The read bound's run, timed by the child around the reads alone (no interpreter start)."""
+    """The read bound's run, timed by the child around the reads alone (no interpreter start): its
+    whole time and its "merge alone" are the same, so mergeline's share of the bound is a plain ratio."""
     measured = run_measured(cmd, log)
     if not measured.error:
-        measured.seconds = json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
+        measured.seconds = measured.inner_seconds = json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
     return measured
 
 
@@ -95,7 +99,7 @@ class Bench:
     def _step(self, what: str, run) -> Measured:
         print(what, flush=True)
         measured = run()
-        inner = "" if measured.inner_seconds is None else f" ({measured.inner_seconds:.1f} in its merge)"
+        inner = "" if measured.inner_seconds is None else f" ({measured.inner_seconds:.1f} timed inside)"
         print(f"  {measured.seconds:.1f} s{inner}, peak RSS {measured.max_rss / GB:.2f} GB", flush=True)
         self._flush(self)
         return measured
@@ -123,7 +127,9 @@ class Bench:
         return self._repeat(lambda: run_entry_point("mergekit.scripts.run_yaml:main", args, log,
                                                     TIMED["mergekit"]), out)
 
-    def run_size(self, size: float | LlamaShape) -> SizeResult:
+    def model_set(self, size: float | LlamaShape) -> tuple[str, ModelSet, list[Path]]:
+        """The model set of ``size`` (built once, cached in the workdir), read once so every run sees
+        a warm page cache: its tag, the set and its files."""
         a = self.args
         shape = size if isinstance(size, LlamaShape) else None
         params = float(shape.num_params()) if shape else float(size)  # type: ignore[arg-type]
@@ -132,10 +138,16 @@ class Bench:
         models = build_model_set(self.workdir / "models" / tag, params, a.finetunes, a.dtype,
                                  shard_bytes=int(a.shard_gb * GB), device=a.devices[0], shape=shape)
         files = [f for m in models.all_models for f in model_files(m)]
+        print(f"[{tag}] warming the page cache ({sum(f.stat().st_size for f in files) / GB:.2f} GB)")
+        read_files(files)
+        return tag, models, files
+
+    def run_size(self, size: float | LlamaShape) -> SizeResult:
+        a = self.args
+        tag, models, files = self.model_set(size)
         out, logs = self.workdir / "out", self.workdir / "logs" / tag
         logs.mkdir(parents=True, exist_ok=True)  # every tool writes its config and log here
-        print(f"[{tag}] warming the page cache ({sum(f.stat().st_size for f in files) / GB:.2f} GB)")
-        result = SizeResult(models, read_files(files))
+        result = SizeResult(models, sum(f.stat().st_size for f in files))
         self.results.append(result)
         if "baseline" in a.tools:
             read_cmd = [sys.executable, str(HERE / "_child.py"), "read", *map(str, files)]
@@ -156,28 +168,59 @@ class Bench:
                 lambda: run_measured(copy_cmd, logs / f"baseline-{device}.log"), out / "baseline"))
             shutil.rmtree(out / "baseline", ignore_errors=True)
         for label in a.methods:
-            method = METHODS[label]
-            config = logs / f"{method}.yaml"
-            config.write_text(yaml.safe_dump(merge_config(models, method, a.density), sort_keys=False))
-            res = where.methods[label] = MethodResult(in_mergekit=method in IN_MERGEKIT)
-            ml_out, mk_out = out / f"mergeline-{method}", out / f"mergekit-{method}"
-            if "mergeline" in a.tools:
-                res.mergeline = self._step(f"[{tag}] {label}: mergeline", lambda: self.mergeline(
-                    config, ml_out, logs / f"mergeline-{method}-{device}.log", device))
-            if "mergekit" in a.tools and res.in_mergekit:
-                res.mergekit = self._step(f"[{tag}] {label}: mergekit", lambda: self.mergekit(
-                    config, mk_out, logs / f"mergekit-{method}-{device}.log", device))
-            if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
-                res.comparison = compare_models(ml_out, mk_out)
-                print(f"  mergeline vs mergekit: {res.comparison.summary()}")
-                if res.comparison.problems:
-                    self.failed = True
-                    print("  mismatch: " + "; ".join(res.comparison.problems[:5]), file=sys.stderr)
-                self._flush(self)
-            if not a.keep_outputs:
-                shutil.rmtree(ml_out, ignore_errors=True)
-                shutil.rmtree(mk_out, ignore_errors=True)
+            where.methods[label] = self.run_method(models, METHODS[label], device, out, logs, f"[{tag}] {label}")
         return where
+
+    def run_method(self, models: ModelSet, method: str, device: str, out: Path, logs: Path,
+                   tag: str) -> MethodResult:
+        """One method through each tool of ``--tools`` that has it, on one config; then the two
+        outputs compared, tensor by tensor."""
+        a = self.args
+        config = logs / f"{method}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(merge_config(models, method, a.density), sort_keys=False))
+        res = MethodResult(in_mergekit=method in IN_MERGEKIT)
+        ml_out, mk_out = out / f"mergeline-{method}", out / f"mergekit-{method}"
+        if "mergeline" in a.tools:
+            res.mergeline = self._step(f"{tag}: mergeline", lambda: self.mergeline(
+                config, ml_out, logs / f"mergeline-{method}-{device}.log", device))
+        if "mergekit" in a.tools and res.in_mergekit:
+            res.mergekit = self._step(f"{tag}: mergekit", lambda: self.mergekit(
+                config, mk_out, logs / f"mergekit-{method}-{device}.log", device))
+        if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
+            res.comparison = compare_models(ml_out, mk_out)
+            print(f"  mergeline vs mergekit: {res.comparison.summary()}")
+            if res.comparison.problems:
+                self.failed = True
+                print("  mismatch: " + "; ".join(res.comparison.problems[:5]), file=sys.stderr)
+            self._flush(self)
+        if not a.keep_outputs:
+            shutil.rmtree(ml_out, ignore_errors=True)
+            shutil.rmtree(mk_out, ignore_errors=True)
+        return res
+
+    def probe_loader(self, size: float | LlamaShape) -> str:
+        """The merge engine's loader (at most ``PREFETCH_BYTES`` in flight, as in a merge) fetching
+        every tensor of the set to each device, per ``--threads`` x ``--pieces-mb``, and sha256 on one
+        core (the writer hashes each output shard): a markdown table of GB/s, against one thread's read."""
+        tag, models, files = self.model_set(size)
+        nbytes, seconds = read_files(files)
+        bound = nbytes / seconds / GB
+        rows = [("one thread, 64 MB buffer (read bound)", bound)]
+        readers = [CheckpointReader(m) for m in models.all_models]
+        for device in map(torch.device, self.args.devices):
+            if device.type == "cuda":
+                torch.zeros(1, device=device)  # the CUDA context's creation stays out of the timings
+            for threads in self.args.threads:
+                for mb in self.args.pieces_mb:
+                    seconds = loader_seconds(readers, device, threads, mb << 20, PREFETCH_BYTES)
+                    rows.append((f"loader to {device.type}, {threads} threads x {mb} MB", nbytes / seconds / GB))
+        rows.append(("sha256, one core (256 MB)", (256 << 20) / sha256_seconds(256 << 20) / GB))
+        for reader in readers:
+            reader.close()
+        return "\n".join([f"### loader probe: {tag}, {nbytes / GB:.2f} GB of inputs in the page cache, "
+                          f"device {','.join(self.args.devices)}", "", "| what | GB/s | vs one-thread read |",
+                          "|---|---|---|", *(f"| {what} | {rate:.2f} | {rate / bound:.2f} |" for what, rate in rows)])
 
     def exactness_check(self) -> str | None:
         """Task Arithmetic on a small float32 set through both tools: the outputs must be equal."""
@@ -185,18 +228,11 @@ class Bench:
         if a.dtype == "float32" or "TA" not in a.methods or not {"mergeline", "mergekit"} <= set(a.tools):
             return None
         models = build_model_set(self.workdir / "models" / "check-float32", a.check_params, 2, "float32")
-        logs, out = self.workdir / "logs" / "check", self.workdir / "out"
-        config = logs / "task_arithmetic.yaml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(merge_config(models, "task_arithmetic", a.density)))
-        ml = self.mergeline(config, out / "check-mergeline", logs / "mergeline.log", "cpu")
-        mk = self.mergekit(config, out / "check-mergekit", logs / "mergekit.log", "cpu")
-        if ml.error or mk.error:
+        res = self.run_method(models, "task_arithmetic", "cpu", self.workdir / "out",
+                              self.workdir / "logs" / "check", "[check float32] TA")
+        cmp = res.comparison
+        if cmp is None:
             return "TA exactness check (float32 inputs): a run failed, see logs/check"
-        cmp = compare_models(out / "check-mergeline", out / "check-mergekit")
-        for d in ("check-mergeline", "check-mergekit"):
-            shutil.rmtree(out / d, ignore_errors=True)
-        self.failed |= bool(cmp.problems)
         return (f"TA exactness check (float32 inputs, {models.shape.num_params() / 1e9:.3g}B, 2 fine-tunes): "
                 f"mergeline vs mergekit: {cmp.summary()} over {cmp.tensors} tensors"
                 + (f"; problems: {cmp.problems[:3]}" if cmp.problems else ""))
@@ -221,10 +257,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--table-out", type=Path, help="also write the table here (default WORKDIR/table.md)")
     p.add_argument("--keep-outputs", action="store_true", help="keep the merged models for inspection")
     p.add_argument("--mergekit-arg", action="append", default=[], help="extra mergekit-yaml argument")
+    p.add_argument("--probe-loader", action="store_true",
+                   help="instead of merging: the engine's loader and sha256 against one thread's read")
+    p.add_argument("--threads", default="1,4,8,16", help="with --probe-loader: comma-separated thread counts")
+    p.add_argument("--pieces-mb", default="8,32", help="with --probe-loader: comma-separated piece sizes in MB")
     args = p.parse_args(argv)
     args.methods = [m.strip().upper() for m in args.methods.split(",") if m.strip()]
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     args.devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    args.threads = [int(t) for t in args.threads.split(",")]
+    args.pieces_mb = [int(m) for m in args.pieces_mb.split(",")]
     bad = [m for m in args.methods if m not in METHODS] + [t for t in args.tools if t not in TOOLS]
     if bad:
         p.error(f"unknown method/tool: {', '.join(bad)}")
@@ -240,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     table_out = args.table_out or args.workdir / "table.md"
     table_out.parent.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, flush=lambda b: table_out.write_text(report(b.results, b.args, b.check)))
+    if args.probe_loader:
+        for size in args.sizes:
+            print("\n" + bench.probe_loader(size))
+        return 0
     for size in args.sizes:
         bench.run_size(size)
     bench.check = bench.exactness_check()

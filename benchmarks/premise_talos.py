@@ -30,6 +30,12 @@ from mergeline.finetune.weights import load_tensors, save_tensors
 from mergeline.importance import random_mask_overlap
 
 
+def overlaps(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Two masks' Jaccard overlap, and that of random masks of the same densities (per tensor, global)."""
+    return {"overlap": mask_overlap(a, b), "random_per_tensor": random_mask_overlap(a, b),
+            "random_global": random_mask_overlap(a, b, per_tensor=False)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["news", "sentiment", "code"])
@@ -56,16 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {task}: density {mask_density(mask):.4f} in {time.perf_counter() - t0:.0f} s", flush=True)
         masks[(seed, task)] = {n: t.bool() for n, t in load_tensors(path).items()}
 
-    def pair(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {"overlap": mask_overlap(a, b), "random_per_tensor": random_mask_overlap(a, b),
-                "random_global": random_mask_overlap(a, b, per_tensor=False)}
-
     result = {"model": "SmolLM2-135M-Instruct", "keep": args.keep, "rounds": args.rounds, "calib": args.calib,
               "seeds": args.seeds, "tasks": args.tasks,
               "density": {f"{t}/seed{s}": mask_density(m) for (s, t), m in masks.items()},
-              "across_tasks": {f"{a}|{b}/seed{s}": pair(masks[(s, a)], masks[(s, b)])
+              "across_tasks": {f"{a}|{b}/seed{s}": overlaps(masks[(s, a)], masks[(s, b)])
                                for s in args.seeds for a, b in itertools.combinations(args.tasks, 2)},
-              "across_seeds": {f"{t}/seed{s}|seed{r}": pair(masks[(s, t)], masks[(r, t)])
+              "across_seeds": {f"{t}/seed{s}|seed{r}": overlaps(masks[(s, t)], masks[(r, t)])
                                for t in args.tasks for s, r in itertools.combinations(args.seeds, 2)}}
     (out / "premise_talos.json").write_text(json.dumps(result, indent=1))
     for group in ("across_tasks", "across_seeds"):

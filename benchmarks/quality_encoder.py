@@ -7,7 +7,8 @@
 Per seed (``_quality_encoder`` has the heads, fine-tunes, STA gradient and TaLoS mask):
 dense experts (lr from ``finetune.lrs`` on validation), TaLoS experts (mask on θ0 per task, lr from the
 same grid), θ_inst (θ0 fine-tuned briefly on all tasks: LATA's instruct model) and LATA experts from it,
-STA importance |g·τ| and |g·θ| at each expert. Every merge is ``mergeline.merge.run_merge`` at λ = 1;
+STA importance |g·τ| and |g·θ| at each expert. Every merge is ``mergeline.merge.memory.merge_state_dicts``
+(the file engine over tensors in memory) at λ = 1;
 as each method is θ_ref + λΔ, the λ grid (the same for every method) is then swept in memory.
 Addition: best (setting, λ) per method by validation mean normalized accuracy, scored on test, and
 its λ = 1 point. Negation of each task: θ_ref − λΔ_t, the lowest validation target accuracy whose
@@ -28,17 +29,16 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import _quality_encoder as E  # noqa: E402
-from mergeline.merge.config import MergeConfig  # noqa: E402
+from premise_talos import overlaps  # noqa: E402
 from mergeline.env import configure_offline_defaults  # noqa: E402
-from mergeline.finetune.talos import mask_density, mask_overlap  # noqa: E402
-from mergeline.importance import loss_along, pairwise_cosines, quadratic_gap, random_mask_overlap  # noqa: E402
-from mergeline.merge.engine import run_merge  # noqa: E402
+from mergeline.finetune.talos import mask_density  # noqa: E402
+from mergeline.importance import loss_along, pairwise_cosines, quadratic_gap  # noqa: E402
+from mergeline.merge.memory import merge_state_dicts  # noqa: E402
 
 
 START = time.perf_counter()
@@ -70,15 +70,10 @@ class Seed:
         self.model = copy.deepcopy(self.base)  # the working copy every evaluation loads into
         self.reports: dict[str, dict[str, Any]] = {}
         self.states = {"base": self.state(self.base)}
-        self.save("base", self.base)
+        self.importance: dict[str, dict[str, torch.Tensor]] = {}  # "sta-tau:<task>" -> STA's scores
 
     def state(self, model) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def save(self, name: str, model) -> Path:
-        (self.work / "models" / name).mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(self.work / "models" / name)
-        return self.work / "models" / name
 
     def score(self, state: dict[str, torch.Tensor], split: str) -> dict[str, str]:
         self.model.load_state_dict(state)
@@ -97,24 +92,19 @@ class Seed:
                 best = (val, lr, self.state(self.model))
         self.states[name] = best[2]
         self.model.load_state_dict(best[2])
-        self.save(name, self.model)
         say(f"seed {self.seed} {name}: lr {best[1]:g}, validation {best[0]:.3f} "
             f"({len(lrs)} lr in {time.perf_counter() - start_time:.0f} s)")
         return {"lr": best[1], "tried": tried}
 
     def delta(self, key: str, method: str, ref: str, models: dict[str, dict[str, Any]], **parameters: Any
               ) -> dict[str, torch.Tensor]:
-        """Δ = run_merge(λ = 1) − θ_ref for ``models`` {folder name: per-model parameters}."""
-        entries = [{"model": str(self.work / "models" / m), "parameters": mp} for m, mp in models.items()]
-        config = MergeConfig(merge_method=method, base_model=str(self.work / "models" / ref), models=entries,
-                             parameters=parameters, dtype="float32", seed=self.seed)
-        out = self.work / "merged" / key
-        shutil.rmtree(out, ignore_errors=True)
-        run_merge(config, out, device=self.device)
-        merged = load_file(out / "model.safetensors", device=self.device)
-        self.reports[key] = json.loads((out / "merge_report.json").read_text()).get("method") or {}
-        shutil.rmtree(out, ignore_errors=True)
-        return {k: merged[k] - v for k, v in self.states[ref].items() if k in merged}
+        """Δ = merge(λ = 1) − θ_ref for ``models`` {expert: per-model parameters}, merged in memory."""
+        report: dict[str, Any] = {}
+        merged = merge_state_dicts(method, self.states[ref], [self.states[m] for m in models],
+                                   model_parameters=list(models.values()), parameters=parameters, dtype="float32",
+                                   seed=self.seed, device=self.device, report=report)
+        self.reports[key] = report
+        return {k: merged[k].to(v.device) - v for k, v in self.states[ref].items() if k in merged}
 
     def moved(self, ref: str, delta: dict[str, torch.Tensor], lam: float) -> dict[str, torch.Tensor]:
         return {k: v + lam * delta[k] if k in delta else v for k, v in self.states[ref].items()}
@@ -136,10 +126,10 @@ def variants(s: Seed, sign: float, tasks: list[str]) -> dict[str, tuple[str, str
                                 {"normalize": False, "seed": s.seed})
     for of in ("tau", "theta"):
         for rho in d["sta"]:
-            out[f"STA-{of} d={rho}"] = ("sta", "base", {t: {**one, "density": rho, "importance": str(
-                s.work / "models" / t / f"sta-{of}.safetensors")} for t in tasks}, {})
+            out[f"STA-{of} d={rho}"] = ("sta", "base", {t: {**one, "density": rho, "importance": s.importance[
+                f"sta-{of}:{t}"]} for t in tasks}, {})
     inst = {f"inst-{t}": one for t in tasks}
-    pre = str(s.work / "models" / "base")
+    pre = s.states["base"]
     for scheme, delta, rescale in (("threshold", "median", False), ("threshold", "median", True), ("linear_rank", 0.95, False)):
         name = f"LATA {scheme}{' median' if scheme == 'threshold' else ''}{' rescaled' if rescale else ''}"
         out[name] = ("lata", "inst", inst, {"pretrained_model": pre, "scheme": scheme, "delta": delta,
@@ -220,10 +210,7 @@ def premises(s: Seed, masks: dict[str, dict[str, torch.Tensor]]) -> dict[str, An
             "loss_along": {t: {f"{a:g}": v for a, v in l.items()} for t, l in losses.items()},
             "quadratic_gap": {t: quadratic_gap(l) for t, l in losses.items()},
             "talos_density": {t: mask_density(m) for t, m in masks.items()},
-            "talos_overlap": {f"{a}|{b}": {"overlap": mask_overlap(masks[a], masks[b]),
-                                           "random_per_tensor": random_mask_overlap(masks[a], masks[b]),
-                                           "random_global": random_mask_overlap(masks[a], masks[b], per_tensor=False)}
-                              for a, b in pairs}}
+            "talos_overlap": {f"{a}|{b}": overlaps(masks[a], masks[b]) for a, b in pairs}}
 
 
 def run_seed(p: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, Any]:
@@ -240,8 +227,8 @@ def run_seed(p: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, 
             s.data[t]["train"].ids, s.data[t]["train"].mask, s.data[t]["train"].labels, s.data[t]["train"].types)))
         g = E.mean_gradient(s.model, s.heads[t], calib)
         tau = {k: s.states[t][k] - s.states["base"][k] for k in g}
-        save_file({k: (g[k] * tau[k]).abs().contiguous() for k in g}, s.work / "models" / t / "sta-tau.safetensors")
-        save_file({k: (g[k] * s.states[t][k]).abs().contiguous() for k in g}, s.work / "models" / t / "sta-theta.safetensors")
+        s.importance[f"sta-tau:{t}"] = {k: (g[k] * tau[k]).abs() for k in g}
+        s.importance[f"sta-theta:{t}"] = {k: (g[k] * s.states[t][k]).abs() for k in g}
         s.model.load_state_dict(s.states["base"])
         masks[t] = E.talos_mask(s.model, s.heads[t], s.data[t]["validation"], keep=p["talos"]["keep"],
                                 rounds=p["talos"]["rounds"], seed=seed)

@@ -19,7 +19,7 @@ from mergeline.pipeline.lineage import build_lineage
 from mergeline.pipeline.records import Experiment
 from mergeline.pipeline.report import results_table
 from mergeline.stages.common import StageContext
-from mergeline.stages.evaluate import registered_variants, write_metrics
+from mergeline.stages.evaluate import DETAILS, registered_variants, write_metrics
 from mergeline.stages.merge import ensure_merged
 from mergeline.tracking import describe_run, killed_on_interrupt
 from mergeline.tracking.anchors import WEIGHTS_TAG, weights_digest
@@ -45,6 +45,7 @@ def finish_experiment(params: ExperimentParams, params_file: str, exp: Experimen
     ctx = StageContext(params, root, run.device)
     metrics_path = write_metrics(ctx, scores)  # also written by the evaluate stage; the same bytes
     mlflow.log_artifact(str(metrics_path), artifact_path="eval")
+    mlflow.log_artifact(str(metrics_path.parent / DETAILS), artifact_path="eval")
     table = results_table(params, exp)
     mlflow.log_text(table, "results.md")
     describe_run(table)  # the parent run's description in the MLflow UI
@@ -73,6 +74,9 @@ def finish_experiment(params: ExperimentParams, params_file: str, exp: Experimen
     _log_plots(params, exp, run)
     for variant, row in scores.test_rows.items():
         mlflow.log_metrics({f"test/{variant}/{k.replace('/', '_')}": v for k, v in row.items()})
+    for choice in scores.edits:  # e.g. negation/news/task_arithmetic/target
+        mlflow.log_metrics({f"{choice.edit}/{choice.task}/{choice.method}/{k}": v for k, v in
+                            {**choice.test, "lambda": choice.chosen.lam, "rule_met": float(choice.rule_met)}.items()})
     return {"champion": scores.selection.champion, "registered": registered, "test_rows": scores.test_rows,
             "metrics_file": str(metrics_path)}
 
@@ -87,9 +91,10 @@ def _log_plots(params: ExperimentParams, exp: Experiment, run: RunHandle) -> Non
     log_experiment_plots(
         run.parent_run_id, stage_plots=stage, tasks=params.task_names, control=params.control,
         variants={name: {"method": m.variant.method, "lambda": m.variant.lam, "density": m.variant.density}
-                  for name, m in exp.merged.items()},
+                  for name, m in exp.additions.items()},
         validation=exp.scores.validation_rows, test=exp.scores.test_rows,
         base=reference["base"]["test"].metrics, metric=params.evaluate.select_by,
         experts={t: reference[f"single-{t}-full"]["test"].metrics.get(t) if "test" in reference.get(
             f"single-{t}-full", {}) else None for t in params.task_names},
-        per_layer={name: m.report.get("per_layer") or {} for name, m in exp.merged.items()})
+        per_layer={name: m.report.get("per_layer") or {} for name, m in exp.additions.items()},
+        edits=exp.scores.edits)

@@ -19,8 +19,9 @@ from mergeline.errors import MergelineError
 from mergeline.io.safe_read import load_yaml_file, load_yaml_text
 from mergeline.methods import PipelineEntry, pipeline_method, pipeline_methods
 from mergeline.names import alias_problem, experiment_name_problem, model_name_problem
+from mergeline.parameters import config_keys
+from mergeline.pipeline.sweeps import STRICT, AnalogyParams, MethodSweep, NegationParams
 from mergeline.task_params import TaskEntry, TaskParam, as_entry
-
 
 
 def vector_mode(method: str) -> str:
@@ -34,9 +35,6 @@ MAX_TASKS = 64
 MAX_VARIANTS = 10_000
 PARAMS_YAML_NODES = 20_000
 
-# NaN/Inf are refused in every float field (weight_decay: .inf would pass ``ge=0``).
-# Frozen: the params a run validated are the values every stage uses; nothing edits them on the way.
-STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 Seed = Annotated[int, Field(ge=0, lt=2**63, description="a seed: non-negative, below 2**63")]
 
 
@@ -110,67 +108,6 @@ class ImportanceParams(_Strict):
     calib_examples: int | None = Field(16, ge=1, description="calibration records scored (the first N; null: all)")
     importance_of: Literal["task_vector", "weight"] = Field("task_vector", description="|g·τ| (default) or |g·θ|")
     grad_at: Literal["finetuned", "pretrained"] = Field("finetuned", description="where the loss gradient g is taken")
-
-
-class MethodSweep(_Strict):
-    """Grid of one method. Lists are swept; the best point on validation wins."""
-
-    lambdas: list[float] = Field(default_factory=lambda: [1.0], description="scaling coefficients λ")
-    densities: list[float] | None = Field(None, description="kept fraction (methods that sweep density)")
-    grid: dict[str, list[float]] = Field(
-        default_factory=dict, description="further swept parameters {name: values} (those the method's pipeline "
-        "entry lists in sweeps, e.g. tall_mask_lambda)")
-    options: dict[str, Any] = Field(default_factory=dict, description="extra method parameters")
-
-    @field_validator("lambdas")
-    @classmethod
-    def _lambda_range(cls, values: list[float]) -> list[float]:
-        if not values:
-            raise ValueError("needs at least one value")
-        for value in values:
-            if not -3.0 <= value <= 3.0:
-                raise ValueError(f"λ={value} is out of range [-3, 3]")
-        return values
-
-    @field_validator("densities")
-    @classmethod
-    def _density_range(cls, values: list[float] | None) -> list[float] | None:
-        if values is not None and not values:
-            raise ValueError("needs at least one value (or leave densities out)")
-        for value in values or []:
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"density={value} is out of range (0, 1]")
-        return values
-
-    @field_validator("grid")
-    @classmethod
-    def _grid_values(cls, grid: dict[str, list[float]]) -> dict[str, list[float]]:
-        for key, values in grid.items():
-            if not values:
-                raise ValueError(f"{key}: needs at least one value")
-            if (bad := _non_finite(values, key)) is not None:
-                raise ValueError(f"{bad}: must be a finite number")
-        return grid
-
-    @field_validator("options")
-    @classmethod
-    def _finite_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        bad = _non_finite(options)
-        if bad is not None:
-            raise ValueError(f"{bad}: must be a finite number")
-        return options
-
-
-def _non_finite(value: Any, where: str = "") -> str | None:
-    """The dotted key of the first NaN/Inf inside ``value`` (dicts and lists), or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return where or "(value)"
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = _non_finite(item, f"{where}.{key}" if where else str(key))
-        if found is not None:
-            return found
-    return None
 
 
 class MergeParams(_Strict):
@@ -262,6 +199,8 @@ class ExperimentParams(_Strict):
     merge: MergeParams = Field(default_factory=MergeParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     registry: RegisterParams = Field(default_factory=RegisterParams)
+    negation: NegationParams = Field(default_factory=NegationParams)
+    analogy: AnalogyParams | None = Field(None, description="the task analogy A:B::C:D (null: none)")
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -291,12 +230,40 @@ class ExperimentParams(_Strict):
             mode = vector_mode(name)
             if mode != "full" and not getattr(self, mode).enabled:
                 raise ValueError(f"merge.methods.{name} needs {mode}.enabled: true")
+        self._check_edits()
         return self
+
+    def _check_edits(self) -> None:
+        """Negation negates one task's vector by a per-model weight of −1, so its methods must take one;
+        its tasks and the analogy's must be training tasks."""
+        names = self.task_names
+        for task in self.negation.tasks:
+            if task not in names:
+                raise ValueError(f"negation.tasks: {task!r} is not one of tasks {names}")
+        known = pipeline_methods()
+        for name, sweep in self.negation.methods.items() if self.negation.tasks else ():
+            if name not in known:
+                raise ValueError(f"negation.methods: unknown method {name!r}; known: {', '.join(known)}")
+            method_cls, entry = known[name]
+            if "weight" not in config_keys(method_cls.PerModel) or "lambda" not in entry.sweeps:
+                raise ValueError(f"negation.methods.{name}: {name} takes no per-model weight and λ to negate with")
+            _check_sweep(f"negation.methods.{name}", entry, sweep)
+            if entry.vectors != "full" and not getattr(self, entry.vectors).enabled:
+                raise ValueError(f"negation.methods.{name} needs {entry.vectors}.enabled: true")
+        if self.analogy is not None:
+            for key in ("a", "b", "c", "d"):
+                if getattr(self.analogy, key) not in names:
+                    raise ValueError(f"analogy.{key}: {getattr(self.analogy, key)!r} is not one of tasks {names}")
+
+    @property
+    def negation_methods(self) -> dict[str, MethodSweep]:
+        """The negation's methods and grids (none without negation tasks)."""
+        return dict(self.negation.methods) if self.negation.tasks else {}
 
     @property
     def importance_needed(self) -> bool:
         """Whether a swept method needs the tasks' importance scores (the compute-importance stage)."""
-        return any(pipeline_method(name)[1].importance for name in self.merge.methods)
+        return any(pipeline_method(name)[1].importance for name in [*self.merge.methods, *self.negation_methods])
 
     @property
     def gram_needed(self) -> bool:
@@ -312,20 +279,26 @@ class ExperimentParams(_Strict):
     def task_names(self) -> list[str]:
         return [entry.name for entry in self.task_entries]
 
-    def sweep_grid(self, method: str) -> list[list[Any]]:
-        """The values ``method`` sweeps, one list per swept quantity: λ, density, then each ``grid``
-        parameter in order (every combination is a variant). Without ``lambda`` in the method's
-        ``sweeps`` (closed-form coefficients) λ is 1."""
-        sweep = self.merge.methods[method]
+    def sweep_grid(self, method: str, sweep: MethodSweep | None = None) -> list[list[Any]]:
+        """The values ``method`` sweeps (in ``merge.methods``, or ``sweep``), one list per swept quantity:
+        λ, density, then each ``grid`` parameter in order (every combination is a variant). Without
+        ``lambda`` in the method's ``sweeps`` (closed-form coefficients) λ is 1; ``merge.lambda`` pins the
+        λ of ``merge.methods`` only."""
+        pinned = self.merge.lambda_ if sweep is None else None
+        sweep = sweep or self.merge.methods[method]
         if "lambda" not in pipeline_method(method)[1].sweeps:
             lambdas = [1.0]
         else:
-            lambdas = [self.merge.lambda_] if self.merge.lambda_ is not None else sweep.lambdas
+            lambdas = [pinned] if pinned is not None else sweep.lambdas
         return [lambdas, list(sweep.densities or [None]), *sweep.grid.values()]
 
     def variant_count(self) -> int:
         """How many variants the merge sweep expands to, without expanding it."""
-        return sum(math.prod(len(values) for values in self.sweep_grid(method)) for method in self.merge.methods)
+        additions = sum(math.prod(len(v) for v in self.sweep_grid(method)) for method in self.merge.methods)
+        negations = len(self.negation.tasks) * sum(math.prod(len(v) for v in self.sweep_grid(method, sweep))
+                                                   for method, sweep in self.negation_methods.items())
+        analogy = 0 if self.analogy is None else len(self.analogy.lambdas) * (2 + len(self.analogy.mus))
+        return additions + negations + analogy
 
     def task_entry(self, name: str) -> TaskEntry:
         return next(entry for entry in self.task_entries if entry.name == name)

@@ -91,8 +91,10 @@ def plot_sweep(
     xlabel: str = "λ",
     ylabel: str = "mean normalized accuracy",
     title: str | None = None,
+    mark_best: bool = True,
 ) -> Path:
-    """One line per method through its (x, y) points, sorted by x; the best point of each is marked."""
+    """One line per method through its (x, y) points, sorted by x; the best (highest) point of each is
+    marked unless ``mark_best`` is off (where lower is the aim, as for a negated task)."""
     if not curves:
         raise MergelineError("plot_sweep: no curves")
     fig = Figure(figsize=(6, 4))
@@ -102,8 +104,9 @@ def plot_sweep(
             continue
         xs, ys = zip(*sorted(points))
         (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=method)
-        best = max(range(len(ys)), key=lambda i: ys[i])
-        ax.plot([xs[best]], [ys[best]], marker="*", markersize=12, color=line.get_color())
+        if mark_best:
+            best = max(range(len(ys)), key=lambda i: ys[i])
+            ax.plot([xs[best]], [ys[best]], marker="*", markersize=12, color=line.get_color())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -2,8 +2,9 @@
 
 Reads MLflow (the store ``mergeline run`` wrote; ``--tracking-uri`` or ``MLFLOW_TRACKING_URI``):
 every finished ``mergeline run`` of the experiment, grouped by the params that differ between runs
-(seeds aside), per method the test scores' mean ± sample standard deviation over a group's runs
-(``mergeline/pipeline/sweep_report.py``). Writes ``report.md``, ``report.json`` and a validation
+(seeds aside), per method the test scores' mean ± sample standard deviation over a group's runs,
+per negation and analogy setting its choices, and paired comparisons on the same test examples
+(``mergeline/pipeline/sweep_report.py``, ``mergeline/pipeline/claims.py``). Writes ``report.md``, ``report.json`` and a validation
 sweep plot per group to ``--out`` (a new folder, or a previous report with ``--overwrite``) and
 prints the markdown.
 """

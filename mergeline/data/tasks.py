@@ -14,6 +14,11 @@ docstring  HumanEval description -> function name  4          96 / 32 / 32      
 control    pydoc_data prose, sentence ending       4          - / 64 / 128         ~470
 =========  ======================================  =========  ===================  ============
 
+For the task analogy, tweets by domain (``mergeline/data/tweet_domains.py``; ``air``: addressed
+to an airline, ``other``): ``sentiment-air`` / ``sentiment-other`` (3 classes, balanced) and
+``continue-air`` / ``continue-other`` (a tweet's second half after its first, 2 choices), default
+sizes 128 / 32 / 64.
+
 Sizes are train / validation / test. Prompt + answer is ~22-52 SmolLM2 tokens on average (news
 <= 68; code p90 68). Output folder: ``<out_dir>/{train,validation,test}.jsonl`` (control: no
 train) plus ``meta.json`` (task, seed, sizes, sources, file hashes). The same (task, sizes, seed)
@@ -24,12 +29,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from typing import Protocol
 
-from mergeline.data import code, control, docstring, news, sentiment
+from mergeline.data import code, control, docstring, news, sentiment, tweet_domains
 from mergeline.data.common import Sizes, resolve_sizes, task_rng
 from mergeline.data.lm_eval_source import folder_files, lm_eval_task_splits
 from mergeline.data.records import dump_records
@@ -42,10 +48,18 @@ from mergeline.task_params import TaskEntry
 CONTROL_TASK = "control"
 
 
+class TaskSource(Protocol):
+    """What builds a task: a module of this package, or an object, with these two functions."""
+
+    def build(self, sizes: Sizes, rng: random.Random) -> dict[str, list[dict]]: ...
+
+    def sources(self) -> dict: ...
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    module: ModuleType  # exposes build(sizes, rng) -> {split: [record]} and sources() -> dict
+    module: TaskSource  # build(sizes, rng) -> {split: [record]} and sources() -> dict
     default_sizes: Sizes
     has_train: bool = True
 
@@ -59,6 +73,7 @@ TASKS: dict[str, TaskSpec] = {
     "sentiment": TaskSpec("sentiment", sentiment, Sizes(256, 64, 128)),
     "code": TaskSpec("code", code, Sizes(256, 64, 128)),
     "docstring": TaskSpec("docstring", docstring, Sizes(96, 32, 32)),
+    **{name: TaskSpec(name, source, Sizes(128, 32, 64)) for name, source in tweet_domains.TASKS.items()},
     CONTROL_TASK: TaskSpec(CONTROL_TASK, control, Sizes(0, 64, 128), has_train=False),
 }
 

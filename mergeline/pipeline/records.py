@@ -126,15 +126,26 @@ class Diagnostics(StageRecord):
     plot: str | None = None
 
 
+EDITS = ("addition", "negation", "transfer", "analogy", "oracle")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Variant:
-    """One point of a method's sweep: what the merge stage merges."""
+    """One point of a method's sweep: what the merge stage merges.
+
+    ``edit`` says what the point is for: ``addition`` merges every task's vector with weight 1; the
+    others (:mod:`mergeline.pipeline.edits`) merge the tasks named in ``weights`` with those weights
+    (negation: the target's vector at −1; the analogy's settings: τ_C, τ_C + μτ_B − μτ_A, τ_D).
+    """
 
     name: str
     method: str
     lam: float
     density: float | None
     options: dict[str, Any] = field(default_factory=dict)
+    edit: str = "addition"
+    weights: dict[str, float] = field(default_factory=dict)  # task -> per-model weight (edits only)
+    target: str | None = None                                 # the task an edit is scored on
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +182,37 @@ class Selection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EditPoint:
+    """One validation point of an edit's sweep: its target-task and control accuracy."""
+
+    variant: str
+    lam: float
+    density: float | None
+    target: float
+    control: float | None
+    mu: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditChoice:
+    """The point an edit's rule chose on validation, scored on test (one per negated task × method,
+    one per analogy setting)."""
+
+    edit: str
+    task: str                      # the target task
+    method: str
+    variant: str
+    rule_met: bool                 # negation: the control rule had a qualifying point
+    points: tuple[EditPoint, ...]  # the validation sweep
+    test: dict[str, float]         # the chosen point on test: "target", "control"
+    correct: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> EditPoint:
+        return next(p for p in self.points if p.variant == self.variant)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Scores:
     """The evaluate stage's result: reference models, every variant on validation, the best on test."""
 
@@ -179,6 +221,7 @@ class Scores:
     test_rows: dict[str, dict[str, float]]
     test_correct: dict[str, dict[str, str]]
     selection: Selection
+    edits: tuple[EditChoice, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +244,11 @@ class Experiment:
     @property
     def variants(self) -> dict[str, Variant]:
         return {name: rec.variant for name, rec in self.merged.items()}
+
+    @property
+    def additions(self) -> dict[str, Merged]:
+        """The merged variants of the addition sweep (the ones selection ranks and the registry keeps)."""
+        return {name: rec for name, rec in self.merged.items() if rec.variant.edit == "addition"}
 
 
 # ------------------------------------------------------------------------------------- JSON round trip
@@ -266,7 +314,8 @@ def _decode_union(options: tuple[Any, ...], value: Any) -> Any:
 
 
 __all__ = [
-    "BaseRecord", "Checkpoint", "DataRecord", "Diagnostics", "Evaluation", "Experiment", "FileRef", "Fit", "FitStored",
+    "BaseRecord", "Checkpoint", "DataRecord", "Diagnostics", "EDITS", "EditChoice", "EditPoint", "Evaluation",
+    "Experiment", "FileRef", "Fit", "FitStored",
     "Importance", "MODES", "Merged", "Scores", "Selection", "StageRecord", "Stored", "TaskKind", "Variant", "Vector",
     "checkpoint_name", "decode", "encode",
 ]

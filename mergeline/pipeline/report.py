@@ -1,4 +1,4 @@
-"""The results table printed at the end of a run (and logged to MLflow as ``results.md``)."""
+"""The results table printed at the end of a run (and logged to MLflow as ``results.md``): addition, then the edits."""
 
 from __future__ import annotations
 
@@ -44,4 +44,26 @@ def results_table(params: ExperimentParams, exp: Experiment) -> str:
         cells = [label, *[_fmt(row[f"acc/{t}"]) for t in tasks], _fmt(row["acc/mean"]), _fmt(row["norm_acc/mean"]),
                  _fmt(row["acc/control"]), _fmt(row["control_drift"], signed=True)]
         lines.append("| " + " | ".join(cells) + " |")
+    edits = edits_table(params, exp)
+    return "\n".join(lines) + (f"\n\nNegation and analogy (each point chosen on validation, scored on test):\n\n{edits}"
+                               if edits else "")
+
+
+def edits_table(params: ExperimentParams, exp: Experiment) -> str:
+    """Markdown: each edit's chosen point (on validation) on test: target-task and control accuracy
+    against the base's; for negation, whether the control rule had a qualifying point."""
+    assert exp.scores is not None
+    if not exp.scores.edits:
+        return ""
+    base = exp.scores.reference["base"]["test"].metrics
+    lines = ["| edit | task | method | chosen (validation) | target acc | base target | control acc | base control "
+             "| control rule |", "|---|---|---|---|---:|---:|---:|---:|---|"]
+    for choice in exp.scores.edits:
+        chosen = choice.chosen
+        setting = f"λ={chosen.lam:g}" + (f", d={chosen.density:g}" if chosen.density is not None else "") + (
+            f", μ={chosen.mu:g}" if chosen.mu is not None else "")
+        rule = ("met" if choice.rule_met else "unmet") if choice.edit == "negation" else "–"
+        lines.append(f"| {choice.edit} | {choice.task} | {choice.method} | {setting} | {_fmt(choice.test['target'])} "
+                     f"| {_fmt(base.get(choice.task))} | {_fmt(choice.test.get('control'))} "
+                     f"| {_fmt(base.get(params.control))} | {rule} |")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Tables and plots over several pipeline runs of one experiment: seeds and grids as sweeps.
 
-Runs are grouped by the params that differ between them, seeds aside (any key ending in ``seed``):
+Runs are grouped by the params that differ between them, seeds (any key ending in ``seed``) and
+output folders (``work_dir``, ``data_dir``) aside:
 ``mergeline run --set finetune.seed=N`` repeated is one group of N runs; ``--set finetune.lr=…``
 repeated is one group per learning rate. Per group and method (each run's best variant of that
 method on validation, as the run chose it) the table gives the test scores' mean ± sample standard
@@ -13,10 +14,12 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergeline.pipeline.claims import Comparison, addition_comparisons, negation_comparisons
+from mergeline.pipeline.records import EditChoice, encode
 from mergeline.plots import plot_sweep
 
 
@@ -38,6 +41,9 @@ class PipelineRun:
     validation: dict[str, dict[str, float]]  # variant -> its validation row
     test: dict[str, dict[str, float]]  # each method's best variant -> its test row
     champion: str | None
+    edits: tuple[EditChoice, ...] = ()  # negation and analogy choices, each scored on test
+    base: dict[str, float] | None = None  # the base model on test (set -> accuracy), when the run has edits
+    correct: dict[str, dict[str, str]] = field(default_factory=dict)  # "base" / variant -> set -> "0110..."
 
 
 SCORES = (("acc/mean", "test acc"), ("norm_acc/mean", "norm. acc"), ("control_drift", "control drift"))
@@ -57,9 +63,13 @@ def is_seed(key: str) -> bool:
     return key.rsplit(".", 1)[-1].endswith("seed")
 
 
+# Where a run writes is not a setting: a sweep gives each point its own folders.
+OUTPUT_KEYS = ("work_dir", "data_dir")
+
+
 def group_runs(runs: Sequence[PipelineRun]) -> list[Group]:
-    """Runs grouped by the values of the params that differ between them, seeds aside."""
-    keys = sorted({key for run in runs for key in run.params})
+    """Runs grouped by the values of the params that differ between them, seeds and output folders aside."""
+    keys = sorted({key for run in runs for key in run.params} - set(OUTPUT_KEYS))
     grid = [k for k in keys if not is_seed(k) and len({run.params.get(k) for run in runs}) > 1]
     groups: dict[tuple[str | None, ...], list[PipelineRun]] = {}
     for run in runs:
@@ -107,6 +117,47 @@ def group_table(group: Group, variants: dict[str, Variant]) -> str:
     return "\n".join(lines)
 
 
+def edits_table(group: Group) -> str:
+    """Per edit (negated task × method, analogy setting): the λ each run chose, the target and control
+    accuracy on test (mean ± sd over the runs) beside the base's, and how many runs met the control rule."""
+    rows: dict[tuple[str, str, str], list[tuple[EditChoice, PipelineRun]]] = {}
+    for run in group.runs:
+        for choice in run.edits:
+            rows.setdefault((choice.edit, choice.task, choice.method), []).append((choice, run))
+    if not rows:
+        return ""
+    lines = ["| edit | task | method | runs | λ chosen | target acc | base target | control acc | base control "
+             "| control rule met |", "|---|---|---|---:|---|---:|---:|---:|---:|---|"]
+    for (edit, task, method), found in rows.items():
+        control = found[0][1].params.get("control", "control")
+        base = [r.base or {} for _, r in found]
+        rule = f"{sum(c.rule_met for c, _ in found)} of {len(found)}" if edit == "negation" else "–"
+        cells = [edit, task, method, str(len(found)), ", ".join(f"{c.chosen.lam:g}" for c, _ in found),
+                 _spread([c.test["target"] for c, _ in found]), _spread([b[task] for b in base if task in b]),
+                 _spread([c.test["control"] for c, _ in found if "control" in c.test]),
+                 _spread([b[control] for b in base if control in b]), rule]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_comparisons(group: Group, variants: dict[str, Variant]) -> list[Comparison]:
+    """Each method against task arithmetic, each negation against the base, pooled over the group's runs
+    (:mod:`mergeline.pipeline.claims`); none where the runs recorded no per-example scores."""
+    control = group.runs[0].params.get("control", "control")
+    tasks = [t for t in group.runs[0].correct.get("base", {}) if t != control]
+    addition = [({_method(name, variants): name for name in run.test}, run.correct) for run in group.runs]
+    negation = [({(c.task, c.method): c.correct for c in run.edits if c.edit == "negation"},
+                 run.correct.get("base", {})) for run in group.runs]
+    return [*(addition_comparisons(addition, tasks) if tasks else []), *negation_comparisons(negation)]
+
+
+def comparisons_table(comparisons: Sequence[Comparison]) -> str:
+    lines = ["| claim (A − B) | n | runs | Δ [95% CI] | McNemar p | verdict |", "|---|---:|---:|---|---:|---|"]
+    lines += [f"| {c.claim} | {c.n} | {c.runs} | {c.diff:+.3f} [{c.low:+.3f}, {c.high:+.3f}] | {c.p:.2g} "
+              f"| {c.verdict} |" for c in comparisons]
+    return "\n".join(lines)
+
+
 def sweep_curves(group: Group, variants: dict[str, Variant], score: str) -> dict[str, list[tuple[float, float]]]:
     """Validation ``score`` against λ per method (and density), averaged over the group's runs."""
     points: dict[str, dict[float, list[float]]] = {}
@@ -128,6 +179,11 @@ def write_report(experiment: str, runs: Sequence[PipelineRun], variants: dict[st
     parts = [f"# {experiment}: {len(runs)} pipeline run{'s' if len(runs) != 1 else ''}", ""]
     for number, group in enumerate(groups, 1):
         parts += [group_table(group, variants), ""]
+        if edits := edits_table(group):
+            parts += ["Negation and analogy (each run's point chosen on validation, scored on test):", "", edits, ""]
+        if comparisons := paired_comparisons(group, variants):
+            parts += ["Paired on the same test examples, pooled over the runs (mergeline/pipeline/claims.py):", "",
+                      comparisons_table(comparisons), ""]
         score = group.runs[0].params.get("evaluate.select_by", "acc/mean")
         curves = sweep_curves(group, variants, score)
         if curves:
@@ -138,10 +194,12 @@ def write_report(experiment: str, runs: Sequence[PipelineRun], variants: dict[st
     record = {"experiment": experiment, "groups": [
         {"setting": group.setting, "runs": [
             {"run_id": run.run_id, "params": run.params, "champion": run.champion, "test": run.test,
-             "validation": run.validation} for run in group.runs]} for group in groups],
+             "validation": run.validation, "edits": encode(run.edits), "base": run.base} for run in group.runs]}
+        for group in groups],
         "variants": {name: vars(variant) for name, variant in sorted(variants.items())}}
     (out / "report.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return text
 
 
-__all__ = ["Group", "PipelineRun", "Variant", "group_runs", "group_table", "method_rows", "sweep_curves", "write_report"]
+__all__ = ["Group", "PipelineRun", "Variant", "comparisons_table", "edits_table", "group_runs", "group_table",
+           "method_rows", "paired_comparisons", "sweep_curves", "write_report"]

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergeline.params import vector_mode
+from mergeline.pipeline.edits import choose_edits, edit_sets, with_test
 from mergeline.pipeline.records import (
-    BaseRecord, Checkpoint, DataRecord, Evaluation, Fit, Merged, Scores, Selection, Variant,
+    BaseRecord, Checkpoint, DataRecord, Evaluation, Fit, Merged, Scores, Selection, Variant, encode,
 )
 from mergeline.stages.common import StageContext, timed, write_json
 from mergeline.stages.merge import ensure_merged
 
 SPLITS = ("validation", "test")
+DETAILS = "details.json"
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,24 @@ def summarize(ctx: StageContext, evaluation: Evaluation, base: Evaluation,
 
 
 def write_metrics(ctx: StageContext, scores: Scores) -> Path:
-    """``work_dir/eval/metrics.json`` (the evaluate stage's DVC metrics file): champion, test and validation rows."""
+    """``work_dir/eval/metrics.json`` (the evaluate stage's DVC metrics file): champion, test and validation
+    rows; beside it :func:`write_details`."""
     path = ctx.work / "eval" / "metrics.json"
     write_json(path, {"champion": scores.selection.champion, "test": scores.test_rows,
                       "validation": scores.validation_rows})
+    write_details(ctx, scores)
+    return path
+
+
+def write_details(ctx: StageContext, scores: Scores) -> Path:
+    """``work_dir/eval/details.json``: the base's accuracies, each edit's sweep, choice and test scores, and
+    the per-example correctness on test of the base and each chosen variant (for paired tests). Not a
+    metrics file: DVC would show every 0/1 string as a metric."""
+    path = ctx.work / "eval" / DETAILS
+    base = scores.reference["base"]
+    write_json(path, {"base": {split: base[split].metrics for split in SPLITS if split in base},
+                      "edits": encode(scores.edits),
+                      "correct": {"base": base["test"].correct, **scores.test_correct}})
     return path
 
 
@@ -135,9 +151,10 @@ def evaluate_experiment(ctx: StageContext, base: BaseRecord, checkpoints: dict[F
     """The evaluation plan of one experiment, in two rounds of independent evaluations (``score``).
 
     First the base on both splits; each single-task model on test, and on validation too when
-    selection uses normalized accuracy; every merged variant on validation. Then, once validation
-    has chosen each method's best variant, those on test. A given model stands for its task in every
-    mode: it is scored once.
+    selection uses normalized accuracy; every merged variant on validation (an edit on its target
+    task and the control set only). Then, once validation has chosen each method's best variant and
+    each edit's point (:mod:`mergeline.pipeline.edits`), those on test. A given model stands for its
+    task in every mode: it is scored once.
     """
     p = ctx.params
     by = p.evaluate.select_by
@@ -152,8 +169,11 @@ def evaluate_experiment(ctx: StageContext, base: BaseRecord, checkpoints: dict[F
             continue
         owner[ck.path] = label
         first += [Scoring(label, ck, s, evaluation_sets(ctx, "single", s, ck.task)) for s in single_splits]
+    edits = {name: rec for name, rec in merged.items() if rec.variant.edit != "addition"}
+    merged = {name: rec for name, rec in merged.items() if name not in edits}
     first += [Scoring(name, rec, "validation", evaluation_sets(ctx, "variant", "validation"))
               for name, rec in merged.items()]
+    first += [Scoring(name, rec, "validation", edit_sets(rec.variant, p.control)) for name, rec in edits.items()]
     reference: dict[str, dict[str, Evaluation]] = {}
     validation: dict[str, Evaluation] = {}
     for request, result in zip(first, score(first)):
@@ -163,6 +183,9 @@ def evaluate_experiment(ctx: StageContext, base: BaseRecord, checkpoints: dict[F
             reference.setdefault(request.name, {})[request.split] = result
     reference.update({label: reference[other] for label, other in same_as.items()})
     variants = {name: rec.variant for name, rec in merged.items()}
+    choices = choose_edits({name: rec.variant for name, rec in edits.items()},
+                           {name: validation.pop(name) for name in edits}, reference["base"]["validation"],
+                           p.control, p.negation.control_ratio)
 
     def rows_for(evals: dict[str, Evaluation], split: str) -> dict[str, dict[str, float]]:
         rows = {}
@@ -177,6 +200,11 @@ def evaluate_experiment(ctx: StageContext, base: BaseRecord, checkpoints: dict[F
     selection = select_best(validation_rows, variants, by)
     second = [Scoring(name, merged[name], "test", evaluation_sets(ctx, "variant", "test"))
               for name in selection.ranking]
-    test = {request.name: result for request, result in zip(second, score(second))}
+    second += [Scoring(c.variant, edits[c.variant], "test", edit_sets(edits[c.variant].variant, p.control))
+               for c in choices]
+    scored = score(second)
+    test = {request.name: result for request, result in zip(second, scored[: len(selection.ranking)])}
+    edited = tuple(with_test(c, result, p.control) for c, result in zip(choices, scored[len(selection.ranking):]))
     return Scores(reference=reference, validation_rows=validation_rows, test_rows=rows_for(test, "test"),
-                  test_correct={name: evaluation.correct for name, evaluation in test.items()}, selection=selection)
+                  test_correct={name: evaluation.correct for name, evaluation in test.items()}, selection=selection,
+                  edits=edited)

@@ -1,4 +1,4 @@
-"""Stage ``merge``: expand each method's sweep into variants and merge each one with the library."""
+"""Stage ``merge``: expand each method's sweep (and the edits' grids) into variants and merge each one."""
 
 from __future__ import annotations
 
@@ -9,20 +9,14 @@ from mergeline.io.outputs import replace_problem
 from mergeline.methods import get_method, pipeline_method
 from mergeline.parameters import config_keys
 from mergeline.params import vector_mode
+from mergeline.pipeline.edits import edit_variants, variant_name
 from mergeline.pipeline.records import BaseRecord, Fit, Importance, Merged, Variant, Vector
 from mergeline.stages.common import StageContext, rel, timed, write_json
 
 
-def variant_name(method: str, lam: float, density: float | None, grid: dict[str, float] | None = None) -> str:
-    """``<short>_l<λ>[_d<density>][_<tag><value>...]``; a grid parameter's tag is its words' initials."""
-    name = f"{pipeline_method(method)[1].short}_l{lam:g}" + (f"_d{density:g}" if density is not None else "")
-    for key, value in (grid or {}).items():
-        name += "_" + "".join(word[0] for word in key.split("_")) + f"{value:g}"
-    return name
-
-
 def plan_variants(ctx: StageContext) -> list[Variant]:
     """Every (method, λ, density, grid) point to merge; ``merge.lambda`` pins λ for all methods that sweep it.
+    Then the edits' points (negation, analogy: :mod:`mergeline.pipeline.edits`).
 
     A grid point's values join the variant's ``options`` (merge parameters, global or per-model default).
     """
@@ -33,23 +27,24 @@ def plan_variants(ctx: StageContext) -> list[Variant]:
             grid = dict(zip(keys, values))
             variants.append(Variant(name=variant_name(method, lam, density, grid), method=method, lam=lam,
                                     density=density, options={**sweep.options, **grid}))
-    return variants
+    return variants + edit_variants(ctx.params)
 
 
 def merge_config(ctx: StageContext, variant: Variant, base: BaseRecord, vectors: dict[Fit, Vector],
                  importance: dict[str, Importance], grams: dict[str, Importance] | None = None) -> dict[str, Any]:
     """The mergekit-schema config of one variant (recorded verbatim in lineage and MLflow).
 
-    What goes in follows the method's class: ``weight: 1`` per model where it takes a weight, ``lambda``
-    where it sweeps λ, each task's importance (or Gram matrices) where its pipeline entry needs them, the
-    merge seed where it takes one.
+    What goes in follows the method's class: ``weight: 1`` per model where it takes a weight (an edit's
+    own weights, over its tasks only), ``lambda`` where it sweeps λ, each task's importance (or Gram
+    matrices) where its pipeline entry needs them, the merge seed where it takes one.
     """
     method_cls, entry = pipeline_method(variant.method)
     mode = vector_mode(variant.method)
     takes_weight = "weight" in config_keys(method_cls.PerModel)
+    weights = variant.weights or {task: 1.0 for task in ctx.params.task_names}
     models = []
-    for task in ctx.params.task_names:
-        per_model: dict[str, Any] = {"weight": 1.0} if takes_weight else {}
+    for task, weight in weights.items():
+        per_model: dict[str, Any] = {"weight": weight} if takes_weight else {}
         if variant.density is not None:
             per_model["density"] = variant.density
         if entry.importance:
@@ -75,7 +70,7 @@ def merge_variant(ctx: StageContext, variant: Variant, config: dict[str, Any]) -
     ctx.used({"method": variant.method, "lambda": variant.lam, "density": variant.density,
               **{f"option.{k}": v for k, v in variant.options.items()}})
     ctx.say(f"merge: {variant.name}")
-    absolute = _absolutize(config, ctx)
+    absolute = absolute_config(config, ctx)
     with timed() as clock:
         result = run_merge(MergeConfig.model_validate(absolute), out, device=ctx.device, progress=ctx.progress)
     return Merged(variant=variant, config=config, path=rel(out, ctx.root), weights=result.weight_sha256,
@@ -132,8 +127,15 @@ def prune_merged(ctx: StageContext, merged: dict[str, Merged], keep: list[str]) 
     return pruned
 
 
-def _absolutize(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+def absolute_config(config: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """The config with its model paths against the project root (a recorded config keeps them relative):
+    the base, each model, its importance, and the method's global model inputs (LATA's pretrained_model)."""
     fixed = dict(config, base_model=str(ctx.root / config["base_model"]))
+    parameters = dict(config["parameters"])
+    for key in get_method(config["merge_method"]).global_inputs:
+        if isinstance(parameters.get(key), str):
+            parameters[key] = str(ctx.root / parameters[key])
+    fixed["parameters"] = parameters
     fixed["models"] = []
     files = get_method(config["merge_method"]).model_inputs  # per-model parameters that name files
     for entry in config["models"]:

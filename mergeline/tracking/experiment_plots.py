@@ -7,6 +7,8 @@
   single-task fine-tuned models (each on its own task) and each method's best variant on validation;
 - ``control_drift.png``: change of control-task accuracy from the base, per merged variant;
 - ``layer_weights_<variant>.png``: per-layer coefficients of the variants that weight layers (LATA, STA);
+- ``negation_<task>.png``: validation accuracy on the negated task and on the control set against λ,
+  per method; ``analogy_<task>.png``: the analogy's settings on their target task against λ;
 - the stage plots already drawn (importance histograms, layer cosines), copied beside them.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from mergeline.pipeline.records import EditChoice
 from mergeline.plots import plot_bars, plot_layer_heatmap, plot_sweep
 
 PLOTS = "plots"
@@ -38,7 +41,8 @@ def _best_per_method(variants: Mapping[str, Mapping[str, Any]], validation: Mapp
 def draw_experiment_plots(out: Path, tasks: Sequence[str], control: str, variants: Mapping[str, Mapping[str, Any]],
                           validation: Mapping[str, Mapping[str, float]], test: Mapping[str, Mapping[str, float]],
                           base: Mapping[str, float], experts: Mapping[str, float], metric: str = "acc/mean",
-                          per_layer: Mapping[str, Mapping[str, Mapping[int, float]]] | None = None) -> list[Path]:
+                          per_layer: Mapping[str, Mapping[str, Mapping[int, float]]] | None = None,
+                          edits: Sequence[EditChoice] = ()) -> list[Path]:
     """Draw the plots into ``out``; returns their paths. ``variants``: name -> {method, lambda, density};
     ``validation``/``test``: name -> metrics row; ``base``: the base model's test accuracy per task
     (control included); ``experts``: each task's single-task model's test accuracy on that task."""
@@ -77,7 +81,28 @@ def draw_experiment_plots(out: Path, tasks: Sequence[str], control: str, variant
         if matrix:  # layer keys come back from JSON records as strings
             drawn.append(plot_layer_heatmap(matrix, out / f"layer_weights_{name}.png",
                                             f"per-layer coefficients of {name}"))
-    return drawn
+    return drawn + edit_plots(out, edits, control)
+
+
+def edit_plots(out: Path, edits: Sequence[EditChoice], control: str) -> list[Path]:
+    """Per negated task: target and control accuracy on validation against λ, one pair of lines per
+    method (the chosen λ in the legend); per analogy target: each setting's target accuracy against λ."""
+    figures: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
+    for choice in edits:
+        kind = "negation" if choice.edit == "negation" else "analogy"
+        curves = figures.setdefault((kind, choice.task), {})
+        label = choice.method if kind == "negation" else choice.edit
+        by_mu: dict[str, list[tuple[float, float]]] = {}
+        for point in choice.points:
+            key = f"{label} μ={point.mu:g}" if point.mu is not None else label
+            by_mu.setdefault(key, []).append((point.lam, point.target))
+            if kind == "negation" and point.control is not None:
+                curves.setdefault(f"{label}: {control}", []).append((point.lam, point.control))
+        for key, points in by_mu.items():
+            curves[f"{key} (chose λ={choice.chosen.lam:g})" if key == label else key] = points
+    return [plot_sweep(curves, out / f"{kind}_{task}.png", ylabel="validation accuracy", mark_best=kind != "negation",
+                       title=f"{kind}: {task}" + (f" and {control}" if kind == "negation" else " (★ best)"))
+            for (kind, task), curves in figures.items()]
 
 
 def log_experiment_plots(run_id: str, stage_plots: Sequence[Path] = (), **results: Any) -> list[str]:
@@ -92,4 +117,4 @@ def log_experiment_plots(run_id: str, stage_plots: Sequence[Path] = (), **result
     return [p.name for p in drawn] + [Path(p).name for p in stage_plots if Path(p).is_file()]
 
 
-__all__ = ["draw_experiment_plots", "log_experiment_plots"]
+__all__ = ["draw_experiment_plots", "edit_plots", "log_experiment_plots"]

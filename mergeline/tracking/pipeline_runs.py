@@ -2,7 +2,8 @@
 
 Each ``mergeline run`` is one parent run ``pipeline:<experiment>`` with the params it ran with
 (flattened, as logged) and its evaluation (``eval/metrics.json``: every variant's validation row,
-each method's best on test, the champion); each merge call is a nested run ``merge:<variant>`` that
+each method's best on test, the champion; ``eval/details.json``: each negation and analogy choice and
+the per-example test scores); each merge call is a nested run ``merge:<variant>`` that
 logs the variant's ``method``, ``lambda`` and ``density``. A stopped or failed run is left out.
 """
 
@@ -17,19 +18,23 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from mergeline.errors import MergelineError
+from mergeline.pipeline.records import EditChoice, decode
 from mergeline.pipeline.sweep_report import PipelineRun, Variant
+from mergeline.stages.evaluate import DETAILS
 from mergeline.tracking.mlflow_setup import use_store
 
 METRICS_ARTIFACT = "eval/metrics.json"
+DETAILS_ARTIFACT = f"eval/{DETAILS}"
 
 
 def _number(text: str | None) -> float | None:
     return None if text in (None, "", "None") else float(text)  # type: ignore[arg-type]
 
 
-def _metrics(client: MlflowClient, run_id: str, folder: Path) -> dict[str, Any] | None:
+def _metrics(client: MlflowClient, run_id: str, folder: Path, artifact: str = METRICS_ARTIFACT
+             ) -> dict[str, Any] | None:
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=METRICS_ARTIFACT, dst_path=str(folder))
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(folder))
     except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact: the run is skipped
         return None
     data = json.loads(Path(path).read_text())
@@ -54,8 +59,11 @@ def pipeline_runs(experiment: str, tracking_uri: str | None = None) -> tuple[lis
             metrics = _metrics(client, parent.info.run_id, Path(tmp) / str(index))
             if metrics is None:
                 continue
+            details = _metrics(client, parent.info.run_id, Path(tmp) / str(index), DETAILS_ARTIFACT) or {}
             runs.append(PipelineRun(parent.info.run_id, dict(parent.data.params), metrics.get("validation", {}),
-                                    metrics.get("test", {}), metrics.get("champion")))
+                                    metrics.get("test", {}), metrics.get("champion"),
+                                    decode(tuple[EditChoice, ...], details.get("edits", [])),
+                                    (details.get("base") or {}).get("test"), details.get("correct") or {}))
     if not runs:
         raise MergelineError(f"experiment {experiment!r}: no finished pipeline run with {METRICS_ARTIFACT} in {uri}")
     variants: dict[str, Variant] = {}

@@ -79,11 +79,11 @@ def test_merge_speed_tiny_run_prints_one_row_per_method(tmp_path: Path) -> None:
     assert (tmp_path / "work" / "models").is_dir()
 
 
-def test_read_probe_prints_a_row_per_loader_setting(tmp_path: Path) -> None:
-    """benchmarks/read_probe.py at 1M parameters on the CPU: the one-thread read, one row per
-    threads x piece size, and sha256, each with a positive rate."""
+def test_probe_loader_prints_a_row_per_loader_setting(tmp_path: Path) -> None:
+    """merge_speed.py --probe-loader at 1M parameters on the CPU: the one-thread read, one row per
+    threads x piece size, and sha256, each with a positive rate; nothing is merged."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "read_probe.py"), "--params", "1e6", "--device", "cpu",
+        [sys.executable, str(SCRIPT), "--params", "1e6", "--device", "cpu", "--probe-loader",
          "--threads", "1,3", "--pieces-mb", "1,2", "--workdir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )
@@ -95,3 +95,4 @@ def test_read_probe_prints_a_row_per_loader_setting(tmp_path: Path) -> None:
         "loader to cpu, 1 threads x 1 MB", "loader to cpu, 1 threads x 2 MB",
         "loader to cpu, 3 threads x 1 MB", "loader to cpu, 3 threads x 2 MB"]
     assert all(float(r[1]) > 0 for r in rows)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "logs").exists()

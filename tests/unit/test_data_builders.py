@@ -13,6 +13,7 @@ from mergeline.errors import MergelineError
 from mergeline.io.hashing import sha256_file
 from mergeline.io.outputs import MARKER
 
+DOMAIN_TASKS = ["sentiment-air", "sentiment-other", "continue-air", "continue-other"]
 SMALL = {"train": 10, "validation": 6, "test": 6}
 CONTROL_SMALL = {"validation": 6, "test": 6}
 
@@ -29,10 +30,10 @@ def built(tmp_path_factory):
 
 
 def test_registry_lists_the_contract_names():
-    assert available_tasks() == ["news", "sentiment", "code", "docstring", "control"]
+    assert available_tasks() == ["news", "sentiment", "code", "docstring", *DOMAIN_TASKS, "control"]
 
 
-@pytest.mark.parametrize("task", ["news", "sentiment", "code", "docstring", "control"])
+@pytest.mark.parametrize("task", ["news", "sentiment", "code", "docstring", *DOMAIN_TASKS, "control"])
 def test_files_are_valid_and_match_meta(built, task):
     folder, meta = built[task]
     assert sorted(p.name for p in folder.iterdir()) == sorted([f"{s}.jsonl" for s in task_splits(task)] + ["meta.json", MARKER])
@@ -56,7 +57,7 @@ def test_control_has_no_train_split(built):
     assert not (folder / "train.jsonl").exists() and "train" not in meta["counts"]
 
 
-@pytest.mark.parametrize("task", ["news", "sentiment", "code", "docstring", "control"])
+@pytest.mark.parametrize("task", ["news", "sentiment", "code", "docstring", *DOMAIN_TASKS, "control"])
 def test_same_seed_same_bytes_other_seed_other_bytes(built, task, tmp_path):
     _, meta = built[task]
     again = build_task(task, tmp_path / "again", _sizes(task), seed=0)
@@ -138,3 +139,18 @@ def test_build_all_and_module_cli(tmp_path, capsys):
     assert "error: task 'nope': unknown task" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "x"), "--size", "news=3"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_domain_tasks_keep_their_domain_and_the_continuations_never_hold_a_sentiment_example(built):
+    from mergeline.data.tweet_domains import AIRLINE
+
+    for task in ("sentiment-air", "continue-air", "sentiment-other", "continue-other"):
+        folder, _ = built[task]
+        records = [r for split in task_splits(task) for r in load_records(folder / f"{split}.jsonl")]
+        airline = [bool(AIRLINE.search(r["prompt"] + r["choices"][r["label"]])) for r in records]
+        assert all(airline) if task.endswith("-air") else not any(airline), task
+    sentiment_ids = {r["id"] for t in ("sentiment", "sentiment-air", "sentiment-other")
+                     for split in task_splits(t) for r in load_records(built[t][0] / f"{split}.jsonl")}
+    continued = {r["id"] for t in ("continue-air", "continue-other")
+                 for split in task_splits(t) for r in load_records(built[t][0] / f"{split}.jsonl")}
+    assert not sentiment_ids & continued

@@ -52,3 +52,20 @@ def test_no_density_plot_without_sparsifying_methods_and_no_layer_plot_without_w
 def test_bars_without_values_are_refused(tmp_path: Path) -> None:
     with pytest.raises(MergelineError, match="plot_bars: no values"):
         plot_bars({"base": {}}, tmp_path / "x.png", "acc", "t")
+
+
+def test_negation_and_analogy_get_one_plot_per_target_task(tmp_path: Path) -> None:
+    from mergeline.pipeline.records import EditChoice, EditPoint
+
+    def choice(edit: str, task: str, method: str, mus: tuple[float | None, ...] = (None,)) -> EditChoice:
+        points = tuple(EditPoint(variant=f"{edit}-{method}-{lam:g}-{mu}", lam=lam, density=None, target=0.5 - lam / 4,
+                                 control=0.4, mu=mu) for lam in (0.5, 1.0) for mu in mus)
+        return EditChoice(edit=edit, task=task, method=method, variant=points[0].variant, rule_met=True,
+                          points=points, test={"target": 0.3})
+
+    edits = [choice("negation", "news", "task_arithmetic"), choice("negation", "news", "sta"),
+             choice("transfer", "sentiment", "task_arithmetic"),
+             choice("analogy", "sentiment", "task_arithmetic", (0.5, 1.0))]
+    drawn = _draw(tmp_path, edits=edits)
+    assert [p.name for p in drawn][-2:] == ["negation_news.png", "analogy_sentiment.png"]
+    assert imread(drawn[-1]).std() > 0.01

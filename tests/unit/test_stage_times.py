@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import stage_times  # noqa: E402
-from _pipeline_runs import recorded  # noqa: E402
 
 
 def _pipeline(client: MlflowClient, experiment: str, calls: list[tuple[str, str, str, float]], start: int) -> None:
@@ -42,7 +41,7 @@ def test_rows_are_the_latest_runs_calls_per_step_in_table_order(tmp_path: Path) 
         ("evaluate", "evaluate", "ta-l1-test", 0.75),
         ("register", "", "ta", 7.0),
     ], start=100_000)
-    run = recorded(uri)
+    run = stage_times.recorded(uri)
     assert run.pipeline_seconds == 4.0
     assert len(run.calls) == 7
     rows = stage_times.stage_rows(run)
@@ -50,3 +49,23 @@ def test_rows_are_the_latest_runs_calls_per_step_in_table_order(tmp_path: Path) 
                           "evaluate[test]"]
     assert rows["fine-tune[full]"] == {"calls": 2, "seconds": 5.0}
     assert rows["merge"] == {"calls": 1, "seconds": 0.25}
+
+
+def test_worker_counts_compare_spans_and_wall_times_first_over_last(tmp_path: Path) -> None:
+    """Per stage the span from its first call's start to its last call's end (what running calls
+    together shortens), median over a count's runs; the last column is first count ÷ last count."""
+    def run(start: float, step: float, process: float) -> stage_times.Recorded:
+        calls = [stage_times.Call("fine-tune", "fine-tune", f"t{i}-full", start + step * i, start + step * i + 2, 2.0)
+                 for i in range(3)]
+        return stage_times.Recorded(pipeline_seconds=10 * step, calls=calls, process_seconds=process)
+
+    one = stage_times.summary([run(0, 2, 30.0), run(100, 2, 40.0), run(200, 3, 50.0)])
+    four = stage_times.summary([run(0, 0, 20.0)])
+    assert one["spans"] == {"fine-tune": {"calls": 3, "span": 6.0}}  # median of spans 6, 6, 8
+    assert one["stages"] == {"fine-tune[full]": {"calls": 3, "seconds": 6.0}}
+    assert (one["pipeline_seconds"], one["process_seconds"]) == (20.0, 40.0)
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in
+            stage_times.workers_table({1: one, 4: four}).splitlines()[2:]}
+    assert [c.strip() for c in rows["fine-tune"]] == ["3", "6.0", "2.0", "3.00"]
+    assert [c.strip() for c in rows["pipeline flow"]] == ["", "20.0", "0.0", "–"]  # no ratio to a zero
+    assert [c.strip() for c in rows["`mergeline run` (process)"]] == ["", "40.0", "20.0", "2.00"]

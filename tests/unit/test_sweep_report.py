@@ -89,12 +89,13 @@ def test_report_groups_seeds_and_grid_points(store: str, tmp_path: Path, capsys:
     assert record["variants"]["ties_l1_d0.2"] == {"method": "ties", "lam": 1.0, "density": 0.2}
 
 
-def test_grouping_ignores_every_seed_key() -> None:
+def test_grouping_ignores_every_seed_key_and_the_output_folders() -> None:
     def run(**params: str) -> PipelineRun:
         return PipelineRun("id", dict(params), {}, {}, None)
 
-    groups = group_runs([run(**{"data.seed": "0", "merge.seed": "3", "x": "a"}),
-                         run(**{"data.seed": "1", "merge.seed": "4", "x": "a"}), run(**{"data.seed": "0", "x": "b"})])
+    groups = group_runs([run(**{"data.seed": "0", "merge.seed": "3", "x": "a", "work_dir": "w/sweep-1"}),
+                         run(**{"data.seed": "1", "merge.seed": "4", "x": "a", "work_dir": "w/sweep-2",
+                                "data_dir": "w/sweep-2/tasks"}), run(**{"data.seed": "0", "x": "b"})])
     assert [(g.setting, len(g.runs)) for g in groups] == [({"x": "a"}, 2), ({"x": "b"}, 1)]
 
 
@@ -122,3 +123,23 @@ def test_user_folder_is_never_replaced(store: str, tmp_path: Path, capsys: pytes
     assert main(["report", "exp", "--out", str(out), "--tracking-uri", store]) == 0
     assert main(["report", "exp", "--out", str(out), "--tracking-uri", store]) == 2  # exists: needs --overwrite
     assert main(["report", "exp", "--out", str(out), "--tracking-uri", store, "--overwrite"]) == 0
+
+
+def test_edits_table_gives_each_negation_s_spread_over_seeds_and_how_often_the_rule_held() -> None:
+    from mergeline.pipeline.records import EditChoice, EditPoint
+    from mergeline.pipeline.sweep_report import Group, edits_table
+
+    def run(seed: int, lam: float, target: float, control: float, met: bool) -> PipelineRun:
+        point = EditPoint(variant=f"neg-news-ta_l{lam:g}", lam=lam, density=None, target=0.0, control=0.0)
+        choice = EditChoice(edit="negation", task="news", method="task_arithmetic", variant=point.variant,
+                            rule_met=met, points=(point,), test={"target": target, "control": control})
+        return PipelineRun(str(seed), {"control": "control", "data.seed": str(seed)}, {}, {}, None, (choice,),
+                           {"news": 0.8, "control": 0.5 + seed / 10})
+
+    table = edits_table(Group({}, (run(0, 0.5, 0.2, 0.5, True), run(1, 1.0, 0.4, 0.6, False))))
+    row = next(line for line in table.splitlines() if line.startswith("| negation |"))
+    sd = statistics.stdev([0.2, 0.4])
+    assert row == (f"| negation | news | task_arithmetic | 2 | 0.5, 1 | 0.300 ± {sd:.3f} | 0.800 ± 0.000 "
+                   f"| 0.550 ± {statistics.stdev([0.5, 0.6]):.3f} | 0.550 ± {statistics.stdev([0.5, 0.6]):.3f} "
+                   "| 1 of 2 |")
+    assert edits_table(Group({}, (PipelineRun("x", {}, {}, {}, None),))) == ""
