@@ -183,6 +183,18 @@ def test_checker_finds_a_cycle_hidden_in_a_function(tmp_path: Path) -> None:
     assert [(imp.source, imp.target) for imp in own] == [("pkg.b", "pkg")] and other == []
 
 
+
+def test_test_files_have_unique_names() -> None:
+    # The test folders are not packages (pytest's rootdir import mode): two test files with one
+    # basename cannot both be collected in one session, and which one fails depends on the order.
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(REPO)} and {path.relative_to(REPO)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, clashes
+
 if __name__ == "__main__":
     found = all_imports()
     own_inside, other_inside = in_function_imports(found)
