@@ -133,6 +133,17 @@ def test_a_metric_lm_eval_does_not_know_is_not_loaded_as_a_script(tmp_path: Path
     assert not (tmp_path / "IMPORTED").exists()
 
 
+def _assert_refused_by_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, template: str,
+                               reason: str) -> None:
+    """The task's template under ``key`` is refused in one line naming the file, the key and ``reason``."""
+    monkeypatch.chdir(tmp_path)
+    task_yaml = _folder(tmp_path, **{key: template})
+    with pytest.raises(MergelineError) as refused:
+        resolve_task(_entry(), tmp_path)
+    assert str(refused.value).startswith(f"{task_yaml.resolve()}: {key}: template refused by the sandbox ({reason}")
+    assert "trust_code: true" in str(refused.value) and "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize(("key", "template", "reason"), [
     ("doc_to_text", "{{ self.__init__.__globals__ }}", "'__init__'"),
     ("doc_to_text", "{{ ''.__class__.__mro__ }}", "'__class__'"),
@@ -140,13 +151,7 @@ def test_a_metric_lm_eval_does_not_know_is_not_loaded_as_a_script(tmp_path: Path
 ])
 def test_templates_of_untrusted_tasks_render_sandboxed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        key: str, template: str, reason: str) -> None:
-    monkeypatch.chdir(tmp_path)
-    task_yaml = _folder(tmp_path, **{key: template})
-    with pytest.raises(MergelineError) as refused:
-        resolve_task(_entry(), tmp_path)
-    assert str(refused.value).startswith(f"{task_yaml.resolve()}: {key}: template refused by the sandbox (access to "
-                                         f"attribute {reason}")
-    assert "trust_code: true" in str(refused.value) and "\n" not in str(refused.value)
+    _assert_refused_by_sandbox(tmp_path, monkeypatch, key, template, f"access to attribute {reason}")
     assert not (tmp_path / "IMPORTED").exists()
 
 
@@ -161,12 +166,7 @@ def test_templates_of_untrusted_tasks_render_sandboxed(tmp_path: Path, monkeypat
 ])
 def test_templates_of_untrusted_tasks_are_bounded_in_memory_and_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, template: str, reason: str) -> None:
-    monkeypatch.chdir(tmp_path)
-    task_yaml = _folder(tmp_path, **{key: template})
-    with pytest.raises(MergelineError) as refused:
-        resolve_task(_entry(), tmp_path)
-    assert str(refused.value).startswith(f"{task_yaml.resolve()}: {key}: template refused by the sandbox ({reason}")
-    assert "trust_code: true" in str(refused.value) and "\n" not in str(refused.value)
+    _assert_refused_by_sandbox(tmp_path, monkeypatch, key, template, reason)
 
 
 def test_bounds_leave_ordinary_templates_alone(tmp_path: Path) -> None:
