@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 
 from mergeline.methods import pipeline_method
 from mergeline.params import ExperimentParams
 from mergeline.pipeline.records import EditChoice, EditPoint, Evaluation, Variant
+from mergeline.pipeline.sweeps import MethodSweep
 
 ANALOGY_METHOD = "task_arithmetic"
 
@@ -31,16 +33,26 @@ def variant_name(method: str, lam: float, density: float | None, grid: dict[str,
     return name
 
 
+def sweep_variants(params: ExperimentParams, method: str, sweep: MethodSweep | None = None) -> list[Variant]:
+    """One variant per point of ``method``'s grid (``merge.methods``, or ``sweep``): λ, density, grid values."""
+    points = params.sweep_grid(method, sweep)  # without ``sweep``, ``merge.lambda`` pins λ
+    sweep = sweep or params.merge.methods[method]
+    keys = list(sweep.grid)
+    variants = []
+    for lam, density, *values in itertools.product(*points):
+        grid = dict(zip(keys, values))
+        variants.append(Variant(name=variant_name(method, lam, density, grid), method=method, lam=lam,
+                                density=density, options={**sweep.options, **grid}))
+    return variants
+
+
 def negation_variants(params: ExperimentParams) -> Iterator[Variant]:
     """``neg-<task>-<variant name>`` for every negated task, method and point of its grid."""
     for task in params.negation.tasks:
         for method, sweep in params.negation_methods.items():
-            keys = list(sweep.grid)
-            for lam, density, *values in itertools.product(*params.sweep_grid(method, sweep)):
-                grid = dict(zip(keys, values))
-                yield Variant(name=f"neg-{task}-{variant_name(method, lam, density, grid)}", method=method, lam=lam,
-                              density=density, options={**sweep.options, **grid}, edit="negation",
-                              weights={task: -1.0}, target=task)
+            for variant in sweep_variants(params, method, sweep):
+                yield replace(variant, name=f"neg-{task}-{variant.name}", edit="negation", weights={task: -1.0},
+                              target=task)
 
 
 def analogy_variants(params: ExperimentParams) -> Iterator[Variant]:

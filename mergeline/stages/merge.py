@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 from mergeline.io.outputs import replace_problem
 from mergeline.methods import get_method, pipeline_method
 from mergeline.parameters import config_keys
 from mergeline.params import vector_mode
-from mergeline.pipeline.edits import edit_variants, variant_name
+from mergeline.pipeline.edits import edit_variants, sweep_variants
 from mergeline.pipeline.records import BaseRecord, Fit, Importance, Merged, Variant, Vector
 from mergeline.stages.common import StageContext, rel, timed, write_json
 
@@ -20,13 +19,7 @@ def plan_variants(ctx: StageContext) -> list[Variant]:
 
     A grid point's values join the variant's ``options`` (merge parameters, global or per-model default).
     """
-    variants = []
-    for method, sweep in ctx.params.merge.methods.items():
-        keys = list(sweep.grid)
-        for lam, density, *values in itertools.product(*ctx.params.sweep_grid(method)):
-            grid = dict(zip(keys, values))
-            variants.append(Variant(name=variant_name(method, lam, density, grid), method=method, lam=lam,
-                                    density=density, options={**sweep.options, **grid}))
+    variants = [variant for method in ctx.params.merge.methods for variant in sweep_variants(ctx.params, method)]
     return variants + edit_variants(ctx.params)
 
 
