@@ -12,38 +12,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mergeline.pipeline.claims import Pairs  # noqa: E402
-from mergeline.stats import mcnemar_exact, paired_bootstrap  # noqa: E402
+from mergeline.pipeline import claims  # noqa: E402
+from mergeline.plots import plot_bars, plot_layer_heatmap, plot_sweep  # noqa: E402
 
 
-def compare(results: list[dict], a, b) -> dict[str, float]:
-    """Δ = A − B over every seed's and task's test examples, ``a``/``b`` mapping a seed result to
-    {task: bits}; strata are the (seed, task) pairs."""
-    pairs = Pairs("", "", ())
+def compare(results: list[dict], a, b) -> claims.Comparison:
+    """Δ = A − B over every seed's and task's test examples (:func:`mergeline.pipeline.claims.compare`),
+    ``a``/``b`` mapping a seed result to {task: bits}; strata are the (seed, task) pairs. Its verdict is
+    not used: the claims here are read with :func:`verdict`."""
+    pairs = claims.Pairs("", "", ())
     for r in results:
         got_a, got_b = a(r), b(r)
         for i, t in enumerate(r["tasks"]):
             pairs = pairs.add(got_a[t], got_b[t], r["seed"] * 10 + i)
-    out = paired_bootstrap(pairs.a, pairs.b, strata=list(pairs.strata), iters=4000)
-    return {"diff": out["diff"], "low": out["low"], "high": out["high"], "p": mcnemar_exact(pairs.a, pairs.b),
-            "n": len(pairs.a)}
+    return claims.compare("", pairs, len(results), +1, iters=4000)
 
 
-def verdict(c: dict[str, float], sign: int = 1, band: float = 0.01) -> str:
+def verdict(c: claims.Comparison, sign: int = 1, band: float = 0.01) -> str:
     """holds (CI on the claimed side of 0) / does not hold (CI on the other side, or inside ±band) / undecided."""
-    lo, hi = sorted((sign * c["low"], sign * c["high"]))
+    lo, hi = sorted((sign * c.low, sign * c.high))
     if lo > 0:
         return "holds here"
     if hi < 0:
@@ -74,8 +67,8 @@ def rows(results: list[dict], smol: dict | None) -> list[dict[str, Any]]:
     out = []
 
     def row(claim, comparison, c, v, note=""):
-        out.append({"claim": claim, "family": "MiniLM-L6 encoder", "comparison": comparison, "n": c["n"],
-                    "seeds": n_seeds, "diff": c["diff"], "low": c["low"], "high": c["high"], "p": c["p"],
+        out.append({"claim": claim, "family": "MiniLM-L6 encoder", "comparison": comparison, "n": c.n,
+                    "seeds": n_seeds, "diff": c.diff, "low": c.low, "high": c.high, "p": c.p,
                     "verdict": v, "note": note})
 
     base = lambda r: r["base"]["test"]  # noqa: E731
@@ -107,7 +100,7 @@ def rows(results: list[dict], smol: dict | None) -> list[dict[str, Any]]:
               for f in ("STA-tau", "TA")}
     c = compare(results, lambda r: addition(r, "STA-tau", "test_lambda1"), lambda r: addition(r, "TA", "test_lambda1"))
     row("STA flatter in λ (less tuning)", "STA − TA, both untuned at λ = 1", c, verdict(c),
-        f"untuned − tuned: STA {c_sta['diff']:+.3f}, TA {c_ta['diff']:+.3f}; λ window within 1 pt of the best "
+        f"untuned − tuned: STA {c_sta.diff:+.3f}, TA {c_ta.diff:+.3f}; λ window within 1 pt of the best "
         f"(validation): STA {widths['STA-tau']:.2f}, TA {widths['TA']:.2f}")
     for fam, claim in (("STA-tau", "STA forgets better than TA"), ("TaLoS", "TaLoS negation beats TA")):
         c = compare(results, negation_target(fam), negation_target("TA"))
@@ -161,45 +154,23 @@ def grid_edges(results: list[dict]) -> dict[str, Any]:
 
 
 def plots(results: list[dict], smol: dict | None, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for fam, chosen in results[0]["addition"]["chosen"].items():
-        curves = [r["addition"]["curves"][r["addition"]["chosen"][fam]["variant"]] for r in results]
-        lams = sorted(float(k) for k in curves[0])
-        if len(lams) > 1:
-            ax.plot(lams, [statistics.mean(c[f"{l:g}"] for c in curves) for l in lams], marker=".", label=fam)
-    ax.set(xlabel="λ", ylabel="validation mean normalized acc", title=f"Addition, MiniLM encoder ({len(results)} seeds)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "claims_lambda.png", dpi=110)
-    fig, ax = plt.subplots(figsize=(9, 4))
-    weights = results[0]["addition"].get("lata_weights") or {}
-    for name, per_model in weights.items():
-        for model, w in (per_model or {}).items():
-            layers = sorted(w, key=int)
-            ax.plot([int(l) for l in layers], [w[l] for l in layers], marker="o", label=f"{name} / model {model}")
-    ax.set(xlabel="layer", ylabel="LATA layer weight", title="LATA layer weights (seed %d)" % results[0]["seed"])
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: it hid lines
-    fig.tight_layout()
-    fig.savefig(out / "claims_lata_weights.png", dpi=110)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels, observed, chance = [], [], []
-    for r in results:
-        for pair, v in r["premises"]["talos_overlap"].items():
-            labels.append(f"MiniLM {pair} s{r['seed']}")
-            observed.append(v["overlap"])
-            chance.append(v["random_per_tensor"])
-    for key, v in (smol or {}).get("across_tasks", {}).items():
-        labels.append(f"SmolLM2 {key.replace('/seed', ' s')}")
-        observed.append(v["overlap"])
-        chance.append(v["random_per_tensor"])
-    xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], observed, 0.4, label="TaLoS masks (Jaccard)")
-    ax.bar([x + 0.2 for x in xs], chance, 0.4, label="random masks, same per-tensor density")
-    ax.set_xticks(list(xs), labels, rotation=70, fontsize=6)
-    ax.set(ylabel="overlap", title="TaLoS premise: masks shared across tasks?")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "claims_mask_overlap.png", dpi=110)
+    curves = {}
+    for fam in results[0]["addition"]["chosen"]:
+        per_seed = [r["addition"]["curves"][r["addition"]["chosen"][fam]["variant"]] for r in results]
+        if len(per_seed[0]) > 1:  # MetaGPT has no λ (one point)
+            curves[fam] = [(float(k), statistics.mean(c[k] for c in per_seed)) for k in per_seed[0]]
+    plot_sweep(curves, out / "claims_lambda.png", ylabel="validation mean normalized acc",
+               title=f"Addition, MiniLM encoder ({len(results)} seeds)")
+    weights = {f"{name} / model {model}": {int(k): v for k, v in w.items()}
+               for name, per_model in (results[0]["addition"].get("lata_weights") or {}).items()
+               for model, w in (per_model or {}).items()}
+    if weights:
+        plot_layer_heatmap(weights, out / "claims_lata_weights.png", f"LATA layer weights (seed {results[0]['seed']})")
+    masks = [(f"MiniLM {pair} s{r['seed']}", v) for r in results for pair, v in r["premises"]["talos_overlap"].items()]
+    masks += [(f"SmolLM2 {key.replace('/seed', ' s')}", v) for key, v in (smol or {}).get("across_tasks", {}).items()]
+    plot_bars({"TaLoS masks (Jaccard)": {label: v["overlap"] for label, v in masks},
+               "random masks, same per-tensor density": {label: v["random_per_tensor"] for label, v in masks}},
+              out / "claims_mask_overlap.png", "overlap", "TaLoS premise: masks shared across tasks?")
 
 
 def main(argv: list[str] | None = None) -> int:

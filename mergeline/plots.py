@@ -73,7 +73,8 @@ def plot_layer_heatmap(
     tasks = list(matrix)
     layers = sorted({int(layer) for row in matrix.values() for layer in row})
     data = [[float(matrix[t].get(layer, math.nan)) for layer in layers] for t in tasks]
-    fig = Figure(figsize=(max(5, 0.3 * len(layers) + 2), 1.2 + 0.45 * len(tasks)))
+    # room for the row labels beside the cells (about 0.08 inch a character)
+    fig = Figure(figsize=(max(5, 0.3 * len(layers) + 2 + 0.08 * max(map(len, tasks))), 1.2 + 0.45 * len(tasks)))
     ax = fig.add_subplot()
     image = ax.imshow(data, aspect="auto", cmap="magma")
     ax.set_yticks(range(len(tasks)), tasks)
@@ -153,7 +154,8 @@ def plot_bars(
     for i, (label, values) in enumerate(series.items()):
         xs = [c + (i - (len(series) - 1) / 2) * width for c in range(len(categories))]
         ax.bar(xs, [values.get(c, math.nan) for c in categories], width=width, label=label)
-    ax.set_xticks(range(len(categories)), categories)
+    long = max(map(len, categories)) > 12  # long labels side by side overlap: slant them
+    ax.set_xticks(range(len(categories)), categories, rotation=30 if long else 0, ha="right" if long else "center")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if signed:
