@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from mergeline.io.safetensors_io import ShardedWriter, TensorSpec
 
@@ -41,50 +42,24 @@ class LlamaShape:
     num_key_value_heads: int
     vocab_size: int = VOCAB
 
+    def hf_config(self, dtype: str) -> LlamaConfig:
+        """The config.json of a LlamaForCausalLM of this shape (transformers and mergekit read it)."""
+        return LlamaConfig(architectures=["LlamaForCausalLM"], hidden_act="silu", hidden_size=self.hidden_size,
+                           intermediate_size=self.intermediate_size, num_hidden_layers=self.num_hidden_layers,
+                           num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
+                           vocab_size=self.vocab_size, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                           rope_theta=10000.0, initializer_range=INIT_STD, tie_word_embeddings=False, dtype=dtype,
+                           bos_token_id=1, eos_token_id=2)
+
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter name -> shape, in the order Hugging Face writes a LlamaForCausalLM."""
-        h, i = self.hidden_size, self.intermediate_size
-        kv = h // self.num_attention_heads * self.num_key_value_heads
-        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_size, h)}
-        for layer in range(self.num_hidden_layers):
-            p = f"model.layers.{layer}."
-            shapes[p + "self_attn.q_proj.weight"] = (h, h)
-            shapes[p + "self_attn.k_proj.weight"] = (kv, h)
-            shapes[p + "self_attn.v_proj.weight"] = (kv, h)
-            shapes[p + "self_attn.o_proj.weight"] = (h, h)
-            shapes[p + "mlp.gate_proj.weight"] = (i, h)
-            shapes[p + "mlp.up_proj.weight"] = (i, h)
-            shapes[p + "mlp.down_proj.weight"] = (h, i)
-            shapes[p + "input_layernorm.weight"] = (h,)
-            shapes[p + "post_attention_layernorm.weight"] = (h,)
-        shapes["model.norm.weight"] = (h,)
-        shapes["lm_head.weight"] = (self.vocab_size, h)
-        return shapes
+        """Parameter name -> shape, in the order Hugging Face writes a LlamaForCausalLM (its model built on
+        the meta device: no memory, no values)."""
+        with torch.device("meta"):
+            model = LlamaForCausalLM(self.hf_config("float32"))
+        return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
     def num_params(self) -> int:
         return sum(math.prod(s) for s in self.tensor_shapes().values())
-
-    def hf_config(self, dtype: str) -> dict[str, object]:
-        """A config.json that transformers and mergekit read as a LlamaForCausalLM."""
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_act": "silu",
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "vocab_size": self.vocab_size,
-            "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            "initializer_range": INIT_STD,
-            "tie_word_embeddings": False,
-            "dtype": dtype,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        }
 
 
 def llama_shape_for(params: float) -> LlamaShape:
@@ -120,7 +95,7 @@ def _write_model(folder: Path, shape: LlamaShape, dtype: str, shard_bytes: int,
     for name, shp in shapes.items():
         writer.add(name, make_tensor(name, shp).to(torch_dtype).cpu().contiguous())
     writer.close()
-    (folder / "config.json").write_text(json.dumps(shape.hf_config(dtype), indent=2))
+    (folder / "config.json").write_text(shape.hf_config(dtype).to_json_string())
 
 
 def _name_seed(name: str, seed: int) -> int:
