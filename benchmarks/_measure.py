@@ -98,23 +98,21 @@ class Comparison:
 
 def compare_models(a: Path, b: Path) -> Comparison:
     """Max |a - b| over every tensor both HF folders hold (in float32), and what does not match."""
-    ra, rb = CheckpointReader(a), CheckpointReader(b)
-    problems = [f"only in {a.name}: {n}" for n in sorted(set(ra.names()) - set(rb.names()))]
-    problems += [f"only in {b.name}: {n}" for n in sorted(set(rb.names()) - set(ra.names()))]
-    worst = 0.0
-    count = differing = elements = 0
-    for name in sorted(set(ra.names()) & set(rb.names())):
-        ta, tb = ra.get(name), rb.get(name)
-        if ta.shape != tb.shape or ta.dtype != tb.dtype:
-            problems.append(f"{name}: {tuple(ta.shape)} {ta.dtype} vs {tuple(tb.shape)} {tb.dtype}")
-            continue
-        if ta.numel():
-            worst = max(worst, (ta.float() - tb.float()).abs().max().item())
-        differing += int((ta != tb).sum())
-        elements += ta.numel()
-        count += 1
-    ra.close()
-    rb.close()
+    with CheckpointReader(a) as ra, CheckpointReader(b) as rb:
+        problems = [f"only in {a.name}: {n}" for n in sorted(set(ra.names()) - set(rb.names()))]
+        problems += [f"only in {b.name}: {n}" for n in sorted(set(rb.names()) - set(ra.names()))]
+        worst = 0.0
+        count = differing = elements = 0
+        for name in sorted(set(ra.names()) & set(rb.names())):
+            ta, tb = ra.get(name), rb.get(name)
+            if ta.shape != tb.shape or ta.dtype != tb.dtype:
+                problems.append(f"{name}: {tuple(ta.shape)} {ta.dtype} vs {tuple(tb.shape)} {tb.dtype}")
+                continue
+            if ta.numel():
+                worst = max(worst, (ta.float() - tb.float()).abs().max().item())
+            differing += int((ta != tb).sum())
+            elements += ta.numel()
+            count += 1
     return Comparison(worst, count, differing, elements, problems)
 
 

@@ -45,9 +45,10 @@ def _ok(m: Measured | None) -> bool:
     return m is not None and not m.error
 
 
-def _num(seconds: float) -> str:
-    """Seconds to one decimal, or two significant digits below one (a tiny merge is not "0.0")."""
-    return f"{seconds:.1f}" if seconds >= 1 else f"{seconds:.2g}"
+def _num(x: float, places: int = 1) -> str:
+    """``places`` decimals, or two significant digits below 10^(1 − places): seconds to one decimal (a
+    tiny merge is not "0.0"), ratios to two (never a bare "0.00")."""
+    return f"{x:.{places}f}" if x >= 10.0 ** (1 - places) else f"{x:.2g}"
 
 
 def _secs(m: Measured | None) -> str:
@@ -68,17 +69,12 @@ def ratio(a: Measured | None, b: Measured | None, inner: bool = False) -> float 
     return None if x is None or not y else x / y
 
 
-def _times(x: float) -> str:
-    """A ratio to two decimals, or two significant digits below 0.1 (never a bare "0.00")."""
-    return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
-
-
 def _pair(a: Measured | None, b: Measured | None) -> str:
     """"whole (merge alone)" ratios of a to b."""
     whole, inner = ratio(a, b), ratio(a, b, inner=True)
     if whole is None:
         return "-"
-    return _times(whole) + ("" if inner is None else f" ({_times(inner)})")
+    return _num(whole, 2) + ("" if inner is None else f" ({_num(inner, 2)})")
 
 
 def size_label(models: ModelSet) -> str:

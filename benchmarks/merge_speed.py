@@ -116,16 +116,15 @@ class Bench:
             print(f"  failed: {result.error}", file=sys.stderr)
         return result
 
-    def mergeline(self, config: Path, out: Path, log: Path, device: str) -> Measured:
-        args = ["merge", str(config), "--out", str(out), "--device", device]
-        return self._repeat(lambda: run_entry_point("mergeline.cli:main", args, log, TIMED["mergeline"]), out)
-
-    def mergekit(self, config: Path, out: Path, log: Path, device: str) -> Measured:
-        args = [str(config), str(out), "--no-copy-tokenizer", "--quiet", *self.args.mergekit_arg]
-        if device.startswith("cuda"):
-            args.append("--cuda")
-        return self._repeat(lambda: run_entry_point("mergekit.scripts.run_yaml:main", args, log,
-                                                    TIMED["mergekit"]), out)
+    def tool(self, tool: str, config: Path, out: Path, log: Path, device: str) -> Measured:
+        """``mergeline merge`` or ``mergekit-yaml`` on ``config``, each through its console entry point."""
+        if tool == "mergeline":
+            entry, args = "mergeline.cli:main", ["merge", str(config), "--out", str(out), "--device", device]
+        else:
+            entry = "mergekit.scripts.run_yaml:main"
+            args = [str(config), str(out), "--no-copy-tokenizer", "--quiet", *self.args.mergekit_arg,
+                    *(["--cuda"] if device.startswith("cuda") else [])]
+        return self._repeat(lambda: run_entry_point(entry, args, log, TIMED[tool]), out)
 
     def model_set(self, size: float | LlamaShape) -> tuple[str, ModelSet, list[Path]]:
         """The model set of ``size`` (built once, cached in the workdir), read once so every run sees
@@ -181,12 +180,10 @@ class Bench:
         config.write_text(yaml.safe_dump(merge_config(models, method, a.density), sort_keys=False))
         res = MethodResult(in_mergekit=method in IN_MERGEKIT)
         ml_out, mk_out = out / f"mergeline-{method}", out / f"mergekit-{method}"
-        if "mergeline" in a.tools:
-            res.mergeline = self._step(f"{tag}: mergeline", lambda: self.mergeline(
-                config, ml_out, logs / f"mergeline-{method}-{device}.log", device))
-        if "mergekit" in a.tools and res.in_mergekit:
-            res.mergekit = self._step(f"{tag}: mergekit", lambda: self.mergekit(
-                config, mk_out, logs / f"mergekit-{method}-{device}.log", device))
+        for tool, where in (("mergeline", ml_out), ("mergekit", mk_out)):
+            if tool in a.tools and (tool == "mergeline" or res.in_mergekit):
+                setattr(res, tool, self._step(f"{tag}: {tool}", lambda: self.tool(
+                    tool, config, where, logs / f"{tool}-{method}-{device}.log", device)))
         if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
             res.comparison = compare_models(ml_out, mk_out)
             print(f"  mergeline vs mergekit: {res.comparison.summary()}")

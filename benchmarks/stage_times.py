@@ -54,6 +54,7 @@ from mergeline.env import WORKERS_ENV  # noqa: E402
 from mergeline.errors import MergelineError  # noqa: E402
 from mergeline.params import ExperimentParams, load_params  # noqa: E402
 from mergeline.pipeline.table import STEPS  # noqa: E402
+from mergeline.tracking.mlflow_setup import default_tracking_uri  # noqa: E402
 
 SPLIT_ROWS = ("fine-tune", "evaluate")  # labels end in the mode (task-full) or the split (variant-test)
 MARKER = ".stage_times"  # marks a --root this script made, so it may wipe it
@@ -107,10 +108,6 @@ def run_params(params_file: str, overrides: list[str]) -> tuple[ExperimentParams
     return checked, params
 
 
-def tracking_uri(project: Path) -> str:
-    return f"sqlite:///{project.resolve() / 'mlflow.db'}"
-
-
 def run_pipeline(project: Path, params: dict[str, Any], workers: int) -> float:
     """``mergeline run`` in the new folder ``project`` (its own Prefect state and MLflow store, so no
     call is a cache hit), ``workers`` calls at once; its wall time in seconds, its stdout in stdout.txt."""
@@ -118,7 +115,7 @@ def run_pipeline(project: Path, params: dict[str, Any], workers: int) -> float:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     env = {**os.environ, WORKERS_ENV: str(workers), "PREFECT_HOME": str(project / ".prefect"),
            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(project / ".prefect" / "results"),
-           "MLFLOW_TRACKING_URI": tracking_uri(project)}
+           "MLFLOW_TRACKING_URI": default_tracking_uri(project)}
     # a shared Prefect server or work pool would add other runs' load and caches to the timings
     env.pop("PREFECT_API_URL", None)
     env.pop("MERGELINE_WORK_POOL", None)
@@ -293,7 +290,7 @@ def measure(args: argparse.Namespace) -> tuple[ExperimentParams, Path, dict[int,
     if args.project:
         project = Path(args.project).resolve()
         checked = load_params(str(project / "params.yaml"), [])
-        return checked, project.parent, {args.workers[0]: [recorded(tracking_uri(project))]}
+        return checked, project.parent, {args.workers[0]: [recorded(default_tracking_uri(project))]}
     overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
     checked, params = run_params(args.params, overrides)  # every run gets the same validated params
     root = Path(args.root or ROOT / "bench_out" / "stage_times" / checked.device).resolve()
@@ -304,7 +301,7 @@ def measure(args: argparse.Namespace) -> tuple[ExperimentParams, Path, dict[int,
     for round_ in range(args.repeat):
         for workers in args.workers:
             project = root / f"w{workers}-r{round_}"
-            run = recorded(tracking_uri(project), run_pipeline(project, params, workers))
+            run = recorded(default_tracking_uri(project), run_pipeline(project, params, workers))
             runs[workers].append(run)
             print(f"workers={workers} round {round_}: {run.process_seconds:.1f} s (pipeline flow "
                   f"{run.pipeline_seconds:.1f} s, load {os.getloadavg()[0]:.1f})", flush=True)
