@@ -1,15 +1,15 @@
 #!/bin/bash
 # The GPU tests and the CUDA rows of benchmarks/merge_speed.py on a lent GPU, one step per call (each
-# under the 10-minute limit). Carry .enc-carry/: wheels/ (pydantic, pytest, pyyaml, mergekit 0.1.5, click,
-# immutables, peft, ... for Python 3.12; put first on the path) and fallback/ (scipy, protobuf, psutil:
-# used only where the device has none). The synthetic models are cached in /tmp/ms, so on the same warm
-# machine a later step reuses them; a fresh machine rebuilds them on the GPU in seconds.
+# under the 10-minute limit). Carry .speed-carry/ (benchmarks/device/speed_pack.sh builds it): wheels/,
+# put first on the path, and fallback/, put last (used only where the device has no copy). The synthetic
+# models are cached in /tmp/ms, so on the same warm machine a later step reuses them; a fresh machine
+# rebuilds them on the GPU in seconds.
 #   STEP=tests  bash benchmarks/device/speed_run.sh   # pytest -m gpu over the CUDA tests
 #   STEP=big    bash benchmarks/device/speed_run.sh   # 4 x 2.97B bf16 on CUDA: METHODS= (default TA,TIES,DELLA,MODEL_STOCK,LINEAR)
 #   STEP=small  bash benchmarks/device/speed_run.sh   # hidden 512 x 8 layers, 3 fine-tunes, CUDA and CPU, every method
 # Each step writes its table (or JUnit XML) and log to $OUT.
 set -uo pipefail
-CARRY=${CARRY:-$PWD/.enc-carry}
+CARRY=${CARRY:-$PWD/.speed-carry}
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 if [ ! -d /tmp/pp/pydantic ]; then
