@@ -1,24 +1,21 @@
 """What ``merge_speed.py`` runs in its child processes, one subcommand each (via ``_measure.py``).
 
-    python -S benchmarks/_child.py launch RESULT.json CMD [ARG...]
-    python benchmarks/_child.py tool PEAK.json [--time MODULE:FUNC] ENTRY_MODULE:FUNC [ARG...]
-    python benchmarks/_child.py read FILE...
-    python benchmarks/_child.py copy DEVICE OUT_DIR BASE_DIR MODEL_DIR...
+    python benchmarks/_child.py PEAK.json tool [--time MODULE:FUNC] ENTRY_MODULE:FUNC [ARG...]
+    python benchmarks/_child.py PEAK.json read FILE...
+    python benchmarks/_child.py PEAK.json copy DEVICE OUT_DIR BASE_DIR MODEL_DIR...
 
-``launch``: runs CMD and writes ``{"seconds", "max_rss", "returncode"}``, its wall time and its max RSS
-from ``os.wait4``. A child's ``ru_maxrss`` starts from the memory of the process that forked it, and
-the benchmark holds GBs after building models; this launcher is a fresh interpreter (``-S``: no site,
-nothing heavy imported), so the tool it starts is measured from ~10 MB up.
+Every subcommand writes at exit (also on ``sys.exit``, which click-based CLIs always call) to PEAK.json
+``"max_rss"``, the process's peak resident memory (``VmHWM``: the memory mapped since this interpreter
+started, so not the GBs the benchmark held when it started it, which a child's ``ru_maxrss`` would count),
+and, when the process used CUDA, ``"cuda_max_allocated"`` and ``"cuda_max_reserved"``.
 
 ``tool``: runs a console-script entry point in this process with the remaining arguments as
-``sys.argv[1:]``, as if started from its console script. At exit (also on ``sys.exit``, which
-click-based CLIs always call) writes ``{"cuda_max_allocated", "cuda_max_reserved"}`` to PEAK.json when
-the tool used CUDA. ``--time MODULE:FUNC`` wraps that function (``mergeline.merge.engine:run_merge``,
-``mergekit.scripts.run_yaml:run_merge``) to add ``"timed_seconds"``: the merge alone, without
-interpreter start, imports and exit.
+``sys.argv[1:]``, as if started from its console script. ``--time MODULE:FUNC`` wraps that function
+(``mergeline.merge.engine:run_merge``, ``mergekit.scripts.run_yaml:run_merge``) to add
+``"timed_seconds"``: the merge alone, without interpreter start, imports and exit.
 
-``read``: reads the raw bytes of every file once (64 MiB chunks, one reused buffer) and prints
-``{"bytes": N, "seconds": S}``, S timed around the reads alone: the bound "read the input bytes once".
+``read``: reads the raw bytes of every file once (64 MiB chunks, one reused buffer); ``"timed_seconds"``
+is timed around the reads alone: the bound "read the input bytes once".
 
 ``copy``: the plain read+write of a merge's bytes, no arithmetic: every tensor of the base loaded from
 every model with the product's reader (moved to DEVICE, as a merge would), the base's copy kept and
@@ -32,9 +29,7 @@ import atexit
 import functools
 import importlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,16 +37,6 @@ from typing import Any
 
 _CHUNK = 64 << 20
 _timed: dict[str, float] = {}
-
-
-def launch(result_file: str, *cmd: str) -> None:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, so Popen must not wait
-    Path(result_file).write_text(json.dumps({"seconds": seconds, "max_rss": usage.ru_maxrss * 1024,
-                                             "returncode": proc.returncode}))
 
 
 def _time_calls(target: str) -> None:
@@ -72,7 +57,8 @@ def _time_calls(target: str) -> None:
 
 
 def _write_peak(path: str) -> None:
-    peak: dict[str, float] = dict(_timed)
+    status = Path("/proc/self/status").read_text()
+    peak: dict[str, float] = {**_timed, "max_rss": int(status.split("VmHWM:")[1].split()[0]) * 1024}
     torch = sys.modules.get("torch")
     # Only query CUDA if the tool initialised it: initialising it here costs seconds and fails on
     # machines without a driver.
@@ -82,13 +68,12 @@ def _write_peak(path: str) -> None:
     Path(path).write_text(json.dumps(peak))
 
 
-def tool(peak_file: str, *rest: str) -> int:
+def tool(*rest: str) -> int:
     target = None
     if rest[0] == "--time":
         target, *rest = rest[1:]  # type: ignore[assignment]
     entry, *args = rest
     module_name, func_name = entry.split(":")
-    atexit.register(_write_peak, peak_file)
     sys.argv = [module_name.rsplit(".", 1)[-1], *args]
     func = getattr(importlib.import_module(module_name), func_name)
     if target is not None:
@@ -112,7 +97,7 @@ def read_files(files: list[Path]) -> tuple[int, float]:
 def copy_models(base: Path, models: list[Path], out: Path, device: str) -> None:
     """Read every tensor of base + models (to ``device``) once and write the base's tensors to ``out``,
     one output shard at a time, in the base's shard layout."""
-    # imported here, not at the top: ``launch`` runs under ``-S``, where torch is not importable
+    # imported here, not at the top: a ``tool`` or ``read`` process loads only what it measures
     import torch
     from safetensors.torch import save_file
 
@@ -139,14 +124,12 @@ def copy_models(base: Path, models: list[Path], out: Path, device: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    command, *args = argv
-    if command == "launch":
-        launch(*args)
-    elif command == "tool":
+    peak_file, command, *args = argv
+    atexit.register(_write_peak, peak_file)
+    if command == "tool":
         return tool(*args)
-    elif command == "read":
-        nbytes, seconds = read_files([Path(a) for a in args])
-        print(json.dumps({"bytes": nbytes, "seconds": seconds}))
+    if command == "read":
+        _timed["timed_seconds"] = read_files([Path(a) for a in args])[1]
     else:  # copy DEVICE OUT BASE MODEL...
         device, out, base, *models = args
         copy_models(Path(base), [Path(m) for m in models], Path(out), device)

@@ -2,8 +2,8 @@
 loader and sha256 in this process (used by merge_speed.py).
 
 Wall-clock time covers the whole command (interpreter start and imports included), as a user sees it.
-Peak host memory is the tool's own max RSS, taken by the small launcher ``_child.py launch`` (why a
-launcher: see there).
+Peak host memory is the tool's own peak RSS, which ``_child.py`` reports at exit (why not the parent's
+``ru_maxrss`` of the child: see there).
 """
 
 from __future__ import annotations
@@ -43,36 +43,29 @@ def offline_env() -> dict[str, str]:
     return {**os.environ, **OFFLINE_DEFAULTS, "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_measured(cmd: list[str], log: Path) -> Measured:
-    """Run ``cmd`` with stdout+stderr to ``log`` through ``_child.py launch``; return its wall time and max RSS."""
+def run_child(args: list[str], log: Path) -> Measured:
+    """``_child.py`` with ``args``, stdout+stderr to ``log``: its wall time, and the peak memory (and the
+    inner time, if any) it wrote at exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    result_file = log.with_suffix(".run.json")
-    result_file.unlink(missing_ok=True)
+    peak_file = log.with_suffix(".peak.json")
+    peak_file.unlink(missing_ok=True)
+    start = time.perf_counter()
     with open(log, "w") as out:
-        subprocess.run([sys.executable, "-S", str(CHILD), "launch", str(result_file), *cmd],
-                       stdout=out, stderr=subprocess.STDOUT, env=offline_env(), check=False)
-    if not result_file.exists():
-        return Measured(0.0, 0, error=f"launcher failed, see {log}")
-    result = json.loads(result_file.read_text())
-    measured = Measured(result["seconds"], result["max_rss"])
-    if result["returncode"] != 0:
+        code = subprocess.run([sys.executable, str(CHILD), str(peak_file), *args], stdout=out,
+                              stderr=subprocess.STDOUT, env=offline_env(), check=False).returncode
+    peak = json.loads(peak_file.read_text()) if peak_file.exists() else {}
+    measured = Measured(time.perf_counter() - start, peak.get("max_rss", 0), peak.get("cuda_max_allocated"),
+                        peak.get("timed_seconds"))
+    if code != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-        measured.error = f"exit {result['returncode']}: " + "\n".join(tail)
+        measured.error = f"exit {code}: " + "\n".join(tail)
     return measured
 
 
 def run_entry_point(entry: str, args: list[str], log: Path, timed: str | None = None) -> Measured:
     """Run a console-script entry point (``module:function``) through ``_child.py tool``, with CUDA peak, and
     the time spent in the function ``timed`` (``module:function``) as ``inner_seconds``."""
-    peak_file = log.with_suffix(".peak.json")
-    peak_file.unlink(missing_ok=True)
-    timing = ["--time", timed] if timed else []
-    measured = run_measured([sys.executable, str(CHILD), "tool", str(peak_file), *timing, entry, *args], log)
-    if peak_file.exists():
-        peak = json.loads(peak_file.read_text())
-        measured.cuda_peak = peak.get("cuda_max_allocated")
-        measured.inner_seconds = peak.get("timed_seconds")
-    return measured
+    return run_child(["tool", *(["--time", timed] if timed else []), entry, *args], log)
 
 
 def best_of(runs: list[Measured]) -> Measured:

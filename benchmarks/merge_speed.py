@@ -24,7 +24,6 @@ page cache. Exit status 1 if any run failed or a comparison found a mismatch in 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
@@ -33,14 +32,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from _measure import Measured, best_of, compare_models, loader_seconds, run_entry_point, run_measured, sha256_seconds
+from _measure import Measured, best_of, compare_models, loader_seconds, run_child, run_entry_point, sha256_seconds
 from _child import read_files
 from _speed_table import DeviceResult, MethodResult, SizeResult, report
 from _synthetic_models import LlamaShape, ModelSet, build_model_set, llama_shape, model_files
 from mergeline.io.safetensors_io import CheckpointReader
 from mergeline.merge.prefetch import PREFETCH_BYTES
 
-HERE = Path(__file__).resolve().parent
 GB = 1e9
 # label -> merge_method; the methods mergekit 0.1.5 has are also run there
 METHODS = {"TA": "task_arithmetic", "TIES": "ties", "DELLA": "della", "MODEL_STOCK": "model_stock",
@@ -70,12 +68,12 @@ def merge_config(models: ModelSet, method: str, density: float) -> dict:
     return {"merge_method": method, **base, "models": entries, "dtype": "float32", "out_dtype": models.dtype}
 
 
-def _read_timed(cmd: list[str], log: Path) -> Measured:
+def _read_timed(files: list[Path], log: Path) -> Measured:
     """The read bound's run, timed by the child around the reads alone (no interpreter start): its
     whole time and its "merge alone" are the same, so mergeline's share of the bound is a plain ratio."""
-    measured = run_measured(cmd, log)
+    measured = run_child(["read", *map(str, files)], log)
     if not measured.error:
-        measured.seconds = measured.inner_seconds = json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
+        measured.seconds = measured.inner_seconds  # type: ignore[assignment]
     return measured
 
 
@@ -149,9 +147,8 @@ class Bench:
         result = SizeResult(models, sum(f.stat().st_size for f in files))
         self.results.append(result)
         if "baseline" in a.tools:
-            read_cmd = [sys.executable, str(HERE / "_child.py"), "read", *map(str, files)]
             result.read = self._step(f"[{tag}] read bound", lambda: self._repeat(
-                lambda: _read_timed(read_cmd, logs / "read.log")))
+                lambda: _read_timed(files, logs / "read.log")))
         for device in a.devices:
             result.devices[device] = self.run_device(result, device, tag, out, logs)
         return result
@@ -161,10 +158,9 @@ class Bench:
         where = DeviceResult()
         tag = f"{tag} {device}"
         if "baseline" in a.tools:
-            copy_cmd = [sys.executable, str(HERE / "_child.py"), "copy", device, str(out / "baseline"),
-                        *map(str, models.all_models)]
+            copy = ["copy", device, str(out / "baseline"), *map(str, models.all_models)]
             where.baseline = self._step(f"[{tag}] read+write baseline", lambda: self._repeat(
-                lambda: run_measured(copy_cmd, logs / f"baseline-{device}.log"), out / "baseline"))
+                lambda: run_child(copy, logs / f"baseline-{device}.log"), out / "baseline"))
             shutil.rmtree(out / "baseline", ignore_errors=True)
         for label in a.methods:
             where.methods[label] = self.run_method(models, METHODS[label], device, out, logs, f"[{tag}] {label}")
