@@ -24,8 +24,8 @@ from mergeline.plots import plot_bars, plot_layer_heatmap, plot_sweep  # noqa: E
 
 def compare(results: list[dict], a, b) -> claims.Comparison:
     """Δ = A − B over every seed's and task's test examples (:func:`mergeline.pipeline.claims.compare`),
-    ``a``/``b`` mapping a seed result to {task: bits}; strata are the (seed, task) pairs. Its verdict is
-    not used: the claims here are read with :func:`verdict`."""
+    ``a``/``b`` mapping a seed result to {task: bits}; strata are the (seed, task) pairs. Its
+    ``verdict`` reads the claim as A > B; the rows take :func:`verdict`, with the claim's sign."""
     pairs = claims.Pairs("", "", ())
     for r in results:
         got_a, got_b = a(r), b(r)
@@ -34,16 +34,15 @@ def compare(results: list[dict], a, b) -> claims.Comparison:
     return claims.compare("", pairs, len(results), +1, iters=4000)
 
 
-def verdict(c: claims.Comparison, sign: int = 1, band: float = 0.01) -> str:
-    """holds (CI on the claimed side of 0) / does not hold (CI on the other side, or inside ±band) / undecided."""
-    lo, hi = sorted((sign * c.low, sign * c.high))
-    if lo > 0:
-        return "holds here"
-    if hi < 0:
-        return "does not hold here (the opposite, significantly)"
-    if -band <= lo and hi <= band:
-        return f"does not hold here (no difference: CI within ±{band:.2f})"
-    return "undecided (CI includes 0 and effects above ±0.01)"
+def verdict(c: claims.Comparison, sign: int = 1) -> str:
+    """The report's verdict (:func:`mergeline.pipeline.claims.verdict`, one rule for both) with its reason."""
+    said = claims.verdict(c.low, c.high, sign)
+    if said == "undecided":
+        return f"undecided (CI includes 0 and effects above ±{claims.MARGIN:.2f})"
+    if said == "holds here":
+        return said
+    opposite = max(sign * c.low, sign * c.high) < 0
+    return said + (" (the opposite, significantly)" if opposite else f" (no difference: CI within ±{claims.MARGIN:.2f})")
 
 
 def addition(r, fam, key="test"):
