@@ -181,7 +181,7 @@ def _collect(model: torch.nn.Module, tokenizer: Any, records: Sequence[dict[str,
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    # a layer the forward pass never called: a zero matrix, as before sharing was detected
+    # a layer the forward pass never called keeps a zero matrix (stored, so every weight has one)
     owned = {name: sums.get(name) for name in layers if name not in sharing.owner}
     matrices = {name: (total / len(encoded)).float().cpu() if total is not None
                 else torch.zeros(layers[name].in_features, layers[name].in_features)
@@ -195,7 +195,7 @@ def save_grams(grams: Grams, path: str | os.PathLike[str]) -> Path:
 
 
 def load_grams(path: str | os.PathLike[str]) -> Grams:
-    """Read a Gram file (one without aliases, as written before sharing was detected, reads as all stored)."""
+    """Read a Gram file (a file without aliases reads as every matrix stored)."""
     with CheckpointReader(path) as reader:
         aliases = reader_aliases(reader)
     return Grams(load_tensors(path), aliases)

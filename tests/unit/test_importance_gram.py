@@ -124,22 +124,26 @@ def test_layers_reading_one_input_share_one_stored_matrix(setup, tmp_path):
 
 
 class _Toy(torch.nn.Module):
-    """Four linear layers on one embedding: ``b`` reads ``a``'s input object, ``c`` an equal copy of it,
-    ``d`` ``a``'s object in the first forward pass only (a copy afterwards)."""
+    """Linear layers on one embedding: ``b`` reads ``a``'s input object, ``c`` an equal copy of it,
+    ``d`` ``a``'s object in the first forward pass only (a copy afterwards); ``f`` reads ``e``'s input
+    object after it was doubled in place."""
 
     def __init__(self, vocab: int) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(0)
         self.embed = torch.nn.Embedding(vocab, 4)
         torch.nn.init.normal_(self.embed.weight, generator=gen)
-        self.a, self.b, self.c, self.d = (torch.nn.Linear(4, 3) for _ in range(4))
+        self.a, self.b, self.c, self.d, self.e, self.f = (torch.nn.Linear(4, 3) for _ in range(6))
         self.calls = 0
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(input_ids)
         self.calls += 1
         shared_first = x if self.calls == 1 else x.clone()
-        return self.a(x) + self.b(x) + self.c(x.clone()) + self.d(shared_first)
+        y = x.clone()
+        first = self.e(y)
+        y.mul_(2.0)
+        return self.a(x) + self.b(x) + self.c(x.clone()) + self.d(shared_first) + first + self.f(y)
 
 
 def test_distinct_input_objects_are_never_merged(setup):
@@ -149,10 +153,11 @@ def test_distinct_input_objects_are_never_merged(setup):
     grams = collect_grams(toy, tok, read_records(calib), GramConfig(calib_examples=5, batch_size=2))
     # equal values in a distinct tensor (c) are not sharing; d shared in the first batch only is split
     assert grams.aliases == {"b.weight": "a.weight"}
-    assert set(grams.matrices) == {"a.weight", "c.weight", "d.weight"}
+    assert set(grams.matrices) == {"a.weight", "c.weight", "d.weight", "e.weight", "f.weight"}
     assert toy.calls > 3  # the first try met d's copy in batch 2 and collected again
     for name in ("c.weight", "d.weight"):  # the same values as a's input, so the same matrix
         torch.testing.assert_close(grams.matrices[name], grams.matrices["a.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(grams.matrices["f.weight"], 4 * grams.matrices["e.weight"], rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("gpu_loop", [False, True])
