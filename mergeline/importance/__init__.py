@@ -3,13 +3,16 @@ layer cosines, MetaGPT norms, and the papers' premises (task-vector cosines, los
 random-mask overlap)."""
 
 from mergeline.importance.diagnostics import importance_stats, layer_similarities, vector_norms
-from mergeline.importance.gram import GramConfig, gram_matrices
+from mergeline.importance.gram import GramConfig, Grams, gram_matrices, load_grams, save_grams
 from mergeline.importance.premises import loss_along, pairwise_cosines, quadratic_gap, random_mask_overlap
 from mergeline.importance.sta import StaImportanceConfig, load_importance, save_importance, sta_importance
 
 __all__ = [
     "GramConfig",
+    "Grams",
     "gram_matrices",
+    "load_grams",
+    "save_grams",
     "StaImportanceConfig",
     "importance_stats",
     "layer_similarities",

@@ -89,14 +89,8 @@ def _load_header(path: Path, raw: bytes) -> dict:
     return header
 
 
-def _parse_header(path: Path) -> dict[str, tuple[TensorSpec, int]]:
-    """Checked header of ``path``: name → (spec, absolute byte offset of its data), in file order.
-
-    Refused as the safetensors library refuses them: a header length beyond the file or 100 MiB; a
-    header that is not a UTF-8 JSON object (or repeats a key); an unknown dtype; a shape or offset
-    that is not a non-negative integer; byte ranges that overlap, leave gaps, do not match
-    shape × dtype size, or end before or after the data.
-    """
+def _read_header_json(path: Path) -> tuple[dict, int, int]:
+    """The header JSON of ``path``, its length and the file's size (length checked against both)."""
     size = path.stat().st_size
     if size < 8:
         raise MergelineError(f"{path}: truncated or corrupt safetensors file ({size} bytes)")
@@ -108,7 +102,23 @@ def _parse_header(path: Path) -> dict[str, tuple[TensorSpec, int]]:
             raise MergelineError(
                 f"{path}: truncated or corrupt safetensors file (header of {header_len} bytes, file of {size})"
             )
-        header = _load_header(path, handle.read(header_len))
+        return _load_header(path, handle.read(header_len)), header_len, size
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` strings of one safetensors file's header (empty when it has none)."""
+    return dict(_read_header_json(path)[0].get("__metadata__", {}))
+
+
+def _parse_header(path: Path) -> dict[str, tuple[TensorSpec, int]]:
+    """Checked header of ``path``: name → (spec, absolute byte offset of its data), in file order.
+
+    Refused as the safetensors library refuses them: a header length beyond the file or 100 MiB; a
+    header that is not a UTF-8 JSON object (or repeats a key); an unknown dtype; a shape or offset
+    that is not a non-negative integer; byte ranges that overlap, leave gaps, do not match
+    shape × dtype size, or end before or after the data.
+    """
+    header, header_len, size = _read_header_json(path)
     data_len = size - 8 - header_len
     specs: list[tuple[int, int, TensorSpec]] = []
     for name, entry in header.items():

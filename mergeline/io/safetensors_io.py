@@ -170,6 +170,10 @@ class CheckpointReader:
     def dtype(self, name: str) -> torch.dtype:
         return self.spec(name).dtype
 
+    def stored_files(self) -> list[Path]:
+        """The safetensors files behind this reader, in storage order (none for tensors in memory)."""
+        return list(dict.fromkeys(self._files.values()))
+
     def file(self, name: str) -> Path:
         """The safetensors file holding ``name`` (for error messages)."""
         self.spec(name)

@@ -20,6 +20,7 @@ import torch
 from mergeline.merge.config import ParameterResolver, same_path
 from mergeline.errors import MergelineError
 from mergeline.io.safetensors_io import CheckpointReader, TensorSpec
+from mergeline.io.tensor_aliases import reader_aliases
 from mergeline.merge.layers import layer_index
 from mergeline.methods import MethodParameters, ModelParameters, TensorInputs
 from mergeline.merge.slices import InputGroup, PlannedTensor, plan_slices
@@ -62,7 +63,8 @@ def _same_data(reader: CheckpointReader, a: str, b: str) -> bool:
 
 class MergeInputs:
     """Mixed into the engine, which provides ``config``, ``device``, ``method_cls``, ``compute``,
-    ``out_dtype``, ``aux``, ``checked``, ``check_inputs``, ``buffers``, ``staging``, ``workspace``,
+    ``out_dtype``, ``aux`` (with ``aux_aliases``: each auxiliary reader's tensor aliases, by reader id),
+    ``checked``, ``check_inputs``, ``buffers``, ``staging``, ``workspace``,
     ``open`` and ``_prefetched`` (inputs already on the device, by (reader id, name, rows))."""
 
     # ---- planning: everything that can be checked without reading tensor data -------------------
@@ -167,7 +169,14 @@ class MergeInputs:
             paths += [getattr(mp, key, None) for mp in item.model_params]
         for path in paths:
             if path is not None and str(path) not in self.aux:
-                self.aux[str(path)] = self.open(str(path))
+                reader = self.aux[str(path)] = self.open(str(path))
+                self.aux_aliases[id(reader)] = reader_aliases(reader)
+
+    def stored_name(self, reader: CheckpointReader, name: str) -> str | None:
+        """The name under which ``reader`` stores tensor ``name`` (an auxiliary file's alias resolved to
+        the tensor it shares, see ``mergeline.io.tensor_aliases``), or None when it holds no such tensor."""
+        name = self.aux_aliases.get(id(reader), {}).get(name, name)
+        return name if name in reader else None
 
     def _tie(self, items: list[PlanItem]) -> None:
         """Mark an LM head that holds exactly the embedding's data (in base and every model) as its alias."""
@@ -311,7 +320,8 @@ class MergeInputs:
         if path is None:
             return None
         reader = self.aux[str(path)]
-        return self._read(reader, name, ("aux", slot), span, index, whole) if name in reader else None
+        stored = self.stored_name(reader, name)
+        return None if stored is None else self._read(reader, stored, ("aux", slot), span, index, whole)
 
     def _all_readers(self, item: PlanItem, aux: bool = True) -> list[Any]:
         """The readers ``item`` is read from: its group's base and inputs (and the auxiliary files)."""
@@ -322,8 +332,9 @@ class MergeInputs:
 
     def _release(self, item: PlanItem, rows: Span = None) -> None:
         for reader in self._all_readers(item):
-            if item.name in reader:
-                reader.release(item.name, rows)
+            stored = self.stored_name(reader, item.name)
+            if stored is not None:
+                reader.release(stored, rows)
 
     # ---- the passes ------------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class Engine(MergeInputs, PrefetchedTensors):
         self.out_dtype = config.output_dtype()
         self.stack = ExitStack()
         self.aux: dict[str, CheckpointReader] = {}  # model_inputs / global_inputs, by path
+        self.aux_aliases: dict[int, dict[str, str]] = {}  # each aux reader's tensor aliases, by reader id
         self.checked: set[tuple[int, str, Any]] = set()  # (reader id, tensor, rows) checked for NaN/Inf
         self.row_separable = False  # set by use(method)
         self.vectors_whole = False

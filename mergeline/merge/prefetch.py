@@ -52,10 +52,9 @@ class PrefetchFeed:
         item = self.work[self.next]
         self.next += 1
         rows = (0, item.out.shape[0]) if item.cut else None
-        fetched = {
-            (id(reader), item.name, rows): self.loader.fetch(reader, item.name, rows)
-            for reader in self.engine._all_readers(item) if item.name in reader
-        }
+        stored = [(reader, self.engine.stored_name(reader, item.name)) for reader in self.engine._all_readers(item)]
+        fetched = {(id(reader), name, rows): self.loader.fetch(reader, name, rows) for reader, name in stored
+                   if name is not None}
         self.ahead[item.name] = fetched
         self.bytes_ahead += sum(f.nbytes for f in fetched.values())
 

@@ -15,8 +15,10 @@ matrix without a Gram matrix) is the simple mean of the models, as in the author
 The Gram matrices come from the compute-importance stage (``mergeline.importance.gram``: forward hooks on
 each fine-tuned model over its task's calibration examples, one matrix per ``nn.Linear`` weight, keyed
 by the weight's tensor name, divided by the number of examples; GPT-2's Conv1D layers are refused
-there). Per model, ``gram`` names that
-safetensors file: there is no RegMean without them. A matrix whose Gram matrix some files hold and
+there). Layers that read one input (q/k/v, gate/up) share one stored matrix, the other names being
+aliases in the file's header, which the engine resolves when it looks a weight's matrix up
+(``mergeline.io.tensor_aliases``; a bad alias is refused there, naming file and tensor). Per model,
+``gram`` names that safetensors file: there is no RegMean without them. A matrix whose Gram matrix some files hold and
 others lack, a Gram matrix of the wrong shape or with NaN/Inf is refused (one line naming file and tensor).
 
 The merge works on task vectors (kind "delta"): W* − W0 = (Σ G̃_t)⁻¹ Σ G̃_t (W_t − W0) exactly, and

@@ -40,7 +40,7 @@ def compute_importance(ctx: StageContext, task: str, base: BaseRecord, checkpoin
 def compute_gram(ctx: StageContext, task: str, checkpoint: Checkpoint, data: DataRecord) -> Importance:
     """RegMean's Gram matrices XᵀX of every linear layer's inputs under the task's fine-tune, on the first
     ``importance.calib_examples`` training records (the data it was fine-tuned on, as the authors do)."""
-    from mergeline.importance import GramConfig, gram_matrices, save_importance
+    from mergeline.importance import GramConfig, gram_matrices, save_grams
     from mergeline.io.atomic import atomic_dir
     from mergeline.io.hashing import sha256_file
 
@@ -55,7 +55,7 @@ def compute_gram(ctx: StageContext, task: str, checkpoint: Checkpoint, data: Dat
         grams = gram_matrices(ctx.root / checkpoint.path, ctx.root / data.split(task, split).path, cfg,
                               device=ctx.device, progress=ctx.progress)
         with atomic_dir(out, kind="importance") as tmp:
-            save_importance(grams, tmp / "gram.safetensors")
+            save_grams(grams, tmp / "gram.safetensors")
     return Importance(task=task, kind="regmean_gram", path=rel(out / "gram.safetensors", ctx.root),
                       sha256=sha256_file(out / "gram.safetensors"), plot="", config={"split": split, **cfg.model_dump()},
                       seconds=clock.seconds)

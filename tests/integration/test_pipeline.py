@@ -177,7 +177,10 @@ def test_regmean_merges_with_each_task_s_gram_matrices(finished_project: tuple[P
     with safe_open(str(root / grams[0]), framework="pt") as handle:
         names = set(handle.keys())
         down = handle.get_tensor("model.layers.0.mlp.down_proj.weight")
-    assert len(names) == 7 * 2 and down.shape == (128, 128) and bool((down.diagonal() > 0).any())
+        aliases = json.loads(handle.metadata()["mergeline.gram_aliases"])
+    # q/k/v share one input, gate/up another: 4 stored matrices a layer, the other 3 names aliases
+    assert len(names) == 4 * 2 and len(aliases) == 3 * 2 and set(aliases.values()) <= names
+    assert down.shape == (128, 128) and bool((down.diagonal() > 0).any())
     # the compute-gram calls ran (one MLflow run each) and the merge was scored like every variant
     assert finished_runs(root, "compute-gram:news") >= 1
     metrics = (root / "data/work/eval/metrics.json").read_text()

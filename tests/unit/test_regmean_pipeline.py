@@ -3,13 +3,16 @@ the engine merges with it, and a bad Gram file is one line naming file and tenso
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from mergeline.finetune.weights import save_tensors
 from mergeline.importance import save_importance
+from mergeline.io.tensor_aliases import ALIASES_KEY
 from mergeline.methods.regmean import regmean_solve
 from mergeline.params import load_params
 from mergeline.pipeline.records import BaseRecord, Fit, Importance, Vector
@@ -18,6 +21,15 @@ from mergeline.stages.merge import merge_config, merge_variant, plan_variants
 from tests.merge_fixtures import finetune, load_tensors, tiny_base
 
 REPO = Path(__file__).resolve().parents[2]
+K = "model.layers.0.self_attn.k_proj.weight"
+ALIAS_TABLES = {  # header metadata of a Gram file whose Q matrix is not stored
+    "alias_to_missing": json.dumps({"model.layers.0.self_attn.q_proj.weight": "nowhere.weight"}),
+    "alias_json": '{"model.layers.0.self_attn.q_proj.weight": ',
+    "alias_not_names": json.dumps(["model.layers.0.self_attn.q_proj.weight"]),
+    "alias_cycle": json.dumps({"model.layers.0.self_attn.q_proj.weight": "x.weight",
+                               "x.weight": "model.layers.0.self_attn.q_proj.weight"}),
+    "alias_stored": json.dumps({"model.layers.0.self_attn.q_proj.weight": K, K: "model.layers.0.mlp.up_proj.weight"}),
+}
 TASKS = ("news", "sentiment")
 Q = "model.layers.0.self_attn.q_proj.weight"
 
@@ -77,15 +89,19 @@ def test_the_sweep_gives_each_model_its_gram_file_and_merges_with_it(project: Pa
 
 def _write_bad(project: Path, tmp_path: Path, change: str) -> Path:
     grams = load_tensors(project / "importance" / "_gram" / "sentiment")
+    metadata = None
     if change == "missing":
         del grams[Q]
+    elif change in ALIAS_TABLES:
+        del grams[Q]
+        metadata = {ALIASES_KEY: ALIAS_TABLES[change]}
     elif change == "shape":
         grams[Q] = torch.eye(3)
     else:
         grams[Q] = grams[Q].clone()
         grams[Q][0, 1] = float("nan")
     bad = tmp_path / "bad_gram.safetensors"
-    save_importance(grams, bad)
+    save_tensors(grams, bad, metadata)
     return bad
 
 
@@ -94,6 +110,12 @@ def _write_bad(project: Path, tmp_path: Path, change: str) -> Path:
     ("shape", r"bad_gram.safetensors: Gram matrix 'model.layers.0.self_attn.q_proj.weight' has shape \[3, 3\]"),
     ("nan", r"bad_gram.safetensors: .*'model.layers.0.self_attn.q_proj.weight' contains NaN or Inf"),
     ("absent", r"gram: Field required|gram.*required"),
+    ("alias_to_missing", r"bad_gram.safetensors: alias 'model.layers.0.self_attn.q_proj.weight' points at "
+                         r"tensor 'nowhere.weight', which the file does not hold"),
+    ("alias_json", r"bad_gram.safetensors: header metadata 'mergeline.gram_aliases' is not valid JSON"),
+    ("alias_not_names", r"bad_gram.safetensors: header metadata 'mergeline.gram_aliases' must map tensor names"),
+    ("alias_cycle", r"bad_gram.safetensors: alias 'model.layers.0.self_attn.q_proj.weight' is a cycle \(model"),
+    ("alias_stored", r"bad_gram.safetensors: tensor 'model.layers.0.self_attn.k_proj.weight' is both stored"),
 ])
 def test_bad_gram_file_is_one_line_exit_2_no_output(project: Path, tmp_path: Path, change: str, message: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,3 +185,25 @@ def test_lineage_names_the_gram_files_a_regmean_merge_read(tmp_path: Path) -> No
     assert gram.sha256 == hashlib.sha256(b"gram.safetensors").hexdigest()
     assert [a.kind for a in importance_artifacts("sta", exp, "news", tmp_path)] == ["sta_taylor"]
     assert importance_artifacts("ties", exp, "news", tmp_path) == []
+
+
+def test_a_gram_file_with_aliases_and_one_without_merge_alike(project: Path, tmp_path: Path) -> None:
+    """Old files (every matrix stored) and files whose equal matrices are stored once read the same."""
+    from mergeline.merge.config import MergeConfig
+    from mergeline.merge.engine import run_merge
+
+    full = project / "importance" / "_gram" / "sentiment" / "gram.safetensors"
+    grams = load_tensors(full.parent)
+    grams[K] = grams[Q]  # k reads q's input: one matrix
+    aliased = dict(grams)
+    del aliased[K]
+    files = {"full": save_importance(grams, tmp_path / "full.safetensors"),
+             "aliased": save_tensors(aliased, tmp_path / "aliased.safetensors", {ALIASES_KEY: json.dumps({K: Q})})}
+    news = str(project / "importance" / "_gram" / "news" / "gram.safetensors")
+    results = {name: run_merge(MergeConfig.model_validate({
+        "merge_method": "regmean", "base_model": str(project / "base"), "dtype": "float32",
+        "models": [{"model": str(project / "news"), "parameters": {"gram": news}},
+                   {"model": str(project / "sentiment"), "parameters": {"gram": str(path)}}]}), tmp_path / name)
+        for name, path in files.items()}
+    assert results["full"].weight_sha256 == results["aliased"].weight_sha256
+    assert results["aliased"].report["method"]["regmean_matrices"] == len(grams)
