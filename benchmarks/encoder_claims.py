@@ -5,20 +5,29 @@
 Pools every seed's and task's test examples (paired: the same examples for both sides), and gives for
 each claim Δ (A − B) in mean accuracy over tasks with a paired bootstrap 95% interval resampled within
 (seed, task) strata, and the exact McNemar p on the pooled examples. Writes ``<results>/claims.json``
-(the rows) and the plots ``<out>/claims_lambda.png``, ``claims_lata_weights.png``, ``claims_mask_overlap.png``.
+(the rows) and the plots ``<out>/claims_lambda.png``, ``claims_lata_weights.png``, ``claims_mask_overlap.png``,
+and logs them as one MLflow run of experiment ``mergeline-claims`` (``--tracking-uri``, default the
+product's store; ``--no-mlflow`` skips it): each row's Δ, interval ends and p as metrics
+``<claim>/diff|low|high|p``, the seeds as a param, the table as the run's description, the plots under
+``plots/`` and ``claims.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+import mlflow
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mergeline.pipeline import claims  # noqa: E402
+from mergeline.tracking import mlflow_setup as tracking  # noqa: E402
+from mergeline.tracking.mlflow_setup import NOTE_TAG as NOTE_KEY  # noqa: E402
 from mergeline.plots import plot_bars, plot_layer_heatmap, plot_sweep  # noqa: E402
 
 
@@ -172,10 +181,38 @@ def plots(results: list[dict], smol: dict | None, out: Path) -> None:
               out / "claims_mask_overlap.png", "overlap", "TaLoS premise: masks shared across tasks?")
 
 
+def table(report: dict[str, Any]) -> str:
+    """The verdict rows as a markdown table."""
+    lines = ["| claim | comparison | n | seeds | Δ [95% CI] | p | verdict | note |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['comparison']} | {r['n']} | {r['seeds']} | {r['diff']:+.3f} "
+              f"[{r['low']:+.3f}, {r['high']:+.3f}] | {r['p']:.2g} | {r['verdict']} | {r['note']} |" for r in report["rows"]]
+    return "\n".join(lines)
+
+
+def metric_key(claim: str) -> str:
+    """An MLflow metric name for a claim: its ASCII words joined by ``_`` (MLflow allows few characters)."""
+    return "_".join(re.findall(r"[A-Za-z0-9.\-]+", claim))
+
+
+def log_to_mlflow(report: dict[str, Any], results: list[dict], files: list[Path], uri: str | None) -> str:
+    """One run of experiment ``mergeline-claims`` with the rows as metrics and the files as artifacts."""
+    tracking.configure_tracking(uri, "mergeline-claims")
+    with mlflow.start_run(run_name="encoder-claims") as run:
+        tracking.log_params({"family": "MiniLM-L6 encoder", "seeds": [r["seed"] for r in results]})
+        tracking.log_metrics({metric_key(r["claim"]): {k: r[k] for k in ("diff", "low", "high", "p")}
+                              for r in report["rows"]})
+        for f in files:
+            tracking.log_artifacts(f, "plots" if f.suffix == ".png" else None)
+        tracking.describe_run(table(report))
+    return run.info.run_id
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="docs/results/claims")
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    parser.add_argument("--no-mlflow", action="store_true", help="write the files only")
     args = parser.parse_args(argv)
     folder = Path(args.results)
     results = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
@@ -187,11 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {"rows": rows(results, smol), "premises": premises(results, smol), "grid_edges": grid_edges(results)}
     (folder / "claims.json").write_text(json.dumps(report, indent=1))
     plots(results, smol, Path(args.out))
-    for r in report["rows"]:
-        print(f"| {r['claim']} | {r['comparison']} | {r['n']} | {r['seeds']} | {r['diff']:+.3f} "
-              f"[{r['low']:+.3f}, {r['high']:+.3f}] | {r['p']:.2g} | {r['verdict']} | {r['note']} |")
+    print(table(report))
     print(json.dumps(report["premises"], indent=1))
     print(json.dumps(report["grid_edges"]))
+    if not args.no_mlflow:
+        files = [folder / "claims.json"] + sorted(Path(args.out).glob("claims_*.png"))
+        print(f"MLflow run {log_to_mlflow(report, results, files, args.tracking_uri)} (experiment mergeline-claims)")
     return 0
 
 
