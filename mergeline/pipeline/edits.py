@@ -129,8 +129,7 @@ def with_test(choice: EditChoice, evaluation: Evaluation, control: str) -> EditC
     test = {"target": evaluation.metrics[choice.task]}
     if control in evaluation.metrics:
         test["control"] = evaluation.metrics[control]
-    return EditChoice(edit=choice.edit, task=choice.task, method=choice.method, variant=choice.variant,
-                      rule_met=choice.rule_met, points=choice.points, test=test, correct=evaluation.correct)
+    return replace(choice, test=test, correct=evaluation.correct)
 
 
 __all__ = ["ANALOGY_METHOD", "analogy_variants", "choose_edits", "edit_sets", "edit_variants", "negation_variants",
