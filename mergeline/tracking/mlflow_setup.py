@@ -91,6 +91,7 @@ def use_store(uri: str | None = None, must_exist: bool = False) -> str:
     (MLflow would silently create an empty store and then report every model as unknown).
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    _check_scheme(uri)
     if must_exist:
         _check_existing_store(uri)
     open_store(uri)
@@ -103,11 +104,15 @@ _REGISTRY_SCHEMES = ("", "file", "sqlite", "http", "https", "databricks", "datab
                      "postgresql", "mysql", "mssql")
 
 
-def _check_existing_store(uri: str) -> None:
-    """A store a read-only command can open: a bad one is one line (exit 2), not MLflow's traceback."""
+def _check_scheme(uri: str) -> None:
+    """A URI MLflow's tracking and registry can use: another scheme is one line (exit 2), not MLflow's traceback."""
     scheme = urlparse(uri).scheme.split("+")[0]
     if scheme not in _REGISTRY_SCHEMES:
         raise MergelineError(f"{uri}: not an MLflow tracking URI (scheme {scheme!r}; use sqlite:///, http(s)://, ...)")
+
+
+def _check_existing_store(uri: str) -> None:
+    """A store a read-only command can open: a bad one is one line (exit 2), not MLflow's traceback."""
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.exists():

@@ -69,3 +69,10 @@ def test_read_only_commands_refuse_a_store_that_is_not_there(tmp_path: Path) -> 
     with pytest.raises(MergelineError, match="no MLflow store here"):
         use_store(f"sqlite:///{tmp_path}/absent.db", must_exist=True)
     assert not (tmp_path / "absent.db").exists()
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/store", "s3://bucket/mlruns"])
+def test_a_writer_refuses_a_scheme_mlflow_cannot_track_to(uri: str) -> None:
+    # One line naming the URI, before MLflow builds a store (its own error is a registry traceback).
+    with pytest.raises(MergelineError, match="not an MLflow tracking URI"):
+        configure_tracking(uri, "any")
