@@ -25,6 +25,8 @@ from typing import Any
 import mlflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mergeline.errors import MergelineError  # noqa: E402
+from mergeline.io.atomic import atomic_file  # noqa: E402
 from mergeline.pipeline import claims  # noqa: E402
 from mergeline.tracking import mlflow_setup as tracking  # noqa: E402
 from mergeline.tracking.mlflow_setup import NOTE_TAG as NOTE_KEY  # noqa: E402
@@ -194,9 +196,12 @@ def metric_key(claim: str) -> str:
     return "_".join(re.findall(r"[A-Za-z0-9.\-]+", claim))
 
 
+EXPERIMENT = "mergeline-claims"
+
+
 def log_to_mlflow(report: dict[str, Any], results: list[dict], files: list[Path], uri: str | None) -> str:
     """One run of experiment ``mergeline-claims`` with the rows as metrics and the files as artifacts."""
-    tracking.configure_tracking(uri, "mergeline-claims")
+    tracking.configure_tracking(uri, EXPERIMENT)
     with mlflow.start_run(run_name="encoder-claims") as run:
         tracking.log_params({"family": "MiniLM-L6 encoder", "seeds": [r["seed"] for r in results]})
         tracking.log_metrics({metric_key(r["claim"]): {k: r[k] for k in ("diff", "low", "high", "p")}
@@ -219,17 +224,24 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print(f"error: {folder}: no seed*.json", file=sys.stderr)
         return 2
+    if not args.no_mlflow:
+        try:  # a store that cannot be opened fails here, before the bootstrap's minute of work
+            tracking.configure_tracking(args.tracking_uri, EXPERIMENT)
+        except MergelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     smol_path = folder / "premise_talos.json"
     smol = json.loads(smol_path.read_text()) if smol_path.is_file() else None
     report = {"rows": rows(results, smol), "premises": premises(results, smol), "grid_edges": grid_edges(results)}
-    (folder / "claims.json").write_text(json.dumps(report, indent=1))
+    with atomic_file(folder / "claims.json") as handle:
+        handle.write(json.dumps(report, indent=1))
     plots(results, smol, Path(args.out))
     print(table(report))
     print(json.dumps(report["premises"], indent=1))
     print(json.dumps(report["grid_edges"]))
     if not args.no_mlflow:
         files = [folder / "claims.json"] + sorted(Path(args.out).glob("claims_*.png"))
-        print(f"MLflow run {log_to_mlflow(report, results, files, args.tracking_uri)} (experiment mergeline-claims)")
+        print(f"MLflow run {log_to_mlflow(report, results, files, args.tracking_uri)} (experiment {EXPERIMENT})")
     return 0
 
 

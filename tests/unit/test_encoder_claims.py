@@ -46,3 +46,15 @@ def test_rows_plots_and_table_land_in_one_run(tmp_path):
     assert "| (TIES vs tuned TA) | TIES − TA | 96 | 3 | -0.002 [-0.005, +0.004] | 0.7 |" in table(report)
     logged = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "plots")}
     assert {"claims.json", "plots/claims_lambda.png"} <= logged
+
+
+def test_an_unusable_store_is_one_line_before_any_work(tmp_path, capsys):
+    from encoder_claims import main
+
+    results = tmp_path / "res"
+    results.mkdir()
+    (results / "seed0.json").write_text("{}")  # never read further: the store is checked first
+    assert main(["--results", str(results), "--out", str(tmp_path), "--tracking-uri", "ftp://host/x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ftp://host/x: not an MLflow tracking URI" in err
+    assert not (results / "claims.json").exists()
