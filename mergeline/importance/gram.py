@@ -132,10 +132,11 @@ class _Sharing:
 
 
 def collect_grams(model: torch.nn.Module, tokenizer: Any, records: Sequence[dict[str, Any]], cfg: GramConfig,
-                  progress: ProgressFn | None = None) -> Grams:
+                  progress: ProgressFn | None = None, share_inputs: bool = True) -> Grams:
     """(1/N) Σ_x X_xᵀ X_x per distinct linear-layer input (float32 CPU tensors, d_in × d_in), with the
-    aliases of the layers that read an input another layer read first."""
-    split: set[str] = set()
+    aliases of the layers that read an input another layer read first. ``share_inputs=False``: one
+    matrix per layer and no aliases (the same values; what a reader without alias support needs)."""
+    split: set[str] = set() if share_inputs else set(linear_layers(model))
     while True:
         try:
             return _collect(model, tokenizer, records, cfg, progress, _Sharing(split))

@@ -184,3 +184,16 @@ def test_merge_from_the_shared_file_equals_the_merge_from_the_full_file(setup, t
     a, b = merge(shared, "from_shared"), merge(full, "from_full")
     assert a.weight_sha256 == b.weight_sha256
     assert a.report["method"]["regmean_matrices"] == b.report["method"]["regmean_matrices"] == 2 * 7
+
+
+def test_without_sharing_every_layer_stores_its_own_equal_matrix(setup):
+    model_dir, calib = setup
+    model, tok = load_causal_lm(model_dir)
+    records = read_records(calib, limit=5)
+    cfg = GramConfig(calib_examples=5, batch_size=2)
+    shared = collect_grams(model, tok, records, cfg)
+    full = collect_grams(model, tok, records, cfg, share_inputs=False)
+    assert full.aliases == {} and len(full.matrices) == 2 * 7  # 7 linears a layer, no tied head
+    expanded = shared.expanded()
+    assert full.matrices.keys() == expanded.keys()
+    assert all(torch.equal(full.matrices[n], expanded[n]) for n in full.matrices)
