@@ -122,7 +122,7 @@ def _check_existing_store(uri: str) -> None:
         with open(db, "rb") as handle:
             if handle.read(16) != b"SQLite format 3\x00":
                 raise MergelineError(f"{db}: not an SQLite database; not an MLflow store")
-    elif scheme in ("", "file") and not Path(urlparse(uri).path).is_dir():
+    elif urlparse(uri).scheme in ("", "file") and not Path(urlparse(uri).path).is_dir():
         raise MergelineError(f"{uri}: no MLflow file store (folder) here")
 
 

@@ -76,3 +76,14 @@ def test_a_writer_refuses_a_scheme_mlflow_cannot_track_to(uri: str) -> None:
     # One line naming the URI, before MLflow builds a store (its own error is a registry traceback).
     with pytest.raises(MergelineError, match="not an MLflow tracking URI"):
         configure_tracking(uri, "any")
+
+
+def test_read_only_commands_open_a_file_store_folder_and_refuse_a_missing_one(tmp_path: Path) -> None:
+    from mergeline.tracking.mlflow_setup import use_store
+
+    (tmp_path / "mlruns").mkdir()
+    assert use_store((tmp_path / "mlruns").as_uri(), must_exist=True) == (tmp_path / "mlruns").as_uri()
+    with pytest.raises(MergelineError, match="no MLflow file store"):
+        use_store((tmp_path / "absent").as_uri(), must_exist=True)
+    with pytest.raises(MergelineError, match="not an MLflow tracking URI"):
+        use_store("ftp://host/store", must_exist=True)
