@@ -32,8 +32,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out when it is a previous merged model of mergeline holding only the files "
                              "its marker (.mergeline-output) lists (never any other folder)")
-    parser.add_argument("--device", default="cpu", help="compute device: cpu (default) or cuda[:N]")
+    parser.add_argument("--device", default=None,
+                        help="compute device: cpu or cuda[:N] (default: the kind the lineage records, else cpu; "
+                             "sorts and random masks at ties follow the device, so another kind may differ)")
     add_store_arguments(parser)
+
+
+def rebuild_device(requested: str | None, recorded: str | None, cuda_available: bool) -> tuple[str, str | None]:
+    """(device to rebuild on, or a refusal): ``--device`` if given, else the kind the lineage records (cpu
+    when it records none). Sorts at ties and random masks follow the device (``mergeline.methods._sparsify``),
+    so a CUDA merge is rebuilt on CUDA unless the user asks for the CPU."""
+    device = requested or recorded or "cpu"
+    if requested is None and device == "cuda" and not cuda_available:
+        return device, ("was merged on CUDA and this machine has none; pass --device cpu to rebuild on the "
+                        "CPU (its sorts at ties and random masks may keep other entries)")
+    return device, None
 
 
 def _resolve_inputs(config: Any, index: dict[Path, Any], root: Path, scratch: Path, problems: list[str]) -> Any:
@@ -75,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
     from mergeline.tracking.anchors import anchor_problems
 
     label = version_label(version)
+    import torch
+
+    device, refusal = rebuild_device(args.device, lineage.merge.device, torch.cuda.is_available())
+    if refusal:
+        print(f"reproduce: {label} {refusal}", file=sys.stderr)
+        return 1
     # A rewritten lineage could rebuild its own rewritten weights "bit for bit": check the registry first.
     anchors = [str(p) for p in anchor_problems(lineage, version)]
     index = {recorded_path(a.path, root).resolve(): a for _, a in lineage.artifacts()}
@@ -96,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             print(f"reproduce: cannot rebuild {label}: {len(problems)} input(s) missing or altered", file=sys.stderr)
             return 1
-        result = run_merge(MergeConfig.model_validate(config), out, device=args.device, overwrite=args.overwrite,
+        result = run_merge(MergeConfig.model_validate(config), out, device=device, overwrite=args.overwrite,
                            progress=lambda line: print(line, flush=True))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

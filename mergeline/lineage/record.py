@@ -103,6 +103,8 @@ class MergeInfo(_Strict):
         None, description="task -> {layer index: coefficient} for methods that weight layers (LATA, STA)"
     )
     seed: int | None = None
+    device: Literal["cpu", "cuda"] | None = Field(
+        None, description="kind of device the merge ran on; `reproduce` rebuilds there (absent: cpu)")
 
 
 class CodeInfo(_Strict):
@@ -145,16 +147,23 @@ class Lineage(_Strict):
     params: ParamsInfo = Field(default_factory=ParamsInfo)
     weights: dict[str, str] = Field(description="weight file (relative to the model folder) -> sha256")
 
+    def _dump(self) -> dict[str, Any]:
+        # merge.device came later: a lineage without it hashes (and reads) as it was written
+        out = self.model_dump(mode="json")
+        if out["merge"].get("device") is None:
+            del out["merge"]["device"]
+        return out
+
     def canonical_json(self) -> str:
         """Sorted keys, no whitespace: the bytes :meth:`sha256` hashes (formatting-independent)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(self._dump(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def sha256(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def to_json(self) -> str:
         """The ``lineage.json`` text: indented for people, keys sorted for stable diffs."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return json.dumps(self._dump(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     def artifacts(self) -> list[tuple[str, Artifact]]:
         """Every local artifact the lineage names, with a label: base, checkpoints, datasets, vectors, importance."""

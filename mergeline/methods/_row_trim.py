@@ -20,8 +20,9 @@ Tensors of at most ``SMALL`` entries use the band [0, ∞] (all magnitudes) dire
 
 Which entries equal to ``cut`` are kept when they straddle the cut-off follows mergekit, whose
 ``torch.argsort(|δ|, descending=True)`` is unstable: its order among equal keys depends on the whole
-tensor. Then (``TrimState.gather``) one more pass copies the blocks' magnitudes into one float32 buffer
-of the tensor (``TrimState.buffer``, each block into its own place), the same argsort runs on it, and
+tensor. Then (``TrimState.gather``) one more pass copies the blocks' magnitudes into one buffer of the
+tensor (``TrimState.buffer``, each block into its own place; on the device and in the dtype mergekit
+sorts there: ``_sparsify.sort_keys``), the same argsort runs on it, and
 the kept entries are stored as a mask (``Cut.mask``). A pass gathers the models' magnitudes up to
 ``GATHER_ENTRIES`` entries in all (at least one model; the others in further passes), so a large
 tensor (an embedding) holds one buffer and one sort at a time, not one per model, while small tensors
@@ -39,6 +40,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+
+from mergeline.methods._sparsify import sort_keys
 
 SAMPLE = 1 << 16
 SMALL = 1 << 20
@@ -133,6 +136,13 @@ class TrimState:
     result: Cut | None = field(default=None)
     gather: bool = False  # ties straddle the cut-off: a pass gathers the magnitudes for the sort
     buffer: torch.Tensor | None = None  # while this model's magnitudes are gathered: the whole tensor's
+    # where mergekit's sort runs for these magnitudes, and on which values (``note_keys``)
+    keys_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    keys_dtype: torch.dtype = torch.float32
+
+    def note_keys(self, magnitudes: torch.Tensor) -> None:
+        """Record the device and sort dtype of this tensor's magnitudes (before any gather)."""
+        self.keys_device, self.keys_dtype = magnitudes.device, sort_keys(magnitudes[:0]).dtype
 
 
 def resolve(state: TrimState, observations: list[Observation]) -> bool:
@@ -186,7 +196,7 @@ def resolve(state: TrimState, observations: list[Observation]) -> bool:
 
 def gather_into(buffer: torch.Tensor, magnitudes: torch.Tensor, rows: tuple[int, int] | None) -> int:
     """Copy a row block's magnitudes (rows [start, stop) of the tensor; None: all of it) into their place
-    of the tensor's flat float32 CPU ``buffer``, as mergekit sorts them; returns the block's flat start."""
+    of the tensor's flat ``buffer`` (mergekit's sort keys); returns the block's flat start."""
     flat = magnitudes.reshape(-1)
     start = 0 if rows is None else rows[0] * (flat.numel() // max(1, rows[1] - rows[0]))
     buffer[start:start + flat.numel()].copy_(flat)
@@ -202,7 +212,7 @@ def start_gathers(states: list[TrimState | None]) -> bool:
             continue
         if used and used + state.numel > GATHER_ENTRIES:
             break
-        state.buffer = torch.empty(state.numel, dtype=torch.float32)
+        state.buffer = torch.empty(state.numel, dtype=state.keys_dtype, device=state.keys_device)
         used += state.numel
     return used > 0
 
@@ -213,10 +223,10 @@ def resolve_by_sort(state: TrimState, starts: list[int]) -> None:
     assert state.result is not None and state.buffer is not None
     # argsort(x) is sort(x).indices, the same kernel; sorting the buffer in place (it is ours) spares
     # the copy of the values argsort would make: the order, ties included, is argsort's.
-    order = torch.empty(state.numel, dtype=torch.int64)
+    order = torch.empty(state.numel, dtype=torch.int64, device=state.buffer.device)
     torch.sort(state.buffer, descending=True, out=(state.buffer, order))
     state.buffer = None
-    mask = torch.zeros(state.numel, dtype=torch.bool)
+    mask = torch.zeros(state.numel, dtype=torch.bool, device=order.device)
     mask[order[:state.k]] = True
     del order
     state.result.mask, state.result.starts = mask, starts

@@ -5,13 +5,16 @@ talos. Semantics follow mergekit 0.1.5 (``mergekit/sparsify.py``, ``generalized_
 where mergekit has the method; the differences are stated per function.
 
 Tie rule of the per-tensor magnitude trims (TIES, Breadcrumbs): exactly ``k`` entries are kept, and when
-entries equal to the k-th largest magnitude straddle the cut-off, the ones kept are those mergekit keeps:
-mergekit ranks by ``torch.argsort(|δ|, descending=True)`` (Breadcrumbs: an ascending ``torch.sort``),
-unstable, on float32 magnitudes on the CPU. An unstable sort's order among equal keys depends on the
-whole tensor (on AVX-512 CPUs torch uses a vectorised quicksort), so that case runs the same sort on
-the same values, on the CPU also in a CUDA merge (CPU and CUDA merges then keep the same entries;
-mergekit's own ``--cuda`` sorts on the GPU and may keep others); without straddling ties the fast
-selection (no sort) gives the same set. Methods of this project's own keep the lowest flat index first (``ties="index"``).
+entries equal to the k-th largest magnitude straddle the cut-off, the ones kept are those mergekit keeps
+on the same device: mergekit ranks by ``torch.argsort(|δ|, descending=True)`` (Breadcrumbs: an ascending
+``torch.sort``), unstable, on float32 magnitudes on the CPU and on the magnitudes in their own dtype on
+the GPU (``--cuda``). An unstable sort's order among equal keys depends on the whole tensor and on the
+device (on AVX-512 CPUs torch uses a vectorised quicksort, on CUDA a radix sort), so that case runs the
+same sort on the same values on the same device (:func:`sort_keys`). A CPU merge and a CUDA merge may
+then keep different entries among equal magnitudes, as mergekit's do; each reproduces bit for bit on
+its own kind of device (the lineage records it). Without straddling ties the fast selection (no sort)
+gives the same set everywhere. Methods of this project's own keep the lowest flat index first
+(``ties="index"``).
 """
 
 from __future__ import annotations
@@ -69,18 +72,22 @@ def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
 TieRule = Literal["index", "argsort", "topk"]
 
 
+def sort_keys(magnitudes: torch.Tensor) -> torch.Tensor:
+    """The values mergekit's magnitude sort orders on this device: float32 on the CPU, the magnitudes'
+    own dtype on CUDA (``mergekit/sparsify.py`` upcasts on the CPU only)."""
+    return magnitudes.float() if magnitudes.device.type == "cpu" else magnitudes
+
+
 def _mergekit_pick(flat: torch.Tensor, k: int, ties: TieRule) -> torch.Tensor:
-    """The ``k`` entries mergekit's selection on the CPU returns (boolean mask on ``flat``'s device), by
-    the same torch call on the same values: ``argsort(descending)[:k]`` of float32 magnitudes
-    (``magnitude``), or ``topk`` (``sce``). Always run on the CPU, so a CUDA merge keeps the entries a
-    CPU merge keeps (a GPU sort orders equal keys its own way)."""
-    host = flat.cpu()
-    mask = torch.zeros(host.numel(), dtype=torch.bool)
+    """The ``k`` entries mergekit's selection returns on ``flat``'s device (boolean mask there), by the
+    same torch call on the same values: ``argsort(descending)[:k]`` of :func:`sort_keys` (``magnitude``),
+    or ``topk`` (``sce``)."""
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if ties == "topk":
-        mask[torch.topk(host, k, largest=True).indices] = True
+        mask[torch.topk(flat, k, largest=True).indices] = True
     else:
-        mask[torch.argsort(host.float(), descending=True)[:k]] = True
-    return mask.to(flat.device)
+        mask[torch.argsort(sort_keys(flat), descending=True)[:k]] = True
+    return mask
 
 
 def topk_mask(scores: torch.Tensor, k: int, ties: TieRule = "index") -> torch.Tensor:
@@ -97,6 +104,10 @@ def topk_mask(scores: torch.Tensor, k: int, ties: TieRule = "index") -> torch.Te
         return torch.ones_like(scores, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
+    if flat.is_cuda and ties != "index":
+        # mergekit's own call on the GPU: one radix sort there costs less than a selection, a count
+        # synchronised with the host, and then the sort anyway (bf16 magnitudes tie at most cut-offs).
+        return _mergekit_pick(flat, k, ties).reshape(scores.shape)
     cut = kth_largest(flat, k)
     above = flat > cut
     at_cut = flat == cut
@@ -123,7 +134,7 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Ten
 
     When ``int(γ·n) + int(density·n) > n`` fewer outliers are dropped so that ``int(density·n)`` entries
     remain (as mergekit). ``int(γ·n) = 0`` simply drops no outliers: the whole tensor is never zeroed.
-    Ties straddling either cut-off are resolved as mergekit's ascending ``torch.sort`` does.
+    Ties straddling either cut-off are resolved as mergekit's ascending ``torch.sort`` does on this device.
     """
     n = delta.numel()
     target = int(density * n)
@@ -132,10 +143,10 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Ten
     keep_upto = topk_mask(magnitudes, n_top + target)  # the n_top + target largest
     drop_top = topk_mask(magnitudes, n_top)  # the n_top largest (same tie order, so a subset)
     if _straddles(magnitudes, n_top + target) or _straddles(magnitudes, n_top):
-        order = torch.sort(magnitudes.reshape(-1).cpu().float(), descending=False).indices  # as mergekit on the CPU
-        keep = torch.zeros(n, dtype=torch.bool)
+        order = torch.sort(sort_keys(magnitudes.reshape(-1)), descending=False).indices  # as mergekit here
+        keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
         keep[order[n - n_top - target:n - n_top]] = True
-        return keep.reshape(delta.shape).to(delta.device)
+        return keep.reshape(delta.shape)
     return keep_upto & ~drop_top
 
 
@@ -158,10 +169,12 @@ def tensor_seed(seed: int, name: str, model_index: int) -> int:
 def bernoulli_mask(shape: torch.Size, density: float, seed: int, device: torch.device) -> torch.Tensor:
     """DARE: each entry kept independently with probability ``density`` (= 1 − p).
 
-    Drawn on a CPU generator so the mask does not depend on the compute device.
+    Drawn on ``device`` from a generator of that device seeded with ``seed`` (mergekit ``--cuda`` draws on
+    the GPU too): the same mask on every run on the same kind of device; a CPU and a CUDA generator
+    draw different streams.
     """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return (torch.rand(shape, generator=generator) < density).to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.rand(shape, generator=generator, device=device) < density
 
 
 def apply_mask(

@@ -9,9 +9,10 @@ TIES sign election (no magnitude trim).  Defaults follow mergekit: ``rescale: tr
 ``rescale_mode: inverse_density`` (r_t = 1/(1 − p), unbiased element-wise) is the option.  ``normalize``
 defaults to false for both (mergekit).
 
-Deterministic, unlike mergekit (global RNG): the mask of model i on tensor ``name`` is drawn from a CPU
-``torch.Generator`` seeded with sha256(seed, name, i), so a merge reproduces bit for bit on any device
-and in any tensor order.  The seed is in the report.
+Deterministic, unlike mergekit (global RNG): the mask of model i on tensor ``name`` is drawn from a
+``torch.Generator`` of the compute device seeded with sha256(seed, name, i), so a merge reproduces bit
+for bit on the same kind of device and in any tensor order (a CPU and a CUDA generator draw different
+masks).  The seed is in the report.
 """
 
 from __future__ import annotations

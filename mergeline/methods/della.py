@@ -17,9 +17,10 @@ Defaults follow mergekit 0.1.5 (``della`` / ``della_linear``): per-model ``weigh
 of each tensor; mergekit's choice; the paper's rescale is read as 1/p_j per survivor, unverified,
 ../shared/METHODS.md §7.7); ``lambda`` 1.
 
-Randomness, as ``dare``: model i's mask on tensor ``name`` is drawn by ``torch.bernoulli`` on CPU
-generators seeded from sha256(seed, name, i) (one per 2²⁰ entries, drawn in parallel), so a merge
-reproduces bit for bit on any device and in any tensor order. mergekit draws from torch's global RNG in its task-graph order instead, so whole merges
+Randomness, as ``dare``: model i's mask on tensor ``name`` is drawn by ``torch.bernoulli`` on generators
+seeded from sha256(seed, name, i) (on the CPU one per 2²⁰ entries, drawn in parallel; on CUDA one on
+the GPU), so a merge reproduces bit for bit on the same kind of device and in any tensor order (a CPU
+and a CUDA merge draw different masks). mergekit draws from torch's global RNG in its task-graph order instead, so whole merges
 agree in distribution, not bit for bit; given the same generator state the mask is the same
 (for tensors up to 2²⁰ entries; tests/unit/methods/test_method_della.py). Ties in magnitude are ranked by index (stable sort, the
 same on CPU and CUDA); mergekit's unstable argsort may order them differently, which only moves
@@ -148,14 +149,18 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 
 def magprune_mask(delta: torch.Tensor, density: float, epsilon: float, seed: int) -> torch.Tensor:
-    """MAGPRUNE's 0/1 mask (delta's dtype and device), drawn on CPU generators.
+    """MAGPRUNE's 0/1 mask (delta's dtype and device).
 
-    The flat mask is drawn in chunks of DRAW_CHUNK entries, chunk k from its own generator seeded with
-    ``chunk_seed(seed, k)``, side by side on the thread pool (one generator draws serially: ~15 ns an
-    entry). A tensor of at most DRAW_CHUNK entries is one draw of ``torch.bernoulli`` seeded with
-    ``seed``, the draw mergekit makes from the same generator state.
+    On the CPU the flat mask is drawn in chunks of DRAW_CHUNK entries, chunk k from its own generator
+    seeded with ``chunk_seed(seed, k)``, side by side on the thread pool (one generator draws serially:
+    ~15 ns an entry). A tensor of at most DRAW_CHUNK entries is one draw of ``torch.bernoulli`` seeded
+    with ``seed``, the draw mergekit makes from the same generator state. On CUDA the whole mask is one
+    ``torch.bernoulli`` on a generator of the GPU seeded with ``seed`` (mergekit ``--cuda`` draws on the
+    GPU too): a stream of its own, the same on every run on that kind of device.
     """
-    probs = keep_probabilities(delta, density, epsilon).cpu()
+    probs = keep_probabilities(delta, density, epsilon)
+    if probs.is_cuda:
+        return torch.bernoulli(probs, generator=torch.Generator(device=probs.device).manual_seed(seed))
     flat = probs.reshape(-1)
 
     def draw(k: int) -> None:
@@ -169,7 +174,7 @@ def magprune_mask(delta: torch.Tensor, density: float, epsilon: float, seed: int
         list(map(draw, chunks))
     else:
         list(_rank_pool().map(draw, chunks))
-    return probs.to(delta.device)
+    return probs
 
 
 class _Della(TaskArithmeticFamily):

@@ -7,7 +7,7 @@ arXiv 2306.01708, NeurIPS 2023).
     θ = θ0 + λ τ_m
 
 Defaults follow mergekit ``ties``: trim **per tensor** keeping exactly k = max(1, int(density·n))
-entries (entries tied at the cut-off: the ones mergekit's argsort keeps; see ``_sparsify``), election
+entries (entries tied at the cut-off: the ones mergekit's argsort keeps on the same device; see ``_sparsify``), election
 ``sum`` on the weighted deltas, zeros never vote, weight-weighted disjoint mean (``normalize: true``;
 ``false`` gives the disjoint sum), ``lambda`` 1.  Paper option ``trim_scope: global``: each task vector
 keeps its top density share over the **whole model** (official TIES code), found exactly with two
@@ -18,7 +18,7 @@ Per-tensor trim without rescale is row-separable (``_row_trim``): per tensor and
 over the row blocks finds the cut-off magnitude and how many entries equal to it each block keeps, then
 the engine merges the tensor in row blocks (memory: a few blocks, not one float32 copy per model). When
 entries equal to the cut-off straddle it, one more pass gathers that model's magnitudes into one
-float32 buffer of the tensor and mergekit's argsort order picks among them (the buffer sorted in place; a
+buffer of the tensor and mergekit's argsort order on that device picks among them (the buffer sorted in place; a
 large tensor's models one per pass: memory then the tensor's magnitudes and their int64 order, once).
 A NaN/Inf input reaches the output (masks multiply), so the engine checks the output alone.
 """
@@ -106,6 +106,7 @@ class Ties(TaskArithmeticFamily):
             if st.buffer is not None:  # ties straddle the cut-off: the whole tensor's magnitudes go to the sort
                 out.append(_row_trim.gather_into(st.buffer, magnitudes, inputs.rows))
             else:
+                st.note_keys(magnitudes)
                 out.append(_row_trim.observe(magnitudes, st.lo, st.hi, inputs.scratch("count", delta)))
         return out
 

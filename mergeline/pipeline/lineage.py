@@ -42,7 +42,8 @@ def build_lineage(params: ExperimentParams, params_file: str, exp: Experiment, v
         merge=MergeInfo(method=method, config=merged.config, coefficients=_coefficients(merged.variant, merged.report),
                         # Lineage records sparsity as the fraction dropped; the sweep is in densities (kept).
                         sparsity=None if merged.variant.density is None else 1.0 - merged.variant.density,
-                        per_layer=merged.report.get("per_layer"), seed=merged.config["parameters"].get("seed")),
+                        per_layer=merged.report.get("per_layer"), seed=merged.config["parameters"].get("seed"),
+                        device=str(merged.report.get("device", "cpu")).split(":")[0]),
         evaluation={**{f"test/{k}": v for k, v in scores.test_rows[variant].items()},
                     **{f"validation/{k}": v for k, v in scores.validation_rows[variant].items()}},
         code=code_info(root), dvc=dvc_info(root), prefect=PrefectInfo(flow_run_id=flow_run_id),

@@ -43,10 +43,10 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return out
 
 
-def _both(config: dict, tmp_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    run_merge(MergeConfig.model_validate(config), tmp_path / "ours")
+def _both(config: dict, tmp_path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    run_merge(MergeConfig.model_validate(config), tmp_path / "ours", device=device)
     options = mergekit_options.MergeOptions(lazy_unpickle=False, copy_tokenizer=False, write_model_card=False,
-                                            quiet=True)
+                                            quiet=True, cuda=device == "cuda")
     logging.disable(logging.WARNING)
     try:
         mergekit_merge.run_merge(mergekit_config.MergeConfiguration.model_validate(config), str(tmp_path / "mk"),
@@ -272,6 +272,23 @@ def test_trims_keep_mergekits_entries_at_exact_ties(zoo16: dict[str, str], tmp_p
               "models": [{"model": zoo16["a"], "parameters": pa}, {"model": zoo16["b"], "parameters": pb}]}
     ours, theirs = _both(config, tmp_path)
     _assert_equal(ours, theirs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("method", list(TRIMS))
+def test_trims_on_cuda_keep_the_entries_mergekit_cuda_keeps(zoo16: dict[str, str], tmp_path: Path, method: str,
+                                                            dtype: str) -> None:
+    """On the GPU mergekit sorts the magnitudes there, in their own dtype: a CUDA merge keeps its entries
+    at ties (the small tensors and the 720,896-entry matrix, whose sort is a radix sort on CUDA)."""
+    pa, pb = TRIMS[method]
+    for prefix in ("", "big_"):
+        config = {"merge_method": method, "base_model": zoo16[prefix + "base"], "dtype": dtype,
+                  "models": [{"model": zoo16[prefix + "a"], "parameters": pa},
+                             {"model": zoo16[prefix + "b"], "parameters": pb}]}
+        ours, theirs = _both(config, tmp_path / f"{prefix}cuda", device="cuda")
+        _assert_equal(ours, theirs)
 
 
 def test_ties_on_a_large_matrix_in_row_blocks_equals_mergekit(zoo16: dict[str, str], tmp_path: Path) -> None:

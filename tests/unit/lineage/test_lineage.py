@@ -161,3 +161,20 @@ def test_params_path_is_recorded_relative_to_the_project_root(tmp_path: Path) ->
     outside = tmp_path.parent / f"{tmp_path.name}-elsewhere.yaml"
     outside.write_text("experiment: y\n")
     assert params_info(outside, root=tmp_path).path == str(outside)
+
+
+def test_merge_device_is_recorded_and_a_lineage_without_it_hashes_as_written(tmp_path: Path) -> None:
+    import hashlib
+
+    old = _lineage(tmp_path)
+    written = json.loads(old.to_json())
+    assert "device" not in written["merge"]
+    # The digest of a lineage written before the field existed is still the digest of its own bytes.
+    as_written = json.dumps(written, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert old.sha256() == hashlib.sha256(as_written.encode()).hexdigest()
+    on_gpu = old.model_copy(deep=True)
+    on_gpu.merge.device = "cuda"
+    assert json.loads(on_gpu.to_json())["merge"]["device"] == "cuda" and on_gpu.sha256() != old.sha256()
+    assert Lineage.model_validate_json(on_gpu.to_json()) == on_gpu
+    with pytest.raises(ValidationError, match="device"):
+        MergeInfo(method="ties", config={}, device="tpu")
