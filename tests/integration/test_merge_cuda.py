@@ -70,15 +70,30 @@ def test_cuda_merge_equals_cpu_merge(tmp_path: Path, method: str) -> None:
     run_merge(config, tmp_path / "cpu", device="cpu")
     run_merge(config, tmp_path / "cuda", device="cuda")
     cpu, cuda = _tensors(tmp_path / "cpu"), _tensors(tmp_path / "cuda")
-    assert set(cpu) == set(cuda) == set(_tensors(models.base))
+    base = _tensors(models.base)
+    assert set(cpu) == set(cuda) == set(base)
+    deltas = [{n: t - base[n] for n, t in _tensors(ft).items()} for ft in models.finetunes]
     for name, expected in cpu.items():
         assert cuda[name].device.type == "cpu" and cuda[name].dtype == torch.float32
-        # Element-wise float32 arithmetic is the same on both devices; the TIES trim cut-off
-        # (k-th value) is exact on both, so only rounding of the weighted sums may differ.
-        torch.testing.assert_close(cuda[name], expected, rtol=0, atol=1e-6, msg=name)
+        # Element-wise float32 arithmetic is the same on both devices and the TIES cut-off (k-th value)
+        # is exact on both, so only rounding of the weighted sums differs, except where magnitudes tie
+        # at a cut-off: there each device keeps the entries its own sort (mergekit's call) ranks first.
+        off = (cuda[name] - expected).abs() > 1e-6
+        if method == "ties":
+            off &= ~_tied_at_cut_off([d[name] for d in deltas], density=0.4)
+        assert not off.any(), (name, int(off.sum()))
     # The merge really moved the weights: a task-vector merge is not the base.
-    base = _tensors(models.base)
     assert any(not torch.equal(cuda[n], base[n]) for n in base)
+
+
+def _tied_at_cut_off(deltas: list[torch.Tensor], density: float) -> torch.Tensor:
+    """Entries whose magnitude, in some model, equals that model's k-th largest of the tensor."""
+    tied = torch.zeros(deltas[0].shape, dtype=torch.bool)
+    for delta in deltas:
+        flat = delta.abs().reshape(-1)
+        k = max(1, int(density * flat.numel()))
+        tied |= delta.abs() == flat.kthvalue(flat.numel() - k + 1).values
+    return tied
 
 
 def _many_small_tensors(root: Path) -> tuple[Path, list[Path], int]:
@@ -112,10 +127,11 @@ def test_cuda_merge_keeps_bf16_and_bounds_gpu_memory(tmp_path: Path, monkeypatch
     merged = _tensors(tmp_path / "out")
     assert {t.dtype for t in merged.values()} == {torch.bfloat16} and len(merged) == 48
     # Streaming: the bytes fetched ahead (the window, plus one tensor of each input) and one tensor's
-    # compute buffers (each input in float32, TIES's per-model terms and masks, votes, sums), never
-    # a model: one model in float32 is 48 tensors.
+    # compute buffers (each input in float32, TIES's per-model terms and masks, votes, sums, and the
+    # trim's sort: its keys and int64 order, in and out, 6 float32 tensors), never a model: one model
+    # in float32 is 48 tensors.
     one_model_fp32 = 48 * largest_fp32
-    assert 0 < peak <= merge_prefetch.PREFETCH_BYTES + 20 * largest_fp32 < one_model_fp32, (peak, largest_fp32)
+    assert 0 < peak <= merge_prefetch.PREFETCH_BYTES + 28 * largest_fp32 < one_model_fp32, (peak, largest_fp32)
     assert torch.cuda.memory_allocated() - start <= largest_fp32  # nothing left behind on the GPU
 
 
