@@ -112,39 +112,8 @@ def render(results: list[SizeResult], args: argparse.Namespace) -> list[str]:
     return lines + [""] + notes
 
 
-def target_lines(results: list[SizeResult], args: argparse.Namespace) -> list[str]:
-    """The performance targets, checked on the largest size: on CUDA every method ≥ 0.9 of the read
-    bound (its merge alone) and ≤ 0.15× mergekit; on the CPU every method no slower than mergekit
-    (merge alone) and peak RSS ≤ 1.5 GB."""
-    r = results[-1]
-    out = []
-
-    def check(name: str, value: float | None, ok) -> None:
-        if value is not None:
-            out.append(f"- {name}: {value:.2f} {'PASS' if ok(value) else 'MISS'}")
-
-    for device, where in r.devices.items():
-        for label, m in where.methods.items():
-            ml, mk = m.mergeline, m.mergekit
-            if device.startswith("cuda"):
-                check(f"{device} {label} fraction of read bound (merge alone) >= 0.9",
-                      ratio(r.read, ml, inner=True), lambda v: v >= 0.9)
-                check(f"{device} {label} mergeline/mergekit time <= 0.15", ratio(ml, mk), lambda v: v <= 0.15)
-            else:
-                check(f"{device} {label} mergeline/mergekit time (merge alone) <= 1", ratio(ml, mk, inner=True),
-                      lambda v: v <= 1)
-                if _ok(ml):
-                    check(f"{device} {label} mergeline peak RSS GB <= 1.5", ml.max_rss / GB,  # type: ignore[union-attr]
-                          lambda v: v <= 1.5)
-    return [f"Targets at {size_label(r.models)}:"] + out if out else []
-
-
-def report(results: list[SizeResult], args: argparse.Namespace, check: str | None) -> str:
+def report(results: list[SizeResult], args: argparse.Namespace) -> str:
     """The whole markdown report of what has been measured so far."""
     title = (f"merge_speed: {args.finetunes} fine-tunes + base, Llama-shaped, device {','.join(args.devices)}, "
              f"TIES/DELLA density {args.density}, best of {args.repeat}")
-    lines = [f"### {title}", "", *render(results, args)]
-    lines += [check] if check else []
-    targets = target_lines(results, args) if results else []
-    lines += ["", *targets] if targets else []
-    return "\n".join(lines) + "\n"
+    return "\n".join([f"### {title}", "", *render(results, args)]) + "\n"

@@ -15,9 +15,8 @@ whole command and, in parentheses, of its merge function alone (mergeline's and 
 ``run_merge``, timed inside the process: no interpreter start, imports or exit). It prints one markdown
 table (``_speed_table.py``; also written to ``--table-out``), one row per size × device × method. The
 max |mergeline − mergekit| over every output tensor is in the last column (DELLA samples its masks from
-different RNG streams in the two tools, so its outputs differ by design). With non-float32 inputs it
-also runs a small float32 set through both tools' Task Arithmetic, where the outputs must be equal.
-Times are the best of ``--repeat`` runs; inputs are read once beforehand so every run sees a warm
+different RNG streams in the two tools, so its outputs differ by design; with ``--dtype float32``
+Task Arithmetic's must be bit-equal). Times are the best of ``--repeat`` runs; inputs are read once beforehand so every run sees a warm
 page cache. Exit status 1 if any run failed or a comparison found a mismatch in names/shapes.
 """
 
@@ -91,7 +90,6 @@ class Bench:
         self.workdir: Path = args.workdir.resolve()
         self.failed = False
         self.results: list[SizeResult] = []
-        self.check: str | None = None
         self._flush = flush  # called after every measurement, so a killed run still leaves its table
 
     def _step(self, what: str, run) -> Measured:
@@ -120,8 +118,7 @@ class Bench:
             entry, args = "mergeline.cli:main", ["merge", str(config), "--out", str(out), "--device", device]
         else:
             entry = "mergekit.scripts.run_yaml:main"
-            args = [str(config), str(out), "--no-copy-tokenizer", "--quiet", *self.args.mergekit_arg,
-                    *(["--cuda"] if device.startswith("cuda") else [])]
+            args = [str(config), str(out), "--no-copy-tokenizer", "--quiet", *(["--cuda"] if device.startswith("cuda") else [])]
         return self._repeat(lambda: run_entry_point(entry, args, log, TIMED[tool]), out)
 
     def model_set(self, size: float | LlamaShape) -> tuple[str, ModelSet, list[Path]]:
@@ -215,21 +212,6 @@ class Bench:
                           f"device {','.join(self.args.devices)}", "", "| what | GB/s | vs one-thread read |",
                           "|---|---|---|", *(f"| {what} | {rate:.2f} | {rate / bound:.2f} |" for what, rate in rows)])
 
-    def exactness_check(self) -> str | None:
-        """Task Arithmetic on a small float32 set through both tools: the outputs must be equal."""
-        a = self.args
-        if a.dtype == "float32" or "TA" not in a.methods or not {"mergeline", "mergekit"} <= set(a.tools):
-            return None
-        models = build_model_set(self.workdir / "models" / "check-float32", a.check_params, 2, "float32")
-        res = self.run_method(models, "task_arithmetic", "cpu", self.workdir / "out",
-                              self.workdir / "logs" / "check", "[check float32] TA")
-        cmp = res.comparison
-        if cmp is None:
-            return "TA exactness check (float32 inputs): a run failed, see logs/check"
-        return (f"TA exactness check (float32 inputs, {models.shape.num_params() / 1e9:.3g}B, 2 fine-tunes): "
-                f"mergeline vs mergekit: {cmp.summary()} over {cmp.tensors} tensors"
-                + (f"; problems: {cmp.problems[:3]}" if cmp.problems else ""))
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -245,11 +227,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--density", type=float, default=0.5, help="TIES and DELLA density (fraction of each delta kept)")
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest is reported")
     p.add_argument("--shard-gb", type=float, default=1.0, help="max safetensors shard size of the inputs")
-    p.add_argument("--check-params", type=float, default=0.02e9, help="size of the float32 exactness check")
     p.add_argument("--workdir", type=Path, default=Path("bench_out/merge_speed"), help="cache and outputs")
     p.add_argument("--table-out", type=Path, help="also write the table here (default WORKDIR/table.md)")
     p.add_argument("--keep-outputs", action="store_true", help="keep the merged models for inspection")
-    p.add_argument("--mergekit-arg", action="append", default=[], help="extra mergekit-yaml argument")
     p.add_argument("--probe-loader", action="store_true",
                    help="instead of merging: the engine's loader and sha256 against one thread's read")
     p.add_argument("--threads", default="1,4,8,16", help="with --probe-loader: comma-separated thread counts")
@@ -274,15 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     table_out = args.table_out or args.workdir / "table.md"
     table_out.parent.mkdir(parents=True, exist_ok=True)
-    bench = Bench(args, flush=lambda b: table_out.write_text(report(b.results, b.args, b.check)))
+    bench = Bench(args, flush=lambda b: table_out.write_text(report(b.results, b.args)))
     if args.probe_loader:
         for size in args.sizes:
             print("\n" + bench.probe_loader(size))
         return 0
     for size in args.sizes:
         bench.run_size(size)
-    bench.check = bench.exactness_check()
-    text = report(bench.results, args, bench.check)
+    text = report(bench.results, args)
     table_out.write_text(text)
     print("\n" + text)
     return 1 if bench.failed else 0
