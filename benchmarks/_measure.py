@@ -1,5 +1,4 @@
-"""Run one tool in its own process and measure it; compare two merged models; time the merge engine's
-loader and sha256 in this process (used by merge_speed.py).
+"""Run one tool in its own process and measure it; compare two merged models (used by merge_speed.py).
 
 Wall-clock time covers the whole command (interpreter start and imports included), as a user sees it.
 Peak host memory is the tool's own peak RSS, which ``_child.py`` reports at exit (why not the parent's
@@ -8,20 +7,15 @@ Peak host memory is the tool's own peak RSS, which ``_child.py`` reports at exit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from mergeline.env import OFFLINE_DEFAULTS
-from mergeline.io.prefetch import Fetched, TensorPrefetcher
 from mergeline.io.safetensors_io import CheckpointReader
 
 CHILD = Path(__file__).resolve().parent / "_child.py"
@@ -107,34 +101,3 @@ def compare_models(a: Path, b: Path) -> Comparison:
             elements += ta.numel()
             count += 1
     return Comparison(worst, count, differing, elements, problems)
-
-
-def loader_seconds(readers: list[CheckpointReader], device: torch.device, threads: int, piece_bytes: int,
-                   window: int) -> float:
-    """Seconds for :class:`TensorPrefetcher` to fetch every tensor of ``readers`` to ``device``, with at
-    most ``window`` bytes in flight (as the engine keeps it, so host memory stays bounded)."""
-    with TensorPrefetcher(device, threads, piece_bytes) as load:
-        start = time.perf_counter()
-        pending: deque[Fetched] = deque()
-        in_flight = 0
-        for reader in readers:
-            for name in reader.names():
-                pending.append(load.fetch(reader, name))
-                in_flight += pending[-1].nbytes
-                while in_flight > window:
-                    done = pending.popleft()
-                    load.wait(done)
-                    in_flight -= done.nbytes
-        while pending:
-            load.wait(pending.popleft())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-
-def sha256_seconds(nbytes: int) -> float:
-    """Seconds for sha256 of ``nbytes`` random bytes on one core."""
-    data = os.urandom(nbytes)
-    start = time.perf_counter()
-    hashlib.sha256(data).hexdigest()
-    return time.perf_counter() - start

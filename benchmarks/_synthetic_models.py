@@ -1,6 +1,6 @@
 """Synthetic Llama-shaped checkpoints of a given size, for merge benchmarks and tests (no download).
 
-Used by ``merge_speed.py`` (its merges and its ``--probe-loader``); ``tests/integration/test_merge_cuda.py``
+Used by ``merge_speed.py``; ``tests/integration/test_merge_cuda.py``
 loads it by path.
 
 A set is one base model plus N "fine-tunes". The base has random weights (N(0, 0.02²) matrices, unit

@@ -26,17 +26,15 @@ import argparse
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
 import yaml
 
-from _measure import Measured, best_of, compare_models, loader_seconds, run_child, run_entry_point, sha256_seconds
+from _measure import Measured, best_of, compare_models, run_child, run_entry_point
 from _child import read_files
 from _speed_table import DeviceResult, MethodResult, SizeResult, report
 from _synthetic_models import LlamaShape, ModelSet, build_model_set, llama_shape, model_files
-from mergeline.io.safetensors_io import CheckpointReader
-from mergeline.merge.prefetch import PREFETCH_BYTES
 
 GB = 1e9
 # label -> merge_method; the methods mergekit 0.1.5 has are also run there
@@ -67,7 +65,7 @@ def merge_config(models: ModelSet, method: str, density: float) -> dict:
     return {"merge_method": method, **base, "models": entries, "dtype": "float32", "out_dtype": models.dtype}
 
 
-def _read_timed(files: list[Path], log: Path) -> Measured:
+def read_bound(files: list[Path], log: Path) -> Measured:
     """The read bound's run, timed by the child around the reads alone (no interpreter start): its
     whole time and its "merge alone" are the same, so mergeline's share of the bound is a plain ratio."""
     measured = run_child(["read", *map(str, files)], log)
@@ -92,38 +90,26 @@ class Bench:
         self.results: list[SizeResult] = []
         self._flush = flush  # called after every measurement, so a killed run still leaves its table
 
-    def _step(self, what: str, run) -> Measured:
+    def measure(self, what: str, run: Callable[[], Measured], out: Path | None = None) -> Measured:
+        """The fastest of ``--repeat`` runs (each from no output ``out``, as a user's would start)."""
         print(what, flush=True)
-        measured = run()
-        inner = "" if measured.inner_seconds is None else f" ({measured.inner_seconds:.1f} timed inside)"
-        print(f"  {measured.seconds:.1f} s{inner}, peak RSS {measured.max_rss / GB:.2f} GB", flush=True)
-        self._flush(self)
-        return measured
-
-    def _repeat(self, run, out: Path | None = None) -> Measured:
         runs = []
         for _ in range(self.args.repeat):
-            if out is not None:  # every run starts from no output, as a user's would
+            if out is not None:
                 shutil.rmtree(out, ignore_errors=True)
             runs.append(run())
         result = best_of(runs)
         if result.error:
             self.failed = True
             print(f"  failed: {result.error}", file=sys.stderr)
+        inner = "" if result.inner_seconds is None else f" ({result.inner_seconds:.1f} timed inside)"
+        print(f"  {result.seconds:.1f} s{inner}, peak RSS {result.max_rss / GB:.2f} GB", flush=True)
+        self._flush(self)
         return result
 
-    def tool(self, tool: str, config: Path, out: Path, log: Path, device: str) -> Measured:
-        """``mergeline merge`` or ``mergekit-yaml`` on ``config``, each through its console entry point."""
-        if tool == "mergeline":
-            entry, args = "mergeline.cli:main", ["merge", str(config), "--out", str(out), "--device", device]
-        else:
-            entry = "mergekit.scripts.run_yaml:main"
-            args = [str(config), str(out), "--no-copy-tokenizer", "--quiet", *(["--cuda"] if device.startswith("cuda") else [])]
-        return self._repeat(lambda: run_entry_point(entry, args, log, TIMED[tool]), out)
-
-    def model_set(self, size: float | LlamaShape) -> tuple[str, ModelSet, list[Path]]:
-        """The model set of ``size`` (built once, cached in the workdir), read once so every run sees
-        a warm page cache: its tag, the set and its files."""
+    def run_size(self, size: float | LlamaShape) -> None:
+        """The model set of ``size`` (built once, cached in the workdir), read once so every run sees a
+        warm page cache; then the read bound and every device."""
         a = self.args
         shape = size if isinstance(size, LlamaShape) else None
         params = float(shape.num_params()) if shape else float(size)  # type: ignore[arg-type]
@@ -134,52 +120,43 @@ class Bench:
         files = [f for m in models.all_models for f in model_files(m)]
         print(f"[{tag}] warming the page cache ({sum(f.stat().st_size for f in files) / GB:.2f} GB)")
         read_files(files)
-        return tag, models, files
-
-    def run_size(self, size: float | LlamaShape) -> SizeResult:
-        a = self.args
-        tag, models, files = self.model_set(size)
         out, logs = self.workdir / "out", self.workdir / "logs" / tag
         logs.mkdir(parents=True, exist_ok=True)  # every tool writes its config and log here
         result = SizeResult(models, sum(f.stat().st_size for f in files))
         self.results.append(result)
         if "baseline" in a.tools:
-            result.read = self._step(f"[{tag}] read bound", lambda: self._repeat(
-                lambda: _read_timed(files, logs / "read.log")))
+            result.read = self.measure(f"[{tag}] read bound", lambda: read_bound(files, logs / "read.log"))
         for device in a.devices:
-            result.devices[device] = self.run_device(result, device, tag, out, logs)
-        return result
-
-    def run_device(self, result: SizeResult, device: str, tag: str, out: Path, logs: Path) -> DeviceResult:
-        a, models = self.args, result.models
-        where = DeviceResult()
-        tag = f"{tag} {device}"
-        if "baseline" in a.tools:
-            copy = ["copy", device, str(out / "baseline"), *map(str, models.all_models)]
-            where.baseline = self._step(f"[{tag}] read+write baseline", lambda: self._repeat(
-                lambda: run_child(copy, logs / f"baseline-{device}.log"), out / "baseline"))
-            shutil.rmtree(out / "baseline", ignore_errors=True)
-        for label in a.methods:
-            where.methods[label] = self.run_method(models, METHODS[label], device, out, logs, f"[{tag}] {label}")
-        return where
+            where = result.devices[device] = DeviceResult()
+            if "baseline" in a.tools:
+                copy = ["copy", device, str(out / "baseline"), *map(str, models.all_models)]
+                where.baseline = self.measure(f"[{tag} {device}] read+write baseline", lambda: run_child(
+                    copy, logs / f"baseline-{device}.log"), out / "baseline")
+                shutil.rmtree(out / "baseline", ignore_errors=True)
+            for label in a.methods:
+                where.methods[label] = self.run_method(models, METHODS[label], device, out, logs,
+                                                       f"[{tag} {device}] {label}")
 
     def run_method(self, models: ModelSet, method: str, device: str, out: Path, logs: Path,
                    tag: str) -> MethodResult:
-        """One method through each tool of ``--tools`` that has it, on one config; then the two
-        outputs compared, tensor by tensor."""
+        """One method through each tool of ``--tools`` that has it (``mergeline merge``, ``mergekit-yaml``,
+        each through its console entry point), on one config; then the two outputs compared."""
         a = self.args
         config = logs / f"{method}.yaml"
-        config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(merge_config(models, method, a.density), sort_keys=False))
         res = MethodResult(in_mergekit=method in IN_MERGEKIT)
         ml_out, mk_out = out / f"mergeline-{method}", out / f"mergekit-{method}"
-        for tool, where in (("mergeline", ml_out), ("mergekit", mk_out)):
+        commands = {"mergeline": ("mergeline.cli:main", ["merge", str(config), "--out", str(ml_out), "--device", device]),
+                    "mergekit": ("mergekit.scripts.run_yaml:main", [str(config), str(mk_out), "--no-copy-tokenizer",
+                                 "--quiet", *(["--cuda"] if device.startswith("cuda") else [])])}
+        for tool, (entry, argv) in commands.items():
             if tool in a.tools and (tool == "mergeline" or res.in_mergekit):
-                setattr(res, tool, self._step(f"{tag}: {tool}", lambda: self.tool(
-                    tool, config, where, logs / f"{tool}-{method}-{device}.log", device)))
+                log = logs / f"{tool}-{method}-{device}.log"
+                setattr(res, tool, self.measure(f"{tag}: {tool}", lambda: run_entry_point(entry, argv, log, TIMED[tool]),
+                                                ml_out if tool == "mergeline" else mk_out))
         if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
             res.comparison = compare_models(ml_out, mk_out)
-            print(f"  mergeline vs mergekit: {res.comparison.summary()}")
+            print(f"  mergeline vs mergekit: {res.comparison.summary()} over {res.comparison.tensors} tensors")
             if res.comparison.problems:
                 self.failed = True
                 print("  mismatch: " + "; ".join(res.comparison.problems[:5]), file=sys.stderr)
@@ -188,29 +165,6 @@ class Bench:
             shutil.rmtree(ml_out, ignore_errors=True)
             shutil.rmtree(mk_out, ignore_errors=True)
         return res
-
-    def probe_loader(self, size: float | LlamaShape) -> str:
-        """The merge engine's loader (at most ``PREFETCH_BYTES`` in flight, as in a merge) fetching
-        every tensor of the set to each device, per ``--threads`` x ``--pieces-mb``, and sha256 on one
-        core (the writer hashes each output shard): a markdown table of GB/s, against one thread's read."""
-        tag, models, files = self.model_set(size)
-        nbytes, seconds = read_files(files)
-        bound = nbytes / seconds / GB
-        rows = [("one thread, 64 MB buffer (read bound)", bound)]
-        readers = [CheckpointReader(m) for m in models.all_models]
-        for device in map(torch.device, self.args.devices):
-            if device.type == "cuda":
-                torch.zeros(1, device=device)  # the CUDA context's creation stays out of the timings
-            for threads in self.args.threads:
-                for mb in self.args.pieces_mb:
-                    seconds = loader_seconds(readers, device, threads, mb << 20, PREFETCH_BYTES)
-                    rows.append((f"loader to {device.type}, {threads} threads x {mb} MB", nbytes / seconds / GB))
-        rows.append(("sha256, one core (256 MB)", (256 << 20) / sha256_seconds(256 << 20) / GB))
-        for reader in readers:
-            reader.close()
-        return "\n".join([f"### loader probe: {tag}, {nbytes / GB:.2f} GB of inputs in the page cache, "
-                          f"device {','.join(self.args.devices)}", "", "| what | GB/s | vs one-thread read |",
-                          "|---|---|---|", *(f"| {what} | {rate:.2f} | {rate / bound:.2f} |" for what, rate in rows)])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -230,16 +184,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("bench_out/merge_speed"), help="cache and outputs")
     p.add_argument("--table-out", type=Path, help="also write the table here (default WORKDIR/table.md)")
     p.add_argument("--keep-outputs", action="store_true", help="keep the merged models for inspection")
-    p.add_argument("--probe-loader", action="store_true",
-                   help="instead of merging: the engine's loader and sha256 against one thread's read")
-    p.add_argument("--threads", default="1,4,8,16", help="with --probe-loader: comma-separated thread counts")
-    p.add_argument("--pieces-mb", default="8,32", help="with --probe-loader: comma-separated piece sizes in MB")
     args = p.parse_args(argv)
     args.methods = [m.strip().upper() for m in args.methods.split(",") if m.strip()]
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     args.devices = [d.strip() for d in args.device.split(",") if d.strip()]
-    args.threads = [int(t) for t in args.threads.split(",")]
-    args.pieces_mb = [int(m) for m in args.pieces_mb.split(",")]
     bad = [m for m in args.methods if m not in METHODS] + [t for t in args.tools if t not in TOOLS]
     if bad:
         p.error(f"unknown method/tool: {', '.join(bad)}")
@@ -255,10 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     table_out = args.table_out or args.workdir / "table.md"
     table_out.parent.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, flush=lambda b: table_out.write_text(report(b.results, b.args)))
-    if args.probe_loader:
-        for size in args.sizes:
-            print("\n" + bench.probe_loader(size))
-        return 0
     for size in args.sizes:
         bench.run_size(size)
     text = report(bench.results, args)
