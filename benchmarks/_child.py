@@ -7,7 +7,7 @@
 Every subcommand writes at exit (also on ``sys.exit``, which click-based CLIs always call) to PEAK.json
 ``"max_rss"``, the process's peak resident memory (``VmHWM``: the memory mapped since this interpreter
 started, so not the GBs the benchmark held when it started it, which a child's ``ru_maxrss`` would count),
-and, when the process used CUDA, ``"cuda_max_allocated"`` and ``"cuda_max_reserved"``.
+and, when the process used CUDA, ``"cuda_max_allocated"``.
 
 ``tool``: runs a console-script entry point in this process with the remaining arguments as
 ``sys.argv[1:]``, as if started from its console script. ``--time MODULE:FUNC`` wraps that function
@@ -63,8 +63,7 @@ def _write_peak(path: str) -> None:
     # Only query CUDA if the tool initialised it: initialising it here costs seconds and fails on
     # machines without a driver.
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        peak.update(cuda_max_allocated=int(torch.cuda.max_memory_allocated()),
-                    cuda_max_reserved=int(torch.cuda.max_memory_reserved()))
+        peak["cuda_max_allocated"] = int(torch.cuda.max_memory_allocated())
     Path(path).write_text(json.dumps(peak))
 
 

@@ -32,21 +32,18 @@ class Measured:
     error: str | None = None
 
 
-def offline_env() -> dict[str, str]:
-    """The children's environment: no hub access, ever; output unbuffered, so a log ends where a run died."""
-    return {**os.environ, **OFFLINE_DEFAULTS, "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def run_child(args: list[str], log: Path) -> Measured:
     """``_child.py`` with ``args``, stdout+stderr to ``log``: its wall time, and the peak memory (and the
     inner time, if any) it wrote at exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
     peak_file = log.with_suffix(".peak.json")
     peak_file.unlink(missing_ok=True)
+    # no hub access, ever; output unbuffered, so a log ends where a run died
+    env = {**os.environ, **OFFLINE_DEFAULTS, "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(log, "w") as out:
         code = subprocess.run([sys.executable, str(CHILD), str(peak_file), *args], stdout=out,
-                              stderr=subprocess.STDOUT, env=offline_env(), check=False).returncode
+                              stderr=subprocess.STDOUT, env=env, check=False).returncode
     peak = json.loads(peak_file.read_text()) if peak_file.exists() else {}
     measured = Measured(time.perf_counter() - start, peak.get("max_rss", 0), peak.get("cuda_max_allocated"),
                         peak.get("timed_seconds"))
@@ -54,12 +51,6 @@ def run_child(args: list[str], log: Path) -> Measured:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
         measured.error = f"exit {code}: " + "\n".join(tail)
     return measured
-
-
-def run_entry_point(entry: str, args: list[str], log: Path, timed: str | None = None) -> Measured:
-    """Run a console-script entry point (``module:function``) through ``_child.py tool``, with CUDA peak, and
-    the time spent in the function ``timed`` (``module:function``) as ``inner_seconds``."""
-    return run_child(["tool", *(["--time", timed] if timed else []), entry, *args], log)
 
 
 def best_of(runs: list[Measured]) -> Measured:

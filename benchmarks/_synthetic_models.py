@@ -1,7 +1,6 @@
 """Synthetic Llama-shaped checkpoints of a given size, for merge benchmarks and tests (no download).
 
-Used by ``merge_speed.py``; ``tests/integration/test_merge_cuda.py``
-loads it by path.
+Used by ``merge_speed.py``; ``tests/integration/test_merge_cuda.py`` loads it by path.
 
 A set is one base model plus N "fine-tunes". The base has random weights (N(0, 0.02²) matrices, unit
 norm weights); fine-tune i is ``base + eps_i`` with ``eps_i ~ N(0, (rel * 0.02)²)`` drawn from its own
@@ -112,13 +111,12 @@ def _base_tensor(name: str, shape: tuple[int, ...], device: str = "cpu") -> torc
 
 @dataclass(frozen=True)
 class ModelSet:
-    """Paths of a built set: ``base`` and ``finetunes``; ``bytes_per_model`` on disk (tensors only)."""
+    """Paths of a built set: ``base`` and ``finetunes``."""
 
     base: Path
     finetunes: list[Path]
     shape: LlamaShape
     dtype: str
-    bytes_per_model: int
 
     @property
     def all_models(self) -> list[Path]:
@@ -149,14 +147,12 @@ def build_model_set(
     if dtype not in _DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     shape = shape or llama_shape_for(params)
-    itemsize = torch.empty(0, dtype=_DTYPES[dtype]).element_size()
     spec = {"shape": asdict(shape), "dtype": dtype, "shard_bytes": shard_bytes,
             "rel_delta": rel_delta, "num_finetunes": num_finetunes, "version": 1,
             "device": torch.device(device).type}
     workdir = workdir.resolve()
     marker = workdir / "set.json"
-    result = ModelSet(workdir / "base", [workdir / f"ft{i}" for i in range(num_finetunes)],
-                      shape, dtype, shape.num_params() * itemsize)
+    result = ModelSet(workdir / "base", [workdir / f"ft{i}" for i in range(num_finetunes)], shape, dtype)
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return result
     marker.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from _measure import Comparison, Measured, best_of, compare_models, run_child, run_entry_point
+from _measure import Comparison, Measured, best_of, compare_models, run_child
 from _child import read_files
 from _synthetic_models import LlamaShape, ModelSet, build_model_set, llama_shape, model_files
 
@@ -230,21 +230,25 @@ class Bench:
 
     def run_method(self, models: ModelSet, method: str, device: str, out: Path, logs: Path,
                    tag: str) -> MethodResult:
-        """One method through each tool of ``--tools`` that has it (``mergeline merge``, ``mergekit-yaml``,
-        each through its console entry point), on one config; then the two outputs compared."""
+        """One method through each tool of ``--tools`` that has it (``mergeline merge``, ``mergekit-yaml``),
+        on one config; then the two outputs compared, tensor by tensor."""
         a = self.args
         config = logs / f"{method}.yaml"
         config.write_text(yaml.safe_dump(merge_config(models, method, a.density), sort_keys=False))
         res = MethodResult(in_mergekit=method in IN_MERGEKIT)
         ml_out, mk_out = out / f"mergeline-{method}", out / f"mergekit-{method}"
-        commands = {"mergeline": ("mergeline.cli:main", ["merge", str(config), "--out", str(ml_out), "--device", device]),
-                    "mergekit": ("mergekit.scripts.run_yaml:main", [str(config), str(mk_out), "--no-copy-tokenizer",
-                                 "--quiet", *(["--cuda"] if device.startswith("cuda") else [])])}
-        for tool, (entry, argv) in commands.items():
+        # each tool's console entry point, run by ``_child.py tool`` with its run_merge timed inside
+        commands = {
+            "mergeline": (ml_out, ["mergeline.cli:main", "merge", str(config), "--out", str(ml_out),
+                                   "--device", device]),
+            "mergekit": (mk_out, ["mergekit.scripts.run_yaml:main", str(config), str(mk_out), "--no-copy-tokenizer",
+                                  "--quiet", *(["--cuda"] if device.startswith("cuda") else [])]),
+        }
+        for tool, (where, argv) in commands.items():
             if tool in a.tools and (tool == "mergeline" or res.in_mergekit):
+                child = ["tool", "--time", TIMED[tool], *argv]
                 log = logs / f"{tool}-{method}-{device}.log"
-                setattr(res, tool, self.measure(f"{tag}: {tool}", lambda: run_entry_point(entry, argv, log, TIMED[tool]),
-                                                ml_out if tool == "mergeline" else mk_out))
+                setattr(res, tool, self.measure(f"{tag}: {tool}", lambda: run_child(child, log), where))
         if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
             res.comparison = compare_models(ml_out, mk_out)
             print(f"  mergeline vs mergekit: {res.comparison.summary()} over {res.comparison.tensors} tensors")
