@@ -7,20 +7,9 @@
 Every subcommand writes at exit (also on ``sys.exit``, which click-based CLIs always call) to PEAK.json
 ``"max_rss"``, the process's peak resident memory (``VmHWM``: the memory mapped since this interpreter
 started, so not the GBs the benchmark held when it started it, which a child's ``ru_maxrss`` would count),
-and, when the process used CUDA, ``"cuda_max_allocated"``.
-
-``tool``: runs a console-script entry point in this process with the remaining arguments as
-``sys.argv[1:]``, as if started from its console script. ``--time MODULE:FUNC`` wraps that function
-(``mergeline.merge.engine:run_merge``, ``mergekit.scripts.run_yaml:run_merge``) to add
-``"timed_seconds"``: the merge alone, without interpreter start, imports and exit.
-
-``read``: reads the raw bytes of every file once (64 MiB chunks, one reused buffer); ``"timed_seconds"``
-is timed around the reads alone: the bound "read the input bytes once".
-
-``copy``: the plain read+write of a merge's bytes, no arithmetic: every tensor of the base loaded from
-every model with the product's reader (moved to DEVICE, as a merge would), the base's copy kept and
-written with the base's shard layout. Memory is bounded by one output shard, which ``save_file`` needs
-whole.
+``"cuda_max_allocated"`` when the process used CUDA, and ``"timed_seconds"``: for ``tool``, the time
+spent in ``--time MODULE:FUNC`` (the merge alone); for ``read``, the reads alone (the read bound). What
+each subcommand runs: benchmarks/README.md (``merge_speed.py``, step 2).
 """
 
 from __future__ import annotations

@@ -2,13 +2,9 @@
 
 Used by ``merge_speed.py``; ``tests/integration/test_merge_cuda.py`` loads it by path.
 
-A set is one base model plus N "fine-tunes". The base has random weights (N(0, 0.02²) matrices, unit
-norm weights); fine-tune i is ``base + eps_i`` with ``eps_i ~ N(0, (rel * 0.02)²)`` drawn from its own
-seed, so task vectors are dense, small and independent, as after a short full fine-tune. Each model is
-a Hugging Face folder: ``config.json`` (LlamaForCausalLM) and ``model-0000i-of-0000N.safetensors`` +
-``model.safetensors.index.json`` (or one ``model.safetensors`` when it fits in one shard).
-
-Sets are cached: a folder holding ``set.json`` with the same parameters is reused as is.
+A set is one base model plus N "fine-tunes" (the weights: benchmarks/README.md, ``merge_speed.py``
+step 1), each a Hugging Face folder (``config.json`` and sharded safetensors with an index). Sets are
+cached: a folder holding ``set.json`` with the same parameters is reused as is.
 """
 
 from __future__ import annotations

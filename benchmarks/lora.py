@@ -3,13 +3,10 @@
     .venv/bin/python benchmarks/lora.py                       # SmolLM2-135M-Instruct (packaged), r=8 on q,k,v,o
     .venv/bin/python benchmarks/lora.py --base path/to/hf_folder --rank 16
 
-Imports the base once into ``--workdir`` (float32 safetensors), builds two PEFT LoRA adapters
-with random non-zero matrices (seeded), then times each row on its own:
-- the adapter's task vector (``mergeline.merge.lora.extract_lora_vector``) against the baseline, PEFT's
-  ``merge_and_unload`` + ``save_pretrained`` of the same model (equality: base + τ vs PEFT's weights);
-- ``task_arithmetic`` over ``base+adapter_a`` and ``base+adapter_b`` with mergeline (folded while
-  streaming) against mergekit 0.1.5 (which merges each adapter with PEFT into its LoRA cache first),
-  with bit-equality of the outputs. Prints one markdown table.
+Imports the base once into ``--workdir`` (float32), builds two PEFT LoRA adapters with random non-zero
+matrices (seeded), then times the adapter's task vector against PEFT's ``merge_and_unload`` + save, and a
+``task_arithmetic`` merge over ``base+adapter_a`` and ``base+adapter_b`` against mergekit 0.1.5; each row
+with the outputs' bit-equality. Prints one markdown table (what each row runs: benchmarks/README.md).
 """
 
 from __future__ import annotations

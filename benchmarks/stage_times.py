@@ -5,8 +5,8 @@ worker counts.
         [--set finetune.steps=2 ...] [--workers 1 [4 ...]] [--repeat 1] [--root bench_out/stage_times/DEVICE]
     .venv/bin/python benchmarks/stage_times.py --project DIR   # a run already made in DIR: its table only
 
-Each run is ``mergeline run`` in a fresh project folder under ``--root`` (the root is deleted and
-rebuilt on each call; a folder this script did not make is refused) with its own Prefect state and
+Each run is ``mergeline run`` in a new project folder under ``--root`` (a folder that does not exist
+yet or is empty; by default a new one per call under ``bench_out/stage_times/``) with its own Prefect state and
 MLflow store, so every call computes instead of hitting a cache, and ``MERGELINE_MAX_WORKERS`` set to
 one of ``--workers`` (default 1: a call's time is then its own, not shared with calls beside it).
 With ``--repeat R`` the worker counts alternate R times, so a shared machine's load falls on all of
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,6 @@ from mergeline.pipeline.table import STEPS  # noqa: E402
 from mergeline.tracking.mlflow_setup import default_tracking_uri  # noqa: E402
 
 SPLIT_ROWS = ("fine-tune", "evaluate")  # labels end in the mode (task-full) or the split (variant-test)
-MARKER = ".stage_times"  # marks a --root this script made, so it may wipe it
 
 
 @dataclass(frozen=True)
@@ -73,26 +71,10 @@ class Recorded:
     process_seconds: float | None = None
 
 
-def fresh(folder: Path) -> None:
-    """Empty ``folder`` for cold runs; refuse a non-empty folder that this script did not make."""
-    if folder.exists() and any(folder.iterdir()):
-        if not (folder / MARKER).is_file():
-            raise MergelineError(f"--root {folder}: not empty and not made by stage_times.py (no {MARKER}); "
-                                 "pick a new folder")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text("made by benchmarks/stage_times.py; wiped on each run\n", encoding="utf-8")
-
-
 def run_params(params_file: str, overrides: list[str]) -> tuple[ExperimentParams, dict[str, Any]]:
     """The validated params, and their YAML form with a local ``base_model`` made absolute, so they hold
-    from any project folder. MergelineError when ``base_model`` is a path with no model folder."""
+    from any project folder (a missing one is the pipeline's error, in the first run's message)."""
     checked = load_params(params_file, overrides)
-    base = Path(checked.base_model)
-    if (base.is_absolute() or checked.base_model.startswith(".") or "/" in checked.base_model) \
-            and not (base.resolve() / "config.json").is_file():
-        raise MergelineError(f"base_model {checked.base_model}: no model folder there; give one with "
-                             "--set base_model=PATH (params/tiny.yaml's is built by the tests)")
     params = checked.model_dump(mode="json", by_alias=True)
     if (Path.cwd() / checked.base_model).exists():
         params["base_model"] = str((Path.cwd() / checked.base_model).resolve())
@@ -198,8 +180,10 @@ def stage_table(result: dict[str, Any], dev: str) -> str:
     process's wall time."""
     total = result["total_seconds"]
     calls = sum(int(r["calls"]) for r in result["stages"].values())
-    rows = [[stage, str(row["calls"]), f"{row['seconds']:.1f}", f"{100 * row['seconds'] / total:.0f}%" if total else "–"]
-            for stage, row in [*result["stages"].items(), ("total", {"calls": calls, "seconds": total})]]
+    rows = []
+    for stage, row in [*result["stages"].items(), ("total", {"calls": calls, "seconds": total})]:
+        share = f"{100 * row['seconds'] / total:.0f}%" if total else "–"
+        rows.append([stage, str(row["calls"]), f"{row['seconds']:.1f}", share])
     process = result["process_seconds"]
     walls = f"pipeline flow (parent MLflow run): {result['pipeline_seconds']:.1f} s" \
         + ("" if process is None else f"; `mergeline run` process: {process:.1f} s")
@@ -231,7 +215,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="the run's device (--set device=...)")
     parser.add_argument("--params", default=str(ROOT / "params" / "default.yaml"), help="experiment params YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override")
-    parser.add_argument("--root", help="fresh folder for the projects (default bench_out/stage_times/<device>)")
+    parser.add_argument("--root", help="new or empty folder for the projects "
+                        "(default bench_out/stage_times/<device>-<time>)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="stage calls at once (MERGELINE_MAX_WORKERS), one run per count")
     parser.add_argument("--repeat", type=int, default=1, help="runs per worker count, alternating")
@@ -252,8 +237,10 @@ def measure(args: argparse.Namespace) -> tuple[ExperimentParams, Path, dict[int,
         return checked, project.parent, {args.workers[0]: [recorded(default_tracking_uri(project))]}
     overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
     checked, params = run_params(args.params, overrides)  # every run gets the same validated params
-    root = Path(args.root or ROOT / "bench_out" / "stage_times" / checked.device).resolve()
-    fresh(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    root = Path(args.root or ROOT / "bench_out" / "stage_times" / f"{checked.device}-{stamp}").resolve()
+    if root.exists() and any(root.iterdir()):  # every run must compute: nothing cached from an earlier call
+        raise MergelineError(f"--root {root}: not empty; give a new folder")
     print(f"device={checked.device} params={args.params} set={args.set} workers={args.workers} "
           f"repeat={args.repeat} root={root} cpus={os.cpu_count()}", flush=True)
     runs: dict[int, list[Recorded]] = {w: [] for w in args.workers}
