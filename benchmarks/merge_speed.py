@@ -79,20 +79,14 @@ def _gb(value: int | None) -> str:
     return "-" if value is None else f"{value / GB:.2f}"
 
 
-def ratio(a: Measured | None, b: Measured | None, inner: bool = False) -> float | None:
-    """a's seconds / b's (their merge functions' with ``inner``); None where either is missing."""
-    if not (_ok(a) and _ok(b)):
-        return None
-    x, y = (a.inner_seconds, b.inner_seconds) if inner else (a.seconds, b.seconds)  # type: ignore[union-attr]
-    return None if x is None or not y else x / y
-
-
 def _pair(a: Measured | None, b: Measured | None) -> str:
-    """"whole (merge alone)" ratios of a to b."""
-    whole, inner = ratio(a, b), ratio(a, b, inner=True)
-    if whole is None:
+    """a's seconds / b's, "whole (merge alone)"; "-" where either is missing or failed."""
+    if not (_ok(a) and _ok(b)) or not b.seconds:  # type: ignore[union-attr]
         return "-"
-    return _num(whole, 2) + ("" if inner is None else f" ({_num(inner, 2)})")
+    whole = _num(a.seconds / b.seconds, 2)  # type: ignore[union-attr]
+    if a.inner_seconds is None or not b.inner_seconds:  # type: ignore[union-attr]
+        return whole
+    return f"{whole} ({_num(a.inner_seconds / b.inner_seconds, 2)})"  # type: ignore[union-attr]
 
 
 def size_label(models: ModelSet) -> str:
@@ -100,15 +94,18 @@ def size_label(models: ModelSet) -> str:
     return f"{s.num_params() / 1e9:.3g}B ({s.hidden_size}x{s.num_hidden_layers}) {models.dtype}"
 
 
-def render(results: list[SizeResult], args: argparse.Namespace) -> list[str]:
-    """The markdown table, one row per (size, device, method), then a line per size on the read bound."""
+def report(results: list[SizeResult], args: argparse.Namespace) -> str:
+    """What has been measured so far: the markdown table, one row per (size, device, method), then a
+    line per size on the read bound."""
+    title = (f"merge_speed: {args.finetunes} fine-tunes + base, Llama-shaped, device {','.join(args.devices)}, "
+             f"TIES/DELLA density {args.density}, best of {args.repeat}")
     cuda = any(d.startswith("cuda") for d in args.devices)
     head = ["size", "device", "method", "mergeline s (merge alone)", "mergekit s (merge alone)", "ml/mk time",
             "ml/TA time", "read+write s", "ml fraction of read bound", "ml peak RSS GB", "mk peak RSS GB"]
     if cuda:
         head += ["ml peak CUDA GB", "mk peak CUDA GB"]
     head.append("ml vs mk: max abs diff (elements differing)")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: list[str] = []
     for r in results:
         size = size_label(r.models)
@@ -127,14 +124,7 @@ def render(results: list[SizeResult], args: argparse.Namespace) -> list[str]:
             notes.append(f"{size}: {len(r.models.all_models)} models, {r.input_bytes / GB:.2f} GB of inputs; "
                          f"reading them once took {r.read.seconds:.2f} s "  # type: ignore[union-attr]
                          f"({r.input_bytes / GB / r.read.seconds:.2f} GB/s)")  # type: ignore[union-attr]
-    return lines + [""] + notes
-
-
-def report(results: list[SizeResult], args: argparse.Namespace) -> str:
-    """The whole markdown report of what has been measured so far."""
-    title = (f"merge_speed: {args.finetunes} fine-tunes + base, Llama-shaped, device {','.join(args.devices)}, "
-             f"TIES/DELLA density {args.density}, best of {args.repeat}")
-    return "\n".join([f"### {title}", "", *render(results, args)]) + "\n"
+    return "\n".join(lines + [""] + notes) + "\n"
 
 
 def merge_config(models: ModelSet, method: str, density: float) -> dict:
