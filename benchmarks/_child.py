@@ -1,4 +1,4 @@
-"""What ``merge_speed.py`` runs in its child processes, one subcommand each (via ``_measure.py``).
+"""What ``merge_speed.py`` runs in its child processes, one subcommand each.
 
     python benchmarks/_child.py PEAK.json tool [--time MODULE:FUNC] ENTRY_MODULE:FUNC [ARG...]
     python benchmarks/_child.py PEAK.json read FILE...
