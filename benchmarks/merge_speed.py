@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from transformers import LlamaConfig
 
 from _child import read_files
-from _synthetic_models import LlamaShape, ModelSet, build_model_set, llama_shape, model_files
+from _synthetic_models import ModelSet, build_model_set, llama_shape, model_files, num_params
 from mergeline.env import OFFLINE_DEFAULTS
 from mergeline.io.safetensors_io import CheckpointReader
 
@@ -170,7 +171,7 @@ def _pair(a: Measured | None, b: Measured | None) -> str:
 
 def size_label(models: ModelSet) -> str:
     s = models.shape
-    return f"{s.num_params() / 1e9:.3g}B ({s.hidden_size}x{s.num_hidden_layers}) {models.dtype}"
+    return f"{num_params(s) / 1e9:.3g}B ({s.hidden_size}x{s.num_hidden_layers}) {models.dtype}"
 
 
 def report(results: list[SizeResult], args: argparse.Namespace) -> str:
@@ -234,7 +235,7 @@ def read_bound(files: list[Path], log: Path) -> Measured:
     return measured
 
 
-def parse_size(text: str) -> float | LlamaShape:
+def parse_size(text: str) -> float | LlamaConfig:
     """``0.9e9`` (parameters) or ``512x8`` (hidden size x layers, vocabulary 32,000)."""
     shaped = re.fullmatch(r"(\d+)x(\d+)", text.strip())
     return llama_shape(int(shaped[1]), int(shaped[2])) if shaped else float(text)
@@ -267,12 +268,12 @@ class Bench:
         self._flush(self)
         return result
 
-    def run_size(self, size: float | LlamaShape) -> None:
+    def run_size(self, size: float | LlamaConfig) -> None:
         """The model set of ``size`` (built once, cached in the workdir), read once so every run sees a
         warm page cache; then the read bound and every device."""
         a = self.args
-        shape = size if isinstance(size, LlamaShape) else None
-        params = float(shape.num_params()) if shape else float(size)  # type: ignore[arg-type]
+        shape = size if isinstance(size, LlamaConfig) else None
+        params = float(num_params(shape)) if shape else float(size)  # type: ignore[arg-type]
         tag = (f"h{shape.hidden_size}x{shape.num_hidden_layers}" if shape else f"{params / 1e9:.3g}B") \
             + f"-{a.dtype}-{a.finetunes}ft"
         models = build_model_set(self.workdir / "models" / tag, params, a.finetunes, a.dtype,
