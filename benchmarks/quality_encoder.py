@@ -1,7 +1,7 @@
 """The seed papers' claims on the encoder family: all-MiniLM-L6-v2 with frozen task heads, every method.
 
     python3 benchmarks/quality_encoder.py --params params/quality-encoder.yaml --seeds 0 1 2 --out /tmp/enc \
-        --device cuda --export $OUT          # one process per seed; a finished seed is not recomputed
+        --device cuda                        # one process per seed; a finished seed is not recomputed
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality_encoder.py --smollm2-premise --seeds 0 \
         --out bench_out/premise-talos        # the TaLoS premise on SmolLM2-135M-Instruct (CPU)
     .venv/bin/python benchmarks/encoder_claims.py --results docs/results/claims --out docs   # the verdicts
@@ -310,7 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="bench_out/quality-encoder")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--export", help="copy each finished seed's JSON here")
     parser.add_argument("--smollm2-premise", action="store_true", help="the TaLoS premise on SmolLM2 instead (CPU)")
     parser.add_argument("--calib", type=int, default=16, help="with --smollm2-premise: calibration records per task")
     args = parser.parse_args(argv)
@@ -323,9 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         if not (out / f"seed{seed}.json").is_file():  # resumable: a finished seed is kept
             run_seed(params, seed, out, args.device)
-        if args.export:
-            Path(args.export).mkdir(parents=True, exist_ok=True)
-            shutil.copy(out / f"seed{seed}.json", Path(args.export) / f"seed{seed}.json")
     return 0
 
 
