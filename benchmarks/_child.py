@@ -1,6 +1,6 @@
 """What ``merge_speed.py`` runs in its child processes, one subcommand each.
 
-    python benchmarks/_child.py PEAK.json tool [--time MODULE:FUNC] ENTRY_MODULE:FUNC [ARG...]
+    python benchmarks/_child.py PEAK.json tool TIMED_MODULE:FUNC ENTRY_MODULE:FUNC [ARG...]
     python benchmarks/_child.py PEAK.json read FILE...
     python benchmarks/_child.py PEAK.json copy DEVICE OUT_DIR BASE_DIR MODEL_DIR...
 
@@ -8,7 +8,7 @@ Every subcommand writes at exit (also on ``sys.exit``, which click-based CLIs al
 ``"max_rss"``, the process's peak resident memory (``VmHWM``: the memory mapped since this interpreter
 started, so not the GBs the benchmark held when it started it, which a child's ``ru_maxrss`` would count),
 ``"cuda_max_allocated"`` when the process used CUDA, and ``"timed_seconds"``: for ``tool``, the time
-spent in ``--time MODULE:FUNC`` (the merge alone); for ``read``, the reads alone (the read bound). What
+spent in TIMED_MODULE:FUNC (the merge alone); for ``read``, the reads alone (the read bound). What
 each subcommand runs: benchmarks/README.md (``merge_speed.py``, step 2).
 """
 
@@ -56,16 +56,11 @@ def _write_peak(path: str) -> None:
     Path(path).write_text(json.dumps(peak))
 
 
-def tool(*rest: str) -> int:
-    target = None
-    if rest[0] == "--time":
-        target, *rest = rest[1:]  # type: ignore[assignment]
-    entry, *args = rest
+def tool(timed: str, entry: str, *args: str) -> int:
     module_name, func_name = entry.split(":")
     sys.argv = [module_name.rsplit(".", 1)[-1], *args]
     func = getattr(importlib.import_module(module_name), func_name)
-    if target is not None:
-        _time_calls(target)
+    _time_calls(timed)
     result = func()
     return result if isinstance(result, int) else 0
 

@@ -23,6 +23,9 @@ from mergeline.io.safetensors_io import ShardedWriter, TensorSpec
 VOCAB = 32000
 # Base weights are drawn like a freshly initialised Llama (initializer_range 0.02).
 INIT_STD = 0.02
+# Task-vector std relative to INIT_STD: 2% keeps most of every delta above bfloat16's rounding step
+# (2^-8 relative), so bf16 task vectors are not mostly zeros.
+REL_DELTA = 0.02
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # the config fields that fix every tensor shape of a Llama decoder (the set's cache key)
 SHAPE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -114,7 +117,6 @@ def build_model_set(
     num_finetunes: int = 4,
     dtype: str = "bfloat16",
     shard_bytes: int = 1 << 30,
-    rel_delta: float = 0.02,
     progress=print,
     device: str = "cpu",
     shape: LlamaConfig | None = None,
@@ -125,15 +127,12 @@ def build_model_set(
 
     ``device`` draws the random numbers there (a GPU builds multi-GB sets in seconds); the values
     depend on it, so it is part of the cache key.
-
-    ``rel_delta`` is the task-vector std relative to INIT_STD; 2% keeps most of every delta above
-    bfloat16's rounding step (2^-8 relative), so bf16 task vectors are not mostly zeros.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     shape = shape or llama_shape_for(params)
     spec = {"shape": {k: getattr(shape, k) for k in SHAPE}, "dtype": dtype, "shard_bytes": shard_bytes,
-            "rel_delta": rel_delta, "num_finetunes": num_finetunes, "version": 1,
+            "rel_delta": REL_DELTA, "num_finetunes": num_finetunes, "version": 1,
             "device": torch.device(device).type}
     workdir = workdir.resolve()
     marker = workdir / "set.json"
@@ -149,7 +148,7 @@ def build_model_set(
 
         def finetune_tensor(name: str, shp: tuple[int, ...], gen=gen) -> torch.Tensor:
             # Regenerating the base per tensor keeps memory at one shard instead of one model.
-            delta = torch.randn(shp, generator=gen, device=device).mul_(rel_delta * INIT_STD)
+            delta = torch.randn(shp, generator=gen, device=device).mul_(REL_DELTA * INIT_STD)
             return _base_tensor(name, shp, device).add_(delta)
 
         _write_model(folder, shape, dtype, shard_bytes, finetune_tensor)

@@ -277,7 +277,7 @@ class Bench:
         tag = (f"h{shape.hidden_size}x{shape.num_hidden_layers}" if shape else f"{params / 1e9:.3g}B") \
             + f"-{a.dtype}-{a.finetunes}ft"
         models = build_model_set(self.workdir / "models" / tag, params, a.finetunes, a.dtype,
-                                 shard_bytes=int(a.shard_gb * GB), device=a.devices[0], shape=shape)
+                                 shard_bytes=int(GB), device=a.devices[0], shape=shape)  # 1 GB shards
         files = [f for m in models.all_models for f in model_files(m)]
         print(f"[{tag}] warming the page cache ({sum(f.stat().st_size for f in files) / GB:.2f} GB)")
         read_files(files)
@@ -316,7 +316,7 @@ class Bench:
         }
         for tool, (where, argv) in commands.items():
             if tool in a.tools and (tool == "mergeline" or res.in_mergekit):
-                child = ["tool", "--time", TIMED[tool], *argv]
+                child = ["tool", TIMED[tool], *argv]
                 log = logs / f"{tool}-{method}-{device}.log"
                 setattr(res, tool, self.measure(f"{tag}: {tool}", lambda: run_child(child, log), where))
         if res.mergeline and res.mergekit and not (res.mergeline.error or res.mergekit.error):
@@ -345,7 +345,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of " + ",".join(TOOLS))
     p.add_argument("--density", type=float, default=0.5, help="TIES and DELLA density (fraction of each delta kept)")
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement; the fastest is reported")
-    p.add_argument("--shard-gb", type=float, default=1.0, help="max safetensors shard size of the inputs")
     p.add_argument("--workdir", type=Path, default=Path("bench_out/merge_speed"), help="cache and outputs")
     p.add_argument("--table-out", type=Path, help="also write the table here (default WORKDIR/table.md)")
     p.add_argument("--keep-outputs", action="store_true", help="keep the merged models for inspection")
