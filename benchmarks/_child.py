@@ -1,15 +1,14 @@
 """What ``merge_speed.py`` runs in its child processes, one subcommand each.
 
     python benchmarks/_child.py PEAK.json tool TIMED_MODULE:FUNC ENTRY_MODULE:FUNC [ARG...]
-    python benchmarks/_child.py PEAK.json read FILE...
     python benchmarks/_child.py PEAK.json copy DEVICE OUT_DIR BASE_DIR MODEL_DIR...
 
 Every subcommand writes at exit (also on ``sys.exit``, which click-based CLIs always call) to PEAK.json
 ``"max_rss"``, the process's peak resident memory (``VmHWM``: the memory mapped since this interpreter
 started, so not the GBs the benchmark held when it started it, which a child's ``ru_maxrss`` would count),
-``"cuda_max_allocated"`` when the process used CUDA, and ``"timed_seconds"``: for ``tool``, the time
-spent in TIMED_MODULE:FUNC (the merge alone); for ``read``, the reads alone (the read bound). What
-each subcommand runs: benchmarks/README.md (``merge_speed.py``, step 2).
+``"cuda_max_allocated"`` when the process used CUDA, and for ``tool`` ``"timed_seconds"``, the time
+spent in TIMED_MODULE:FUNC (the merge alone). What each subcommand runs: benchmarks/README.md
+(``merge_speed.py``, step 2).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-_CHUNK = 64 << 20
 _timed: dict[str, float] = {}
 
 
@@ -65,18 +63,6 @@ def tool(timed: str, entry: str, *args: str) -> int:
     return result if isinstance(result, int) else 0
 
 
-def read_files(files: list[Path]) -> tuple[int, float]:
-    """Read every byte of ``files`` once; return the bytes read and the seconds the reads took."""
-    view = memoryview(bytearray(_CHUNK))
-    total = 0
-    start = time.perf_counter()
-    for file in files:
-        with open(file, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                total += n
-    return total, time.perf_counter() - start
-
-
 def copy_models(base: Path, models: list[Path], out: Path, device: str) -> None:
     """Read every tensor of base + models (to ``device``) once and write the base's tensors to ``out``,
     one output shard at a time, in the base's shard layout."""
@@ -111,11 +97,8 @@ def main(argv: list[str]) -> int:
     atexit.register(_write_peak, peak_file)
     if command == "tool":
         return tool(*args)
-    if command == "read":
-        _timed["timed_seconds"] = read_files([Path(a) for a in args])[1]
-    else:  # copy DEVICE OUT BASE MODEL...
-        device, out, base, *models = args
-        copy_models(Path(base), [Path(m) for m in models], Path(out), device)
+    device, out, base, *models = args  # copy DEVICE OUT BASE MODEL...
+    copy_models(Path(base), [Path(m) for m in models], Path(out), device)
     return 0
 
 
