@@ -19,6 +19,11 @@ import time
 from pathlib import Path
 
 import torch
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge as mergekit_run
+from mergekit.options import MergeOptions
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -38,9 +43,6 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
 def random_adapter(base: Path, out: Path, seed: int, rank: int, targets: list[str]) -> Path:
     """A PEFT LoRA adapter of ``base`` saved as users get them, with A and B both drawn at random
     (``init_lora_weights=False``; PEFT's default B = 0 would fold to a zero update)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     torch.manual_seed(seed)
     settings = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
@@ -49,20 +51,13 @@ def random_adapter(base: Path, out: Path, seed: int, rank: int, targets: list[st
 
 
 def peft_merge(base: Path, adapter: Path, out: Path) -> None:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(str(out))
 
 
 def mergekit_merge(config: dict, out: Path, cache: Path) -> None:
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge as mk_run
-    from mergekit.options import MergeOptions
-
     logging.disable(logging.WARNING)
-    mk_run(MergeConfiguration.model_validate(config), str(out), options=MergeOptions(
+    mergekit_run(MergeConfiguration.model_validate(config), str(out), options=MergeOptions(
         lazy_unpickle=False, copy_tokenizer=False, write_model_card=False, quiet=True, lora_merge_cache=str(cache)))
     logging.disable(logging.NOTSET)
 
@@ -74,7 +69,12 @@ def equal(a: Path, b: Path, offset: Path | None = None) -> str:
     return "bit-equal" if same else "DIFFERENT"
 
 
-def fold(args: argparse.Namespace) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=SMOLLM2)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/mergeline-lora-bench"))
+    args = parser.parse_args()
     work = args.workdir
     base = work / "base"
     import_base_model(args.base, base)
@@ -100,14 +100,6 @@ def fold(args: argparse.Namespace) -> None:
     print("|---|---:|---|---:|---:|---|")
     for what, ours, baseline, theirs, same in rows:
         print(f"| {what} | {ours:.1f} | {baseline} | {theirs:.1f} | {ours / theirs:.2f} | {same} |")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default=SMOLLM2)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/mergeline-lora-bench"))
-    fold(parser.parse_args())
 
 
 if __name__ == "__main__":
