@@ -66,7 +66,7 @@ def tool(timed: str, entry: str, *args: str) -> int:
 def copy_models(base: Path, models: list[Path], out: Path, device: str) -> None:
     """Read every tensor of base + models (to ``device``) once and write the base's tensors to ``out``,
     one output shard at a time, in the base's shard layout."""
-    # imported here, not at the top: a ``tool`` or ``read`` process loads only what it measures
+    # imported here, not at the top: a ``tool`` process loads only what it measures
     import torch
     from safetensors.torch import save_file
 
