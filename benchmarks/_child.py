@@ -1,26 +1,14 @@
-"""What ``merge_speed.py`` runs in its child processes, one subcommand each (via ``_measure.py``).
+"""What ``merge_speed.py`` runs in its child processes, one subcommand each.
 
-    python benchmarks/_child.py PEAK.json tool [--time MODULE:FUNC] ENTRY_MODULE:FUNC [ARG...]
-    python benchmarks/_child.py PEAK.json read FILE...
+    python benchmarks/_child.py PEAK.json tool TIMED_MODULE:FUNC ENTRY_MODULE:FUNC [ARG...]
     python benchmarks/_child.py PEAK.json copy DEVICE OUT_DIR BASE_DIR MODEL_DIR...
 
 Every subcommand writes at exit (also on ``sys.exit``, which click-based CLIs always call) to PEAK.json
 ``"max_rss"``, the process's peak resident memory (``VmHWM``: the memory mapped since this interpreter
 started, so not the GBs the benchmark held when it started it, which a child's ``ru_maxrss`` would count),
-and, when the process used CUDA, ``"cuda_max_allocated"`` and ``"cuda_max_reserved"``.
-
-``tool``: runs a console-script entry point in this process with the remaining arguments as
-``sys.argv[1:]``, as if started from its console script. ``--time MODULE:FUNC`` wraps that function
-(``mergeline.merge.engine:run_merge``, ``mergekit.scripts.run_yaml:run_merge``) to add
-``"timed_seconds"``: the merge alone, without interpreter start, imports and exit.
-
-``read``: reads the raw bytes of every file once (64 MiB chunks, one reused buffer); ``"timed_seconds"``
-is timed around the reads alone: the bound "read the input bytes once".
-
-``copy``: the plain read+write of a merge's bytes, no arithmetic: every tensor of the base loaded from
-every model with the product's reader (moved to DEVICE, as a merge would), the base's copy kept and
-written with the base's shard layout. Memory is bounded by one output shard, which ``save_file`` needs
-whole.
+``"cuda_max_allocated"`` when the process used CUDA, and for ``tool`` ``"timed_seconds"``, the time
+spent in TIMED_MODULE:FUNC (the merge alone). What each subcommand runs: benchmarks/README.md
+(``merge_speed.py``, step 2).
 """
 
 from __future__ import annotations
@@ -35,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-_CHUNK = 64 << 20
 _timed: dict[str, float] = {}
 
 
@@ -63,41 +50,23 @@ def _write_peak(path: str) -> None:
     # Only query CUDA if the tool initialised it: initialising it here costs seconds and fails on
     # machines without a driver.
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        peak.update(cuda_max_allocated=int(torch.cuda.max_memory_allocated()),
-                    cuda_max_reserved=int(torch.cuda.max_memory_reserved()))
+        peak["cuda_max_allocated"] = int(torch.cuda.max_memory_allocated())
     Path(path).write_text(json.dumps(peak))
 
 
-def tool(*rest: str) -> int:
-    target = None
-    if rest[0] == "--time":
-        target, *rest = rest[1:]  # type: ignore[assignment]
-    entry, *args = rest
+def tool(timed: str, entry: str, *args: str) -> int:
     module_name, func_name = entry.split(":")
     sys.argv = [module_name.rsplit(".", 1)[-1], *args]
     func = getattr(importlib.import_module(module_name), func_name)
-    if target is not None:
-        _time_calls(target)
+    _time_calls(timed)
     result = func()
     return result if isinstance(result, int) else 0
-
-
-def read_files(files: list[Path]) -> tuple[int, float]:
-    """Read every byte of ``files`` once; return the bytes read and the seconds the reads took."""
-    view = memoryview(bytearray(_CHUNK))
-    total = 0
-    start = time.perf_counter()
-    for file in files:
-        with open(file, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                total += n
-    return total, time.perf_counter() - start
 
 
 def copy_models(base: Path, models: list[Path], out: Path, device: str) -> None:
     """Read every tensor of base + models (to ``device``) once and write the base's tensors to ``out``,
     one output shard at a time, in the base's shard layout."""
-    # imported here, not at the top: a ``tool`` or ``read`` process loads only what it measures
+    # imported here, not at the top: a ``tool`` process loads only what it measures
     import torch
     from safetensors.torch import save_file
 
@@ -128,11 +97,8 @@ def main(argv: list[str]) -> int:
     atexit.register(_write_peak, peak_file)
     if command == "tool":
         return tool(*args)
-    if command == "read":
-        _timed["timed_seconds"] = read_files([Path(a) for a in args])[1]
-    else:  # copy DEVICE OUT BASE MODEL...
-        device, out, base, *models = args
-        copy_models(Path(base), [Path(m) for m in models], Path(out), device)
+    device, out, base, *models = args  # copy DEVICE OUT BASE MODEL...
+    copy_models(Path(base), [Path(m) for m in models], Path(out), device)
     return 0
 
 

@@ -1,15 +1,10 @@
 """Synthetic Llama-shaped checkpoints of a given size, for merge benchmarks and tests (no download).
 
-Used by ``merge_speed.py`` (its merges and its ``--probe-loader``); ``tests/integration/test_merge_cuda.py``
-loads it by path.
+Used by ``merge_speed.py``; ``tests/integration/test_merge_cuda.py`` loads it by path.
 
-A set is one base model plus N "fine-tunes". The base has random weights (N(0, 0.02²) matrices, unit
-norm weights); fine-tune i is ``base + eps_i`` with ``eps_i ~ N(0, (rel * 0.02)²)`` drawn from its own
-seed, so task vectors are dense, small and independent, as after a short full fine-tune. Each model is
-a Hugging Face folder: ``config.json`` (LlamaForCausalLM) and ``model-0000i-of-0000N.safetensors`` +
-``model.safetensors.index.json`` (or one ``model.safetensors`` when it fits in one shard).
-
-Sets are cached: a folder holding ``set.json`` with the same parameters is reused as is.
+A set is one base model plus N "fine-tunes" (the weights: benchmarks/README.md, ``merge_speed.py``
+step 1), each a Hugging Face folder (``config.json`` and sharded safetensors with an index). Sets are
+cached: a folder holding ``set.json`` with the same parameters is reused as is.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,41 +23,28 @@ from mergeline.io.safetensors_io import ShardedWriter, TensorSpec
 VOCAB = 32000
 # Base weights are drawn like a freshly initialised Llama (initializer_range 0.02).
 INIT_STD = 0.02
+# Task-vector std relative to INIT_STD: 2% keeps most of every delta above bfloat16's rounding step
+# (2^-8 relative), so bf16 task vectors are not mostly zeros.
+REL_DELTA = 0.02
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the config fields that fix every tensor shape of a Llama decoder (the set's cache key)
+SHAPE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+         "vocab_size")
 
 
-@dataclass(frozen=True)
-class LlamaShape:
-    """The few config fields that fix every tensor shape of a Llama decoder."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int = VOCAB
-
-    def hf_config(self, dtype: str) -> LlamaConfig:
-        """The config.json of a LlamaForCausalLM of this shape (transformers and mergekit read it)."""
-        return LlamaConfig(architectures=["LlamaForCausalLM"], hidden_act="silu", hidden_size=self.hidden_size,
-                           intermediate_size=self.intermediate_size, num_hidden_layers=self.num_hidden_layers,
-                           num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
-                           vocab_size=self.vocab_size, max_position_embeddings=2048, rms_norm_eps=1e-5,
-                           rope_theta=10000.0, initializer_range=INIT_STD, tie_word_embeddings=False, dtype=dtype,
-                           bos_token_id=1, eos_token_id=2)
-
-    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter name -> shape, in the order Hugging Face writes a LlamaForCausalLM (its model built on
-        the meta device: no memory, no values)."""
-        with torch.device("meta"):
-            model = LlamaForCausalLM(self.hf_config("float32"))
-        return {name: tuple(t.shape) for name, t in model.state_dict().items()}
-
-    def num_params(self) -> int:
-        return sum(math.prod(s) for s in self.tensor_shapes().values())
+def tensor_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape, in the order Hugging Face writes a LlamaForCausalLM (its model built on
+    the meta device: no memory, no values)."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def llama_shape_for(params: float) -> LlamaShape:
+def num_params(config: LlamaConfig) -> int:
+    return sum(math.prod(s) for s in tensor_shapes(config).values())
+
+
+def llama_shape_for(params: float) -> LlamaConfig:
     """A Llama shape with about ``params`` parameters: width from the size class, depth to fill it.
 
     Widths follow common checkpoints (TinyLlama 1.1B: hidden 2048, MLP 5632, GQA 32/4 heads);
@@ -72,30 +54,35 @@ def llama_shape_for(params: float) -> LlamaShape:
     classes = [(5e6, 64, 512), (0.03e9, 256, VOCAB), (0.2e9, 768, VOCAB), (0.6e9, 1024, VOCAB),
                (2e9, 2048, VOCAB), (5e9, 3072, VOCAB), (math.inf, 4096, VOCAB)]
     hidden, vocab = next((h, v) for limit, h, v in classes if params <= limit)
-    outside = llama_shape(hidden, 0, vocab).num_params()
-    per_layer = llama_shape(hidden, 1, vocab).num_params() - outside
+    outside = num_params(llama_shape(hidden, 0, vocab))
+    per_layer = num_params(llama_shape(hidden, 1, vocab)) - outside
     return llama_shape(hidden, max(1, round((params - outside) / per_layer)), vocab)
 
 
-def llama_shape(hidden: int, layers: int, vocab: int = VOCAB) -> LlamaShape:
-    """A Llama of width ``hidden`` and ``layers`` blocks: SwiGLU MLP width ~ 8/3 h rounded up to a multiple
-    of 256 as Llama does, heads of 64, a quarter of them key/value heads."""
-    inter = int(math.ceil(8 * hidden / 3 / 256) * 256)
+def llama_shape(hidden: int, layers: int, vocab: int = VOCAB) -> LlamaConfig:
+    """The config.json of a LlamaForCausalLM (transformers and mergekit read it) of width ``hidden`` and
+    ``layers`` blocks: SwiGLU MLP width ~ 8/3 h rounded up to a multiple of 256 as Llama does, heads of
+    64, a quarter of them key/value heads."""
     heads = max(4, hidden // 64)
-    return LlamaShape(hidden, inter, layers, heads, max(1, heads // 4), vocab)
+    return LlamaConfig(architectures=["LlamaForCausalLM"], hidden_act="silu", hidden_size=hidden,
+                       intermediate_size=int(math.ceil(8 * hidden / 3 / 256) * 256), num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=max(1, heads // 4), vocab_size=vocab,
+                       max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                       initializer_range=INIT_STD, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
 
 
-def _write_model(folder: Path, shape: LlamaShape, dtype: str, shard_bytes: int,
+def _write_model(folder: Path, shape: LlamaConfig, dtype: str, shard_bytes: int,
                  make_tensor: Callable[[str, tuple[int, ...]], torch.Tensor]) -> None:
     """Write one HF folder through the product's streaming shard writer (memory: one tensor)."""
     folder.mkdir(parents=True, exist_ok=True)
-    shapes = shape.tensor_shapes()
+    shapes = tensor_shapes(shape)
     torch_dtype = _DTYPES[dtype]
     writer = ShardedWriter(folder, [TensorSpec(n, s, torch_dtype) for n, s in shapes.items()], shard_bytes)
     for name, shp in shapes.items():
         writer.add(name, make_tensor(name, shp).to(torch_dtype).cpu().contiguous())
     writer.close()
-    (folder / "config.json").write_text(shape.hf_config(dtype).to_json_string())
+    shape.dtype = dtype  # the stored dtype, as a saved model's config gives it
+    (folder / "config.json").write_text(shape.to_json_string())
 
 
 def _name_seed(name: str, seed: int) -> int:
@@ -112,13 +99,12 @@ def _base_tensor(name: str, shape: tuple[int, ...], device: str = "cpu") -> torc
 
 @dataclass(frozen=True)
 class ModelSet:
-    """Paths of a built set: ``base`` and ``finetunes``; ``bytes_per_model`` on disk (tensors only)."""
+    """Paths of a built set: ``base`` and ``finetunes``."""
 
     base: Path
     finetunes: list[Path]
-    shape: LlamaShape
+    shape: LlamaConfig
     dtype: str
-    bytes_per_model: int
 
     @property
     def all_models(self) -> list[Path]:
@@ -131,10 +117,9 @@ def build_model_set(
     num_finetunes: int = 4,
     dtype: str = "bfloat16",
     shard_bytes: int = 1 << 30,
-    rel_delta: float = 0.02,
     progress=print,
     device: str = "cpu",
-    shape: LlamaShape | None = None,
+    shape: LlamaConfig | None = None,
 ) -> ModelSet:
     """Build (or reuse) ``workdir/base`` and ``workdir/ft{i}``; see the module docstring for the weights.
 
@@ -142,25 +127,20 @@ def build_model_set(
 
     ``device`` draws the random numbers there (a GPU builds multi-GB sets in seconds); the values
     depend on it, so it is part of the cache key.
-
-    ``rel_delta`` is the task-vector std relative to INIT_STD; 2% keeps most of every delta above
-    bfloat16's rounding step (2^-8 relative), so bf16 task vectors are not mostly zeros.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     shape = shape or llama_shape_for(params)
-    itemsize = torch.empty(0, dtype=_DTYPES[dtype]).element_size()
-    spec = {"shape": asdict(shape), "dtype": dtype, "shard_bytes": shard_bytes,
-            "rel_delta": rel_delta, "num_finetunes": num_finetunes, "version": 1,
+    spec = {"shape": {k: getattr(shape, k) for k in SHAPE}, "dtype": dtype, "shard_bytes": shard_bytes,
+            "rel_delta": REL_DELTA, "num_finetunes": num_finetunes, "version": 1,
             "device": torch.device(device).type}
     workdir = workdir.resolve()
     marker = workdir / "set.json"
-    result = ModelSet(workdir / "base", [workdir / f"ft{i}" for i in range(num_finetunes)],
-                      shape, dtype, shape.num_params() * itemsize)
+    result = ModelSet(workdir / "base", [workdir / f"ft{i}" for i in range(num_finetunes)], shape, dtype)
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return result
     marker.unlink(missing_ok=True)
-    progress(f"building {num_finetunes}+1 models of {shape.num_params() / 1e9:.3f}B params "
+    progress(f"building {num_finetunes}+1 models of {num_params(shape) / 1e9:.3f}B params "
              f"({dtype}, {shape.num_hidden_layers} layers x {shape.hidden_size}) in {workdir}")
     _write_model(result.base, shape, dtype, shard_bytes, lambda name, shp: _base_tensor(name, shp, device))
     for i, folder in enumerate(result.finetunes):
@@ -168,7 +148,7 @@ def build_model_set(
 
         def finetune_tensor(name: str, shp: tuple[int, ...], gen=gen) -> torch.Tensor:
             # Regenerating the base per tensor keeps memory at one shard instead of one model.
-            delta = torch.randn(shp, generator=gen, device=device).mul_(rel_delta * INIT_STD)
+            delta = torch.randn(shp, generator=gen, device=device).mul_(REL_DELTA * INIT_STD)
             return _base_tensor(name, shp, device).add_(delta)
 
         _write_model(folder, shape, dtype, shard_bytes, finetune_tensor)

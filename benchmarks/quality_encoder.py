@@ -1,7 +1,9 @@
 """The seed papers' claims on the encoder family: all-MiniLM-L6-v2 with frozen task heads, every method.
 
     python3 benchmarks/quality_encoder.py --params params/quality-encoder.yaml --seeds 0 1 2 --out /tmp/enc \
-        --device cuda --export $OUT          # one process per seed; a finished seed is not recomputed
+        --device cuda                        # one process per seed; a finished seed is not recomputed
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality_encoder.py --smollm2-premise --seeds 0 \
+        --out bench_out/premise-talos        # the TaLoS premise on SmolLM2-135M-Instruct (CPU)
     .venv/bin/python benchmarks/encoder_claims.py --results docs/results/claims --out docs   # the verdicts
 
 Per seed (``_quality_encoder`` has the heads, fine-tunes, STA gradient and TaLoS mask):
@@ -14,12 +16,20 @@ Addition: best (setting, λ) per method by validation mean normalized accuracy, 
 its λ = 1 point. Negation of each task: θ_ref − λΔ_t, the lowest validation target accuracy whose
 control (other tasks) is ≥ ``control_ratio`` × the reference model's. Premises: task-vector cosines,
 the loss along θ0 + ατ_t, the TaLoS masks' overlap vs random masks. Writes ``<out>/seed<N>.json``.
+
+``--smollm2-premise``: the TaLoS premise on SmolLM2-135M-Instruct instead. Per seed and task of the
+params, the library's TaLoS mask of the *pretrained* model (``mergeline.finetune.talos_mask``, the
+params' ``talos`` keep and rounds, ``--calib`` validation records of the task as calibration), saved;
+then the Jaccard overlap of every pair of tasks (same seed), of the same task over two seeds, and that
+of independent random masks of the same densities. Writes ``<out>/premise_talos.json``; finished
+masks are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import shutil
 import sys
@@ -34,10 +44,15 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import _quality_encoder as E  # noqa: E402
-from premise_talos import overlaps  # noqa: E402
+from mergeline.assets import import_base_model  # noqa: E402
+from mergeline.data import build_task  # noqa: E402
 from mergeline.env import configure_offline_defaults  # noqa: E402
-from mergeline.finetune.talos import mask_density  # noqa: E402
-from mergeline.importance import loss_along, pairwise_cosines, quadratic_gap  # noqa: E402
+from mergeline.finetune import talos_mask  # noqa: E402
+from mergeline.finetune.batching import read_records  # noqa: E402
+from mergeline.finetune.checkpoint import load_causal_lm  # noqa: E402
+from mergeline.finetune.talos import mask_density, mask_overlap  # noqa: E402
+from mergeline.finetune.weights import load_tensors, save_tensors  # noqa: E402
+from mergeline.importance import loss_along, pairwise_cosines, quadratic_gap, random_mask_overlap  # noqa: E402
 from mergeline.merge.memory import merge_state_dicts  # noqa: E402
 
 
@@ -51,6 +66,12 @@ def say(message: str) -> None:
 
 def acc(bits: str) -> float:
     return bits.count("1") / len(bits)
+
+
+def overlaps(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Two masks' Jaccard overlap, and that of random masks of the same densities (per tensor, global)."""
+    return {"overlap": mask_overlap(a, b), "random_per_tensor": random_mask_overlap(a, b),
+            "random_global": random_mask_overlap(a, b, per_tensor=False)}
 
 
 class Seed:
@@ -255,23 +276,52 @@ def run_seed(p: dict[str, Any], seed: int, out: Path, device: str) -> dict[str, 
     return res
 
 
+def smollm2_premise(p: dict[str, Any], seeds: list[int], calib: int, out: Path) -> None:
+    """The TaLoS premise on SmolLM2-135M-Instruct (module docstring): ``<out>/premise_talos.json``."""
+    torch.set_num_threads(1)  # a shared CPU: one thread per process runs fastest (docs/quality.md)
+    tasks, keep, rounds = list(p["tasks"]), p["talos"]["keep"], p["talos"]["rounds"]
+    import_base_model("smollm2-135m-instruct", out / "base")
+    model, tokenizer = load_causal_lm(out / "base", "cpu")
+    masks: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for seed, task in itertools.product(seeds, tasks):
+        path = out / f"mask-{task}-seed{seed}.safetensors"
+        if not path.is_file():
+            build_task(task, out / f"data-seed{seed}" / task, {"validation": calib}, seed)
+            records = read_records(out / f"data-seed{seed}" / task / "validation.jsonl")
+            mask = talos_mask(model, tokenizer, records, keep, rounds, seed, per_sample="vmap", chunk_size=2)
+            save_tensors({n: m.to(torch.uint8) for n, m in mask.items()}, path)
+            say(f"seed {seed} {task}: density {mask_density(mask):.4f}")
+        masks[(seed, task)] = {n: t.bool() for n, t in load_tensors(path).items()}
+    result = {"model": "SmolLM2-135M-Instruct", "keep": keep, "rounds": rounds, "calib": calib, "seeds": seeds,
+              "tasks": tasks, "density": {f"{t}/seed{s}": mask_density(m) for (s, t), m in masks.items()},
+              "across_tasks": {f"{a}|{b}/seed{s}": overlaps(masks[(s, a)], masks[(s, b)])
+                               for s in seeds for a, b in itertools.combinations(tasks, 2)},
+              "across_seeds": {f"{t}/seed{s}|seed{r}": overlaps(masks[(s, t)], masks[(r, t)])
+                               for t in tasks for s, r in itertools.combinations(seeds, 2)}}
+    (out / "premise_talos.json").write_text(json.dumps(result, indent=1))
+    for group in ("across_tasks", "across_seeds"):
+        for key, v in result[group].items():
+            print(f"{group} {key}: {v['overlap']:.3f} (random {v['random_per_tensor']:.3f} / {v['random_global']:.3f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params/quality-encoder.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="bench_out/quality-encoder")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--export", help="copy each finished seed's JSON here")
+    parser.add_argument("--smollm2-premise", action="store_true", help="the TaLoS premise on SmolLM2 instead (CPU)")
+    parser.add_argument("--calib", type=int, default=16, help="with --smollm2-premise: calibration records per task")
     args = parser.parse_args(argv)
     params = yaml.safe_load(Path(args.params).read_text(encoding="utf-8"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.smollm2_premise:
+        smollm2_premise(params, args.seeds, args.calib, out)
+        return 0
     for seed in args.seeds:
         if not (out / f"seed{seed}.json").is_file():  # resumable: a finished seed is kept
             run_seed(params, seed, out, args.device)
-        if args.export:
-            Path(args.export).mkdir(parents=True, exist_ok=True)
-            shutil.copy(out / f"seed{seed}.json", Path(args.export) / f"seed{seed}.json")
     return 0
 
 

@@ -2,12 +2,11 @@
 worker counts.
 
     .venv/bin/python benchmarks/stage_times.py [--device cuda] [--params params/default.yaml]
-        [--set finetune.steps=2 ...] [--workers 1 [4 ...]] [--repeat 1]
-        [--root bench_out/stage_times/DEVICE] [--json OUT.json] [--compare OTHER.json]
+        [--set finetune.steps=2 ...] [--workers 1 [4 ...]] [--repeat 1] [--root bench_out/stage_times/DEVICE]
     .venv/bin/python benchmarks/stage_times.py --project DIR   # a run already made in DIR: its table only
 
-Each run is ``mergeline run`` in a fresh project folder under ``--root`` (the root is deleted and
-rebuilt on each call; a folder this script did not make is refused) with its own Prefect state and
+Each run is ``mergeline run`` in a new project folder under ``--root`` (a folder that does not exist
+yet or is empty; by default a new one per call under ``bench_out/stage_times/``) with its own Prefect state and
 MLflow store, so every call computes instead of hitting a cache, and ``MERGELINE_MAX_WORKERS`` set to
 one of ``--workers`` (default 1: a call's time is then its own, not shared with calls beside it).
 With ``--repeat R`` the worker counts alternate R times, so a shared machine's load falls on all of
@@ -19,34 +18,25 @@ For each worker count it prints a markdown table: per step, its calls and the su
 stage table, median over the rounds. With two or more worker counts a last table compares them per
 stage by span (first call's start to last call's end: what running calls together shortens), then
 the pipeline flow's and the ``mergeline run`` process's wall time, each with the ratio first ÷ last
-count. Exit status 1 when the runs printed different results tables.
-
-JSON (``--json``, default ``<root>/stage_times-<device>.json``) holds each worker count's calls, the
-environment (GPU name, library versions, load average) and the results table. ``--compare
-OTHER.json`` adds the other file's seconds for the same worker count and the ratio this ÷ other per
-row (run the CPU side with ``--compare`` on the CUDA JSON: the ratio is the GPU's speed-up).
+count. Exit status 1 when the runs printed different results tables. Every call stays in each
+project's MLflow store under ``--root`` (read one again with ``--project``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -57,7 +47,6 @@ from mergeline.pipeline.table import STEPS  # noqa: E402
 from mergeline.tracking.mlflow_setup import default_tracking_uri  # noqa: E402
 
 SPLIT_ROWS = ("fine-tune", "evaluate")  # labels end in the mode (task-full) or the split (variant-test)
-MARKER = ".stage_times"  # marks a --root this script made, so it may wipe it
 
 
 @dataclass(frozen=True)
@@ -82,26 +71,10 @@ class Recorded:
     process_seconds: float | None = None
 
 
-def fresh(folder: Path) -> None:
-    """Empty ``folder`` for cold runs; refuse a non-empty folder that this script did not make."""
-    if folder.exists() and any(folder.iterdir()):
-        if not (folder / MARKER).is_file():
-            raise MergelineError(f"--root {folder}: not empty and not made by stage_times.py (no {MARKER}); "
-                                 "pick a new folder")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text("made by benchmarks/stage_times.py; wiped on each run\n", encoding="utf-8")
-
-
 def run_params(params_file: str, overrides: list[str]) -> tuple[ExperimentParams, dict[str, Any]]:
     """The validated params, and their YAML form with a local ``base_model`` made absolute, so they hold
-    from any project folder. MergelineError when ``base_model`` is a path with no model folder."""
+    from any project folder (a missing one is the pipeline's error, in the first run's message)."""
     checked = load_params(params_file, overrides)
-    base = Path(checked.base_model)
-    if (base.is_absolute() or checked.base_model.startswith(".") or "/" in checked.base_model) \
-            and not (base.resolve() / "config.json").is_file():
-        raise MergelineError(f"base_model {checked.base_model}: no model folder there; give one with "
-                             "--set base_model=PATH (params/tiny.yaml's is built by the tests)")
     params = checked.model_dump(mode="json", by_alias=True)
     if (Path.cwd() / checked.base_model).exists():
         params["base_model"] = str((Path.cwd() / checked.base_model).resolve())
@@ -179,7 +152,7 @@ def stage_spans(run: Recorded) -> dict[str, dict[str, float]]:
 
 
 def summary(runs: list[Recorded]) -> dict[str, Any]:
-    """One worker count's runs: per row and per stage, the median over the runs; every call kept."""
+    """One worker count's runs: per row and per stage, the median over the runs."""
     def median(values: list[float | None]) -> float | None:
         return None if None in values else round(statistics.median(values), 3)  # type: ignore[type-var]
 
@@ -193,25 +166,7 @@ def summary(runs: list[Recorded]) -> dict[str, Any]:
                   for stage, cells in spans[0].items()},
         "pipeline_seconds": median([r.pipeline_seconds for r in runs]),
         "process_seconds": median([r.process_seconds for r in runs]),
-        "runs": [{"process_seconds": r.process_seconds,
-                  "calls": [{"step": c.step, "label": c.label, "seconds": c.seconds} for c in r.calls]}
-                 for r in runs],
     }
-
-
-def environment(device: str) -> dict[str, Any]:
-    def have(package: str) -> str | None:
-        try:
-            return version(package)
-        except PackageNotFoundError:
-            return None
-
-    env: dict[str, Any] = {"python": platform.python_version(), "host": platform.node(), "cpu_count": os.cpu_count(),
-                           "loadavg": [round(x, 2) for x in os.getloadavg()],
-                           **{p: have(p) for p in ("torch", "transformers", "lm_eval", "prefect", "mlflow")}}
-    if device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
 
 
 def markdown(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -220,29 +175,19 @@ def markdown(head: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
-def stage_table(result: dict[str, Any], dev: str, other: dict[str, Any] | None, odev: str) -> str:
-    """One worker count: one row per step in run order, then the total; with ``other``, its seconds and
-    the ratio; then the flow's and the process's wall time."""
+def stage_table(result: dict[str, Any], dev: str) -> str:
+    """One worker count: one row per step in run order, then the total; then the flow's and the
+    process's wall time."""
     total = result["total_seconds"]
-    if other is None:
-        head = ["stage", "calls", f"{dev} s", "share"]
-    else:
-        odev = odev if odev != dev else f"{odev} (other)"
-        head = ["stage", "calls", f"{dev} s", f"{odev} s", f"{dev} ÷ {odev}"]
     calls = sum(int(r["calls"]) for r in result["stages"].values())
     rows = []
     for stage, row in [*result["stages"].items(), ("total", {"calls": calls, "seconds": total})]:
-        cells = [stage, str(row["calls"]), f"{row['seconds']:.1f}"]
-        if other is None:
-            cells.append(f"{100 * row['seconds'] / total:.0f}%" if total else "–")
-        else:
-            theirs = other["total_seconds"] if stage == "total" else other["stages"].get(stage, {}).get("seconds")
-            cells += ["–", "–"] if not theirs else [f"{theirs:.1f}", f"{row['seconds'] / theirs:.2f}"]
-        rows.append(cells)
+        share = f"{100 * row['seconds'] / total:.0f}%" if total else "–"
+        rows.append([stage, str(row["calls"]), f"{row['seconds']:.1f}", share])
     process = result["process_seconds"]
     walls = f"pipeline flow (parent MLflow run): {result['pipeline_seconds']:.1f} s" \
         + ("" if process is None else f"; `mergeline run` process: {process:.1f} s")
-    return "\n".join(markdown(head, rows)) + f"\n\n{walls}"
+    return "\n".join(markdown(["stage", "calls", f"{dev} s", "share"], rows)) + f"\n\n{walls}"
 
 
 def workers_table(results: dict[int, dict[str, Any]]) -> str:
@@ -270,13 +215,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="the run's device (--set device=...)")
     parser.add_argument("--params", default=str(ROOT / "params" / "default.yaml"), help="experiment params YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override")
-    parser.add_argument("--root", help="fresh folder for the projects (default bench_out/stage_times/<device>)")
+    parser.add_argument("--root", help="new or empty folder for the projects "
+                        "(default bench_out/stage_times/<device>-<time>)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="stage calls at once (MERGELINE_MAX_WORKERS), one run per count")
     parser.add_argument("--repeat", type=int, default=1, help="runs per worker count, alternating")
     parser.add_argument("--project", help="read the latest run of this project's MLflow store instead of running")
-    parser.add_argument("--json", help="output JSON (default <root>/stage_times-<device>.json)")
-    parser.add_argument("--compare", help="JSON of another run of this script: adds its seconds and the ratio")
     args = parser.parse_args(argv)
     if any(w < 1 for w in args.workers) or args.repeat < 1:
         parser.error("--workers and --repeat: whole numbers, at least 1")
@@ -293,8 +237,10 @@ def measure(args: argparse.Namespace) -> tuple[ExperimentParams, Path, dict[int,
         return checked, project.parent, {args.workers[0]: [recorded(default_tracking_uri(project))]}
     overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
     checked, params = run_params(args.params, overrides)  # every run gets the same validated params
-    root = Path(args.root or ROOT / "bench_out" / "stage_times" / checked.device).resolve()
-    fresh(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    root = Path(args.root or ROOT / "bench_out" / "stage_times" / f"{checked.device}-{stamp}").resolve()
+    if root.exists() and any(root.iterdir()):  # every run must compute: nothing cached from an earlier call
+        raise MergelineError(f"--root {root}: not empty; give a new folder")
     print(f"device={checked.device} params={args.params} set={args.set} workers={args.workers} "
           f"repeat={args.repeat} root={root} cpus={os.cpu_count()}", flush=True)
     runs: dict[int, list[Recorded]] = {w: [] for w in args.workers}
@@ -311,35 +257,20 @@ def measure(args: argparse.Namespace) -> tuple[ExperimentParams, Path, dict[int,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        other = json.loads(Path(args.compare).read_text(encoding="utf-8")) if args.compare else None
-        if other is not None and "workers" not in other:
-            raise MergelineError(f"--compare {args.compare}: no per worker count results ('workers'); "
-                                 "compare with a JSON this script wrote")
         checked, root, runs = measure(args)
-    except (MergelineError, OSError, json.JSONDecodeError) as exc:
+    except (MergelineError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results = {w: summary(r) for w, r in runs.items()}
     projects = [Path(args.project).resolve()] if args.project else \
         [root / f"w{w}-r{i}" for w in runs for i in range(args.repeat)]
     tables = [results_table(p) for p in projects]
-    device = checked.device
-    out = Path(args.json or root / f"stage_times-{device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "device": device, "params_file": args.params, "overrides": args.set, "params_sha256": checked.sha256(),
-        "env": environment(device), "results_table": tables[0], "workers": {str(w): r for w, r in results.items()},
-    }, indent=2) + "\n", encoding="utf-8")
-    if other is not None and other.get("params_sha256") != checked.sha256():
-        print("note: the compared run used different params (params_sha256 differs)")
     for workers, result in results.items():
-        theirs = None if other is None else other["workers"].get(str(workers))
-        table = stage_table(result, device, theirs, "" if other is None else other["device"])
-        print(f"\n### workers={workers}\n\n{table}")
+        print(f"\n### workers={workers}\n\n{stage_table(result, checked.device)}")
     if len(results) > 1:
         print("\n### worker counts compared (median of each count's runs)\n\n" + workers_table(results))
     same = len(set(tables)) == 1
-    print(f"\nresults tables identical across runs: {same}\njson: {out}")
+    print(f"\nresults tables identical across runs: {same}")
     return 0 if same else 1
 
 

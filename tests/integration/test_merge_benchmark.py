@@ -77,22 +77,3 @@ def test_merge_speed_tiny_run_prints_one_row_per_method(tmp_path: Path) -> None:
     # The merged outputs are removed unless --keep-outputs; the model set stays cached for reruns.
     assert not any((tmp_path / "work" / "out").glob("merge*"))
     assert (tmp_path / "work" / "models").is_dir()
-
-
-def test_probe_loader_prints_a_row_per_loader_setting(tmp_path: Path) -> None:
-    """merge_speed.py --probe-loader at 1M parameters on the CPU: the one-thread read, one row per
-    threads x piece size, and sha256, each with a positive rate; nothing is merged."""
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--params", "1e6", "--device", "cpu", "--probe-loader",
-         "--threads", "1,3", "--pieces-mb", "1,2", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ") and "GB/s" not in line]
-    labels = [r[0].strip() for r in rows]
-    assert labels[0].startswith("one thread") and labels[-1].startswith("sha256")
-    assert [lab for lab in labels if lab.startswith("loader")] == [
-        "loader to cpu, 1 threads x 1 MB", "loader to cpu, 1 threads x 2 MB",
-        "loader to cpu, 3 threads x 1 MB", "loader to cpu, 3 threads x 2 MB"]
-    assert all(float(r[1]) > 0 for r in rows)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "logs").exists()
