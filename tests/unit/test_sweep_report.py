@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from mergeline.cli import main
 from mergeline.pipeline.sweep_report import PipelineRun, group_runs
+from mergeline.tracking.pipeline_runs import pipeline_runs
 
 VARIANTS = {"ta_l0.5": ("task_arithmetic", 0.5, None), "ta_l1": ("task_arithmetic", 1.0, None),
             "ties_l1_d0.2": ("ties", 1.0, 0.2)}
@@ -87,6 +88,20 @@ def test_report_groups_seeds_and_grid_points(store: str, tmp_path: Path, capsys:
     record = json.loads((out / "report.json").read_text())
     assert [len(g["runs"]) for g in record["groups"]] == [3, 1]
     assert record["variants"]["ties_l1_d0.2"] == {"method": "ties", "lam": 1.0, "density": 0.2}
+
+
+def test_a_run_repeated_with_the_same_params_counts_once_the_latest(tmp_path: Path) -> None:
+    """A resumed sweep runs its finished seeds again (from the cache): the report must not count them twice."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("exp", artifact_location=str(tmp_path / "artifacts"))
+    base = {"experiment": "exp", "evaluate.select_by": "acc/mean"}
+    for seed, acc in [("0", 0.10), ("1", 0.74), ("0", 0.70)]:  # seed 0 twice, the later one counts
+        _pipeline_run(client, experiment, tmp_path / f"staged{acc}", {**base, "finetune.seed": seed},
+                      {"ta_l1": acc}, {"ta_l1": acc}, "ta_l1")
+    runs, _ = pipeline_runs("exp", uri)
+    mlflow.set_tracking_uri(None)
+    assert [(run.params["finetune.seed"], run.test["ta_l1"]["acc/mean"]) for run in runs] == [("1", 0.74), ("0", 0.70)]
 
 
 def test_grouping_ignores_every_seed_key_and_the_output_folders() -> None:
