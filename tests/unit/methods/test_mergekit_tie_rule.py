@@ -75,3 +75,19 @@ def test_distinct_magnitudes_need_no_sort() -> None:
     delta = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
     assert torch.equal(topk_mask(delta.abs(), 3000, ties="argsort"), topk_mask(delta.abs(), 3000))
     assert torch.equal(delta * magnitude_mask(delta, 0.3, ties="argsort"), sparsify.magnitude(delta, 0.3))
+
+
+def test_sort_keys_are_float32_on_the_cpu_and_the_own_dtype_elsewhere() -> None:
+    """mergekit upcasts the magnitudes to float32 before its sort on the CPU only; on another device
+    (``--cuda``) it sorts them in their dtype. The row-trim gathers follow the same rule."""
+    from mergeline.methods._sparsify import sort_keys
+
+    cpu = torch.tensor([0.5, 0.25], dtype=torch.bfloat16)
+    assert sort_keys(cpu).dtype == torch.float32 and sort_keys(cpu).tolist() == [0.5, 0.25]
+    elsewhere = torch.empty(2, dtype=torch.bfloat16, device="meta")
+    assert sort_keys(elsewhere).dtype == torch.bfloat16
+    state = rt.TrimState(k=1, numel=2, lo=0.0, hi=float("inf"))
+    state.note_keys(elsewhere)
+    assert (state.keys_device.type, state.keys_dtype) == ("meta", torch.bfloat16)
+    state.note_keys(cpu)
+    assert (state.keys_device.type, state.keys_dtype) == ("cpu", torch.float32)
