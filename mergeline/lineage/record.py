@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 SCHEMA_VERSION = 1
 
@@ -106,6 +106,14 @@ class MergeInfo(_Strict):
     device: Literal["cpu", "cuda"] | None = Field(
         None, description="kind of device the merge ran on; `reproduce` rebuilds there (absent: cpu)")
 
+    @model_serializer(mode="wrap")
+    def _omit_absent_device(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # device came later: a lineage without it dumps, and so hashes, exactly as it was written
+        out = handler(self)
+        if out.get("device") is None:
+            out.pop("device", None)
+        return out
+
 
 class CodeInfo(_Strict):
     git_commit: str | None = None
@@ -147,23 +155,16 @@ class Lineage(_Strict):
     params: ParamsInfo = Field(default_factory=ParamsInfo)
     weights: dict[str, str] = Field(description="weight file (relative to the model folder) -> sha256")
 
-    def _dump(self) -> dict[str, Any]:
-        # merge.device came later: a lineage without it hashes (and reads) as it was written
-        out = self.model_dump(mode="json")
-        if out["merge"].get("device") is None:
-            del out["merge"]["device"]
-        return out
-
     def canonical_json(self) -> str:
         """Sorted keys, no whitespace: the bytes :meth:`sha256` hashes (formatting-independent)."""
-        return json.dumps(self._dump(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def sha256(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def to_json(self) -> str:
         """The ``lineage.json`` text: indented for people, keys sorted for stable diffs."""
-        return json.dumps(self._dump(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     def artifacts(self) -> list[tuple[str, Artifact]]:
         """Every local artifact the lineage names, with a label: base, checkpoints, datasets, vectors, importance."""

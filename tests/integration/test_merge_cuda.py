@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from mergeline.merge.checks import load_merge_config
 from mergeline.merge.engine import run_merge
+from mergeline.methods._sparsify import keep_count, kth_largest
 from tests.merge_fixtures import write_checkpoint
 
 pytestmark = [
@@ -90,9 +91,8 @@ def _tied_at_cut_off(deltas: list[torch.Tensor], density: float) -> torch.Tensor
     """Entries whose magnitude, in some model, equals that model's k-th largest of the tensor."""
     tied = torch.zeros(deltas[0].shape, dtype=torch.bool)
     for delta in deltas:
-        flat = delta.abs().reshape(-1)
-        k = max(1, int(density * flat.numel()))
-        tied |= delta.abs() == flat.kthvalue(flat.numel() - k + 1).values
+        magnitudes = delta.abs()
+        tied |= magnitudes == kth_largest(magnitudes.reshape(-1), keep_count(density, magnitudes.numel()))
     return tied
 
 
