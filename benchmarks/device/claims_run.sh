@@ -1,5 +1,5 @@
 #!/bin/bash
-# The encoder family of docs/claims.md on a lent GPU, in one call. Resumable: the finished seeds are kept
+# The encoder family of docs/claims.md on a GPU machine without internet, in one call. Resumable: the finished seeds are kept
 # in /tmp/enc (run it again on the same warm machine), and a fresh machine starts from the seed*.json
 # carried in .enc-carry/done/ (copy there the ones an earlier call brought back). Carry .enc-carry/
 # (benchmarks/device/claims_pack.sh builds it: 6 wheels for Python 3.12, all-MiniLM-L6-v2 in fp16, loaded

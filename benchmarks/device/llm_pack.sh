@@ -1,5 +1,5 @@
 #!/bin/bash
-# Build the carries of the LLM family on a lent GPU (benchmarks/device/llm_run.sh says how they are run):
+# Build the carries of the LLM family on a GPU machine without internet (benchmarks/device/llm_run.sh says how they are run):
 #   [VENV=.venv] [CALL_MAX=58720256] bash benchmarks/device/llm_pack.sh OUT_DIR [COMMIT]
 # OUT_DIR/call1 … callN, each at most CALL_MAX bytes (default 56 MiB: a call also sends the checkout,
 # about 4 MiB, and 64 MiB is all it may carry), each with a copy of llm_run.sh and:

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The LLM family of docs/claims.md on a lent GPU: benchmarks/quality.py over params/quality-strong.yaml
+# The LLM family of docs/claims.md on a GPU machine without internet: benchmarks/quality.py over params/quality-strong.yaml
 # and params/quality-analogy.yaml, the real pipeline (Prefect sweep flow, MLflow, lm-eval), resumable in
 # calls of at most 10 minutes, each carrying at most 64 MiB. The same script in every call:
 #

