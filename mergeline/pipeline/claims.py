@@ -1,5 +1,6 @@
 """Paired comparisons over a group of pipeline runs (seeds): each method against a reference method
-on addition, each negation against the base, with an interval, a paired test and a verdict.
+on addition, each negation against the base, the task analogy against its source task's vector alone
+and against the base, with an interval, a paired test and a verdict.
 
 Every comparison pools the runs' test examples: per run and task, the per-example correctness of
 the two models (``eval/metrics.json``'s ``correct``), so both are scored on the same examples. The
@@ -101,4 +102,25 @@ def negation_comparisons(runs: Sequence[tuple[dict[tuple[str, str], dict[str, st
     return out
 
 
-__all__ = ["Comparison", "MARGIN", "Pairs", "addition_comparisons", "compare", "negation_comparisons", "verdict"]
+def analogy_comparisons(runs: Sequence[tuple[dict[str, tuple[str, str]], dict[str, str]]]) -> list[Comparison]:
+    """The analogy θ0 + λ(τ_C + μτ_B − μτ_A) against C's vector alone (``transfer``) and against the base,
+    both on task D, claim "beats it"; ``runs`` holds per run (setting -> (task D, the chosen point's
+    correctness on D), the base's correctness per task)."""
+    out = []
+    for other in ("transfer", "base"):
+        pairs, used = Pairs("", "", ()), 0
+        for index, (settings, base) in enumerate(runs):
+            if "analogy" not in settings:
+                continue
+            task, analogy = settings["analogy"]
+            reference = base.get(task, "") if other == "base" else settings.get(other, ("", ""))[1]
+            if analogy and reference:
+                pairs, used = pairs.add(analogy, reference, index), used + 1
+        if used:
+            out.append(compare(f"analogy beats {'τ_C alone' if other == 'transfer' else 'the base'} on D",
+                               pairs, used, +1))
+    return out
+
+
+__all__ = ["Comparison", "MARGIN", "Pairs", "addition_comparisons", "analogy_comparisons", "compare",
+           "negation_comparisons", "verdict"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergeline.pipeline.claims import Comparison, addition_comparisons, negation_comparisons
+from mergeline.pipeline.claims import Comparison, addition_comparisons, analogy_comparisons, negation_comparisons
 from mergeline.pipeline.records import EditChoice, encode
 from mergeline.plots import plot_sweep
 
@@ -141,14 +141,18 @@ def edits_table(group: Group) -> str:
 
 
 def paired_comparisons(group: Group, variants: dict[str, Variant]) -> list[Comparison]:
-    """Each method against task arithmetic, each negation against the base, pooled over the group's runs
-    (:mod:`mergeline.pipeline.claims`); none where the runs recorded no per-example scores."""
+    """Each method against task arithmetic, each negation against the base, the analogy against τ_C alone
+    and the base, pooled over the group's runs (:mod:`mergeline.pipeline.claims`); none where the runs
+    recorded no per-example scores."""
     control = group.runs[0].params.get("control", "control")
     tasks = [t for t in group.runs[0].correct.get("base", {}) if t != control]
     addition = [({_method(name, variants): name for name in run.test}, run.correct) for run in group.runs]
     negation = [({(c.task, c.method): c.correct for c in run.edits if c.edit == "negation"},
                  run.correct.get("base", {})) for run in group.runs]
-    return [*(addition_comparisons(addition, tasks) if tasks else []), *negation_comparisons(negation)]
+    analogy = [({c.edit: (c.task, c.correct.get(c.task, "")) for c in run.edits if c.edit in ("transfer", "analogy")},
+                run.correct.get("base", {})) for run in group.runs]
+    return [*(addition_comparisons(addition, tasks) if tasks else []), *negation_comparisons(negation),
+            *analogy_comparisons(analogy)]
 
 
 def comparisons_table(comparisons: Sequence[Comparison]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mergeline.pipeline.claims import addition_comparisons, negation_comparisons, verdict
+from mergeline.pipeline.claims import addition_comparisons, analogy_comparisons, negation_comparisons, verdict
 
 
 @pytest.mark.parametrize("low, high, sign, expected", [
@@ -41,3 +41,17 @@ def test_negation_is_compared_with_the_base_on_its_target_task_only() -> None:
     assert news.verdict == "undecided"  # four examples: the interval reaches 0
     many = [({("news", "ta"): {"news": "0" * 40}}, {"news": "1" * 40})]
     assert negation_comparisons(many)[0].verdict == "holds here"
+
+
+def test_analogy_is_compared_with_c_alone_and_the_base_on_task_d() -> None:
+    # run 0 on D: analogy 1110, τ_C alone 1000, base 0000; run 1: analogy 01, τ_C alone 11, base 00
+    runs = [({"analogy": ("sentiment-other", "1110"), "transfer": ("sentiment-other", "1000")},
+             {"sentiment-other": "0000", "sentiment-air": "1111"}),
+            ({"analogy": ("sentiment-other", "01"), "transfer": ("sentiment-other", "11")}, {"sentiment-other": "00"})]
+    transfer, base = analogy_comparisons(runs)
+    assert transfer.claim == "analogy beats τ_C alone on D" and (transfer.n, transfer.runs) == (6, 2)
+    assert transfer.diff == pytest.approx((0.5 - 0.5) / 2)  # +2 of 4 in run 0, −1 of 2 in run 1
+    assert transfer.p == 1.0  # discordant 2 vs 1
+    assert base.claim == "analogy beats the base on D" and base.n == 6
+    assert base.diff == pytest.approx((0.75 + 0.5) / 2) and base.p == pytest.approx(0.125)  # 4 vs 0 discordant
+    assert analogy_comparisons([({"transfer": ("d", "1")}, {"d": "0"})]) == []  # no analogy chosen: nothing
