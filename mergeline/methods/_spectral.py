@@ -5,6 +5,11 @@ matrix rule when it is 2-D and its name contains none of the ``averaged_matrices
 code: ``text_projection``); every other tensor (1-D norms and biases, convolution kernels) is merged by
 the plain mean of the task vectors, taken incrementally as theirs is. Embeddings and the LM head are
 2-D, so they get the matrix rule.
+
+Every SVD goes through :func:`thin_svd`: LAPACK's float32 divide-and-conquer SVD (torch's CPU default)
+does not converge on some real task vectors' matrices (Iso-CTS's residuals outside the common subspace:
+2 of SmolLM2-135M's 210 matrices), where the authors' code stops with an error; there, and only there,
+the SVD is taken in float64 and cast back, so every other matrix's result is unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from mergeline.errors import MergelineError
 from mergeline.methods._fields import LambdaParameters
 from mergeline.methods.base import MergeMethod, MethodParameters, ModelParameters, TensorInputs
 
@@ -39,9 +45,23 @@ def running_mean(tensors: list[torch.Tensor]) -> torch.Tensor:
     return mean
 
 
-def nearest_orthogonal(x: torch.Tensor) -> torch.Tensor:
+def thin_svd(x: torch.Tensor, name: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.linalg.svd(x, full_matrices=False)``; where it does not converge, the same in float64, cast
+    back to x's dtype; a matrix that fails in float64 too is one error line naming the tensor."""
+    try:
+        return torch.linalg.svd(x, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        pass
+    try:
+        u, s, vt = torch.linalg.svd(x.double(), full_matrices=False)
+    except torch.linalg.LinAlgError as exc:
+        raise MergelineError(f"tensor {name!r}: its SVD did not converge in float32 nor float64 ({exc})") from exc
+    return u.to(x.dtype), s.to(x.dtype), vt.to(x.dtype)
+
+
+def nearest_orthogonal(x: torch.Tensor, name: str = "") -> torch.Tensor:
     """P Qᵀ from the thin SVD x = P Σ Qᵀ: the (semi-)orthogonal matrix closest to x (Procrustes)."""
-    p, _, qt = torch.linalg.svd(x, full_matrices=False)
+    p, _, qt = thin_svd(x, name)
     return p @ qt
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from mergeline.methods import register
-from mergeline.methods._spectral import SpectralMethod, SpectralParameters
+from mergeline.methods._spectral import SpectralMethod, SpectralParameters, thin_svd
 from mergeline.methods.base import PipelineEntry, TensorInputs
 
 
@@ -28,8 +28,8 @@ def summed(taus: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def iso_c_merge(taus: list[torch.Tensor]) -> torch.Tensor:
-    u, s, vt = torch.linalg.svd(summed(taus), full_matrices=False)
+def iso_c_merge(taus: list[torch.Tensor], name: str = "") -> torch.Tensor:
+    u, s, vt = thin_svd(summed(taus), name)
     return (u * s.mean()) @ vt
 
 
@@ -43,4 +43,4 @@ class IsoC(SpectralMethod):
     pipeline = (PipelineEntry(short="isoc"),)
 
     def matrix_rule(self, taus: list[torch.Tensor], inputs: TensorInputs) -> torch.Tensor:
-        return iso_c_merge(taus)
+        return iso_c_merge(taus, inputs.name)

@@ -28,11 +28,11 @@ import torch
 
 from mergeline.methods import register
 from mergeline.methods._fields import OptionalWeightModel
-from mergeline.methods._spectral import SpectralMethod, SpectralParameters, nearest_orthogonal
+from mergeline.methods._spectral import SpectralMethod, SpectralParameters, nearest_orthogonal, thin_svd
 from mergeline.methods.base import PipelineEntry, TensorInputs
 
 
-def tsv_merge(taus: list[torch.Tensor]) -> torch.Tensor:
+def tsv_merge(taus: list[torch.Tensor], name: str = "") -> torch.Tensor:
     """Δ of one matrix from its task vectors (already weighted)."""
     rows, cols = taus[0].shape
     rank = min(rows, cols)
@@ -42,13 +42,13 @@ def tsv_merge(taus: list[torch.Tensor]) -> torch.Tensor:
     u_cat, s_cat, vt_cat = taus[0].new_zeros(rows, rank), taus[0].new_zeros(rank), taus[0].new_zeros(rank, cols)
     tolerance = max(rows, cols) * torch.finfo(taus[0].dtype).eps
     for t, tau in enumerate(taus):
-        u, s, vt = torch.linalg.svd(tau, full_matrices=False)
+        u, s, vt = thin_svd(tau, name)
         # triplets beyond the numerical rank carry σ ≈ 0 and an arbitrary basis: left out (zero columns)
         real = (s[:k] > tolerance * s[0]).to(s.dtype)
         u_cat[:, t * k:(t + 1) * k] = u[:, :k] * real
         s_cat[t * k:(t + 1) * k] = s[:k] * real
         vt_cat[t * k:(t + 1) * k, :] = vt[:k, :] * real[:, None]
-    return (nearest_orthogonal(u_cat) * s_cat) @ nearest_orthogonal(vt_cat)
+    return (nearest_orthogonal(u_cat, name) * s_cat) @ nearest_orthogonal(vt_cat, name)
 
 
 @register
@@ -66,7 +66,7 @@ class TaskSingularVectors(SpectralMethod):
                 for t, mp in zip(inputs.tensors, inputs.model_params)]
 
     def matrix_rule(self, taus: list[torch.Tensor], inputs: TensorInputs) -> torch.Tensor:
-        return tsv_merge(taus)
+        return tsv_merge(taus, inputs.name)
 
     def report(self) -> dict[str, Any]:
         return {**super().report(), "weights": [mp.weight for mp in self.model_params]}
